@@ -1,0 +1,35 @@
+"""cam_callbacks: watch what your vision model looks at while it trains.
+
+Functional core: :func:`explain` (class activation maps) and :func:`faithfulness` (Average Drop,
+Increase in Confidence, Coherency, Complexity, ADCC). Lightning glue: :class:`CAMMonitor`.
+"""
+
+from .explain import explain, faithfulness
+from .layers import resolve_target_layer
+from .maps import minmax_normalize, upsample_and_normalize
+from .methods import available_methods, get_method, register_method
+from .metrics import FAITHFULNESS_METRICS, faithfulness_scores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAMMonitor",
+    "FAITHFULNESS_METRICS",
+    "available_methods",
+    "explain",
+    "faithfulness",
+    "faithfulness_scores",
+    "get_method",
+    "minmax_normalize",
+    "register_method",
+    "resolve_target_layer",
+    "upsample_and_normalize",
+]
+
+
+def __getattr__(name: str):  # lazy: importing the core does not import Lightning
+    if name == "CAMMonitor":
+        from .callback import CAMMonitor
+
+        return CAMMonitor
+    raise AttributeError(f"module 'cam_callbacks' has no attribute {name!r}")

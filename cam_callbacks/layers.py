@@ -1,0 +1,152 @@
+"""Finding the target layer (by name, by module, or automatically) and the CAM classifier head."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LayerSpec", "resolve_target_layer", "find_auto_layer", "cam_class_weights"]
+
+#: What ``target_layer=`` accepts: a dotted module name, a module of the model, or ``"auto"``.
+LayerSpec = Union[str, nn.Module]
+
+
+def _named_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    return {name: module for name, module in model.named_modules() if name}
+
+
+def _suggest(name: str, names: List[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if close:
+        return f"Did you mean one of {close}?"
+    tail = names[-8:]
+    return f"Valid names include {tail} (see model.named_modules())."
+
+
+def resolve_named_layer(model: nn.Module, target_layer: LayerSpec) -> Tuple[str, nn.Module]:
+    """Resolve a dotted name or a module to ``(name, module)``; ``"auto"`` is not handled here.
+
+    Raises:
+        ValueError: Unknown name (with close-name suggestions), or a module not inside ``model``.
+        TypeError: Anything else.
+    """
+    modules = _named_modules(model)
+    if isinstance(target_layer, nn.Module):
+        for name, module in modules.items():
+            if module is target_layer:
+                return name, module
+        raise ValueError(
+            f"target_layer={type(target_layer).__name__} module is not a submodule of the model "
+            f"({type(model).__name__}); pass one of its submodules, a dotted name, or 'auto'."
+        )
+    if not isinstance(target_layer, str):
+        raise TypeError(f"target_layer must be a dotted module name, a module or 'auto', got {type(target_layer).__name__}")
+    if target_layer not in modules:
+        raise ValueError(f"target_layer={target_layer!r} is not a module of {type(model).__name__}. {_suggest(target_layer, list(modules))}")
+    return target_layer, modules[target_layer]
+
+
+def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
+    """The last module (in completion order of a forward pass) with a 4-D output larger than 1x1.
+
+    Runs one forward pass of ``example`` (typically one image) in eval mode and without gradients;
+    the caller is responsible for restoring modes (see :func:`preserved_model_state`).
+
+    Raises:
+        ValueError: If no module produces such an output.
+    """
+    modules = _named_modules(model)
+    names = {id(m): n for n, m in modules.items()}
+    order: List[Tuple[str, Tuple[int, ...]]] = []
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            order.append((names[id(module)], tuple(output.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in modules.values()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, shape in reversed(order):
+        if len(shape) == 4 and shape[2] * shape[3] > 1:
+            return name, modules[name]
+    raise ValueError(
+        f"target_layer='auto' found no module of {type(model).__name__} with a 4-D output larger than 1x1 "
+        f"for input of shape {tuple(example.shape)}; pass target_layer explicitly."
+    )
+
+
+def resolve_target_layer(model: nn.Module, target_layer: LayerSpec, example: Optional[Tensor] = None) -> Tuple[str, nn.Module]:
+    """Resolve ``target_layer`` (dotted name, module or ``"auto"``) to ``(name, module)``.
+
+    Args:
+        model: The classifier.
+        target_layer: A dotted module name (``"layer4"``, ``"features.denseblock4"``), a module of the
+            model, or ``"auto"``.
+        example: An input batch (one image is enough), required for ``"auto"``.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> resolve_target_layer(net, "auto", torch.randn(1, 3, 8, 8))[0]
+        '1'
+    """
+    if isinstance(target_layer, str) and target_layer == "auto":
+        if example is None:
+            raise ValueError("target_layer='auto' needs an example input to find the layer")
+        from .capture import preserved_model_state
+
+        with preserved_model_state(model):
+            return find_auto_layer(model, example)
+    return resolve_named_layer(model, target_layer)
+
+
+def _last_linear(model: nn.Module) -> Optional[Tuple[str, nn.Linear]]:
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    return found
+
+
+def cam_class_weights(model: nn.Module, layer_name: str, activations: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+    """Rows of the final linear layer for each target, ``(N, K)``, after checking the head is GAP + linear.
+
+    The check is numerical: the logits of the forward pass must equal
+    ``linear(mean_hw(activations))``. This holds exactly when only global average pooling (and
+    flattening) stand between the target layer and the linear classifier.
+
+    Raises:
+        ValueError: If there is no linear layer, its shape does not fit, or the head is not GAP + linear.
+    """
+    advice = "Use method='gradcam' (it equals CAM on GAP + linear heads) or a layer directly followed by GAP + linear."
+    found = _last_linear(model)
+    if found is None:
+        raise ValueError(f"method='cam' needs a final nn.Linear classifier; {type(model).__name__} has none. {advice}")
+    name, linear = found
+    channels = activations.shape[1]
+    if linear.in_features != channels or linear.out_features != logits.shape[1]:
+        raise ValueError(
+            f"method='cam' needs target_layer={layer_name!r} to be followed by global average pooling and a linear layer; "
+            f"the last linear layer {name!r} maps {linear.in_features} -> {linear.out_features} features but the layer has "
+            f"{channels} channels and the model {logits.shape[1]} outputs. {advice}"
+        )
+    with torch.no_grad():
+        weight = linear.weight.detach().to(activations.dtype)
+        bias = linear.bias.detach().to(activations.dtype) if linear.bias is not None else None
+        pooled = activations.detach().mean(dim=(2, 3))
+        predicted = pooled @ weight.t() + (bias if bias is not None else 0)
+        scale = logits.detach().abs().max().clamp_min(1.0)
+        error = (predicted - logits.detach().to(predicted.dtype)).abs().max()
+    if error > 1e-3 * scale:
+        raise ValueError(
+            f"method='cam' needs target_layer={layer_name!r} to be followed only by global average pooling and the linear "
+            f"layer {name!r}, but the model's logits differ from {name}(GAP(activations)) by {float(error):.3g}. {advice}"
+        )
+    return weight[targets]

@@ -1,0 +1,118 @@
+"""Faithfulness metrics as pure functions with per-image outputs.
+
+Definitions (Poppi et al. 2021; Chattopadhay et al. 2018), all per image ``i``:
+
+- ``Y_i``: softmax probability of the target class on the image; ``O_i``: the same on the
+  explanation image ``x_i * L_i``.
+- Average Drop ``AD_i = max(0, Y_i - O_i) / Y_i``; Increase in Confidence ``IC_i = 1[O_i > Y_i]``.
+- Coherency ``Coh_i = (pearson(L_i, L'_i) + 1) / 2`` with ``L'_i`` the map of the explanation
+  image (0 if either map is constant).
+- Complexity ``Com_i = mean(L_i)``.
+- ``ADCC_i = 3 / (1/Coh_i + 1/(1 - Com_i) + 1/(1 - AD_i))``, 0 when any of the three terms is 0.
+
+Every function here returns fractions in [0, 1] per image (shape ``(N,)``);
+:func:`cam_callbacks.faithfulness` reports them in percent.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FAITHFULNESS_METRICS",
+    "average_drop",
+    "increase_in_confidence",
+    "coherency",
+    "complexity",
+    "adcc",
+    "faithfulness_scores",
+]
+
+#: Names of the faithfulness metrics, in reporting order.
+FAITHFULNESS_METRICS = ("average_drop", "increase_in_confidence", "coherency", "complexity", "adcc")
+
+
+def _check_same_length(*tensors: Tensor) -> None:
+    lengths = {t.shape[0] for t in tensors}
+    if len(lengths) != 1:
+        raise ValueError(f"per-image inputs must have the same length, got {sorted(lengths)}")
+
+
+def average_drop(probs: Tensor, probs_on_explanation: Tensor) -> Tensor:
+    """``max(0, Y - O) / Y`` per image (0 where ``Y == 0``)."""
+    _check_same_length(probs, probs_on_explanation)
+    drop = torch.clamp(probs - probs_on_explanation, min=0)
+    positive = probs > 0
+    return torch.where(positive, drop / torch.where(positive, probs, torch.ones_like(probs)), torch.zeros_like(drop))
+
+
+def increase_in_confidence(probs: Tensor, probs_on_explanation: Tensor) -> Tensor:
+    """``1[O > Y]`` per image, as float."""
+    _check_same_length(probs, probs_on_explanation)
+    return (probs_on_explanation > probs).to(probs.dtype)
+
+
+def coherency(maps: Tensor, maps_on_explanation: Tensor) -> Tensor:
+    """``(pearson(L, L') + 1) / 2`` per image over all pixels; 0 where either map is constant."""
+    if maps.shape != maps_on_explanation.shape:
+        raise ValueError(f"maps {tuple(maps.shape)} and maps_on_explanation {tuple(maps_on_explanation.shape)} differ in shape")
+    a = maps.flatten(1).double()
+    b = maps_on_explanation.flatten(1).double()
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    denominator = torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1))
+    defined = denominator > 0
+    pearson = (a * b).sum(dim=1) / torch.where(defined, denominator, torch.ones_like(denominator))
+    pearson = pearson.clamp(-1.0, 1.0)
+    return torch.where(defined, (pearson + 1.0) / 2.0, torch.zeros_like(pearson)).to(maps.dtype)
+
+
+def complexity(maps: Tensor) -> Tensor:
+    """Mean of the map per image (L1 norm over the number of pixels, maps in [0, 1])."""
+    return maps.flatten(1).abs().mean(dim=1)
+
+
+def adcc(average_drop: Tensor, coherency: Tensor, complexity: Tensor) -> Tensor:
+    """Harmonic mean of ``Coh``, ``1 - Com`` and ``1 - AD``; 0 when any of them is 0."""
+    _check_same_length(average_drop, coherency, complexity)
+    terms = torch.stack([coherency, 1.0 - complexity, 1.0 - average_drop])
+    defined = (terms > 0).all(dim=0)
+    safe = torch.where(terms > 0, terms, torch.ones_like(terms))
+    value = 3.0 / (1.0 / safe).sum(dim=0)
+    return torch.where(defined, value, torch.zeros_like(value))
+
+
+def faithfulness_scores(
+    maps: Tensor, maps_on_explanation: Tensor, probs: Tensor, probs_on_explanation: Tensor
+) -> Dict[str, Tensor]:
+    """All faithfulness metrics per image, as fractions in [0, 1].
+
+    Args:
+        maps: ``(N, H, W)`` maps ``L`` in [0, 1].
+        maps_on_explanation: ``(N, H, W)`` maps ``L'`` of the explanation images.
+        probs: ``(N,)`` target-class probabilities ``Y`` on the images.
+        probs_on_explanation: ``(N,)`` the same ``O`` on the explanation images.
+
+    Returns:
+        Dict with the keys of :data:`FAITHFULNESS_METRICS`, each an ``(N,)`` tensor.
+
+    Example::
+
+        >>> L = torch.tensor([[[0.0, 1.0], [0.5, 0.5]]])
+        >>> s = faithfulness_scores(L, L, torch.tensor([0.8]), torch.tensor([0.6]))
+        >>> round(float(s["average_drop"][0]), 4), float(s["coherency"][0]), float(s["complexity"][0])
+        (0.25, 1.0, 0.5)
+    """
+    ad = average_drop(probs, probs_on_explanation)
+    coh = coherency(maps, maps_on_explanation)
+    com = complexity(maps)
+    return {
+        "average_drop": ad,
+        "increase_in_confidence": increase_in_confidence(probs, probs_on_explanation),
+        "coherency": coh,
+        "complexity": com,
+        "adcc": adcc(ad, coh.to(ad.dtype), com.to(ad.dtype)),
+    }
