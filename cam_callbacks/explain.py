@@ -148,18 +148,19 @@ def compute_explanations(
         for start in range(0, images.shape[0], batch_size):
             # Cloned outside inference mode: inference tensors (from validation) cannot enter autograd.
             x = images[start : start + batch_size].to(device).clone()
-            t = None if targets is None else targets[start : start + batch_size].to(device)
+            t = None if targets is None else targets[start : start + batch_size].to(device).clone()
             raw, logits, t = _run_chunk(model, layer_name, layer, resolved, x, t)
             for name, r in raw.items():
                 maps[name].append(upsample_and_normalize(r, size))
             all_logits.append(logits)
             all_targets.append(t)
-    return Explanation(
-        maps={name: torch.cat(parts) for name, parts in maps.items()},
-        logits=torch.cat(all_logits),
-        targets=torch.cat(all_targets),
-        layer_name=layer_name,
-    )
+        # Concatenated outside inference mode too, so results can enter autograd in a later call.
+        return Explanation(
+            maps={name: torch.cat(parts) for name, parts in maps.items()},
+            logits=torch.cat(all_logits),
+            targets=torch.cat(all_targets),
+            layer_name=layer_name,
+        )
 
 
 def compute_faithfulness(

@@ -1,0 +1,343 @@
+"""CAMMonitor: class activation maps and their faithfulness, logged while the model trains."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from .capture import preserved_rng_state
+from .explain import Explanation, compute_explanations, compute_faithfulness
+from .layers import LayerSpec, resolve_named_layer, resolve_target_layer
+from .methods import available_methods
+from .metrics import FAITHFULNESS_METRICS
+from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
+from .render import heatmap_grid, to_display
+
+__all__ = ["CAMMonitor"]
+
+_TARGET_CHOICES = ("label", "prediction")
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class CAMMonitor(Callback):
+    r"""Compute class activation maps on a fixed probe set at the end of validation and log them.
+
+    At the end of every ``every_n_epochs``-th validation epoch (in ``trainer.fit`` and
+    ``trainer.validate``, never in the sanity check) the callback explains the probe images with
+    each method using the live model, scores the maps with the faithfulness metrics and logs:
+
+    - ``cam/<method>/grid``: an image per method, rows of original images (real colours when
+      ``mean``/``std`` are given, else min-max scaled) each above a row of heatmap overlays;
+    - ``cam/<method>/<metric>`` scalars (``average_drop``, ``increase_in_confidence``, ``coherency``,
+      ``complexity``, ``adcc``; in percent) with the epoch as step, also in ``trainer.callback_metrics``
+      so ``EarlyStopping``/``ModelCheckpoint`` can monitor e.g. ``"cam/gradcam/adcc"``;
+    - one custom-scalars layout: the ADCC of all methods in one chart, each method's components in another.
+
+    It never changes what the model learns: modes, hooks, ``param.grad``, ``requires_grad``, RNG
+    state and BatchNorm statistics are left as found (gradients are taken with
+    ``torch.autograd.grad`` through the network's tail only).
+
+    Args:
+        methods: Method names, see :func:`cam_callbacks.available_methods`.
+        target_layer: Dotted module name of the LightningModule (e.g. ``"model.layer4"``), a module,
+            or ``"auto"`` (the last module with a 4-D output larger than 1x1; the choice is printed).
+        num_probe: Number of probe samples taken from the first validation dataloader's dataset
+            (its first ``num_probe`` samples, by index) when ``probe`` is None.
+        every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0`` (Lightning's
+            convention); at most once per epoch, so with ``val_check_interval < 1`` it runs after
+            the first validation of the epoch.
+        probe: Explicit probe set: an images tensor, an ``(images, labels)`` tuple, or a Dataset /
+            DataLoader (first ``num_probe`` samples).
+        target: ``"label"`` (explain the true class when labels are known, else the prediction) or
+            ``"prediction"`` (always the top-1 prediction).
+        mean: Per-channel mean used to normalise the images, to show originals in real colours.
+        std: Per-channel std, with ``mean``.
+        batch_size: Images per forward/backward pass.
+        max_images: Probe images shown in each grid.
+        faithfulness: Compute and log the faithfulness metrics (one extra pass per method).
+        colormap: Matplotlib colormap of the overlays.
+        overlay_alpha: Heatmap opacity in the overlays, in [0, 1].
+
+    Raises:
+        ValueError: At construction for bad arguments; at ``setup``/first validation for a model,
+            layer or probe set that cannot work (unknown layer, non 4-D layer output, empty probe,
+            images the model rejects, labels out of range).
+
+    Example::
+
+        >>> from cam_callbacks import CAMMonitor
+        >>> monitor = CAMMonitor(methods=["gradcam", "gradcampp"], target_layer="auto", num_probe=32)
+        >>> trainer = pl.Trainer(callbacks=[monitor], max_epochs=10)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str] = ("gradcam", "gradcampp"),
+        target_layer: LayerSpec = "auto",
+        num_probe: int = 32,
+        every_n_epochs: int = 1,
+        probe: Optional[ProbeLike] = None,
+        target: str = "label",
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        batch_size: int = 32,
+        max_images: int = 16,
+        faithfulness: bool = True,
+        colormap: str = "jet",
+        overlay_alpha: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if isinstance(methods, str):
+            methods = [methods]
+        methods = list(methods)
+        if not methods:
+            raise ValueError(f"methods must name at least one method; choose from {available_methods()}")
+        for name in methods:
+            if name not in available_methods():
+                raise ValueError(f"methods contains {name!r}, which is not a known CAM method; choose from {available_methods()}")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods lists a method twice: {methods}")
+        if not isinstance(target_layer, (str, nn.Module)):
+            raise TypeError(f"target_layer must be a dotted module name, a module or 'auto', got {type(target_layer).__name__}")
+        if target not in _TARGET_CHOICES:
+            raise ValueError(f"target={target!r} is not valid; choose from {list(_TARGET_CHOICES)}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std (to un-normalise images for display) or neither")
+        if std is not None and any(float(s) <= 0 for s in std):
+            raise ValueError(f"std values must be positive, got {list(std)}")
+        if not 0.0 <= float(overlay_alpha) <= 1.0:
+            raise ValueError(f"overlay_alpha must be in [0, 1], got {overlay_alpha}")
+        from .render import colormap_lut
+
+        colormap_lut(colormap)  # fails fast with the valid choices
+        self.methods: List[str] = methods
+        self.target_layer = target_layer
+        self.num_probe = _check_positive_int("num_probe", num_probe)
+        self.every_n_epochs = _check_positive_int("every_n_epochs", every_n_epochs)
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.max_images = _check_positive_int("max_images", max_images)
+        self.target = target
+        self.mean = [float(v) for v in mean] if mean is not None else None
+        self.std = [float(v) for v in std] if std is not None else None
+        self.faithfulness = bool(faithfulness)
+        self.colormap = colormap
+        self.overlay_alpha = float(overlay_alpha)
+        self._probe_source = probe
+        self._probe: Optional[Probe] = make_probe(probe, self.num_probe) if probe is not None else None
+        self._layer_name: Optional[str] = None
+        self._last_run: Optional[Tuple[str, int]] = None
+        self._warned: Set[str] = set()
+        self._layout_written: Set[int] = set()
+
+    # ------------------------------------------------------------------ preparation
+    @property
+    def probe(self) -> Optional[Probe]:
+        """The probe set in use (None until it has been taken)."""
+        return self._probe
+
+    @property
+    def layer_name(self) -> Optional[str]:
+        """The dotted name of the target layer once resolved."""
+        return self._layer_name
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if isinstance(self.target_layer, nn.Module) or self.target_layer != "auto":
+            resolve_named_layer(pl_module, self.target_layer)
+        if self._probe is None:
+            self._probe = self._early_probe(trainer, stage)
+        if self._probe is not None:
+            self._prepare(pl_module)
+
+    def _early_probe(self, trainer: "pl.Trainer", stage: str) -> Optional[Probe]:
+        """Take the probe from the validation data source before validation runs, when possible.
+
+        Dataloaders built by ``LightningModule.val_dataloader`` may need the module's ``setup``
+        (which Lightning calls after the callbacks'); then the probe is taken at the first
+        validation instead.
+        """
+        loops = {"fit": lambda: trainer.fit_loop.epoch_loop.val_loop, "validate": lambda: trainer.validate_loop}
+        if stage not in loops:
+            return None
+        try:
+            source = loops[stage]()._data_source
+            if not source.is_defined():
+                return None
+            with preserved_rng_state():
+                loaders = source.dataloader()
+        except Exception:  # noqa: BLE001 - any failure here only postpones taking the probe
+            return None
+        return self._probe_from_loaders(loaders)
+
+    def _probe_from_loaders(self, loaders: Any) -> Probe:
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        if isinstance(loaders, (list, tuple)):
+            if not loaders:
+                raise ValueError("CAMMonitor: probe set is empty: there is no validation dataloader; pass probe=(images, labels)")
+            loaders = loaders[0]
+        return probe_from_dataloader(loaders, self.num_probe)
+
+    def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._probe is None:
+            self._probe = self._probe_from_loaders(trainer.val_dataloaders)
+        if self._layer_name is None:
+            self._prepare(pl_module)
+
+    def _prepare(self, pl_module: "pl.LightningModule") -> None:
+        """Resolve the layer and dry-run every method on two probe images, so bad setups fail before training."""
+        assert self._probe is not None
+        probe = self._probe
+        device = pl_module.device
+        with preserved_rng_state(), torch.inference_mode(False):
+            example = probe.images[:2].to(device)
+            try:
+                with torch.no_grad():
+                    from .capture import preserved_model_state
+
+                    with preserved_model_state(pl_module):
+                        logits = pl_module(example)
+            except Exception as error:
+                raise ValueError(
+                    f"CAMMonitor: the model rejects the probe images of shape {tuple(probe.images.shape[1:])} "
+                    f"(per image): {type(error).__name__}: {error}"
+                ) from error
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                raise ValueError(f"CAMMonitor: the model must return (N, num_classes) logits; it returned {shape}")
+            num_classes = logits.shape[1]
+            if probe.labels is not None:
+                bad = (probe.labels < 0) | (probe.labels >= num_classes)
+                if bool(bad.any()):
+                    index = int(bad.nonzero()[0, 0])
+                    raise ValueError(
+                        f"CAMMonitor: probe label {int(probe.labels[index])} (probe image {index}) is out of range: the model has "
+                        f"{num_classes} classes, valid class indices are 0..{num_classes - 1}"
+                    )
+            name, layer = resolve_target_layer(pl_module, self.target_layer, example[:1])
+            targets = self._targets(probe)
+            compute_explanations(pl_module, example, self.methods, name, layer, None if targets is None else targets[:2], self.batch_size)
+        if self._layer_name is None:
+            rank_zero_info(f"CAMMonitor: explaining target layer {name!r} with {self.methods} on {len(probe)} probe images")
+        self._layer_name = name
+
+    def _targets(self, probe: Probe) -> Optional[Tensor]:
+        if self.target == "prediction":
+            return None
+        if probe.labels is None:
+            self._warn_once("no-labels", "CAMMonitor: the probe set has no labels; explaining the predicted class instead")
+            return None
+        return probe.labels
+
+    # ------------------------------------------------------------------ running
+    def _should_run(self, trainer: "pl.Trainer") -> bool:
+        if trainer.sanity_checking:
+            return False
+        stage = str(trainer.state.fn)
+        epoch = trainer.current_epoch
+        if "fit" in stage.lower():
+            if (epoch + 1) % self.every_n_epochs != 0 or self._last_run == ("fit", epoch):
+                return False
+        return True
+
+    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not self._should_run(trainer):
+            return
+        self._last_run = ("fit" if "fit" in str(trainer.state.fn).lower() else "other", trainer.current_epoch)
+        self.run(trainer, pl_module)
+
+    def compute(self, pl_module: nn.Module) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+        """Maps and per-image faithfulness fractions for the probe set with the model as it is now."""
+        assert self._probe is not None and self._layer_name is not None
+        layer = resolve_named_layer(pl_module, self._layer_name)[1]
+        targets = self._targets(self._probe)
+        with preserved_rng_state():
+            if self.faithfulness:
+                return compute_faithfulness(pl_module, self._probe.images, self.methods, self._layer_name, layer, targets, self.batch_size)
+            return compute_explanations(pl_module, self._probe.images, self.methods, self._layer_name, layer, targets, self.batch_size), {}
+
+    def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
+        """Compute and log once for the current epoch; returns the logged scalars."""
+        if self._probe is None or self._layer_name is None:
+            self.on_validation_start(trainer, pl_module)
+        start = time.perf_counter()
+        explanation, scores = self.compute(pl_module)
+        scalars = {
+            f"cam/{method}/{metric}": float(100.0 * scores[method][metric].double().mean())
+            for method in self.methods
+            for metric in (FAITHFULNESS_METRICS if scores else ())
+        }
+        for name, value in scalars.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe))
+        if trainer.is_global_zero:
+            self._log(trainer, explanation, scalars)
+        rank_zero_info(f"CAMMonitor: epoch {trainer.current_epoch} explained in {time.perf_counter() - start:.2f}s")
+        return scalars
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, trainer: "pl.Trainer", explanation: Explanation, scalars: Dict[str, float]) -> None:
+        epoch = trainer.current_epoch
+        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not tensorboards:
+            self._warn_once(
+                "no-tensorboard",
+                "CAMMonitor: no TensorBoardLogger in trainer.loggers; heatmap grids are not logged, scalars still are",
+            )
+        for logger in trainer.loggers:
+            if scalars:
+                logger.log_metrics(scalars, step=epoch)
+        if not tensorboards:
+            return
+        assert self._probe is not None
+        shown = min(self.max_images, len(self._probe))
+        display = to_display(self._probe.images[:shown], self.mean, self.std)
+        grids = {
+            method: heatmap_grid(display, explanation.maps[method][:shown].cpu(), self.overlay_alpha, self.colormap)
+            for method in self.methods
+        }
+        for logger in tensorboards:
+            writer = logger.experiment
+            self._write_layout(writer)
+            for method, grid in grids.items():
+                writer.add_image(f"cam/{method}/grid", grid, global_step=epoch)
+
+    def _write_layout(self, writer: Any) -> None:
+        if id(writer) in self._layout_written:
+            return
+        self._layout_written.add(id(writer))
+        charts: Dict[str, List[Any]] = {}
+        if self.faithfulness:
+            charts["ADCC (all methods)"] = ["Multiline", [f"cam/{m}/adcc" for m in self.methods]]
+            components = [k for k in FAITHFULNESS_METRICS if k != "adcc"]
+            for method in self.methods:
+                charts[f"{method}: AD, IC, coherency, complexity"] = ["Multiline", [f"cam/{method}/{k}" for k in components]]
+            writer.add_custom_scalars({"cam_callbacks": charts})
+        writer.add_text(
+            "cam/config",
+            f"target layer `{self._layer_name}`, methods {self.methods}, {len(self._probe) if self._probe else 0} probe images, "
+            f"target={self.target!r}",
+            global_step=0,
+        )
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> Dict[str, Any]:
+        return {"layer_name": self._layer_name, "last_run": self._last_run, "methods": list(self.methods)}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._last_run = tuple(state_dict["last_run"]) if state_dict.get("last_run") else None  # type: ignore[assignment]
