@@ -1,0 +1,105 @@
+"""Tiny LightningModules and data for the callback tests (CPU, seconds per fit)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Dict, List
+
+import pytorch_lightning as pl
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+NUM_CLASSES = 3
+
+
+class TinyNet(pl.LightningModule):
+    """Conv + BatchNorm + Dropout classifier with a GAP + linear head (CAM-compatible)."""
+
+    def __init__(self, lr: float = 0.05, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1),
+            nn.BatchNorm2d(12),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(12, NUM_CLASSES)
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def make_data(n: int = 48, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    images = torch.randn(n, 3, size, size, generator=g) * 0.5
+    # a class-dependent bright blob, so there is something to learn and to explain
+    images[labels == 0, 0, :6, :6] += 2.0
+    images[labels == 1, 1, -6:, -6:] += 2.0
+    images[labels == 2, 2, 5:11, 5:11] += 2.0
+    return images, labels
+
+
+def loaders(n_train: int = 48, n_val: int = 16, batch_size: int = 8):
+    xt, yt = make_data(n_train, seed=0)
+    xv, yv = make_data(n_val, seed=1)
+    train = DataLoader(TensorDataset(xt, yt), batch_size=batch_size, shuffle=True)
+    val = DataLoader(TensorDataset(xv, yv), batch_size=batch_size)
+    return train, val
+
+
+def trainer(tmp_path, callbacks: List[pl.Callback], **kwargs) -> pl.Trainer:
+    options = dict(
+        max_epochs=2,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        accelerator="cpu",
+        devices=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **options)
+
+
+def read_events(root) -> Dict[str, Dict]:
+    """All scalars (tag -> [(step, value)]), images (tag -> [steps]) and tensor tags of every event file under root."""
+    scalars: Dict[str, list] = {}
+    images: Dict[str, list] = {}
+    tensors: Dict[str, list] = {}
+    image_data: Dict[str, list] = {}
+    for path in sorted(glob.glob(os.path.join(str(root), "**", "events.out.tfevents.*"), recursive=True)):
+        acc = EventAccumulator(path, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        for tag in acc.Tags()["images"]:
+            events = acc.Images(tag)
+            images.setdefault(tag, []).extend(e.step for e in events)
+            image_data.setdefault(tag, []).extend(events)
+        for tag in acc.Tags()["tensors"]:
+            tensors.setdefault(tag, []).extend(acc.Tensors(tag))
+    return {"scalars": scalars, "images": images, "tensors": tensors, "image_data": image_data}
