@@ -276,6 +276,7 @@ class CAMMonitor(Callback):
         """Compute and log once for the current epoch; returns the logged scalars."""
         if self._probe is None or self._layer_name is None:
             self.on_validation_start(trainer, pl_module)
+        assert self._probe is not None
         start = time.perf_counter()
         explanation, scores = self.compute(pl_module)
         scalars = {
