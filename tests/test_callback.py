@@ -298,3 +298,27 @@ def test_cam_on_head_that_is_not_gap_linear(tmp_path):
     train, val = loaders()
     with pytest.raises(ValueError, match="method='cam' needs"):
         trainer(tmp_path, [cc.CAMMonitor(methods=["cam"])], max_epochs=1).fit(TwoLinearHead(), train, val)
+
+
+def test_every_tensorboard_logger_gets_grids_and_scalars(tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    first = TensorBoardLogger(str(tmp_path), name="first")
+    second = TensorBoardLogger(str(tmp_path), name="second")
+    _fit(tmp_path, cc.CAMMonitor(methods=["layercam"], num_probe=4), max_epochs=2, logger=[first, second])
+    for name in ("first", "second"):
+        events = read_events(tmp_path / name)
+        assert sorted(events["images"]["cam/layercam/grid"]) == [0, 1]
+        assert sorted(s for s, _ in events["scalars"]["cam/layercam/adcc"]) == [0, 1]
+
+
+def test_probe_from_dataset_and_prediction_targets(tmp_path):
+    xv, yv = make_data(10, seed=5)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=TensorDataset(xv, yv), num_probe=6, target="prediction")
+    model, t = _fit(tmp_path, monitor, max_epochs=1)
+    assert torch.equal(monitor.probe.images, xv[:6]) and torch.equal(monitor.probe.labels, yv[:6])
+    # target="prediction": the maps explain the top-1 class, not the label
+    explanation, _ = monitor.compute(model)
+    with torch.no_grad():
+        predicted = model.eval()(xv[:6]).argmax(1)
+    assert torch.equal(explanation.targets, predicted)
