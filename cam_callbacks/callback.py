@@ -10,9 +10,10 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
-from .capture import preserved_rng_state
+from .capture import preserved_model_state, preserved_rng_state
 from .explain import Explanation, compute_explanations, compute_faithfulness
 from .layers import LayerSpec, resolve_named_layer, resolve_target_layer
 from .methods import available_methods
@@ -208,11 +209,8 @@ class CAMMonitor(Callback):
         with preserved_rng_state(), torch.inference_mode(False):
             example = probe.images[:2].to(device)
             try:
-                with torch.no_grad():
-                    from .capture import preserved_model_state
-
-                    with preserved_model_state(pl_module):
-                        logits = pl_module(example)
+                with torch.no_grad(), preserved_model_state(pl_module):
+                    logits = pl_module(example)
             except Exception as error:
                 raise ValueError(
                     f"CAMMonitor: the model rejects the probe images of shape {tuple(probe.images.shape[1:])} "
@@ -288,7 +286,7 @@ class CAMMonitor(Callback):
             pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe))
         if trainer.is_global_zero:
             self._log(trainer, explanation, scalars)
-        rank_zero_info(f"CAMMonitor: epoch {trainer.current_epoch} explained in {time.perf_counter() - start:.2f}s")
+        rank_zero_debug(f"CAMMonitor: epoch {trainer.current_epoch} explained in {time.perf_counter() - start:.2f}s")
         return scalars
 
     # ------------------------------------------------------------------ logging

@@ -72,12 +72,11 @@ def as_targets(targets: TargetsLike, n: int, device: torch.device) -> Optional[T
         return None
     if isinstance(targets, bool):
         raise TypeError("targets must be None, an int or a sequence/tensor of class indices, got a bool")
-    if isinstance(targets, int):
-        return torch.full((n,), targets, dtype=torch.long, device=device)
     tensor = torch.as_tensor(targets)
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"targets must hold integer class indices, got dtype {tensor.dtype}")
-    tensor = tensor.reshape(-1) if tensor.dim() == 0 else tensor
+    if tensor.dim() == 0:  # one class for all images (int, NumPy integer, 0-d tensor)
+        return torch.full((n,), int(tensor), dtype=torch.long, device=device)
     if tensor.dim() != 1 or tensor.shape[0] != n:
         raise ValueError(f"targets must have one class index per image: expected shape ({n},), got {tuple(tensor.shape)}")
     return tensor.to(device=device, dtype=torch.long)

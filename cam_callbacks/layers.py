@@ -49,8 +49,14 @@ def resolve_named_layer(model: nn.Module, target_layer: LayerSpec) -> Tuple[str,
     return target_layer, modules[target_layer]
 
 
+_FIXED_SIZE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
 def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
     """The last module (in completion order of a forward pass) with a 4-D output larger than 1x1.
+
+    Adaptive pooling layers are skipped: their output size is fixed by construction (vgg's
+    ``AdaptiveAvgPool2d((7, 7))``), so it is not the network's feature map.
 
     Runs one forward pass of ``example`` (typically one image) in eval mode and without gradients;
     the caller is responsible for restoring modes (see :func:`preserved_model_state`).
@@ -63,7 +69,8 @@ def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
     order: List[Tuple[str, Tuple[int, ...]]] = []
 
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, Tensor):
+        # Adaptive pools have a fixed output size (vgg's AdaptiveAvgPool2d((7, 7))), not a feature map.
+        if isinstance(output, Tensor) and not isinstance(module, _FIXED_SIZE_POOLS):
             order.append((names[id(module)], tuple(output.shape)))
 
     handles = [m.register_forward_hook(hook) for m in modules.values()]
