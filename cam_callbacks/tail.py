@@ -1,0 +1,522 @@
+"""The *tail* of a classifier: its logits as a function of one layer's output.
+
+Perturbation methods (Recipro-CAM, Ablation-CAM) evaluate the network many times on modified copies
+of the target layer's feature map. :func:`derive_tail` builds a callable ``tail`` with
+``tail(A) == model(x)`` when the target layer's output is replaced by ``A``, without re-running the
+layers before the target layer, and where ``A`` may hold several modified copies per image.
+
+How the tail is obtained (:attr:`Tail.mode`):
+
+- ``"fx"``: the model is traced with :mod:`torch.fx`, the target layer kept as one node (also a
+  container such as ``layer4`` or ``features``); the tail is every node that depends on the layer's
+  output. Values that cross the cut from the head (a skip connection from before the target layer)
+  are computed once from ``example`` at derive time and repeated to match the copies. The tail calls
+  the model's own modules and parameters, so it follows in-place weight updates and train/eval modes.
+- ``"rerun"``: the fallback when tracing fails (data-dependent control flow, ...). Each call runs the
+  whole model on the example images, repeated, with a forward hook that replaces the layer's output.
+- ``"user"``: a callable passed as ``tail=``.
+
+Every tail is checked at derive time: on the target layer's real output for ``example`` it must
+reproduce the model's logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .capture import preserved_model_state
+from .layers import resolve_named_layer
+
+__all__ = ["Tail", "derive_tail"]
+
+#: Relative and absolute (times the largest logit magnitude, at least 1) tolerance of the derive-time check.
+RTOL = 1e-4
+ATOL = 1e-5
+
+
+@dataclass
+class Tail:
+    """The part of a model after its target layer, as a function of that layer's output.
+
+    Attributes:
+        fn: ``activations (M, C, h, w) -> logits (M, num_classes)``. Infers the number of copies per
+            example image as ``M // N`` where values cross the cut (see ``example_batch``).
+        mode: ``"fx"`` (a graph derived with torch.fx), ``"rerun"`` (the whole model re-run with the
+            layer's output replaced: a full forward pass of ``M`` images per call) or ``"user"``.
+        layer_name: Dotted name of the target layer.
+        example_batch: ``N``, the number of example images, when the rows of ``activations`` are tied
+            to them: values crossing the cut (mode ``"fx"``) or the re-run images (mode ``"rerun"``).
+            ``None`` when every row is computed on its own and ``M`` is free.
+
+    Call it as ``tail(activations, repeats)``: ``activations`` holds ``repeats`` consecutive copies per
+    example image (rows ``[i * repeats:(i + 1) * repeats]`` belong to image ``i``). ``repeats`` is only
+    checked where ``example_batch`` is set; a ``"user"`` tail receives ``activations`` alone.
+    """
+
+    fn: Callable[[Tensor], Tensor]
+    mode: str
+    layer_name: str = ""
+    example_batch: Optional[int] = None
+
+    def __call__(self, activations: Tensor, repeats: int = 1) -> Tensor:
+        """Logits ``(M, num_classes)`` for ``activations`` ``(M, C, h, w)`` in place of the layer's output."""
+        if not isinstance(activations, Tensor):
+            raise TypeError(f"activations must be a torch.Tensor, got {type(activations).__name__}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+        if self.example_batch is not None and activations.shape[0] != repeats * self.example_batch:
+            raise ValueError(
+                f"activations has {activations.shape[0]} rows, but repeats={repeats} copies of the {self.example_batch} "
+                f"example images need {repeats * self.example_batch} (rows [i*repeats:(i+1)*repeats] belong to image i): "
+                f"this tail ({self.mode!r}) reuses values computed from the example images."
+            )
+        return self.fn(activations)
+
+
+# --- tracing and cutting ------------------------------------------------------------------------
+
+
+class _NoCut(Exception):
+    """The traced graph cannot be cut at the target layer."""
+
+
+class _Tracer(fx.Tracer):
+    """The default leaf rule, except that the target layer is a leaf and the modules containing it are traced through."""
+
+    def __init__(self, layer_name: str) -> None:
+        super().__init__()
+        self.layer_name = layer_name
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name == self.layer_name:
+            return True
+        if self.layer_name.startswith(module_qualified_name + "."):
+            return False
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class _Cut:
+    """A traced graph split at the target node."""
+
+    graph: fx.Graph
+    target: fx.Node
+    tail: Dict[fx.Node, None]  # nodes depending on the target's output, in graph order (output node excluded)
+    cross: List[fx.Node]  # input-dependent nodes outside the tail that the tail consumes
+    constants: Set[fx.Node]  # input-independent nodes the tail consumes (parameters via get_attr, ...), with their inputs
+
+
+def _cut(graph: fx.Graph, layer_name: str) -> _Cut:
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer_name]
+    if not calls:
+        raise _NoCut(
+            f"the traced graph has no call of {layer_name!r} (it runs inside a module that torch.fx keeps as a leaf, "
+            "or not through its forward)"
+        )
+    if len(calls) > 1:
+        raise _NoCut(f"{layer_name!r} is called {len(calls)} times in the traced graph")
+    target = calls[0]
+    tail: Dict[fx.Node, None] = {}
+    input_dependent: Set[fx.Node] = set()
+    output: Optional[fx.Node] = None
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(i in input_dependent for i in node.all_input_nodes):
+            input_dependent.add(node)
+        if node.op == "output":
+            output = node
+        elif node is not target and any(i is target or i in tail for i in node.all_input_nodes):
+            tail[node] = None
+    assert output is not None
+    if not any(i is target or i in tail for i in output.all_input_nodes):
+        raise _NoCut(f"the model's output does not depend on {layer_name!r}")
+    cross: Dict[fx.Node, None] = {}
+    constants: Set[fx.Node] = set()
+    for node in [*tail, output]:
+        for i in node.all_input_nodes:
+            if i is target or i in tail:
+                continue
+            if i in input_dependent:
+                cross[i] = None
+            else:
+                constants |= _ancestors([i])
+    return _Cut(graph, target, tail, list(cross), constants)
+
+
+def _ancestors(nodes: Sequence[fx.Node]) -> Set[fx.Node]:
+    """``nodes`` and every node they (transitively) consume."""
+    found: Set[fx.Node] = set()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node not in found:
+            found.add(node)
+            stack.extend(node.all_input_nodes)
+    return found
+
+
+# --- in-place writes: which inputs must the tail receive as private copies? ---------------------
+
+_IN_PLACE_OPERATORS = {
+    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+}  # fmt: skip
+#: Functions that always return a new tensor (never a view of an argument).
+_FRESH_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.matmul, operator.neg,
+    operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.stack, torch.matmul,
+}  # fmt: skip
+#: Leaf modules that may return their input itself or a view of it.
+_ALIASING_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def _writes_in_place(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """Whether ``node`` may write into one of its inputs (conservative)."""
+    if node.op == "call_module":
+        return getattr(modules[str(node.target)], "inplace", False) is True
+    if node.op == "call_method":
+        name = str(node.target)
+        return name in ("__setitem__", "copy_") or (name.endswith("_") and not name.startswith("_"))
+    if node.op != "call_function":
+        return False
+    if node.target in _IN_PLACE_OPERATORS:
+        return True
+    name = getattr(node.target, "__name__", "")
+    if name.endswith("_") and not name.startswith("_"):  # torch.relu_, ...
+        return True
+    if node.kwargs.get("inplace") is True:
+        return True
+    try:  # F.relu(x, True) and friends
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return bound.arguments.get("inplace") is True
+
+
+def _may_be_written(graph: fx.Graph, start: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """Whether running ``graph`` may write into the tensor ``start`` stands for (or a view of it)."""
+    aliases = {start}
+    for node in graph.nodes:
+        if not any(i in aliases for i in node.all_input_nodes):
+            continue
+        if _writes_in_place(node, modules):
+            return True
+        if node.op == "call_module":
+            if isinstance(modules[str(node.target)], _ALIASING_MODULES):
+                aliases.add(node)
+        elif node.target not in _FRESH_FUNCTIONS:  # may be a view (flatten, reshape, getitem, ...)
+            aliases.add(node)
+    return False
+
+
+# --- the fx tail ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Built:
+    module: fx.GraphModule
+    copy_inputs: Tuple[bool, ...]  # per input (activations, then the cross-cut values): the tail may write into it
+
+
+def _build_tail(model: nn.Module, cut: _Cut) -> _Built:
+    graph = fx.Graph()
+    env: Dict[fx.Node, fx.Node] = {cut.target: graph.placeholder("activations")}
+    for node in cut.cross:
+        env[node] = graph.placeholder(f"cut_{node.name}")
+    inputs = list(env.values())
+    for node in cut.graph.nodes:
+        if node in cut.constants or node in cut.tail or node.op == "output":
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.lint()
+    # GraphModule refers to the model's own submodules and parameters (no copies).
+    module = fx.GraphModule(model, graph, class_name=f"{type(model).__name__}Tail")
+    modules = dict(module.named_modules())
+    return _Built(module, tuple(_may_be_written(graph, node, modules) for node in inputs))
+
+
+def _build_head(model: nn.Module, cut: _Cut) -> fx.GraphModule:
+    """The nodes outside the tail that the cross-cut values need (in-place writes kept), returning those values."""
+    modules = dict(model.named_modules())
+    outside = [n for n in cut.graph.nodes if n.op != "output" and n is not cut.target and n not in cut.tail]
+    effects = [n for n in outside if (n.op == "call_function" and n.is_impure()) or _writes_in_place(n, modules)]
+    needed = _ancestors([*cut.cross, *effects]) | {n for n in outside if n.op == "placeholder"}
+    graph = fx.Graph()
+    env: Dict[fx.Node, fx.Node] = {}
+    for node in outside:
+        if node in needed:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(tuple(env[n] for n in cut.cross))
+    graph.lint()
+    return fx.GraphModule(model, graph, class_name=f"{type(model).__name__}Head")
+
+
+def _modes(model: nn.Module) -> Tuple[bool, ...]:
+    return tuple(m.training for m in model.modules())
+
+
+class _FxTail:
+    """The fx tail as a plain callable, re-traced when the model's train/eval modes change.
+
+    Tracing bakes Python-level uses of ``self.training`` into the graph (``F.dropout(x, training=
+    self.training)``, torchvision's stochastic depth), so one graph is kept per combination of modes.
+    """
+
+    def __init__(self, model: nn.Module, layer_name: str, cut: _Cut, values: Sequence[Any], example_batch: int) -> None:
+        self.model = model
+        self.layer_name = layer_name
+        self.values = tuple(values)
+        self.cut_names = tuple(n.name for n in cut.cross)
+        self.example_batch = example_batch
+        self.batched = tuple(isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == example_batch for v in values)
+        self._program = cut.graph.python_code("self").src if values else ""
+        self._built: Dict[Tuple[bool, ...], _Built] = {_modes(model): _build_tail(model, cut)}
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        """The tail's ``GraphModule`` for the model's current modes: ``(activations, *cross_cut_values) -> logits``."""
+        return self._current().module
+
+    def _current(self) -> _Built:
+        modes = _modes(self.model)
+        built = self._built.get(modes)
+        if built is None:
+            built = self._built[modes] = self._retrace()
+        return built
+
+    def _retrace(self) -> _Built:
+        advice = "Call the tail in the modes it was derived in (eval), or derive a new tail."
+        try:
+            graph = _Tracer(self.layer_name).trace(self.model)
+            cut = _cut(graph, self.layer_name)
+        except Exception as error:
+            raise RuntimeError(
+                f"the tail after {self.layer_name!r} cannot be traced in the model's current train/eval modes "
+                f"({type(error).__name__}: {error}). {advice}"
+            ) from error
+        if self.values and (graph.python_code("self").src != self._program or tuple(n.name for n in cut.cross) != self.cut_names):
+            raise RuntimeError(
+                f"{type(self.model).__name__} traces to a different program in its current train/eval modes, and the "
+                f"tail after {self.layer_name!r} uses values from before the layer that were computed in eval mode. {advice}"
+            )
+        return _build_tail(self.model, cut)
+
+    def __call__(self, activations: Tensor) -> Tensor:
+        built = self._current()
+        inputs: List[Any] = [activations, *self.values]
+        fresh = [False] * len(inputs)
+        if any(self.batched):
+            rows = activations.shape[0]
+            if rows % self.example_batch:
+                raise ValueError(
+                    f"activations has {rows} rows, not a multiple of the {self.example_batch} example images: the tail "
+                    f"after {self.layer_name!r} reuses values computed from them (rows [i*r:(i+1)*r] belong to image i)"
+                )
+            repeats = rows // self.example_batch
+            if repeats > 1:
+                for index, (value, batched) in enumerate(zip(self.values, self.batched), start=1):
+                    if batched:
+                        inputs[index] = value.repeat_interleave(repeats, dim=0)
+                        fresh[index] = True
+        for index, copy in enumerate(built.copy_inputs):
+            if copy and not fresh[index] and isinstance(inputs[index], Tensor):
+                inputs[index] = inputs[index].clone()  # the tail writes into it in place (densenet's F.relu(inplace=True))
+        return built.module(*inputs)
+
+
+# --- the fallback -----------------------------------------------------------------------------------
+
+
+class _RerunTail:
+    """The whole model on the example images (each repeated ``M // N`` times), the layer's output replaced.
+
+    Costs one full forward pass of ``M`` images per call: the layers before the target layer run
+    again for every copy. They run without autograd; the grad mode of the call applies from the layer on.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, layer_name: str, example: Tensor) -> None:
+        self.model = model
+        self.layer = layer
+        self.layer_name = layer_name
+        self.example = example
+
+    def __call__(self, activations: Tensor) -> Tensor:
+        n, rows = self.example.shape[0], activations.shape[0]
+        if rows % n:
+            raise ValueError(f"activations has {rows} rows, not a multiple of the {n} example images the tail re-runs")
+        repeats = rows // n
+        images = self.example if repeats == 1 else self.example.repeat_interleave(repeats, dim=0)
+        grad_enabled = torch.is_grad_enabled()
+
+        def replace(module: nn.Module, inputs: Any, output: Any) -> Tensor:
+            if not isinstance(output, Tensor) or output.shape != activations.shape:
+                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                raise ValueError(
+                    f"activations of shape {tuple(activations.shape)} cannot replace the output of {self.layer_name!r}, "
+                    f"which is {shape} for {rows} images"
+                )
+            torch.set_grad_enabled(grad_enabled)  # the surrounding no_grad block restores it on exit
+            return activations.clone()  # the model may write into it in place
+
+        handle = self.layer.register_forward_hook(replace)
+        try:
+            with torch.no_grad():
+                return self.model(images)
+        finally:
+            handle.remove()
+
+
+# --- derive_tail ----------------------------------------------------------------------------------
+
+
+def _reference(model: nn.Module, layer: nn.Module, layer_name: str, example: Tensor) -> Tuple[Tensor, Tensor]:
+    """The layer's output (a private copy) and the logits of one forward pass of ``example``."""
+    outputs: List[Any] = []
+
+    def capture(module: nn.Module, inputs: Any, output: Any) -> None:
+        outputs.append(output.detach().clone() if isinstance(output, Tensor) else output)
+
+    handle = layer.register_forward_hook(capture)
+    try:
+        logits = model(example)
+    finally:
+        handle.remove()
+    if len(outputs) != 1:
+        raise ValueError(
+            f"layer {layer_name!r} is called {len(outputs)} times in one forward pass of {type(model).__name__}; "
+            "a tail is defined only for a layer called exactly once. Choose another layer."
+        )
+    if not isinstance(outputs[0], Tensor):
+        raise ValueError(f"layer {layer_name!r} outputs {type(outputs[0]).__name__}; a tail needs a layer that outputs a tensor")
+    if not isinstance(logits, Tensor) or logits.dim() == 0 or logits.shape[0] != example.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (N, num_classes) with N = {example.shape[0]}; it returned {shape}")
+    return outputs[0], logits.detach()
+
+
+def _mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: Tensor) -> Optional[str]:
+    """None if ``fn(activations)`` reproduces ``logits``, else what differs."""
+    out = fn(activations)
+    if not isinstance(out, Tensor):
+        return f"it returned {type(out).__name__}, not a tensor"
+    if out.shape != logits.shape:
+        return f"it returned shape {tuple(out.shape)} where the model returns {tuple(logits.shape)}"
+    out = out.detach().to(logits.dtype)
+    scale = logits.abs().max().clamp_min(1.0)
+    error = (out - logits).abs()
+    bad = ~(error <= ATOL * scale + RTOL * logits.abs()) & ~(out.isnan() & logits.isnan())
+    if bool(bad.any()):
+        return f"its logits differ from the model's by up to {float(error.nan_to_num(float('inf')).max()):.3g} (largest logit {float(scale):.3g})"
+    return None
+
+
+def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Tensor, logits: Tensor) -> Tuple[Optional[Tail], str]:
+    """The fx tail, checked, or ``(None, why not)``."""
+    try:
+        cut = _cut(_Tracer(layer_name).trace(model), layer_name)
+    except Exception as error:
+        return None, f"torch.fx cannot trace it: {type(error).__name__}: {error}"
+    try:
+        values: Tuple[Any, ...] = ()
+        if cut.cross:
+            values = tuple(v.detach() if isinstance(v, Tensor) else v for v in _build_head(model, cut)(example))
+        fn = _FxTail(model, layer_name, cut, values, example.shape[0])
+        tail = Tail(fn, "fx", layer_name, example.shape[0] if any(fn.batched) else None)
+        problem = _mismatch(fn, activation, logits)
+    except Exception as error:
+        problem = f"{type(error).__name__}: {error}"
+    if not problem and values:  # values from the head must follow a larger batch
+        try:
+            problem = _mismatch(fn, activation.repeat_interleave(2, dim=0), logits.repeat_interleave(2, dim=0))
+        except Exception as error:
+            problem = f"{type(error).__name__}: {error}"
+        problem = problem and f"with 2 copies per image, {problem}"
+    if problem:
+        return None, f"the traced tail does not reproduce the model: {problem}"
+    return tail, ""
+
+
+def derive_tail(model: nn.Module, layer_name: str, example: Tensor, tail: Optional[Callable[[Tensor], Tensor]] = None) -> Tail:
+    """The part of ``model`` after ``layer_name``: logits as a function of the layer's output.
+
+    Args:
+        model: A classifier returning ``(N, num_classes)`` logits.
+        layer_name: Dotted name of the target layer (as in ``model.named_modules()``), a leaf such as
+            ``"layer4.1.conv2"`` or a container such as ``"layer4"`` or ``"features"``; it must be
+            called exactly once per forward pass.
+        example: An input batch ``(N, ...)`` as the model receives it. Values that cross the cut
+            (skip connections from before the layer) are computed from it once, and the
+            ``"rerun"`` fallback re-runs it; the returned tail then serves these ``N`` images only.
+        tail: Your own ``activations -> logits`` callable instead of a derived one (mode ``"user"``).
+
+    Returns:
+        A :class:`Tail`. Mode ``"fx"`` when torch.fx can trace the model; otherwise ``"rerun"`` (with
+        a warning), which costs a full forward pass of ``repeats * N`` images per call instead of
+        the tail alone.
+
+    Raises:
+        ValueError: Unknown layer, a layer not called exactly once, or a tail (derived or
+            ``tail=``) that does not reproduce the model's logits on ``example`` in eval mode.
+
+    The check runs in eval mode without autograd; the model is left as found (modes,
+    ``requires_grad``, ``param.grad``, no hooks), also when it raises. Works under
+    ``torch.inference_mode()``: the derivation runs with inference mode off, so the stored values
+    are ordinary tensors. The ``"fx"`` tail uses the model's own modules and parameters, so it
+    follows in-place weight updates (optimizer steps, ``load_state_dict``) and train/eval modes;
+    the cross-cut values, though, are a snapshot of ``example`` in eval mode: derive a new tail after
+    updating the weights before the layer, replacing submodules, or moving the model.
+
+    Example::
+
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.stem, self.block, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 2)
+        ...     def forward(self, x):
+        ...         s = self.stem(x)
+        ...         return self.fc((self.block(s) + s).mean(dim=(2, 3)))  # a skip connection across the cut
+        >>> net, x = Net(), torch.randn(2, 3, 8, 8)
+        >>> tail = derive_tail(net, "block", x)
+        >>> tail.mode, tail.example_batch
+        ('fx', 2)
+        >>> tail(torch.randn(6, 4, 8, 8), repeats=3).shape  # 3 modified copies per image
+        torch.Size([6, 2])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example, Tensor) or example.dim() == 0:
+        raise TypeError(f"example must be a batched input tensor (N, ...), got {type(example).__name__}")
+    if tail is not None and not callable(tail):
+        raise TypeError(f"tail must be a callable activations -> logits, got {type(tail).__name__}")
+    name, layer = resolve_named_layer(model, layer_name)
+    advice = "Pass tail= (a callable activations -> logits for the part of the model after the layer)."
+    with torch.inference_mode(False):
+        example = example.detach().clone()
+        with preserved_model_state(model), torch.no_grad():
+            activation, logits = _reference(model, layer, name, example)
+            if tail is not None:
+                result = Tail(tail, "user", name)
+                problem = _mismatch(tail, activation, logits)
+                if problem:
+                    raise ValueError(f"tail= does not reproduce {type(model).__name__} after layer {name!r}: {problem}")
+                return result
+            derived, reason = _fx_tail(model, name, example, activation, logits)
+            if derived is not None:
+                return derived
+            warnings.warn(
+                f"derive_tail: no automatic tail for {type(model).__name__} after {name!r} ({reason}). Falling back to "
+                f"re-running the whole model with the layer's output replaced, which is slower: every call runs the layers "
+                f"before {name!r} again for each copy. {advice}",
+                stacklevel=2,
+            )
+            rerun = Tail(_RerunTail(model, layer, name, example), "rerun", name, example.shape[0])
+            problem = _mismatch(rerun.fn, activation, logits)
+            if problem:
+                raise ValueError(f"the derived tail does not reproduce {type(model).__name__} after layer {name!r}: {problem}. {advice}")
+            return rerun
