@@ -43,12 +43,13 @@ def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[
     modes: List[Tuple[nn.Module, bool]] = [(m, m.training) for m in model.modules()]
     grads_required: List[Tuple[nn.Parameter, bool]] = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        if eval_mode:
+        if eval_mode and any(mode for _, mode in modes):
             model.eval()
         yield model
     finally:
         for module, mode in modes:
-            module.training = mode
+            if module.training != mode:  # setting only what changed keeps this cheap on big models
+                module.training = mode
         for param, required in grads_required:
             if param.requires_grad != required:
                 param.requires_grad_(required)
