@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
@@ -247,17 +248,15 @@ class CAMMonitor(Callback):
     def _should_run(self, trainer: "pl.Trainer") -> bool:
         if trainer.sanity_checking:
             return False
-        stage = str(trainer.state.fn)
+        if trainer.state.fn != TrainerFn.FITTING:
+            return True  # trainer.validate(): every call
         epoch = trainer.current_epoch
-        if "fit" in stage.lower():
-            if (epoch + 1) % self.every_n_epochs != 0 or self._last_run == ("fit", epoch):
-                return False
-        return True
+        return (epoch + 1) % self.every_n_epochs == 0 and self._last_run != ("fit", epoch)
 
     def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if not self._should_run(trainer):
             return
-        self._last_run = ("fit" if "fit" in str(trainer.state.fn).lower() else "other", trainer.current_epoch)
+        self._last_run = ("fit" if trainer.state.fn == TrainerFn.FITTING else "other", trainer.current_epoch)
         self.run(trainer, pl_module)
 
     def compute(self, pl_module: nn.Module) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
