@@ -37,6 +37,7 @@ __all__ = [
     "xgradcam",
     "hirescam",
     "layercam",
+    "eigencam",
 ]
 
 KNOWN_INPUTS = ("activations", "gradients", "class_weights")
@@ -169,3 +170,24 @@ def hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
 def layercam(activations: Tensor, gradients: Tensor) -> Tensor:
     """LayerCAM (Jiang et al. 2021): ``ReLU(sum_k relu(g_k) * A_k)``."""
     return torch.relu((torch.relu(gradients) * activations).sum(dim=1))
+
+
+@register_method("eigencam", needs=("activations",), summary="Eigen-CAM: first principal component of the activations")
+def eigencam(activations: Tensor) -> Tensor:
+    """Eigen-CAM (Muhammad & Yeasin 2020): projection on the first principal component, ReLU.
+
+    Per image, the activations are read as ``h*w`` samples of ``K`` channels, centred per channel,
+    and projected on their first right-singular vector. The sign of a principal component is
+    arbitrary, so it is fixed to make the map correlate positively with the channel-mean map
+    ``mean_k A_k``; then ReLU (as pytorch-grad-cam does). Class-agnostic: no gradients, no target.
+    Batched SVD of ``(N, h*w, K)`` matrices, no per-image loop.
+    """
+    n, k, h, w = activations.shape
+    samples = activations.reshape(n, k, h * w).transpose(1, 2).double()  # (N, hw, K)
+    centred = samples - samples.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    projection = (centred @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)  # (N, hw)
+    channel_mean = samples.mean(dim=2)
+    covariance = ((projection - projection.mean(1, keepdim=True)) * (channel_mean - channel_mean.mean(1, keepdim=True))).sum(1)
+    sign = torch.where(covariance < 0, -1.0, 1.0).to(projection.dtype).unsqueeze(1)
+    return torch.relu(sign * projection).reshape(n, h, w).to(activations.dtype)
