@@ -15,7 +15,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
 from .capture import preserved_model_state, preserved_rng_state
-from .explain import Explanation, compute_explanations, compute_faithfulness
+from .explain import Explanation, compute_explanations, compute_faithfulness, first_out_of_range
 from .layers import LayerSpec, resolve_named_layer, resolve_target_layer
 from .methods import available_methods
 from .metrics import FAITHFULNESS_METRICS
@@ -221,14 +221,13 @@ class CAMMonitor(Callback):
                 shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                 raise ValueError(f"CAMMonitor: the model must return (N, num_classes) logits; it returned {shape}")
             num_classes = logits.shape[1]
-            if probe.labels is not None:
-                bad = (probe.labels < 0) | (probe.labels >= num_classes)
-                if bool(bad.any()):
-                    index = int(bad.nonzero()[0, 0])
-                    raise ValueError(
-                        f"CAMMonitor: probe label {int(probe.labels[index])} (probe image {index}) is out of range: the model has "
-                        f"{num_classes} classes, valid class indices are 0..{num_classes - 1}"
-                    )
+            index = None if probe.labels is None else first_out_of_range(probe.labels, num_classes)
+            if index is not None:
+                assert probe.labels is not None
+                raise ValueError(
+                    f"CAMMonitor: probe label {int(probe.labels[index])} (probe image {index}) is out of range: the model has "
+                    f"{num_classes} classes, valid class indices are 0..{num_classes - 1}"
+                )
             name, layer = resolve_target_layer(pl_module, self.target_layer, example[:1])
             targets = self._targets(probe)
             compute_explanations(pl_module, example, self.methods, name, layer, None if targets is None else targets[:2], self.batch_size)

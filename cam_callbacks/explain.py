@@ -82,10 +82,15 @@ def as_targets(targets: TargetsLike, n: int, device: torch.device) -> Optional[T
     return tensor.to(device=device, dtype=torch.long)
 
 
-def _check_target_range(targets: Tensor, num_classes: int) -> None:
+def first_out_of_range(targets: Tensor, num_classes: int) -> Optional[int]:
+    """Index of the first class index outside ``0..num_classes-1``, or None."""
     bad = (targets < 0) | (targets >= num_classes)
-    if bool(bad.any()):
-        index = int(bad.nonzero()[0, 0])
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+def _check_target_range(targets: Tensor, num_classes: int) -> None:
+    index = first_out_of_range(targets, num_classes)
+    if index is not None:
         raise ValueError(
             f"targets[{index}]={int(targets[index])} is out of range: the model has {num_classes} classes, "
             f"valid class indices are 0..{num_classes - 1}"
