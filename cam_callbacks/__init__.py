@@ -5,21 +5,29 @@ Increase in Confidence, Coherency, Complexity, ADCC). Lightning glue: :class:`CA
 """
 
 from .explain import explain, faithfulness
+from .guided import guided_relus
 from .layers import resolve_target_layer
-from .maps import minmax_normalize, upsample_and_normalize
+from .maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
 from .methods import available_methods, get_method, register_method
 from .metrics import FAITHFULNESS_METRICS, faithfulness_scores
+from .reshape import TokenGrid
+from .tail import Tail, derive_tail
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAMMonitor",
     "FAITHFULNESS_METRICS",
+    "Tail",
+    "TokenGrid",
     "available_methods",
+    "derive_tail",
     "explain",
     "faithfulness",
     "faithfulness_scores",
+    "fuse_layer_maps",
     "get_method",
+    "guided_relus",
     "minmax_normalize",
     "register_method",
     "resolve_target_layer",

@@ -1,56 +1,36 @@
-"""The batched explanation engine and the public ``explain`` / ``faithfulness`` functions.
+"""The public ``explain`` / ``faithfulness`` functions (the engine is :mod:`cam_callbacks.engine`).
 
 One chunk of images costs one forward pass (the part before the target layer without autograd)
 and, for gradient methods, one backward pass through the tail only; all requested methods share
-them. Faithfulness adds one such pass per method on the explanation images.
+them. Perturbation methods add batched passes of the model or its tail, input-gradient methods a
+forward and backward pass to the input. Faithfulness adds one such round per method on the
+explanation images.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .capture import LayerCapture, preserved_model_state
-from .layers import LayerSpec, cam_class_weights, resolve_target_layer
-from .maps import upsample_and_normalize
-from .methods import CAMMethod, get_method
+from .engine import Explanation, ExplainOptions, compute_explanations, model_device
+from .layers import LayerSpec, resolve_target_layer
+from .methods import get_method
 from .metrics import FAITHFULNESS_METRICS, faithfulness_scores
+from .reshape import ReshapeLike, as_token_grid
+from .targets import TargetsLike, as_targets, first_out_of_range
 
-__all__ = ["explain", "faithfulness", "Explanation", "compute_explanations", "compute_faithfulness", "TargetsLike"]
+__all__ = [
+    "explain", "faithfulness", "Explanation", "ExplainOptions", "compute_explanations", "compute_faithfulness",
+    "TargetsLike", "LayersLike", "first_out_of_range",
+]  # fmt: skip
 
 log = logging.getLogger("cam_callbacks")
 
-#: What ``targets=`` accepts: None (top-1 prediction), one class for all images, or one per image.
-TargetsLike = Union[None, int, Sequence[int], Tensor]
-
-
-@dataclass
-class Explanation:
-    """Maps of several methods for one set of images.
-
-    Attributes:
-        maps: Method name -> ``(N, H, W)`` float32 maps in [0, 1].
-        logits: ``(N, num_classes)`` logits of the unmodified images (detached).
-        targets: ``(N,)`` class index each map explains.
-        layer_name: Dotted name of the target layer.
-    """
-
-    maps: Dict[str, Tensor]
-    logits: Tensor
-    targets: Tensor
-    layer_name: str
-
-
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return fallback
+#: What ``target_layer=`` accepts: one layer (name, module or ``"auto"``) or a list of layers to fuse.
+LayersLike = Union[LayerSpec, Sequence[LayerSpec]]
 
 
 def check_images(images: object) -> Tensor:
@@ -66,158 +46,126 @@ def check_images(images: object) -> Tensor:
     return images
 
 
-def as_targets(targets: TargetsLike, n: int, device: torch.device) -> Optional[Tensor]:
-    """Normalise ``targets`` to a ``(n,)`` long tensor on ``device`` (or None for top-1)."""
-    if targets is None:
-        return None
-    if isinstance(targets, bool):
-        raise TypeError("targets must be None, an int or a sequence/tensor of class indices, got a bool")
-    tensor = torch.as_tensor(targets)
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(f"targets must hold integer class indices, got dtype {tensor.dtype}")
-    if tensor.dim() == 0:  # one class for all images (int, NumPy integer, 0-d tensor)
-        return torch.full((n,), int(tensor), dtype=torch.long, device=device)
-    if tensor.dim() != 1 or tensor.shape[0] != n:
-        raise ValueError(f"targets must have one class index per image: expected shape ({n},), got {tuple(tensor.shape)}")
-    return tensor.to(device=device, dtype=torch.long)
-
-
-def first_out_of_range(targets: Tensor, num_classes: int) -> Optional[int]:
-    """Index of the first class index outside ``0..num_classes-1``, or None."""
-    bad = (targets < 0) | (targets >= num_classes)
-    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
-
-
-def _check_target_range(targets: Tensor, num_classes: int) -> None:
-    index = first_out_of_range(targets, num_classes)
-    if index is not None:
-        raise ValueError(
-            f"targets[{index}]={int(targets[index])} is out of range: the model has {num_classes} classes, "
-            f"valid class indices are 0..{num_classes - 1}"
-        )
-
-
-def _run_chunk(
-    model: nn.Module, layer_name: str, layer: nn.Module, methods: Sequence[CAMMethod], x: Tensor, targets: Optional[Tensor]
-) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:
-    """Raw maps of every method for one chunk: ``({name: (n, h, w)}, logits, targets)``."""
-    needs_gradients = any(m.needs_gradients for m in methods)
-    with LayerCapture(layer, layer_name, grad_tail=needs_gradients) as capture:
-        with torch.no_grad():  # the capture hook turns autograd on for the tail only
-            logits = model(x)
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return logits of shape (N, num_classes) = ({x.shape[0]}, C); it returned {shape}")
-    activation = capture.activation
-    if activation is None:
-        raise RuntimeError(f"target_layer={layer_name!r} was not called during the forward pass")
-    if targets is None:
-        targets = logits.detach().argmax(dim=1)
-    else:
-        _check_target_range(targets, logits.shape[1])
-    inputs: Dict[str, Tensor] = {"activations": activation.detach()}
-    if needs_gradients:
-        if not logits.requires_grad:
-            raise RuntimeError(f"the logits do not depend on target_layer={layer_name!r}; no gradient can be taken")
-        score = logits.gather(1, targets[:, None]).sum()
-        (gradients,) = torch.autograd.grad(score, activation)
-        inputs["gradients"] = gradients
-    if any("class_weights" in m.needs for m in methods):
-        inputs["class_weights"] = cam_class_weights(model, layer_name, inputs["activations"], logits, targets)
-    raw = {m.name: m.fn(**{key: inputs[key] for key in m.needs}) for m in methods}
-    return raw, logits.detach(), targets
-
-
-def compute_explanations(
-    model: nn.Module,
-    images: Tensor,
-    methods: Sequence[str],
-    layer_name: str,
-    layer: nn.Module,
-    targets: Optional[Tensor] = None,
-    batch_size: int = 32,
-) -> Explanation:
-    """Maps of several methods in chunks of ``batch_size`` images, on the model's device.
-
-    The model is put in eval mode for the call and restored after; no ``param.grad`` is touched.
-    Results are on the model's device.
-    """
-    resolved = [get_method(name) for name in methods]
-    device = _model_device(model, images.device)
-    size = (images.shape[-2], images.shape[-1])
-    maps: Dict[str, List[Tensor]] = {m.name: [] for m in resolved}
-    all_logits: List[Tensor] = []
-    all_targets: List[Tensor] = []
-    with torch.inference_mode(False), preserved_model_state(model):
-        for start in range(0, images.shape[0], batch_size):
-            # Cloned outside inference mode: inference tensors (from validation) cannot enter autograd.
-            x = images[start : start + batch_size].to(device).clone()
-            t = None if targets is None else targets[start : start + batch_size].to(device).clone()
-            raw, logits, t = _run_chunk(model, layer_name, layer, resolved, x, t)
-            for name, r in raw.items():
-                maps[name].append(upsample_and_normalize(r, size))
-            all_logits.append(logits)
-            all_targets.append(t)
-        # Concatenated outside inference mode too, so results can enter autograd in a later call.
-        return Explanation(
-            maps={name: torch.cat(parts) for name, parts in maps.items()},
-            logits=torch.cat(all_logits),
-            targets=torch.cat(all_targets),
-            layer_name=layer_name,
-        )
-
-
 def compute_faithfulness(
     model: nn.Module,
     images: Tensor,
     methods: Sequence[str],
-    layer_name: str,
-    layer: nn.Module,
+    layer_name: Union[str, Sequence[str]],
+    layer: Union[nn.Module, Sequence[nn.Module]],
     targets: Optional[Tensor] = None,
     batch_size: int = 32,
+    options: Optional[ExplainOptions] = None,
 ) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
     """Maps and per-image faithfulness fractions (in [0, 1]) of several methods.
 
     Returns:
         ``(explanation, scores)`` with ``scores[method][metric]`` an ``(N,)`` tensor.
     """
-    explanation = compute_explanations(model, images, methods, layer_name, layer, targets, batch_size)
+    explanation = compute_explanations(model, images, methods, layer_name, layer, targets, batch_size, options)
     probs = torch.softmax(explanation.logits.float(), dim=1).gather(1, explanation.targets[:, None]).squeeze(1)
     scores: Dict[str, Dict[str, Tensor]] = {}
     for name in methods:
         maps = explanation.maps[name]
         explanation_images = images.to(maps.device) * maps.unsqueeze(1).to(images.dtype)
-        second = compute_explanations(model, explanation_images, [name], layer_name, layer, explanation.targets, batch_size)
+        second = compute_explanations(model, explanation_images, [name], layer_name, layer, explanation.targets, batch_size, options)
         probs_on_explanation = torch.softmax(second.logits.float(), dim=1).gather(1, explanation.targets[:, None]).squeeze(1)
         scores[name] = faithfulness_scores(maps, second.maps[name], probs, probs_on_explanation)
     return explanation, scores
 
 
+def resolve_layers(model: nn.Module, target_layer: LayersLike, example: Tensor, reshape: ReshapeLike = None) -> Tuple[List[str], List[nn.Module]]:
+    """Resolve one target layer or a list of them to ``(names, modules)``; ``"auto"`` is logged, refused with ``reshape``."""
+    specs = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+    if not specs:
+        raise ValueError("target_layer is an empty list; give a layer name, a module, 'auto' or a non-empty list of them")
+    names: List[str] = []
+    modules: List[nn.Module] = []
+    for spec in specs:
+        if isinstance(spec, str) and spec == "auto" and reshape is not None:
+            raise ValueError(
+                "target_layer='auto' looks for 4-D feature maps and cannot find a transformer layer; with reshape= name the "
+                "layer, e.g. 'encoder.layers.encoder_layer_11.ln_1' for torchvision's vit_b_16"
+            )
+        name, module = resolve_target_layer(model, spec, example)
+        if isinstance(spec, str) and spec == "auto":
+            log.info("cam_callbacks: target_layer='auto' chose %r", name)
+        if name in names:
+            raise ValueError(f"target_layer lists {name!r} twice")
+        names.append(name)
+        modules.append(module)
+    return names, modules
+
+
+def make_options(
+    method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    reshape: ReshapeLike = None,
+    tail: Optional[Callable[[Tensor], Tensor]] = None,
+    smooth: Optional[str] = None,
+    smooth_samples: int = 8,
+    smooth_sigma: float = 0.15,
+    smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
+    seed: int = 0,
+    perturbation_batch: Optional[int] = None,
+) -> ExplainOptions:
+    """Validated :class:`ExplainOptions` (``method_options`` keyed by method name)."""
+    per_method = dict(method_options or {})
+    for name, opts in per_method.items():
+        get_method(name).resolve_options(opts)
+    return ExplainOptions(
+        method_options=per_method, reshape=as_token_grid(reshape), tail=tail, perturbation_batch=perturbation_batch,
+        smooth=smooth, smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, smooth_scales=tuple(smooth_scales), seed=seed,
+    )  # fmt: skip
+
+
 def _prepare(
-    model: nn.Module, images: Tensor, method: str, target_layer: LayerSpec, targets: TargetsLike, batch_size: int
-) -> Tuple[str, nn.Module, Optional[Tensor]]:
+    model: nn.Module, images: Tensor, method: str, target_layer: LayersLike, targets: TargetsLike, batch_size: int, options: ExplainOptions
+) -> Tuple[List[str], List[nn.Module], Optional[Tensor]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_images(images)
     get_method(method)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    device = _model_device(model, images.device)
+    device = model_device(model, images.device)
     with torch.inference_mode(False):
         example = images[:1].to(device).clone()
-        layer_name, layer = resolve_target_layer(model, target_layer, example)
-    if isinstance(target_layer, str) and target_layer == "auto":
-        log.info("cam_callbacks: target_layer='auto' chose %r", layer_name)
-    return layer_name, layer, as_targets(targets, images.shape[0], device)
+        names, modules = resolve_layers(model, target_layer, example, options.reshape)
+    return names, modules, as_targets(targets, images.shape[0], device)
+
+
+_OPTIONS_DOC = """        method_options: Options of ``method`` (e.g. ``{"gaussian": True}`` for ``"reciprocam"``);
+            :func:`get_method` ``(name).options`` lists them with their defaults.
+        reshape: ``"vit"`` or a :class:`~cam_callbacks.reshape.TokenGrid` when the target layer outputs
+            transformer tokens ``(N, 1 + h*w, C)``; None for ``(N, C, h, w)`` feature maps.
+        tail: For Ablation-CAM and Recipro-CAM, your own ``activations -> logits`` callable for the part
+            of the model after the target layer; by default it is derived with torch.fx (see
+            :func:`~cam_callbacks.tail.derive_tail`), falling back to re-running the model.
+        smooth: None, ``"noise"`` (average over ``smooth_samples`` noisy copies, noise std ``smooth_sigma``
+            times each image's value range) or ``"aug"`` (horizontal flips x ``smooth_scales``, maps
+            mapped back and averaged); the average is min-max normalised.
+        smooth_samples, smooth_sigma, smooth_scales: See ``smooth``.
+        seed: Seed of the smoothing noise (a private generator; the global RNG is untouched).
+        perturbation_batch: Rows per perturbation pass (Score-CAM, Ablation-CAM, Recipro-CAM); None
+            chooses from the memory free on the model's device."""
 
 
 def explain(
     model: nn.Module,
     images: Tensor,
     method: str = "gradcam",
-    target_layer: LayerSpec = "auto",
+    target_layer: LayersLike = "auto",
     targets: TargetsLike = None,
     batch_size: int = 32,
+    *,
+    method_options: Optional[Mapping[str, Any]] = None,
+    reshape: ReshapeLike = None,
+    tail: Optional[Callable[[Tensor], Tensor]] = None,
+    smooth: Optional[str] = None,
+    smooth_samples: int = 8,
+    smooth_sigma: float = 0.15,
+    smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
+    seed: int = 0,
+    perturbation_batch: Optional[int] = None,
 ) -> Tensor:
     """Class activation maps of ``images`` for ``model``.
 
@@ -226,9 +174,12 @@ def explain(
         images: ``(N, C, H, W)`` float tensor, exactly as the model receives it (normalised).
         method: One of :func:`available_methods`.
         target_layer: Dotted module name, a module of ``model``, or ``"auto"`` (the last module
-            with a 4-D output larger than 1x1; the choice is logged on the ``cam_callbacks`` logger).
+            with a 4-D output larger than 1x1; the choice is logged on the ``cam_callbacks`` logger);
+            or a list of them, whose maps are fused LayerCAM-style (:func:`fuse_layer_maps`).
+            Saliency and guided backprop do not use it.
         targets: None for the top-1 prediction, an int for one class for all images, or ``N`` class indices.
         batch_size: Images per forward/backward pass.
+{options}
 
     Returns:
         ``(N, H, W)`` float32 maps in [0, 1] at the images' size, on the images' device.
@@ -243,9 +194,13 @@ def explain(
         >>> maps = explain(net, torch.randn(2, 3, 64, 64), method="gradcam", target_layer="layer4")
         >>> maps.shape
         torch.Size([2, 64, 64])
+        >>> explain(net, torch.randn(2, 3, 64, 64), method="reciprocam", target_layer="layer4",
+        ...         method_options={"gaussian": True}).shape
+        torch.Size([2, 64, 64])
     """
-    layer_name, layer, target_tensor = _prepare(model, images, method, target_layer, targets, batch_size)
-    result = compute_explanations(model, images, [method], layer_name, layer, target_tensor, batch_size)
+    options = make_options({method: method_options or {}}, reshape, tail, smooth, smooth_samples, smooth_sigma, smooth_scales, seed, perturbation_batch)
+    names, modules, target_tensor = _prepare(model, images, method, target_layer, targets, batch_size, options)
+    result = compute_explanations(model, images, [method], names, modules, target_tensor, batch_size, options)
     return result.maps[method].to(images.device)
 
 
@@ -253,10 +208,20 @@ def faithfulness(
     model: nn.Module,
     images: Tensor,
     method: str = "gradcam",
-    target_layer: LayerSpec = "auto",
+    target_layer: LayersLike = "auto",
     targets: TargetsLike = None,
     batch_size: int = 32,
     reduction: str = "mean",
+    *,
+    method_options: Optional[Mapping[str, Any]] = None,
+    reshape: ReshapeLike = None,
+    tail: Optional[Callable[[Tensor], Tensor]] = None,
+    smooth: Optional[str] = None,
+    smooth_samples: int = 8,
+    smooth_sigma: float = 0.15,
+    smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
+    seed: int = 0,
+    perturbation_batch: Optional[int] = None,
 ) -> Mapping[str, Union[float, Tensor]]:
     """Faithfulness of ``method``'s maps: Average Drop, Increase in Confidence, Coherency, Complexity, ADCC.
 
@@ -264,6 +229,7 @@ def faithfulness(
         model, images, method, target_layer, targets, batch_size: As in :func:`explain`.
         reduction: ``"mean"`` for Python floats averaged over the images, ``"none"`` for ``(N,)``
             tensors of per-image values.
+{options}
 
     Returns:
         Dict with keys ``average_drop``, ``increase_in_confidence``, ``coherency``, ``complexity``,
@@ -279,9 +245,14 @@ def faithfulness(
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction={reduction!r} is not valid; choose from ['mean', 'none']")
-    layer_name, layer, target_tensor = _prepare(model, images, method, target_layer, targets, batch_size)
-    _, scores = compute_faithfulness(model, images, [method], layer_name, layer, target_tensor, batch_size)
+    options = make_options({method: method_options or {}}, reshape, tail, smooth, smooth_samples, smooth_sigma, smooth_scales, seed, perturbation_batch)
+    names, modules, target_tensor = _prepare(model, images, method, target_layer, targets, batch_size, options)
+    _, scores = compute_faithfulness(model, images, [method], names, modules, target_tensor, batch_size, options)
     per_image = {metric: 100.0 * scores[method][metric] for metric in FAITHFULNESS_METRICS}
     if reduction == "none":
         return {metric: value.to(images.device) for metric, value in per_image.items()}
     return {metric: float(value.double().mean()) for metric, value in per_image.items()}
+
+
+for _function in (explain, faithfulness):
+    _function.__doc__ = (_function.__doc__ or "").replace("{options}", _OPTIONS_DOC)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["upsample_and_normalize", "minmax_normalize"]
+__all__ = ["upsample_and_normalize", "minmax_normalize", "fuse_layer_maps"]
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:
@@ -44,3 +44,25 @@ def upsample_and_normalize(raw: Tensor, size: Tuple[int, int]) -> Tensor:
     if tuple(raw.shape[-2:]) != tuple(size):
         raw = F.interpolate(raw.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
     return minmax_normalize(raw)
+
+
+def fuse_layer_maps(maps: Sequence[Tensor], gamma: float = 2.0) -> Tensor:
+    """Fuse maps of several target layers, LayerCAM-style (Jiang et al. 2021).
+
+    Each layer's map ``M`` (``(N, H, W)`` at input size, min-max normalised, so ``max M`` is 1 or the
+    map is all zeros) is scaled by ``tanh(gamma * M / max M)``, which lifts the weak but fine-grained
+    responses of shallow layers; the fused map is the pixel-wise maximum over layers, min-max normalised.
+
+    Example::
+
+        >>> deep = torch.tensor([[[0.0, 0.5, 1.0]]])
+        >>> shallow = torch.tensor([[[1.0, 0.0, 0.0]]])
+        >>> fuse_layer_maps([deep, shallow])  # max(tanh(2 * [0, .5, 1]), tanh(2 * [1, 0, 0])) = [.964, .762, .964]
+        tensor([[[1., 0., 1.]]])
+    """
+    if not maps:
+        raise ValueError("fuse_layer_maps needs at least one map")
+    stacked = torch.stack([m.float() for m in maps])  # (L, N, H, W)
+    peak = stacked.amax(dim=(2, 3), keepdim=True)
+    scaled = torch.tanh(gamma * stacked / torch.where(peak > 0, peak, torch.ones_like(peak)))
+    return minmax_normalize(scaled.amax(dim=0))

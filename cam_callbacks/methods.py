@@ -10,6 +10,18 @@ The inputs a method may ask for (by naming them in ``needs``):
 - ``gradients``: ``(N, K, h, w)``, d(target logit) / d(activations).
 - ``class_weights``: ``(N, K)``, the row of the final linear layer for each image's target
   class (CAM only).
+- ``images``: ``(N, C, H, W)``, the input batch as the model receives it.
+- ``logits``: ``(N, classes)`` logits of the unmodified images; ``targets``: ``(N,)`` the explained classes.
+- ``model_scorer``: a :class:`~cam_callbacks.perturb.ModelScorer`, ``(count, build) -> (count, classes)``
+  logits of the whole model on rows ``build(start, stop)`` produced chunk by chunk (Score-CAM).
+- ``tail_scorer``: a :class:`~cam_callbacks.perturb.TailScorer`, ``(copies, build) -> (N, copies, classes)``
+  logits of the network after the target layer on modified feature maps ``build(start, stop)`` of
+  shape ``(N, stop - start, K, h, w)`` (Ablation-CAM, Recipro-CAM).
+- ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
+  through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
+
+A method may also take keyword *options* with defaults (``options={"gaussian": False}``), which
+callers set with ``method_options``.
 
 Adding a method is one function plus the :func:`register_method` decorator::
 
@@ -20,11 +32,14 @@ Adding a method is one function plus the :func:`register_method` decorator::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .maps import upsample_and_normalize
 
 __all__ = [
     "CAMMethod",
@@ -38,9 +53,21 @@ __all__ = [
     "hirescam",
     "layercam",
     "eigencam",
+    "scorecam",
+    "ablationcam",
+    "reciprocam",
+    "saliency",
+    "guidedbackprop",
+    "guidedgradcam",
+    "position_masks",
 ]
 
-KNOWN_INPUTS = ("activations", "gradients", "class_weights")
+KNOWN_INPUTS = (
+    "activations", "gradients", "class_weights", "images", "logits", "targets",
+    "model_scorer", "tail_scorer", "input_gradients", "guided_gradients",
+)  # fmt: skip
+#: Inputs that come from the target layer: a method needing none of them ignores ``target_layer``.
+LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer")
 
 
 @dataclass(frozen=True)
@@ -52,23 +79,39 @@ class CAMMethod:
         fn: Pure function returning the raw ``(N, h, w)`` map.
         needs: Names of the captured tensors ``fn`` takes as keyword arguments.
         summary: One line for documentation and error messages.
+        options: Keyword options of ``fn`` and their defaults.
     """
 
     name: str
     fn: Callable[..., Tensor]
     needs: Tuple[str, ...]
     summary: str
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def needs_gradients(self) -> bool:
         return "gradients" in self.needs
+
+    @property
+    def uses_layer(self) -> bool:
+        """Whether the map depends on the target layer (False for saliency and guided backprop)."""
+        return any(n in LAYER_INPUTS for n in self.needs)
+
+    def resolve_options(self, given: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        """The defaults updated with ``given``; unknown names raise, listing the valid ones."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            valid = sorted(self.options) or "none"
+            raise ValueError(f"method {self.name!r} has no option(s) {unknown}; its options are {valid}")
+        return {**self.options, **given}
 
 
 _REGISTRY: Dict[str, CAMMethod] = {}
 
 
 def register_method(
-    name: str, *, needs: Tuple[str, ...], summary: str = ""
+    name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator registering ``fn`` as CAM method ``name``.
 
@@ -76,6 +119,7 @@ def register_method(
         name: Registry name, lower case.
         needs: Which captured tensors the function takes (see module docstring).
         summary: One-line description.
+        options: Keyword options of ``fn`` with their defaults.
 
     Raises:
         ValueError: If the name is taken or ``needs`` names an unknown input.
@@ -87,7 +131,7 @@ def register_method(
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
-        _REGISTRY[name] = CAMMethod(name=name, fn=fn, needs=tuple(needs), summary=summary)
+        _REGISTRY[name] = CAMMethod(name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}))
         return fn
 
     return decorator
@@ -191,3 +235,157 @@ def eigencam(activations: Tensor) -> Tensor:
     covariance = ((projection - projection.mean(1, keepdim=True)) * (channel_mean - channel_mean.mean(1, keepdim=True))).sum(1)
     sign = torch.where(covariance < 0, -1.0, 1.0).to(projection.dtype).unsqueeze(1)
     return torch.relu(sign * projection).reshape(n, h, w).to(activations.dtype)
+
+
+# --- perturbation methods: scores of modified inputs or feature maps ----------------------------------
+
+
+@register_method(
+    "scorecam", needs=("activations", "images", "targets", "model_scorer"), summary="Score-CAM: logits of activation-masked inputs"
+)
+def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor]) -> Tensor:
+    """Score-CAM (Wang et al. 2020): ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(y_c(X * M_k))``.
+
+    ``M_k`` is channel ``k`` upsampled to the input size (bilinear, ``align_corners=False``) and
+    min-max normalised; ``y_c`` the target logit. Only (image, channel) pairs whose channel is not
+    constant are run through the model, in memory-bounded passes: a constant channel's mask is all
+    zeros (the convention of :func:`~cam_callbacks.maps.minmax_normalize`), and the all-zero input
+    is scored once for all of them.
+    """
+    n, k = activations.shape[:2]
+    size = (images.shape[-2], images.shape[-1])
+    flat = activations.flatten(2)
+    varying = flat.amax(2) > flat.amin(2)
+    pairs = varying.nonzero()  # (M, 2): image, channel
+    scores = torch.empty(n, k, dtype=torch.float32, device=activations.device)
+    if not bool(varying.all()):
+        blank = model_scorer(1, lambda start, stop: torch.zeros_like(images[:1]))  # (1, classes)
+        scores[:] = blank[0, targets].float()[:, None]
+
+    def masked_images(start: int, stop: int) -> Tensor:
+        image, channel = pairs[start:stop, 0], pairs[start:stop, 1]
+        masks = upsample_and_normalize(activations[image, channel], size)
+        return images[image] * masks.unsqueeze(1).to(images.dtype)
+
+    if pairs.shape[0]:
+        logits = model_scorer(pairs.shape[0], masked_images)
+        scores[pairs[:, 0], pairs[:, 1]] = logits.gather(1, targets[pairs[:, 0], None]).squeeze(1).float()
+    weights = torch.softmax(scores, dim=1).to(activations.dtype)
+    return torch.relu(_weighted_sum(weights, activations))
+
+
+@register_method(
+    "ablationcam", needs=("activations", "logits", "targets", "tail_scorer"), summary="Ablation-CAM: score drop when a channel is zeroed"
+)
+def ablationcam(activations: Tensor, logits: Tensor, targets: Tensor, tail_scorer: Callable[..., Tensor]) -> Tensor:
+    """Ablation-CAM (Ramaswamy 2020): ``ReLU(sum_k w_k A_k)``, ``w_k = (S_c - S_c^k) / S_c``.
+
+    ``S_c`` is the target logit, ``S_c^k`` the same with channel ``k`` of the target layer set to 0,
+    computed by the network's tail only. Channels that are 0 in every image of the batch are not
+    run (ablating them changes nothing: ``w_k = 0``). Where ``S_c == 0`` the division is skipped
+    (``w_k = S_c - S_c^k``): the scale of an image's weights does not change its normalised map.
+    """
+    n, k = activations.shape[:2]
+    base = logits.gather(1, targets[:, None]).float()  # (n, 1)
+    ablated = base.expand(n, k).clone()
+    channels = (activations.flatten(2).abs().amax(2).amax(0) > 0).nonzero().squeeze(1)
+
+    def ablated_maps(start: int, stop: int) -> Tensor:
+        chosen = channels[start:stop]
+        keep = torch.ones(chosen.shape[0], k, dtype=activations.dtype, device=activations.device)
+        keep[torch.arange(chosen.shape[0], device=keep.device), chosen] = 0
+        return activations.unsqueeze(1) * keep[None, :, :, None, None]
+
+    if channels.shape[0]:
+        out = tail_scorer(channels.shape[0], ablated_maps)  # (n, m, classes)
+        ablated[:, channels] = out.gather(2, targets[:, None, None].expand(n, channels.shape[0], 1)).squeeze(2).float()
+    drop = base - ablated
+    weights = torch.where(base != 0, drop / torch.where(base != 0, base, torch.ones_like(base)), drop)
+    return torch.relu(_weighted_sum(weights.to(activations.dtype), activations))
+
+
+#: Recipro-CAM's 3x3 spreading kernel.
+GAUSSIAN_KERNEL = ((1 / 16, 2 / 16, 1 / 16), (2 / 16, 4 / 16, 2 / 16), (1 / 16, 2 / 16, 1 / 16))
+
+
+def position_masks(height: int, width: int, gaussian: bool = False, device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(h*w, h, w)`` spatial masks of Recipro-CAM, position ``p = i*w + j`` in row-major order.
+
+    One-hot at ``(i, j)``, or with ``gaussian=True`` the kernel ``[[1,2,1],[2,4,2],[1,2,1]]/16``
+    centred there (cut at the borders, not renormalised).
+
+    Example::
+
+        >>> position_masks(2, 2, gaussian=True)[0]
+        tensor([[0.2500, 0.1250],
+                [0.1250, 0.0625]])
+    """
+    masks = torch.eye(height * width, device=device, dtype=dtype).reshape(height * width, 1, height, width)
+    if gaussian:
+        kernel = torch.tensor(GAUSSIAN_KERNEL, device=device, dtype=dtype).reshape(1, 1, 3, 3)
+        masks = F.conv2d(masks, kernel, padding=1)
+    return masks.squeeze(1)
+
+
+@register_method(
+    "reciprocam",
+    needs=("activations", "targets", "tail_scorer"),
+    summary="Recipro-CAM: target probability of the tail on one feature position at a time",
+    options={"gaussian": False},
+)
+def reciprocam(activations: Tensor, targets: Tensor, tail_scorer: Callable[..., Tensor], gaussian: bool = False) -> Tensor:
+    """Recipro-CAM (Byun & Lee 2022): ``L(i, j) = softmax(tail(A * M_ij))_c``.
+
+    For every position ``(i, j)`` of the feature map, a copy of the activations that keeps only that
+    position (``M_ij`` one-hot, or the 3x3 Gaussian spread with ``gaussian=True``, see
+    :func:`position_masks`) is run through the network's tail; the softmax probability of the target
+    class is the map's value there. All positions of all images go through the tail in
+    memory-bounded batches.
+    """
+    n, _, h, w = activations.shape
+    masks = position_masks(h, w, bool(gaussian), activations.device, activations.dtype)
+
+    def masked_maps(start: int, stop: int) -> Tensor:
+        return activations.unsqueeze(1) * masks[None, start:stop, None]
+
+    logits = tail_scorer(h * w, masked_maps)  # (n, h*w, classes)
+    probs = torch.softmax(logits.float(), dim=2).gather(2, targets[:, None, None].expand(n, h * w, 1))
+    return probs.reshape(n, h, w)
+
+
+# --- gradients at the input ---------------------------------------------------------------------------
+
+
+def _channel_max_abs(gradients: Tensor) -> Tensor:
+    return gradients.abs().amax(dim=1)
+
+
+@register_method("saliency", needs=("input_gradients",), summary="Saliency (Simonyan et al.): max over channels of |d logit / d input|")
+def saliency(input_gradients: Tensor) -> Tensor:
+    """Image-specific saliency (Simonyan et al. 2014): ``M_ij = max_c |d y_c / d x_cij|``, at input resolution."""
+    return _channel_max_abs(input_gradients)
+
+
+@register_method("guidedbackprop", needs=("guided_gradients",), summary="Guided backpropagation, max over channels of |gradient|")
+def guidedbackprop(guided_gradients: Tensor) -> Tensor:
+    """Guided backpropagation (Springenberg et al. 2015) reduced like saliency: ``max_c |g_cij|``.
+
+    ``g`` is the input gradient with every ReLU passing gradient only where its input and the
+    incoming gradient are positive (see :func:`cam_callbacks.guided.guided_relus`).
+    """
+    return _channel_max_abs(guided_gradients)
+
+
+@register_method(
+    "guidedgradcam", needs=("activations", "gradients", "guided_gradients"), summary="Guided Grad-CAM: Grad-CAM x guided backprop"
+)
+def guidedgradcam(activations: Tensor, gradients: Tensor, guided_gradients: Tensor) -> Tensor:
+    """Guided Grad-CAM (Selvaraju et al. 2017): Grad-CAM upsampled to the input (bilinear) times guided backprop.
+
+    Per channel ``c`` the product is ``cam * g_c``; reduced like :func:`guidedbackprop`, that is
+    ``cam * max_c |g_c|`` (``cam >= 0``).
+    """
+    size = (guided_gradients.shape[-2], guided_gradients.shape[-1])
+    cam_map = gradcam(activations, gradients).float().unsqueeze(1)
+    upsampled = F.interpolate(cam_map, size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return upsampled * _channel_max_abs(guided_gradients).float()

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .capture import preserved_model_state
 from .layers import resolve_named_layer
 
-__all__ = ["Tail", "derive_tail"]
+__all__ = ["Tail", "derive_tail", "tail_from_reference"]
 
 #: Relative and absolute (times the largest logit magnitude, at least 1) tolerance of the derive-time check.
 RTOL = 1e-4
@@ -495,28 +495,53 @@ def derive_tail(model: nn.Module, layer_name: str, example: Tensor, tail: Option
     if tail is not None and not callable(tail):
         raise TypeError(f"tail must be a callable activations -> logits, got {type(tail).__name__}")
     name, layer = resolve_named_layer(model, layer_name)
-    advice = "Pass tail= (a callable activations -> logits for the part of the model after the layer)."
     with torch.inference_mode(False):
         example = example.detach().clone()
         with preserved_model_state(model), torch.no_grad():
             activation, logits = _reference(model, layer, name, example)
-            if tail is not None:
-                result = Tail(tail, "user", name)
-                problem = _mismatch(tail, activation, logits)
-                if problem:
-                    raise ValueError(f"tail= does not reproduce {type(model).__name__} after layer {name!r}: {problem}")
-                return result
-            derived, reason = _fx_tail(model, name, example, activation, logits)
-            if derived is not None:
-                return derived
-            warnings.warn(
-                f"derive_tail: no automatic tail for {type(model).__name__} after {name!r} ({reason}). Falling back to "
-                f"re-running the whole model with the layer's output replaced, which is slower: every call runs the layers "
-                f"before {name!r} again for each copy. {advice}",
-                stacklevel=2,
-            )
-            rerun = Tail(_RerunTail(model, layer, name, example), "rerun", name, example.shape[0])
-            problem = _mismatch(rerun.fn, activation, logits)
-            if problem:
-                raise ValueError(f"the derived tail does not reproduce {type(model).__name__} after layer {name!r}: {problem}. {advice}")
-            return rerun
+            return tail_from_reference(model, name, layer, example, activation, logits, tail)
+
+
+def tail_from_reference(
+    model: nn.Module,
+    layer_name: str,
+    layer: nn.Module,
+    example: Tensor,
+    activation: Tensor,
+    logits: Tensor,
+    tail: Optional[Callable[[Tensor], Tensor]] = None,
+    try_fx: bool = True,
+) -> Tail:
+    """:func:`derive_tail` for a caller that already ran the model on ``example`` (no extra forward pass).
+
+    Args:
+        model, layer_name, example, tail: As in :func:`derive_tail`; ``layer`` is the module named ``layer_name``.
+        activation: The layer's output for ``example`` (a private copy), in the mode the tail will be called in.
+        logits: The model's logits for ``example`` in that forward pass.
+        try_fx: False skips the torch.fx attempt (the caller knows it fails) and warns nothing.
+
+    Call it in eval mode without autograd, with inference mode off. The returned tail is checked against
+    ``logits`` as in :func:`derive_tail`.
+    """
+    advice = "Pass tail= (a callable activations -> logits for the part of the model after the layer)."
+    if tail is not None:
+        result = Tail(tail, "user", layer_name)
+        problem = _mismatch(tail, activation, logits)
+        if problem:
+            raise ValueError(f"tail= does not reproduce {type(model).__name__} after layer {layer_name!r}: {problem}")
+        return result
+    if try_fx:
+        derived, reason = _fx_tail(model, layer_name, example, activation, logits)
+        if derived is not None:
+            return derived
+        warnings.warn(
+            f"derive_tail: no automatic tail for {type(model).__name__} after {layer_name!r} ({reason}). Falling back to "
+            f"re-running the whole model with the layer's output replaced, which is slower: every call runs the layers "
+            f"before {layer_name!r} again for each copy. {advice}",
+            stacklevel=3,
+        )
+    rerun = Tail(_RerunTail(model, layer, layer_name, example), "rerun", layer_name, example.shape[0])
+    problem = _mismatch(rerun.fn, activation, logits)
+    if problem:
+        raise ValueError(f"the derived tail does not reproduce {type(model).__name__} after layer {layer_name!r}: {problem}. {advice}")
+    return rerun
