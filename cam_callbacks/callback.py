@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -15,9 +16,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
 from .capture import preserved_model_state, preserved_rng_state
-from .explain import Explanation, compute_explanations, compute_faithfulness, first_out_of_range
-from .layers import LayerSpec, resolve_named_layer, resolve_target_layer
+from .explain import Explanation, LayersLike, compute_explanations, compute_faithfulness, first_out_of_range, make_options, resolve_layers
+from .layers import resolve_named_layer
 from .methods import available_methods
+from .reshape import ReshapeLike
 from .metrics import FAITHFULNESS_METRICS
 from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
 from .render import heatmap_grid, to_display
@@ -54,7 +56,8 @@ class CAMMonitor(Callback):
     Args:
         methods: Method names, see :func:`cam_callbacks.available_methods`.
         target_layer: Dotted module name of the LightningModule (e.g. ``"model.layer4"``), a module,
-            or ``"auto"`` (the last module with a 4-D output larger than 1x1; the choice is printed).
+            or ``"auto"`` (the last module with a 4-D output larger than 1x1; the choice is printed);
+            or a list of them, whose maps are fused LayerCAM-style.
         num_probe: Number of probe samples taken from the first validation dataloader's dataset
             (its first ``num_probe`` samples, by index) when ``probe`` is None.
         every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0`` (Lightning's
@@ -71,6 +74,16 @@ class CAMMonitor(Callback):
         faithfulness: Compute and log the faithfulness metrics (one extra pass per method).
         colormap: Matplotlib colormap of the overlays.
         overlay_alpha: Heatmap opacity in the overlays, in [0, 1].
+        method_options: Options per method, e.g. ``{"reciprocam": {"gaussian": True}}``.
+        reshape: ``"vit"`` or a :class:`~cam_callbacks.reshape.TokenGrid` for a transformer target layer.
+        tail: Your own ``activations -> logits`` callable for the network after the target layer
+            (Ablation-CAM, Recipro-CAM); derived automatically by default.
+        smooth: None, ``"noise"`` or ``"aug"``: average each method's maps over noisy or flipped/scaled
+            copies of the probe images (see :func:`cam_callbacks.explain`); multiplies the cost.
+        smooth_samples: Noisy copies for ``smooth="noise"``.
+        smooth_sigma: Noise std relative to each image's value range.
+        smooth_scales: Scales for ``smooth="aug"``.
+        perturbation_batch: Rows per perturbation pass; None chooses from the free device memory.
 
     Raises:
         ValueError: At construction for bad arguments; at ``setup``/first validation for a model,
@@ -87,7 +100,7 @@ class CAMMonitor(Callback):
     def __init__(
         self,
         methods: Sequence[str] = ("gradcam", "gradcampp"),
-        target_layer: LayerSpec = "auto",
+        target_layer: LayersLike = "auto",
         num_probe: int = 32,
         every_n_epochs: int = 1,
         probe: Optional[ProbeLike] = None,
@@ -99,6 +112,14 @@ class CAMMonitor(Callback):
         faithfulness: bool = True,
         colormap: str = "jet",
         overlay_alpha: float = 0.5,
+        method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        reshape: ReshapeLike = None,
+        tail: Optional[Callable[[Tensor], Tensor]] = None,
+        smooth: Optional[str] = None,
+        smooth_samples: int = 8,
+        smooth_sigma: float = 0.15,
+        smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
+        perturbation_batch: Optional[int] = None,
     ) -> None:
         super().__init__()
         if isinstance(methods, str):
@@ -111,8 +132,12 @@ class CAMMonitor(Callback):
                 raise ValueError(f"methods contains {name!r}, which is not a known CAM method; choose from {available_methods()}")
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods lists a method twice: {methods}")
-        if not isinstance(target_layer, (str, nn.Module)):
-            raise TypeError(f"target_layer must be a dotted module name, a module or 'auto', got {type(target_layer).__name__}")
+        layers = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+        if not layers or not all(isinstance(layer, (str, nn.Module)) for layer in layers):
+            raise TypeError(f"target_layer must be a dotted module name, a module, 'auto' or a non-empty list of them, got {target_layer!r}")
+        unused = sorted(set(method_options or {}) - set(methods))
+        if unused:
+            raise ValueError(f"method_options names {unused}, which are not in methods={methods}")
         if target not in _TARGET_CHOICES:
             raise ValueError(f"target={target!r} is not valid; choose from {list(_TARGET_CHOICES)}")
         if (mean is None) != (std is None):
@@ -136,9 +161,12 @@ class CAMMonitor(Callback):
         self.faithfulness = bool(faithfulness)
         self.colormap = colormap
         self.overlay_alpha = float(overlay_alpha)
+        self.options = make_options(
+            method_options, reshape, tail, smooth, smooth_samples, smooth_sigma, smooth_scales, 0, perturbation_batch
+        )  # validates every option, listing the valid choices
         self._probe_source = probe
         self._probe: Optional[Probe] = make_probe(probe, self.num_probe) if probe is not None else None
-        self._layer_name: Optional[str] = None
+        self._layer_names: Optional[List[str]] = None
         self._last_run: Optional[Tuple[str, int]] = None
         self._warned: Set[str] = set()
         self._layout_written: Set[int] = set()
@@ -151,8 +179,12 @@ class CAMMonitor(Callback):
 
     @property
     def layer_name(self) -> Optional[str]:
-        """The dotted name of the target layer once resolved."""
-        return self._layer_name
+        """The dotted name of the target layer once resolved (several joined by ``"+"``)."""
+        return None if self._layer_names is None else "+".join(self._layer_names)
+
+    def _layers(self, pl_module: nn.Module) -> Tuple[List[str], List[nn.Module]]:
+        assert self._layer_names is not None
+        return self._layer_names, [resolve_named_layer(pl_module, name)[1] for name in self._layer_names]
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -160,8 +192,9 @@ class CAMMonitor(Callback):
             rank_zero_warn(message)
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        if isinstance(self.target_layer, nn.Module) or self.target_layer != "auto":
-            resolve_named_layer(pl_module, self.target_layer)
+        for layer in self.target_layer if isinstance(self.target_layer, (list, tuple)) else [self.target_layer]:
+            if isinstance(layer, nn.Module) or layer != "auto":
+                resolve_named_layer(pl_module, layer)
         if self._probe is None:
             self._probe = self._early_probe(trainer, stage)
         if self._probe is not None:
@@ -199,7 +232,7 @@ class CAMMonitor(Callback):
     def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._probe is None:
             self._probe = self._probe_from_loaders(trainer.val_dataloaders)
-        if self._layer_name is None:
+        if self._layer_names is None:
             self._prepare(pl_module)
 
     def _prepare(self, pl_module: "pl.LightningModule") -> None:
@@ -228,12 +261,13 @@ class CAMMonitor(Callback):
                     f"CAMMonitor: probe label {int(probe.labels[index])} (probe image {index}) is out of range: the model has "
                     f"{num_classes} classes, valid class indices are 0..{num_classes - 1}"
                 )
-            name, layer = resolve_target_layer(pl_module, self.target_layer, example[:1])
+            names, layers = resolve_layers(pl_module, self.target_layer, example[:1], self.options.reshape)
             targets = self._targets(probe)
-            compute_explanations(pl_module, example, self.methods, name, layer, None if targets is None else targets[:2], self.batch_size)
-        if self._layer_name is None:
-            rank_zero_info(f"CAMMonitor: explaining target layer {name!r} with {self.methods} on {len(probe)} probe images")
-        self._layer_name = name
+            dry_run = self.options if self.options.smooth is None else replace(self.options, smooth=None)
+            compute_explanations(pl_module, example, self.methods, names, layers, None if targets is None else targets[:2], self.batch_size, dry_run)
+        if self._layer_names is None:
+            rank_zero_info(f"CAMMonitor: explaining target layer {'+'.join(names)!r} with {self.methods} on {len(probe)} probe images")
+        self._layer_names = names
 
     def _targets(self, probe: Probe) -> Optional[Tensor]:
         if self.target == "prediction":
@@ -260,17 +294,18 @@ class CAMMonitor(Callback):
 
     def compute(self, pl_module: nn.Module) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
         """Maps and per-image faithfulness fractions for the probe set with the model as it is now."""
-        assert self._probe is not None and self._layer_name is not None
-        layer = resolve_named_layer(pl_module, self._layer_name)[1]
+        assert self._probe is not None
+        names, layers = self._layers(pl_module)
         targets = self._targets(self._probe)
+        args = (pl_module, self._probe.images, self.methods, names, layers, targets, self.batch_size, self.options)
         with preserved_rng_state():
             if self.faithfulness:
-                return compute_faithfulness(pl_module, self._probe.images, self.methods, self._layer_name, layer, targets, self.batch_size)
-            return compute_explanations(pl_module, self._probe.images, self.methods, self._layer_name, layer, targets, self.batch_size), {}
+                return compute_faithfulness(*args)
+            return compute_explanations(*args), {}
 
     def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
         """Compute and log once for the current epoch; returns the logged scalars."""
-        if self._probe is None or self._layer_name is None:
+        if self._probe is None or self._layer_names is None:
             self.on_validation_start(trainer, pl_module)
         assert self._probe is not None
         start = time.perf_counter()
@@ -327,14 +362,14 @@ class CAMMonitor(Callback):
             writer.add_custom_scalars({"cam_callbacks": charts})
         writer.add_text(
             "cam/config",
-            f"target layer `{self._layer_name}`, methods {self.methods}, {len(self._probe) if self._probe else 0} probe images, "
+            f"target layer `{self.layer_name}`, methods {self.methods}, {len(self._probe) if self._probe else 0} probe images, "
             f"target={self.target!r}",
             global_step=0,
         )
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
-        return {"layer_name": self._layer_name, "last_run": self._last_run, "methods": list(self.methods)}
+        return {"layer_name": self.layer_name, "last_run": self._last_run, "methods": list(self.methods)}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._last_run = tuple(state_dict["last_run"]) if state_dict.get("last_run") else None  # type: ignore[assignment]
