@@ -247,29 +247,38 @@ def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer:
     """Score-CAM (Wang et al. 2020): ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(y_c(X * M_k))``.
 
     ``M_k`` is channel ``k`` upsampled to the input size (bilinear, ``align_corners=False``) and
-    min-max normalised; ``y_c`` the target logit. Only (image, channel) pairs whose channel is not
-    constant are run through the model, in memory-bounded passes: a constant channel's mask is all
-    zeros (the convention of :func:`~cam_callbacks.maps.minmax_normalize`), and the all-zero input
-    is scored once for all of them.
+    min-max normalised; ``y_c`` the target logit. Work whose result is known is skipped: upsampling
+    is linear and min-max ignores scale and offset, so channels of one image whose min-max normalised
+    maps are equal (at feature resolution) have the same mask, and only one masked input per distinct
+    mask is run; a constant channel's mask is all zeros (the convention of
+    :func:`~cam_callbacks.maps.minmax_normalize`), and the all-zero input is scored once for all
+    images. The masked inputs are built chunk by chunk in memory-bounded passes.
     """
-    n, k = activations.shape[:2]
+    n, k, h, w = activations.shape
     size = (images.shape[-2], images.shape[-1])
-    flat = activations.flatten(2)
-    varying = flat.amax(2) > flat.amin(2)
-    pairs = varying.nonzero()  # (M, 2): image, channel
+    flat = activations.flatten(2).float()
+    low, high = flat.amin(2, keepdim=True), flat.amax(2, keepdim=True)
+    span = high - low
+    varying = (span > 0).squeeze(2)
+    normalised = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
     scores = torch.empty(n, k, dtype=torch.float32, device=activations.device)
     if not bool(varying.all()):
         blank = model_scorer(1, lambda start, stop: torch.zeros_like(images[:1]))  # (1, classes)
         scores[:] = blank[0, targets].float()[:, None]
-
-    def masked_images(start: int, stop: int) -> Tensor:
-        image, channel = pairs[start:stop, 0], pairs[start:stop, 1]
-        masks = upsample_and_normalize(activations[image, channel], size)
-        return images[image] * masks.unsqueeze(1).to(images.dtype)
-
+    pairs = varying.nonzero()  # (M, 2): image, channel
     if pairs.shape[0]:
-        logits = model_scorer(pairs.shape[0], masked_images)
-        scores[pairs[:, 0], pairs[:, 1]] = logits.gather(1, targets[pairs[:, 0], None]).squeeze(1).float()
+        keys = torch.cat([pairs[:, :1].float(), normalised[pairs[:, 0], pairs[:, 1]]], dim=1)  # image index + normalised map
+        distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        image_of = distinct[:, 0].long()
+        masks_low = distinct[:, 1:].reshape(-1, h, w)
+
+        def masked_images(start: int, stop: int) -> Tensor:
+            masks = upsample_and_normalize(masks_low[start:stop], size)
+            return images[image_of[start:stop]] * masks.unsqueeze(1).to(images.dtype)
+
+        logits = model_scorer(distinct.shape[0], masked_images)
+        distinct_scores = logits.gather(1, targets[image_of, None]).squeeze(1).float()
+        scores[pairs[:, 0], pairs[:, 1]] = distinct_scores[inverse]
     weights = torch.softmax(scores, dim=1).to(activations.dtype)
     return torch.relu(_weighted_sum(weights, activations))
 

@@ -1,0 +1,271 @@
+"""Threshold rules that raise an alarm when explanations point at a spurious cue.
+
+:class:`AlarmRule` holds thresholds on the localization metrics (:mod:`cam_callbacks.localization`)
+and the shortcut score (:mod:`cam_callbacks.drift`); :meth:`AlarmRule.evaluate` turns one epoch's
+metric means into a list of :class:`AlarmHit` (which method, which metric, how far past the
+threshold, and which probe images are the worst), and :func:`format_alarm` renders them as
+Markdown, e.g. for a TensorBoard text entry.
+
+Metric names may carry the method: ``"energy_in_nuisance_ratio"`` (no method),
+``"gradcam/energy_in_nuisance_ratio"`` or a logged tag such as
+``"cam/gradcam/energy_in_nuisance_ratio"``: the last ``/``-separated part is the metric and the one
+before it the method.
+
+Example::
+
+    >>> rule = AlarmRule()
+    >>> hits = rule.evaluate(
+    ...     {"gradcam/energy_in_nuisance_ratio": 6.5, "gradcam/shortcut_score": 0.2},
+    ...     per_image={"gradcam/energy_in_nuisance_ratio": torch.tensor([1.0, 12.0, 0.5, 9.0])},
+    ... )
+    >>> [(h.method, h.metric, h.direction, h.worst) for h in hits]
+    [('gradcam', 'energy_in_nuisance_ratio', 'above', (1, 3, 0, 2))]
+    >>> print(format_alarm(hits))
+    **CAM alarm**: 1 rule fired.
+    <BLANKLINE>
+    | method | metric | value | rule | worst probe images |
+    |---|---|---|---|---|
+    | gradcam | energy_in_nuisance_ratio | 6.5 | > 2 | 1, 3, 0, 2 |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["AlarmHit", "AlarmRule", "DIRECTIONS", "format_alarm"]
+
+#: Valid rule kinds: ``"max"`` fires when a value goes above its threshold, ``"min"`` below.
+DIRECTIONS = ("max", "min")
+
+
+@dataclass(frozen=True)
+class AlarmHit:
+    """One rule that fired.
+
+    Attributes:
+        method: The CAM method (the part of the metric name before the metric; ``""`` if none).
+        metric: The metric name, e.g. ``"energy_in_nuisance_ratio"``.
+        value: The value that broke the rule (e.g. the mean over the probe images).
+        threshold: The rule's threshold.
+        direction: ``"above"`` (a ``max`` rule fired) or ``"below"`` (a ``min`` rule fired).
+        worst: Indices of the worst probe images, worst first (largest per-image values for a
+            ``max`` rule, smallest for a ``min`` rule); empty when no per-image values were given.
+    """
+
+    method: str
+    metric: str
+    value: float
+    threshold: float
+    direction: str
+    worst: Tuple[int, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """One sentence, e.g. ``"gradcam: energy_in_nuisance_ratio = 6.5 is above 2 (worst probe images: 1, 3)"``."""
+        who = f"{self.method}: " if self.method else ""
+        worst = f" (worst probe images: {', '.join(map(str, self.worst))})" if self.worst else ""
+        return f"{who}{self.metric} = {_fmt(self.value)} is {self.direction} {_fmt(self.threshold)}{worst}"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _check_threshold(name: str, value: Optional[float], low: float, high: float = math.inf) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be None (rule off) or a finite number, got {value!r}")
+    if not low <= value <= high:
+        interval = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise ValueError(f"{name} must be None (rule off) or a number {interval}, got {value!r}")
+
+
+@dataclass
+class AlarmRule:
+    """Thresholds that flag explanations dominated by a spurious cue; ``None`` turns a rule off.
+
+    Defaults and why:
+
+    - ``max_energy_in_nuisance_ratio=2.0``: the cue receives more than twice the share of the map
+      that its area would get by chance (1.0 is a uniform map). A model that really uses the cue
+      puts several times that on it (a 10x10 patch in a 64x64 image holds 2.4% of the pixels; half
+      of the map on it is a ratio of about 20), while maps of objects placed away from the cue stay
+      near or below 1.
+    - ``min_energy_in_mask_ratio=1.2``: the object receives less than 1.2 times its chance share,
+      i.e. the maps barely prefer the object. The margin above 1.0 absorbs the blur of upsampled
+      low-resolution maps and the noise of a mean over a few dozen probe images; the bound must stay
+      well below the best possible ratio for large objects (``1 / area``: 2.5 for an object covering
+      40% of the image). Expect it to fire for an untrained model.
+    - ``max_shortcut_score=0.5``: at least about half of the saliency of most images sits on one
+      common small region (see :func:`cam_callbacks.drift.shortcut_score`; objects at varying places
+      score near 0, identical peaked maps near 1).
+    - ``min_pointing_game=None``: off by default; a per-image hit/miss is noisy on small probe sets.
+
+    Args:
+        max_energy_in_nuisance_ratio: Upper bound of ``energy_in_nuisance_ratio``.
+        min_energy_in_mask_ratio: Lower bound of ``energy_in_mask_ratio``.
+        max_shortcut_score: Upper bound of ``shortcut_score``, in ``[0, 1]``.
+        min_pointing_game: Lower bound of ``pointing_game``, in ``[0, 1]``.
+        max_energy_in_nuisance: Upper bound of ``energy_in_nuisance``, in ``[0, 1]`` (off by default).
+        extra: More rules, ``{metric: (direction, threshold)}`` with direction in :data:`DIRECTIONS`,
+            for any logged metric (e.g. ``{"adcc": ("min", 50.0)}``).
+        top_k: Number of worst probe images reported per hit (``>= 0``).
+
+    Example::
+
+        >>> AlarmRule(min_pointing_game=0.5).rules()["pointing_game"]
+        ('min', 0.5)
+        >>> AlarmRule(extra={"adcc": ("above", 50.0)})
+        Traceback (most recent call last):
+        ...
+        ValueError: extra['adcc']: direction must be one of ['max', 'min'], got 'above'
+    """
+
+    max_energy_in_nuisance_ratio: Optional[float] = 2.0
+    min_energy_in_mask_ratio: Optional[float] = 1.2
+    max_shortcut_score: Optional[float] = 0.5
+    min_pointing_game: Optional[float] = None
+    max_energy_in_nuisance: Optional[float] = None
+    extra: Mapping[str, Tuple[str, float]] = field(default_factory=dict)
+    top_k: int = 4
+
+    #: Built-in rules: field name -> (metric, direction).
+    _FIELDS: ClassVar[Dict[str, Tuple[str, str]]] = {
+        "max_energy_in_nuisance_ratio": ("energy_in_nuisance_ratio", "max"),
+        "min_energy_in_mask_ratio": ("energy_in_mask_ratio", "min"),
+        "max_shortcut_score": ("shortcut_score", "max"),
+        "min_pointing_game": ("pointing_game", "min"),
+        "max_energy_in_nuisance": ("energy_in_nuisance", "max"),
+    }
+
+    def __post_init__(self) -> None:
+        _check_threshold("max_energy_in_nuisance_ratio", self.max_energy_in_nuisance_ratio, 0.0)
+        _check_threshold("min_energy_in_mask_ratio", self.min_energy_in_mask_ratio, 0.0)
+        _check_threshold("max_shortcut_score", self.max_shortcut_score, 0.0, 1.0)
+        _check_threshold("min_pointing_game", self.min_pointing_game, 0.0, 1.0)
+        _check_threshold("max_energy_in_nuisance", self.max_energy_in_nuisance, 0.0, 1.0)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
+        if not isinstance(self.extra, Mapping):
+            raise ValueError(f"extra must be a mapping {{metric: (direction, threshold)}}, got {type(self.extra).__name__}")
+        builtin = {metric: name for name, (metric, _) in self._FIELDS.items()}
+        for metric, rule in self.extra.items():
+            if not isinstance(metric, str) or not metric or "/" in metric:
+                raise ValueError(f"extra: metric names must be non-empty strings without '/', got {metric!r}")
+            if metric in builtin:
+                raise ValueError(f"extra[{metric!r}]: {metric} has a built-in rule; set {builtin[metric]}=... instead")
+            if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+                raise ValueError(
+                    f"extra[{metric!r}] must be a (direction, threshold) pair with direction in {list(DIRECTIONS)}, got {rule!r}"
+                )
+            direction, threshold = rule
+            if direction not in DIRECTIONS:
+                raise ValueError(f"extra[{metric!r}]: direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+            _check_threshold(f"extra[{metric!r}] threshold", threshold, -math.inf)
+
+    def rules(self) -> Dict[str, Tuple[str, float]]:
+        """The active rules, ``{metric: (direction, threshold)}`` (built-in ones first)."""
+        active: Dict[str, Tuple[str, float]] = {}
+        for name, (metric, direction) in self._FIELDS.items():
+            threshold = getattr(self, name)
+            if threshold is not None:
+                active[metric] = (direction, float(threshold))
+        for metric, (direction, threshold) in self.extra.items():
+            active[metric] = (direction, float(threshold))
+        return active
+
+    def evaluate(self, metrics: Mapping[str, float], per_image: Optional[Mapping[str, Tensor]] = None) -> List[AlarmHit]:
+        """The rules that fire on one epoch's metrics, in the order of ``metrics``.
+
+        A ``max`` rule fires when ``value > threshold``, a ``min`` rule when ``value < threshold``
+        (a value equal to the threshold does not fire). NaN values never fire; metrics without a
+        rule are ignored.
+
+        Args:
+            metrics: ``{name: value}`` where the name ends with the metric (``"metric"``,
+                ``"method/metric"`` or ``"prefix/method/metric"``); values are floats or 0-dim tensors.
+            per_image: Optional ``{name: (N,) tensor}`` under the same names, to rank the probe images.
+                NaN entries are skipped (mark images that have no score, e.g. an empty mask, with NaN).
+                For ``shortcut_score`` pass each image's share in the shortcut region
+                (:attr:`cam_callbacks.drift.ShortcutReport.per_image`).
+
+        Returns:
+            A list of :class:`AlarmHit`.
+        """
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"metrics must be a mapping {{name: value}}, got {type(metrics).__name__}")
+        per_image = per_image or {}
+        rules = self.rules()
+        hits: List[AlarmHit] = []
+        for name, raw in metrics.items():
+            method, metric = _split_name(name)
+            if metric not in rules:
+                continue
+            direction, threshold = rules[metric]
+            value = float(raw)
+            if math.isnan(value):
+                continue
+            fired = value > threshold if direction == "max" else value < threshold
+            if not fired:
+                continue
+            worst: Tuple[int, ...] = ()
+            if name in per_image:
+                worst = _worst(per_image[name], direction, self.top_k, name)
+            hits.append(AlarmHit(method, metric, value, threshold, "above" if direction == "max" else "below", worst))
+        return hits
+
+
+def _split_name(name: str) -> Tuple[str, str]:
+    parts = str(name).split("/")
+    return (parts[-2] if len(parts) >= 2 else ""), parts[-1]
+
+
+def _worst(values: Tensor, direction: str, k: int, name: str) -> Tuple[int, ...]:
+    values = torch.as_tensor(values)
+    if values.dim() != 1:
+        raise ValueError(f"per_image[{name!r}] must be an (N,) tensor, got shape {tuple(values.shape)}")
+    if k == 0 or values.numel() == 0:
+        return ()
+    values = values.detach().double().cpu()
+    index = (~torch.isnan(values)).nonzero().flatten()
+    ordered = values[index].argsort(descending=direction == "max", stable=True)
+    return tuple(int(i) for i in index[ordered[:k]])
+
+
+def format_alarm(hits: Sequence[AlarmHit], title: str = "CAM alarm") -> str:
+    """Markdown text for a list of hits: a one-line summary and a table (renders in TensorBoard).
+
+    Returns ``"**<title>**: no rule fired."`` for an empty list.
+
+    Example::
+
+        >>> print(format_alarm([]))
+        **CAM alarm**: no rule fired.
+        >>> hit = AlarmHit("layercam", "energy_in_mask_ratio", 0.93, 1.2, "below", (5,))
+        >>> print(format_alarm([hit], title="Epoch 3"))
+        **Epoch 3**: 1 rule fired.
+        <BLANKLINE>
+        | method | metric | value | rule | worst probe images |
+        |---|---|---|---|---|
+        | layercam | energy_in_mask_ratio | 0.93 | < 1.2 | 5 |
+    """
+    if not hits:
+        return f"**{title}**: no rule fired."
+    lines = [
+        f"**{title}**: {len(hits)} rule{'s' if len(hits) != 1 else ''} fired.",
+        "",
+        "| method | metric | value | rule | worst probe images |",
+        "|---|---|---|---|---|",
+    ]
+    for hit in hits:
+        rule = f"{'>' if hit.direction == 'above' else '<'} {_fmt(hit.threshold)}"
+        worst = ", ".join(map(str, hit.worst)) if hit.worst else "-"
+        method = hit.method or "-"
+        lines.append(f"| {method} | {hit.metric} | {_fmt(hit.value)} | {rule} | {worst} |")
+    return "\n".join(lines)
