@@ -33,7 +33,7 @@ from .methods import CAMMethod, get_method
 from .perturb import ForwardCost, ModelScorer, RowBytes, TailScorer, cached_cost, rows_per_pass, store_cost
 from .reshape import TokenGrid
 from .tail import Tail, _mismatch, tail_from_reference
-from .targets import check_target_range
+from .targets import PROBABILITIES, check_target_range
 
 __all__ = ["Explanation", "ExplainOptions", "SMOOTH_CHOICES", "compute_explanations", "model_device"]
 
@@ -75,6 +75,8 @@ class ExplainOptions:
         smooth_sigma: Noise standard deviation relative to each image's ``max - min``.
         smooth_scales: Image scales for ``smooth="aug"``.
         seed: Seed of the noise (a private generator: the global RNG is not used).
+        probability: ``"softmax"`` (single-label) or ``"sigmoid"`` (multi-label models): how logits
+            become the probabilities Recipro-CAM and the faithfulness metrics use.
     """
 
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -86,8 +88,11 @@ class ExplainOptions:
     smooth_sigma: float = 0.15
     smooth_scales: Tuple[float, ...] = (0.9, 1.0, 1.1)
     seed: int = 0
+    probability: str = "softmax"
 
     def __post_init__(self) -> None:
+        if self.probability not in PROBABILITIES:
+            raise ValueError(f"probability={self.probability!r} is not valid; choose from {list(PROBABILITIES)}")
         if self.smooth not in SMOOTH_CHOICES:
             raise ValueError(f"smooth={self.smooth!r} is not valid; choose from {list(SMOOTH_CHOICES)}")
         if isinstance(self.smooth_samples, bool) or not isinstance(self.smooth_samples, int) or self.smooth_samples < 1:
@@ -195,7 +200,7 @@ def _run_chunk(
             inputs[kind], pass_logits, targets = input_gradients(model, x, targets, guided=kind == "guided_gradients")
             logits = pass_logits if logits is None else logits
     assert logits is not None and targets is not None
-    inputs.update(images=x, logits=logits, targets=targets)
+    inputs.update(images=x, logits=logits, targets=targets, probability=options.probability)
     if perturbs:
         assert cost is not None and capture is not None and capture.raw is not None
         if "model_scorer" in needs:

@@ -10,6 +10,7 @@ explanation images.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -20,7 +21,7 @@ from .layers import LayerSpec, resolve_target_layer
 from .methods import get_method
 from .metrics import FAITHFULNESS_METRICS, faithfulness_scores
 from .reshape import ReshapeLike, as_token_grid
-from .targets import TargetsLike, as_targets, first_out_of_range
+from .targets import TargetsLike, as_targets, first_out_of_range, multilabel_pairs, probabilities
 
 __all__ = [
     "explain", "faithfulness", "Explanation", "ExplainOptions", "compute_explanations", "compute_faithfulness",
@@ -62,13 +63,14 @@ def compute_faithfulness(
         ``(explanation, scores)`` with ``scores[method][metric]`` an ``(N,)`` tensor.
     """
     explanation = compute_explanations(model, images, methods, layer_name, layer, targets, batch_size, options)
-    probs = torch.softmax(explanation.logits.float(), dim=1).gather(1, explanation.targets[:, None]).squeeze(1)
+    kind = (options or ExplainOptions()).probability
+    probs = probabilities(explanation.logits, kind).gather(1, explanation.targets[:, None]).squeeze(1)
     scores: Dict[str, Dict[str, Tensor]] = {}
     for name in methods:
         maps = explanation.maps[name]
         explanation_images = images.to(maps.device) * maps.unsqueeze(1).to(images.dtype)
         second = compute_explanations(model, explanation_images, [name], layer_name, layer, explanation.targets, batch_size, options)
-        probs_on_explanation = torch.softmax(second.logits.float(), dim=1).gather(1, explanation.targets[:, None]).squeeze(1)
+        probs_on_explanation = probabilities(second.logits, kind).gather(1, explanation.targets[:, None]).squeeze(1)
         scores[name] = faithfulness_scores(maps, second.maps[name], probs, probs_on_explanation)
     return explanation, scores
 
@@ -106,6 +108,7 @@ def make_options(
     smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
     seed: int = 0,
     perturbation_batch: Optional[int] = None,
+    probability: str = "softmax",
 ) -> ExplainOptions:
     """Validated :class:`ExplainOptions` (``method_options`` keyed by method name)."""
     per_method = dict(method_options or {})
@@ -114,7 +117,23 @@ def make_options(
     return ExplainOptions(
         method_options=per_method, reshape=as_token_grid(reshape), tail=tail, perturbation_batch=perturbation_batch,
         smooth=smooth, smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, smooth_scales=tuple(smooth_scales), seed=seed,
+        probability=probability,
     )  # fmt: skip
+
+
+def expand_multilabel(images: Tensor, multi_hot: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """One row per positive label: ``(images[image_index], labels, image_index)`` for an ``(N, C)`` multi-hot tensor."""
+    image_index, labels = multilabel_pairs(multi_hot)
+    if image_index.numel() == 0:
+        raise ValueError("the multi-hot targets have no positive label: there is nothing to explain")
+    return images[image_index.to(images.device)], labels, image_index
+
+
+def _with_probability(options: ExplainOptions, targets: Optional[Tensor], probability: Optional[str]) -> ExplainOptions:
+    """``probability`` as given, else sigmoid for multi-hot targets and softmax otherwise."""
+    if probability is None:
+        probability = "sigmoid" if targets is not None and targets.dim() == 2 else "softmax"
+    return replace(options, probability=probability)
 
 
 def _prepare(
@@ -146,7 +165,10 @@ _OPTIONS_DOC = """        method_options: Options of ``method`` (e.g. ``{"gaussi
         smooth_samples, smooth_sigma, smooth_scales: See ``smooth``.
         seed: Seed of the smoothing noise (a private generator; the global RNG is untouched).
         perturbation_batch: Rows per perturbation pass (Score-CAM, Ablation-CAM, Recipro-CAM); None
-            chooses from the memory free on the model's device."""
+            chooses from the memory free on the model's device.
+        probability: ``"softmax"`` or ``"sigmoid"``: how logits become the class probabilities used by
+            Recipro-CAM and the faithfulness metrics; None means sigmoid for multi-hot ``targets``
+            (multi-label models), softmax otherwise."""
 
 
 def explain(
@@ -166,6 +188,7 @@ def explain(
     smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
     seed: int = 0,
     perturbation_batch: Optional[int] = None,
+    probability: Optional[str] = None,
 ) -> Tensor:
     """Class activation maps of ``images`` for ``model``.
 
@@ -182,7 +205,8 @@ def explain(
 {options}
 
     Returns:
-        ``(N, H, W)`` float32 maps in [0, 1] at the images' size, on the images' device.
+        ``(N, H, W)`` float32 maps in [0, 1] at the images' size, on the images' device; with multi-hot
+        ``targets`` ``(N, C, H, W)``, one map per positive label (zeros for negative labels).
 
     The model is left as found: module modes, hooks, ``param.grad`` and ``requires_grad``. Works
     under ``torch.no_grad()`` and ``torch.inference_mode()``.
@@ -200,8 +224,15 @@ def explain(
     """
     options = make_options({method: method_options or {}}, reshape, tail, smooth, smooth_samples, smooth_sigma, smooth_scales, seed, perturbation_batch)
     names, modules, target_tensor = _prepare(model, images, method, target_layer, targets, batch_size, options)
-    result = compute_explanations(model, images, [method], names, modules, target_tensor, batch_size, options)
-    return result.maps[method].to(images.device)
+    options = _with_probability(options, target_tensor, probability)
+    if target_tensor is None or target_tensor.dim() == 1:
+        result = compute_explanations(model, images, [method], names, modules, target_tensor, batch_size, options)
+        return result.maps[method].to(images.device)
+    expanded, labels, image_index = expand_multilabel(images, target_tensor)
+    result = compute_explanations(model, expanded, [method], names, modules, labels, batch_size, options)
+    maps = torch.zeros((images.shape[0], target_tensor.shape[1], *images.shape[-2:]), device=images.device)
+    maps[image_index.to(images.device), labels.to(images.device)] = result.maps[method].to(images.device)
+    return maps
 
 
 def faithfulness(
@@ -222,13 +253,15 @@ def faithfulness(
     smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
     seed: int = 0,
     perturbation_batch: Optional[int] = None,
+    probability: Optional[str] = None,
 ) -> Mapping[str, Union[float, Tensor]]:
     """Faithfulness of ``method``'s maps: Average Drop, Increase in Confidence, Coherency, Complexity, ADCC.
 
     Args:
         model, images, method, target_layer, targets, batch_size: As in :func:`explain`.
         reduction: ``"mean"`` for Python floats averaged over the images, ``"none"`` for ``(N,)``
-            tensors of per-image values.
+            tensors of per-image values. With multi-hot ``targets``, one value per positive label:
+            ``"none"`` gives ``(N, C)`` tensors (NaN where the label is negative), ``"mean"`` averages them.
 {options}
 
     Returns:
@@ -247,11 +280,21 @@ def faithfulness(
         raise ValueError(f"reduction={reduction!r} is not valid; choose from ['mean', 'none']")
     options = make_options({method: method_options or {}}, reshape, tail, smooth, smooth_samples, smooth_sigma, smooth_scales, seed, perturbation_batch)
     names, modules, target_tensor = _prepare(model, images, method, target_layer, targets, batch_size, options)
-    _, scores = compute_faithfulness(model, images, [method], names, modules, target_tensor, batch_size, options)
-    per_image = {metric: 100.0 * scores[method][metric] for metric in FAITHFULNESS_METRICS}
+    options = _with_probability(options, target_tensor, probability)
+    if target_tensor is None or target_tensor.dim() == 1:
+        _, scores = compute_faithfulness(model, images, [method], names, modules, target_tensor, batch_size, options)
+        per_image = {metric: 100.0 * scores[method][metric] for metric in FAITHFULNESS_METRICS}
+    else:
+        expanded, labels, image_index = expand_multilabel(images, target_tensor)
+        _, scores = compute_faithfulness(model, expanded, [method], names, modules, labels, batch_size, options)
+        per_image = {}
+        for metric in FAITHFULNESS_METRICS:
+            grid = torch.full(tuple(target_tensor.shape), float("nan"), dtype=torch.float64, device=image_index.device)
+            grid[image_index, labels] = 100.0 * scores[method][metric].double().to(grid.device)
+            per_image[metric] = grid
     if reduction == "none":
         return {metric: value.to(images.device) for metric, value in per_image.items()}
-    return {metric: float(value.double().mean()) for metric, value in per_image.items()}
+    return {metric: float(value.double().nanmean()) for metric, value in per_image.items()}
 
 
 for _function in (explain, faithfulness):

@@ -17,6 +17,8 @@ The inputs a method may ask for (by naming them in ``needs``):
 - ``tail_scorer``: a :class:`~cam_callbacks.perturb.TailScorer`, ``(copies, build) -> (N, copies, classes)``
   logits of the network after the target layer on modified feature maps ``build(start, stop)`` of
   shape ``(N, stop - start, K, h, w)`` (Ablation-CAM, Recipro-CAM).
+- ``probability``: ``"softmax"`` or ``"sigmoid"`` (multi-label models), how logits become class
+  probabilities (:func:`cam_callbacks.targets.probabilities`).
 - ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
   through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
 
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .maps import upsample_and_normalize
+from .targets import probabilities
 
 __all__ = [
     "CAMMethod",
@@ -64,7 +67,7 @@ __all__ = [
 
 KNOWN_INPUTS = (
     "activations", "gradients", "class_weights", "images", "logits", "targets",
-    "model_scorer", "tail_scorer", "input_gradients", "guided_gradients",
+    "model_scorer", "tail_scorer", "input_gradients", "guided_gradients", "probability",
 )  # fmt: skip
 #: Inputs that come from the target layer: a method needing none of them ignores ``target_layer``.
 LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer")
@@ -338,17 +341,17 @@ def position_masks(height: int, width: int, gaussian: bool = False, device: Opti
 
 @register_method(
     "reciprocam",
-    needs=("activations", "targets", "tail_scorer"),
+    needs=("activations", "targets", "tail_scorer", "probability"),
     summary="Recipro-CAM: target probability of the tail on one feature position at a time",
     options={"gaussian": False},
 )
-def reciprocam(activations: Tensor, targets: Tensor, tail_scorer: Callable[..., Tensor], gaussian: bool = False) -> Tensor:
+def reciprocam(activations: Tensor, targets: Tensor, tail_scorer: Callable[..., Tensor], probability: str = "softmax", gaussian: bool = False) -> Tensor:
     """Recipro-CAM (Byun & Lee 2022): ``L(i, j) = softmax(tail(A * M_ij))_c``.
 
     For every position ``(i, j)`` of the feature map, a copy of the activations that keeps only that
     position (``M_ij`` one-hot, or the 3x3 Gaussian spread with ``gaussian=True``, see
     :func:`position_masks`) is run through the network's tail; the softmax probability of the target
-    class is the map's value there. All positions of all images go through the tail in
+    class (its sigmoid for multi-label models, ``probability="sigmoid"``) is the map's value there. All positions of all images go through the tail in
     memory-bounded batches.
     """
     n, _, h, w = activations.shape
@@ -358,7 +361,7 @@ def reciprocam(activations: Tensor, targets: Tensor, tail_scorer: Callable[..., 
         return activations.unsqueeze(1) * masks[None, start:stop, None]
 
     logits = tail_scorer(h * w, masked_maps)  # (n, h*w, classes)
-    probs = torch.softmax(logits.float(), dim=2).gather(2, targets[:, None, None].expand(n, h * w, 1))
+    probs = probabilities(logits, probability).gather(2, targets[:, None, None].expand(n, h * w, 1))
     return probs.reshape(n, h, w)
 
 

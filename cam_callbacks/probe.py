@@ -1,4 +1,4 @@
-"""The probe set: a fixed batch of images (and optional labels) owned by the callback.
+"""The probe set: a fixed batch of images (and optional labels and region masks) owned by the callback.
 
 Probes are taken from tensors, from a map-style Dataset by index (no iteration, no random draws,
 the same on every DDP rank), or, for iterable datasets only, by iterating a DataLoader with the
@@ -8,7 +8,7 @@ RNG state saved and restored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -16,13 +16,24 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .capture import preserved_rng_state
 
-__all__ = ["Probe", "ProbeLike", "make_probe", "probe_from_dataloader", "split_batch"]
+__all__ = ["Batch", "Probe", "ProbeLike", "make_probe", "probe_from_dataloader", "split_batch"]
 
-#: What ``CAMMonitor(probe=...)`` accepts.
-ProbeLike = Union[Tensor, Tuple[Tensor, Optional[Tensor]], Dataset]
+#: What ``CAMMonitor(probe=...)`` accepts: images, or ``(images, labels[, masks[, nuisance]])``, or a Dataset/DataLoader.
+ProbeLike = Union[Tensor, Tuple[Optional[Tensor], ...], Dataset]
 
 _IMAGE_KEYS = ("image", "images", "img", "x", "input", "inputs", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "target", "targets", "y", "class", "cls")
+_MASK_KEYS = ("mask", "masks", "object_mask", "object_masks", "segmentation", "box_mask")
+_NUISANCE_KEYS = ("nuisance", "nuisance_mask", "nuisance_masks", "spurious_mask")
+
+
+class Batch(NamedTuple):
+    """The parts of a validation batch the probe uses (missing ones are None)."""
+
+    images: Tensor
+    labels: Optional[Tensor]
+    masks: Optional[Tensor]
+    nuisance: Optional[Tensor]
 
 
 @dataclass
@@ -31,11 +42,18 @@ class Probe:
 
     Attributes:
         images: ``(N, C, H, W)`` float tensor, as the model receives it.
-        labels: ``(N,)`` long tensor or None.
+        labels: ``(N,)`` long class indices, ``(N, num_classes)`` multi-hot labels (multi-label
+            models; stored as bool), or None.
+        masks: ``(N, H, W)`` bool: the region that *should* explain each image's label (object mask
+            or box), or None. ``(N, 1, H, W)`` and 0/1 numbers are accepted.
+        nuisance: ``(N, H, W)`` bool: a region that must *not* explain it (watermark, text,
+            border), or None.
     """
 
     images: Tensor
     labels: Optional[Tensor] = None
+    masks: Optional[Tensor] = None
+    nuisance: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         with torch.inference_mode(False):
@@ -52,16 +70,47 @@ class Probe:
                 raise TypeError(f"probe images must be floating point (as the model receives them), got {images.dtype}")
             self.images = images.detach().cpu().clone()
             if self.labels is not None:
-                labels = torch.as_tensor(self.labels)
-                if labels.is_floating_point() or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-                    raise ValueError(
-                        f"probe labels must be {images.shape[0]} integer class indices, got dtype {labels.dtype} "
-                        f"and shape {tuple(labels.shape)}"
-                    )
-                self.labels = labels.detach().cpu().clone().long()
+                self.labels = _check_labels(torch.as_tensor(self.labels), images.shape[0])
+            self.masks = _check_mask(self.masks, images, "masks")
+            self.nuisance = _check_mask(self.nuisance, images, "nuisance")
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the labels are multi-hot ``(N, num_classes)``."""
+        return self.labels is not None and self.labels.dim() == 2
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+def _check_labels(labels: Tensor, n: int) -> Tensor:
+    if labels.dim() == 2 and labels.shape[0] == n:
+        values = labels.detach().cpu()
+        if not bool(((values == 0) | (values == 1)).all()):
+            raise ValueError("probe labels of shape (N, num_classes) must be multi-hot: 0/1 (or bool) values only")
+        return values.clone().bool()
+    if labels.is_floating_point() or labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(
+            f"probe labels must be {n} integer class indices, or an ({n}, num_classes) multi-hot tensor, got dtype "
+            f"{labels.dtype} and shape {tuple(labels.shape)}"
+        )
+    return labels.detach().cpu().clone().long()
+
+
+def _check_mask(mask: Any, images: Tensor, name: str) -> Optional[Tensor]:
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask).detach().cpu()
+    n, _, height, width = images.shape
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if tuple(mask.shape) != (n, height, width):
+        raise ValueError(f"probe {name} must have shape ({n}, {height}, {width}) like the images (N, H, W), got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"probe {name} must be boolean or hold only 0/1 values")
+        mask = mask != 0
+    return mask.clone()
 
 
 def _first_matching(mapping: dict, keys: Sequence[str]) -> Any:
@@ -71,22 +120,30 @@ def _first_matching(mapping: dict, keys: Sequence[str]) -> Any:
     return None
 
 
-def split_batch(batch: Any) -> Tuple[Tensor, Optional[Tensor]]:
-    """Find ``(images, labels)`` in a collated batch: a tensor, a tuple/list ``(images, labels, ...)``, or a dict.
+def split_batch(batch: Any) -> Batch:
+    """Find images, labels and region masks in a collated batch.
+
+    A tensor (images), a tuple/list ``(images, labels, masks, nuisance, ...)`` or a dict (keys such
+    as ``"image"``, ``"label"``, ``"mask"``, ``"nuisance"``). Labels are kept when they are ``(N,)``
+    integers or ``(N, num_classes)`` 0/1 values; masks when they are ``(N, H, W)`` or ``(N, 1, H, W)``
+    like the images.
 
     Raises:
         ValueError: If no 4-D image tensor can be found.
     """
     images: Any = None
     labels: Any = None
+    masks: Any = None
+    nuisance: Any = None
     if isinstance(batch, Tensor):
         images = batch
     elif isinstance(batch, dict):
         images = _first_matching(batch, _IMAGE_KEYS)
         labels = _first_matching(batch, _LABEL_KEYS)
+        masks = _first_matching(batch, _MASK_KEYS)
+        nuisance = _first_matching(batch, _NUISANCE_KEYS)
     elif isinstance(batch, (tuple, list)) and batch:
-        images = batch[0]
-        labels = batch[1] if len(batch) > 1 else None
+        images, labels, masks, nuisance = (list(batch) + [None] * 3)[:4]
     if not isinstance(images, Tensor) or images.dim() != 4:
         description = type(batch).__name__
         if isinstance(batch, dict):
@@ -95,9 +152,27 @@ def split_batch(batch: Any) -> Tuple[Tensor, Optional[Tensor]]:
             f"cannot find a 4-D image tensor in a validation batch ({description}); expected a tensor, a tuple "
             f"(images, labels, ...) or a dict with one of the keys {list(_IMAGE_KEYS)}. Pass probe=(images, labels) instead."
         )
-    if not (isinstance(labels, Tensor) and labels.dim() == 1 and not labels.is_floating_point()):
+    if not _is_labels(labels, images.shape[0]):
         labels = None
-    return images, labels
+    return Batch(images, labels, _as_mask(masks, images), _as_mask(nuisance, images))
+
+
+def _is_labels(labels: Any, n: int) -> bool:
+    if not isinstance(labels, Tensor) or labels.shape[:1] != (n,):
+        return False
+    if labels.dim() == 1:
+        return not labels.is_floating_point()
+    return labels.dim() == 2 and bool(((labels == 0) | (labels == 1)).all())
+
+
+def _as_mask(mask: Any, images: Tensor) -> Optional[Tensor]:
+    """``mask`` if it is shaped like the images' pixels, else None."""
+    if not isinstance(mask, Tensor):
+        return None
+    n, _, height, width = images.shape
+    if tuple(mask.shape) in ((n, height, width), (n, 1, height, width)):
+        return mask
+    return None
 
 
 def _is_map_style(dataset: Any) -> bool:
@@ -108,8 +183,7 @@ def _from_dataset(dataset: Any, num: int, collate_fn: Callable[[List[Any]], Any]
     count = min(num, len(dataset))
     if count == 0:
         raise ValueError("probe set is empty: the dataset has no samples")
-    images, labels = split_batch(collate_fn([dataset[i] for i in range(count)]))
-    return Probe(images, labels)
+    return Probe(*split_batch(collate_fn([dataset[i] for i in range(count)])))
 
 
 def probe_from_dataloader(loader: Any, num: int) -> Probe:
@@ -122,23 +196,23 @@ def probe_from_dataloader(loader: Any, num: int) -> Probe:
     collate_fn = getattr(loader, "collate_fn", None) or default_collate
     if dataset is not None and _is_map_style(dataset):
         return _from_dataset(dataset, num, collate_fn)
-    images: List[Tensor] = []
-    labels: List[Tensor] = []
+    parts: List[Batch] = []
     seen = 0
     with preserved_rng_state():
         for batch in loader:
-            batch_images, batch_labels = split_batch(batch)
-            images.append(batch_images)
-            if batch_labels is not None:
-                labels.append(batch_labels)
-            seen += batch_images.shape[0]
+            part = split_batch(batch)
+            parts.append(part)
+            seen += part.images.shape[0]
             if seen >= num:
                 break
-    if not images:
+    if not parts:
         raise ValueError("probe set is empty: the validation dataloader yielded no batches")
-    all_images = torch.cat(images)[:num]
-    all_labels = torch.cat(labels)[:num] if len(labels) == len(images) else None
-    return Probe(all_images, all_labels)
+
+    def joined(field: int) -> Optional[Tensor]:
+        values = [part[field] for part in parts]
+        return torch.cat(values)[:num] if all(v is not None for v in values) else None
+
+    return Probe(torch.cat([part.images for part in parts])[:num], joined(1), joined(2), joined(3))
 
 
 def make_probe(probe: ProbeLike, num: int) -> Probe:
@@ -149,13 +223,14 @@ def make_probe(probe: ProbeLike, num: int) -> Probe:
     if isinstance(probe, Tensor):
         return Probe(probe)
     if isinstance(probe, (tuple, list)):
-        if len(probe) not in (1, 2):
-            raise ValueError(f"probe as a tuple must be (images,) or (images, labels), got {len(probe)} elements")
-        return Probe(probe[0], probe[1] if len(probe) == 2 else None)
+        if not 1 <= len(probe) <= 4:
+            raise ValueError(f"probe as a tuple must be (images, labels, masks, nuisance) or a prefix of it, got {len(probe)} elements")
+        return Probe(*probe)
     if isinstance(probe, DataLoader):
         return probe_from_dataloader(probe, num)
     if _is_map_style(probe):
         return _from_dataset(probe, num, default_collate)
     raise TypeError(
-        f"probe must be an images tensor, an (images, labels) tuple, a map-style Dataset or a DataLoader, got {type(probe).__name__}"
+        f"probe must be an images tensor, an (images, labels[, masks[, nuisance]]) tuple, a map-style Dataset or a DataLoader, "
+        f"got {type(probe).__name__}"
     )
