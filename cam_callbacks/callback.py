@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -16,13 +16,19 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
 from .capture import preserved_model_state, preserved_rng_state
-from .explain import Explanation, LayersLike, compute_explanations, compute_faithfulness, first_out_of_range, make_options, resolve_layers
+from .alarm import AlarmHit, AlarmRule, format_alarm
+from .drift import class_mean_maps
+from .explain import (
+    Explanation, LayersLike, compute_explanations, compute_faithfulness, expand_multilabel, first_out_of_range, make_options,
+    resolve_layers,
+)  # fmt: skip
 from .layers import resolve_named_layer
 from .methods import available_methods
 from .reshape import ReshapeLike
 from .metrics import FAITHFULNESS_METRICS
 from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
-from .render import heatmap_grid, to_display
+from .render import heatmap_grid, map_tiles, mask_outline, to_display
+from .watch import MethodAnalysis, analyze_maps
 
 __all__ = ["CAMMonitor"]
 
@@ -47,7 +53,21 @@ class CAMMonitor(Callback):
     - ``cam/<method>/<metric>`` scalars (``average_drop``, ``increase_in_confidence``, ``coherency``,
       ``complexity``, ``adcc``; in percent) with the epoch as step, also in ``trainer.callback_metrics``
       so ``EarlyStopping``/``ModelCheckpoint`` can monitor e.g. ``"cam/gradcam/adcc"``;
+    - ``cam/<method>/<metric>`` for the spurious-cue watch (fractions; see :mod:`cam_callbacks.watch`):
+      ``shortcut_score`` always, ``drift_prev``/``drift_first`` from the second run on, and with region
+      masks in the probe set ``energy_in_mask``, ``pointing_game``, ``energy_in_mask_ratio``,
+      ``energy_in_nuisance``, ``energy_in_nuisance_ratio``;
+    - ``cam/alarm``: 1.0 when the ``alarm`` rule fires (then also a Lightning warning, a Markdown
+      ``cam/alarm`` text entry naming method, metric, value, threshold and the worst probe images, and
+      with ``stop_on_alarm`` the end of training);
+    - ``cam/<method>/mean_map`` (where the maps of all probe images gather: the shortcut signature) and
+      ``cam/<method>/class_means`` (the mean map of each explained class);
     - one custom-scalars layout: the ADCC of all methods in one chart, each method's components in another.
+
+    With region masks, the grids show the worst probe images first (largest share on the nuisance
+    region, else smallest share on the object) with the object mask outlined in white. With multi-hot labels ``(N, num_classes)`` (multi-label models) each positive
+    label gets its own map, faithfulness uses sigmoid probabilities, and grids are logged per label
+    as ``cam/<method>/label_<c>/grid`` for the ``max_labels`` most frequent labels.
 
     It never changes what the model learns: modes, hooks, ``param.grad``, ``requires_grad``, RNG
     state and BatchNorm statistics are left as found (gradients are taken with
@@ -63,8 +83,10 @@ class CAMMonitor(Callback):
         every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0`` (Lightning's
             convention); at most once per epoch, so with ``val_check_interval < 1`` it runs after
             the first validation of the epoch.
-        probe: Explicit probe set: an images tensor, an ``(images, labels)`` tuple, or a Dataset /
-            DataLoader (first ``num_probe`` samples).
+        probe: Explicit probe set: an images tensor, an ``(images, labels[, masks[, nuisance]])`` tuple,
+            or a Dataset / DataLoader (first ``num_probe`` samples) whose samples are ``(image, label[, mask[,
+            nuisance]])`` tuples or dicts. Masks are ``(N, H, W)`` bool: the region that should explain the
+            label and a region that must not (a known nuisance cue).
         target: ``"label"`` (explain the true class when labels are known, else the prediction) or
             ``"prediction"`` (always the top-1 prediction).
         mean: Per-channel mean used to normalise the images, to show originals in real colours.
@@ -84,6 +106,9 @@ class CAMMonitor(Callback):
         smooth_sigma: Noise std relative to each image's value range.
         smooth_scales: Scales for ``smooth="aug"``.
         perturbation_batch: Rows per perturbation pass; None chooses from the free device memory.
+        alarm: The :class:`~cam_callbacks.alarm.AlarmRule` checked after every run (None: no alarm).
+        stop_on_alarm: Stop training (like ``EarlyStopping``) when the alarm fires.
+        max_labels: Multi-label models: labels that get their own grid.
 
     Raises:
         ValueError: At construction for bad arguments; at ``setup``/first validation for a model,
@@ -120,6 +145,9 @@ class CAMMonitor(Callback):
         smooth_sigma: float = 0.15,
         smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
         perturbation_batch: Optional[int] = None,
+        alarm: Optional[AlarmRule] = AlarmRule(),
+        stop_on_alarm: bool = False,
+        max_labels: int = 4,
     ) -> None:
         super().__init__()
         if isinstance(methods, str):
@@ -164,12 +192,21 @@ class CAMMonitor(Callback):
         self.options = make_options(
             method_options, reshape, tail, smooth, smooth_samples, smooth_sigma, smooth_scales, 0, perturbation_batch
         )  # validates every option, listing the valid choices
+        if alarm is not None and not isinstance(alarm, AlarmRule):
+            raise TypeError(f"alarm must be an AlarmRule or None, got {type(alarm).__name__}")
+        self.alarm = alarm
+        self.stop_on_alarm = bool(stop_on_alarm)
+        self.max_labels = _check_positive_int("max_labels", max_labels)
+        self._previous_maps: Dict[str, Tensor] = {}
+        self._first_maps: Dict[str, Tensor] = {}
+        self._alarm_state: Tuple[Tuple[str, str], ...] = ()
         self._probe_source = probe
         self._probe: Optional[Probe] = make_probe(probe, self.num_probe) if probe is not None else None
         self._layer_names: Optional[List[str]] = None
         self._last_run: Optional[Tuple[str, int]] = None
         self._warned: Set[str] = set()
         self._layout_written: Set[int] = set()
+        self._alarm_logged: Dict[int, bool] = {}
 
     # ------------------------------------------------------------------ preparation
     @property
@@ -254,7 +291,11 @@ class CAMMonitor(Callback):
                 shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                 raise ValueError(f"CAMMonitor: the model must return (N, num_classes) logits; it returned {shape}")
             num_classes = logits.shape[1]
-            index = None if probe.labels is None else first_out_of_range(probe.labels, num_classes)
+            if probe.multilabel and probe.labels is not None and probe.labels.shape[1] != num_classes:
+                raise ValueError(
+                    f"CAMMonitor: the probe's multi-hot labels have {probe.labels.shape[1]} classes, the model {num_classes}"
+                )
+            index = None if probe.labels is None or probe.multilabel else first_out_of_range(probe.labels, num_classes)
             if index is not None:
                 assert probe.labels is not None
                 raise ValueError(
@@ -262,9 +303,9 @@ class CAMMonitor(Callback):
                     f"{num_classes} classes, valid class indices are 0..{num_classes - 1}"
                 )
             names, layers = resolve_layers(pl_module, self.target_layer, example[:1], self.options.reshape)
-            targets = self._targets(probe)
+            view = self._view(Probe(probe.images[:2], None if probe.labels is None else probe.labels[:2]))
             dry_run = self.options if self.options.smooth is None else replace(self.options, smooth=None)
-            compute_explanations(pl_module, example, self.methods, names, layers, None if targets is None else targets[:2], self.batch_size, dry_run)
+            compute_explanations(pl_module, view.images, self.methods, names, layers, view.targets, self.batch_size, replace(dry_run, probability=view.probability))
         if self._layer_names is None:
             rank_zero_info(f"CAMMonitor: explaining target layer {'+'.join(names)!r} with {self.methods} on {len(probe)} probe images")
         self._layer_names = names
@@ -292,19 +333,50 @@ class CAMMonitor(Callback):
         self._last_run = ("fit" if trainer.state.fn == TrainerFn.FITTING else "other", trainer.current_epoch)
         self.run(trainer, pl_module)
 
+    def _view(self, probe: Probe) -> "_ProbeView":
+        """The rows to explain: one per image, or one per positive label of multi-hot labels."""
+        targets = self._targets(probe)
+        if targets is None or targets.dim() == 1:
+            return _ProbeView(probe.images, targets, probe.masks, probe.nuisance, torch.arange(len(probe)), "softmax")
+        images, labels, index = expand_multilabel(probe.images, targets)
+        masks = None if probe.masks is None else probe.masks[index]
+        nuisance = None if probe.nuisance is None else probe.nuisance[index]
+        return _ProbeView(images, labels, masks, nuisance, index, "sigmoid")
+
     def compute(self, pl_module: nn.Module) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
-        """Maps and per-image faithfulness fractions for the probe set with the model as it is now."""
+        """Maps and per-row faithfulness fractions for the probe set with the model as it is now.
+
+        Rows are the probe images, or (multi-hot labels) one row per positive label of each image.
+        """
         assert self._probe is not None
         names, layers = self._layers(pl_module)
-        targets = self._targets(self._probe)
-        args = (pl_module, self._probe.images, self.methods, names, layers, targets, self.batch_size, self.options)
+        view = self._view(self._probe)
+        options = replace(self.options, probability=view.probability)
+        args = (pl_module, view.images, self.methods, names, layers, view.targets, self.batch_size, options)
         with preserved_rng_state():
             if self.faithfulness:
                 return compute_faithfulness(*args)
             return compute_explanations(*args), {}
 
+    def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
+        """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.watch.analyze_maps`)."""
+        assert self._probe is not None
+        view = self._view(self._probe)
+        analyses = {}
+        for method in self.methods:
+            maps = explanation.maps[method].detach().float().cpu()
+            first = self._first_maps.get(method)
+            previous = self._previous_maps.get(method)
+            if first is not None and first.shape != maps.shape:  # a changed probe set: start the history again
+                first = previous = None
+            analyses[method] = analyze_maps(maps, view.masks, view.nuisance, previous, first)
+            self._previous_maps[method] = maps
+            if first is None:
+                self._first_maps[method] = maps
+        return analyses
+
     def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
-        """Compute and log once for the current epoch; returns the logged scalars."""
+        """Compute, check the alarm rule and log once for the current epoch; returns the logged scalars."""
         if self._probe is None or self._layer_names is None:
             self.on_validation_start(trainer, pl_module)
         assert self._probe is not None
@@ -315,15 +387,40 @@ class CAMMonitor(Callback):
             for method in self.methods
             for metric in (FAITHFULNESS_METRICS if scores else ())
         }
+        analyses = self.analyze(explanation)
+        per_image: Dict[str, Tensor] = {}
+        for method, analysis in analyses.items():
+            scalars.update({f"cam/{method}/{metric}": value for metric, value in analysis.scalars.items()})
+            per_image.update({f"cam/{method}/{metric}": values for metric, values in analysis.per_image.items()})
+        hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
+        if self.alarm is not None:
+            scalars["cam/alarm"] = 1.0 if hits else 0.0
         for name, value in scalars.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe))
+        self._raise_alarm(trainer, hits)
         if trainer.is_global_zero:
-            self._log(trainer, explanation, scalars)
+            self._log(trainer, explanation, scalars, analyses, hits)
         rank_zero_debug(f"CAMMonitor: epoch {trainer.current_epoch} explained in {time.perf_counter() - start:.2f}s")
         return scalars
 
+    def _raise_alarm(self, trainer: "pl.Trainer", hits: List[AlarmHit]) -> None:
+        state = tuple((hit.method, hit.metric) for hit in hits)
+        if hits and state != self._alarm_state:
+            rank_zero_warn(f"CAMMonitor alarm at epoch {trainer.current_epoch}: " + " ".join(hit.message for hit in hits))
+        elif not hits and self._alarm_state:
+            rank_zero_info(f"CAMMonitor: the alarm cleared at epoch {trainer.current_epoch}")
+        self._alarm_state = state
+        if self.stop_on_alarm and trainer.state.fn == TrainerFn.FITTING:
+            stop = trainer.strategy.reduce_boolean_decision(bool(hits), all=False)
+            if stop:
+                trainer.should_stop = True
+                rank_zero_info("CAMMonitor: stopping training because the alarm fired (stop_on_alarm=True)")
+
     # ------------------------------------------------------------------ logging
-    def _log(self, trainer: "pl.Trainer", explanation: Explanation, scalars: Dict[str, float]) -> None:
+    def _log(
+        self, trainer: "pl.Trainer", explanation: Explanation, scalars: Dict[str, float],
+        analyses: Dict[str, MethodAnalysis], hits: List[AlarmHit],
+    ) -> None:  # fmt: skip
         epoch = trainer.current_epoch
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not tensorboards:
@@ -337,17 +434,41 @@ class CAMMonitor(Callback):
         if not tensorboards:
             return
         assert self._probe is not None
-        shown = min(self.max_images, len(self._probe))
-        display = to_display(self._probe.images[:shown], self.mean, self.std)
-        grids = {
-            method: heatmap_grid(display, explanation.maps[method][:shown].cpu(), self.overlay_alpha, self.colormap)
-            for method in self.methods
-        }
+        view = self._view(self._probe)
+        images = {method: self._grids(view, explanation, method, analyses[method]) for method in self.methods}
+        num_classes = explanation.logits.shape[1]
+        for method in self.methods:
+            maps = explanation.maps[method].detach().float().cpu()
+            means = class_mean_maps(maps, explanation.targets.cpu(), num_classes).means
+            images[method]["class_means"] = map_tiles(_scaled(means), self.colormap)
+            images[method]["mean_map"] = map_tiles(analyses[method].shortcut.mean_map[None].float(), self.colormap)
         for logger in tensorboards:
             writer = logger.experiment
             self._write_layout(writer)
-            for method, grid in grids.items():
-                writer.add_image(f"cam/{method}/grid", grid, global_step=epoch)
+            for method, named in images.items():
+                for name, image in named.items():
+                    writer.add_image(f"cam/{method}/{name}", image, global_step=epoch)
+            if hits or self._alarm_logged.get(id(writer)):
+                writer.add_text("cam/alarm", format_alarm(hits, title=f"CAM alarm, epoch {epoch}"), global_step=epoch)
+                self._alarm_logged[id(writer)] = bool(hits)
+
+    def _grids(self, view: "_ProbeView", explanation: Explanation, method: str, analysis: MethodAnalysis) -> Dict[str, Tensor]:
+        """``{"grid": ...}`` (worst rows first), or ``{"label_<c>/grid": ...}`` per label for multi-hot labels."""
+        maps = explanation.maps[method].detach().float().cpu()
+        order = analysis.order
+        if view.probability == "softmax":
+            groups = {"grid": order}
+        else:
+            labels = view.targets.cpu() if view.targets is not None else explanation.targets.cpu()
+            frequent = torch.bincount(labels).argsort(descending=True, stable=True)[: self.max_labels]
+            groups = {f"label_{int(c)}/grid": order[labels[order] == c] for c in frequent if bool((labels == c).any())}
+        grids = {}
+        for name, rows in groups.items():
+            rows = rows[: self.max_images]
+            display = to_display(view.images[rows], self.mean, self.std)
+            outlines = None if view.masks is None else mask_outline(view.masks[rows])
+            grids[name] = heatmap_grid(display, maps[rows], self.overlay_alpha, self.colormap, outlines=outlines)
+        return grids
 
     def _write_layout(self, writer: Any) -> None:
         if id(writer) in self._layout_written:
@@ -373,3 +494,20 @@ class CAMMonitor(Callback):
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._last_run = tuple(state_dict["last_run"]) if state_dict.get("last_run") else None  # type: ignore[assignment]
+
+
+class _ProbeView(NamedTuple):
+    """The rows the callback explains: probe images (or one row per positive label) and their masks."""
+
+    images: Tensor
+    targets: Optional[Tensor]
+    masks: Optional[Tensor]
+    nuisance: Optional[Tensor]
+    image_index: Tensor
+    probability: str
+
+
+def _scaled(maps: Tensor) -> Tensor:
+    """Each map divided by its maximum (zeros stay zeros), for display."""
+    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return maps / peak

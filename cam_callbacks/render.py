@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["colormap_lut", "apply_colormap", "to_display", "overlay", "heatmap_grid"]
+__all__ = ["colormap_lut", "apply_colormap", "to_display", "overlay", "heatmap_grid", "mask_outline", "draw_outline", "map_tiles"]
 
 
 @lru_cache(maxsize=8)
@@ -69,8 +69,50 @@ def overlay(display_images: Tensor, maps: Tensor, alpha: float = 0.5, colormap: 
     return ((1.0 - alpha) * display_images + alpha * apply_colormap(maps, colormap)).clamp(0, 1)
 
 
+def mask_outline(masks: Tensor) -> Tensor:
+    """The boundary pixels of ``(N, H, W)`` bool masks: mask pixels with a 4-neighbour outside the mask.
+
+    Example::
+
+        >>> m = torch.zeros(1, 5, 5, dtype=torch.bool); m[0, 1:4, 1:4] = True
+        >>> mask_outline(m)[0].int()
+        tensor([[0, 0, 0, 0, 0],
+                [0, 1, 1, 1, 0],
+                [0, 1, 0, 1, 0],
+                [0, 1, 1, 1, 0],
+                [0, 0, 0, 0, 0]], dtype=torch.int32)
+    """
+    inside = masks.bool().unsqueeze(1).float()
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=inside.device).view(1, 1, 3, 3)
+    neighbours = torch.nn.functional.conv2d(inside, kernel, padding=1)  # outside the image counts as outside the mask
+    return (inside.bool() & (neighbours < 5)).squeeze(1)
+
+
+def draw_outline(rgb: Tensor, outline: Tensor, color: Sequence[float] = (1.0, 1.0, 1.0)) -> Tensor:
+    """``(N, 3, H, W)`` images with the ``(N, H, W)`` outline pixels painted in ``color``."""
+    paint = torch.as_tensor(color, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1).expand_as(rgb)
+    return torch.where(outline.unsqueeze(1).to(rgb.device), paint, rgb)
+
+
+def map_tiles(maps: Tensor, colormap: str = "jet", per_row: int = 8, min_tile: int = 96) -> Tensor:
+    """A ``(3, H', W')`` grid of coloured ``(M, H, W)`` maps in [0, 1] (class means, the shortcut mean map)."""
+    from torchvision.utils import make_grid
+
+    tiles = apply_colormap(maps.float(), colormap)
+    factor = -(-min_tile // min(tiles.shape[-2:]))
+    if factor > 1:
+        tiles = torch.nn.functional.interpolate(tiles, scale_factor=factor, mode="nearest")
+    return make_grid(tiles, nrow=max(1, min(per_row, tiles.shape[0])), padding=2, pad_value=1.0)
+
+
 def heatmap_grid(
-    display_images: Tensor, maps: Tensor, alpha: float = 0.5, colormap: str = "jet", per_row: int = 8, min_tile: int = 96
+    display_images: Tensor,
+    maps: Tensor,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    per_row: int = 8,
+    min_tile: int = 96,
+    outlines: Optional[Tensor] = None,
 ) -> Tensor:
     """A ``(3, H', W')`` grid: rows of originals, each followed by a row of their overlays.
 
@@ -84,12 +126,16 @@ def heatmap_grid(
         colormap: Matplotlib colormap name.
         per_row: Images per row.
         min_tile: Smallest tile side in pixels after enlargement.
+        outlines: ``(N, H, W)`` bool pixels to paint white on originals and overlays (mask outlines).
     """
     from torchvision.utils import make_grid
 
     if display_images.shape[0] != maps.shape[0]:
         raise ValueError(f"{display_images.shape[0]} images but {maps.shape[0]} maps")
     overlays = overlay(display_images, maps.to(display_images.device), alpha, colormap)
+    if outlines is not None:
+        display_images = draw_outline(display_images, outlines)
+        overlays = draw_outline(overlays, outlines)
     factor = -(-min_tile // min(display_images.shape[-2:]))
     if factor > 1:
         display_images = torch.nn.functional.interpolate(display_images, scale_factor=factor, mode="nearest")

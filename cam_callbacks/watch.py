@@ -1,0 +1,117 @@
+"""One run's diagnosis of a method's maps: localisation, drift, shortcut signature, worst images.
+
+:func:`analyze_maps` is a pure function of the maps of one method on the probe set, the probe's
+region masks and the maps of earlier runs; :class:`CAMMonitor <cam_callbacks.CAMMonitor>` calls it
+after every run and only logs what it returns. Scalars (all fractions, ratios in multiples of chance):
+
+- with object masks: ``energy_in_mask``, ``pointing_game``, ``energy_in_mask_ratio``
+  (:mod:`cam_callbacks.localization`; images with an empty mask are left out of the means);
+- with nuisance masks: ``energy_in_nuisance``, ``energy_in_nuisance_ratio``;
+- always: ``shortcut_score`` (:func:`cam_callbacks.drift.shortcut_score`); from the second run on
+  ``drift_prev`` and ``drift_first``, the mean per-image correlation with the previous and the first
+  run's maps of the same probe images (1.0: unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .drift import ShortcutReport, map_correlation, shortcut_score
+from .localization import localization_scores, localization_summary
+
+__all__ = ["MethodAnalysis", "analyze_maps", "WATCH_METRICS"]
+
+#: Every scalar :func:`analyze_maps` may return, in logging order.
+WATCH_METRICS = (
+    "energy_in_mask", "pointing_game", "energy_in_mask_ratio", "energy_in_nuisance", "energy_in_nuisance_ratio",
+    "shortcut_score", "drift_prev", "drift_first",
+)  # fmt: skip
+
+
+@dataclass
+class MethodAnalysis:
+    """What :func:`analyze_maps` found for one method.
+
+    Attributes:
+        scalars: ``{metric: value}`` (see :data:`WATCH_METRICS`), means over the probe images.
+        per_image: ``{metric: (N,) tensor}`` for ranking images; NaN where an image has no value
+            (empty mask).
+        shortcut: The shortcut report (its ``mean_map`` shows *where* the maps gather).
+        order: ``(N,)`` probe indices, worst first: by nuisance share (highest first) when nuisance
+            masks are given, else by object share (lowest first) when object masks are given; in probe
+            order without masks (so grids of successive runs show the same images in the same places).
+    """
+
+    scalars: Dict[str, float]
+    per_image: Dict[str, Tensor]
+    shortcut: ShortcutReport
+    order: Tensor
+
+
+def _mask_or_nan(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    if mask is None:
+        return values.double()
+    present = mask.flatten(1).any(dim=1).to(values.device)
+    return torch.where(present, values.double(), torch.full_like(values, float("nan"), dtype=torch.float64))
+
+
+def _worst_first(values: Tensor, descending: bool) -> Tensor:
+    """Indices sorting ``values`` worst first, NaN last (stable: ties keep probe order)."""
+    key = values.clone()
+    key[key.isnan()] = -torch.inf if descending else torch.inf
+    return key.argsort(descending=descending, stable=True)
+
+
+def analyze_maps(
+    maps: Tensor,
+    masks: Optional[Tensor] = None,
+    nuisance: Optional[Tensor] = None,
+    previous: Optional[Tensor] = None,
+    first: Optional[Tensor] = None,
+) -> MethodAnalysis:
+    """Localisation, shortcut and drift scalars of one method's ``(N, H, W)`` maps on the probe set.
+
+    Args:
+        maps: ``(N, H, W)`` maps in [0, 1].
+        masks: ``(N, H, W)`` bool object masks, or None.
+        nuisance: ``(N, H, W)`` bool nuisance masks, or None.
+        previous: The previous run's maps of the same images (same shape), or None.
+        first: The first run's maps, or None.
+
+    Example::
+
+        >>> maps = torch.zeros(4, 8, 8); maps[:, :2, :2] = 1.0   # every map on the top-left corner
+        >>> corner = torch.zeros(4, 8, 8, dtype=torch.bool); corner[:, :2, :2] = True
+        >>> result = analyze_maps(maps, nuisance=corner)
+        >>> result.scalars["energy_in_nuisance"], result.scalars["energy_in_nuisance_ratio"]
+        (1.0, 16.0)
+        >>> result.scalars["shortcut_score"] > 0.9
+        True
+    """
+    scores = localization_scores(maps, masks, nuisance)
+    scalars = localization_summary(scores, masks, nuisance)
+    per_image: Dict[str, Tensor] = {}
+    for name, values in scores.items():
+        per_image[name] = _mask_or_nan(values, masks if "mask" in name else nuisance)
+    report = shortcut_score(maps)
+    scalars["shortcut_score"] = float(report.score)
+    per_image["shortcut_score"] = report.per_image.double()
+    for name, earlier in (("drift_prev", previous), ("drift_first", first)):
+        if earlier is not None:
+            if earlier.shape != maps.shape:
+                raise ValueError(f"{name}: earlier maps have shape {tuple(earlier.shape)}, these {tuple(maps.shape)}")
+            correlation = map_correlation(maps, earlier.to(maps.device))
+            per_image[name] = correlation.double()
+            scalars[name] = float(correlation.double().mean())
+    if nuisance is not None and bool(nuisance.any()):
+        order = _worst_first(per_image["energy_in_nuisance_ratio"], descending=True)
+    elif masks is not None and bool(masks.any()):
+        order = _worst_first(per_image["energy_in_mask_ratio"], descending=False)
+    else:
+        order = torch.arange(maps.shape[0])
+    ordered = {name: scalars[name] for name in WATCH_METRICS if name in scalars}
+    return MethodAnalysis(ordered, per_image, report, order)
