@@ -7,7 +7,9 @@ after every run and only logs what it returns. Scalars (all fractions, ratios in
 - with object masks: ``energy_in_mask``, ``pointing_game``, ``energy_in_mask_ratio``
   (:mod:`cam_callbacks.localization`; images with an empty mask are left out of the means);
 - with nuisance masks: ``energy_in_nuisance``, ``energy_in_nuisance_ratio``;
-- always: ``shortcut_score`` (:func:`cam_callbacks.drift.shortcut_score`); from the second run on
+- always: ``shortcut_score`` (:func:`cam_callbacks.drift.shortcut_score`; with object masks it
+  looks only at the saliency *outside* the objects, so objects that sit at the same place in every
+  image, as in centred datasets, are not mistaken for a shortcut); from the second run on
   ``drift_prev`` and ``drift_first``, the mean per-image correlation with the previous and the first
   run's maps of the same probe images (1.0: unchanged).
 """
@@ -66,6 +68,21 @@ def _worst_first(values: Tensor, descending: bool) -> Tensor:
     return key.argsort(descending=descending, stable=True)
 
 
+def _shortcut(maps: Tensor, masks: Optional[Tensor]) -> "tuple[ShortcutReport, float]":
+    """The shortcut report, on the saliency outside the objects when object masks are given, and the share of mass it covers.
+
+    Without masks: ``(shortcut_score(maps), 1.0)``. With masks: the maps with the object pixels set to 0,
+    and the mean share of each image's mass outside its object (a model that looks at the objects
+    leaves little outside, so its score is scaled down however its residual saliency is arranged).
+    """
+    if masks is None or not bool(masks.any()):
+        return shortcut_score(maps), 1.0
+    outside = maps * (~masks.to(maps.device)).to(maps.dtype)
+    total = maps.flatten(1).sum(1).double()
+    share = torch.where(total > 0, outside.flatten(1).sum(1).double() / total.clamp_min(1e-300), torch.ones_like(total))
+    return shortcut_score(outside), float(share.mean())
+
+
 def analyze_maps(
     maps: Tensor,
     masks: Optional[Tensor] = None,
@@ -97,8 +114,8 @@ def analyze_maps(
     per_image: Dict[str, Tensor] = {}
     for name, values in scores.items():
         per_image[name] = _mask_or_nan(values, masks if "mask" in name else nuisance)
-    report = shortcut_score(maps)
-    scalars["shortcut_score"] = float(report.score)
+    report, outside_share = _shortcut(maps, masks)
+    scalars["shortcut_score"] = float(report.score) * outside_share
     per_image["shortcut_score"] = report.per_image.double()
     for name, earlier in (("drift_prev", previous), ("drift_first", first)):
         if earlier is not None:
