@@ -229,7 +229,8 @@ class CAMMonitor(Callback):
             rank_zero_warn(message)
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        for layer in self.target_layer if isinstance(self.target_layer, (list, tuple)) else [self.target_layer]:
+        layers: List[Any] = list(self.target_layer) if isinstance(self.target_layer, (list, tuple)) else [self.target_layer]
+        for layer in layers:
             if isinstance(layer, nn.Module) or layer != "auto":
                 resolve_named_layer(pl_module, layer)
         if self._probe is None:

@@ -309,12 +309,12 @@ def _smoothed(
     count = 0
     for variant, back in _variants(images, options):
         explanation = _fused(model, variant, methods, layers, targets, batch_size, plain)
-        for name, maps in explanation.maps.items():
-            mapped = back(maps)
+        for name, variant_maps in explanation.maps.items():
+            mapped = back(variant_maps)
             totals[name] = mapped if name not in totals else totals[name] + mapped
         count += 1
-    maps = {name: minmax_normalize(total / count) for name, total in totals.items()}
-    return Explanation(maps, logits.detach(), targets, "+".join(name for name, _ in layers))
+    averaged = {name: minmax_normalize(total / count) for name, total in totals.items()}
+    return Explanation(averaged, logits.detach(), targets, "+".join(name for name, _ in layers))
 
 
 # --- entry point -------------------------------------------------------------------------------------------

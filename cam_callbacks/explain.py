@@ -77,7 +77,7 @@ def compute_faithfulness(
 
 def resolve_layers(model: nn.Module, target_layer: LayersLike, example: Tensor, reshape: ReshapeLike = None) -> Tuple[List[str], List[nn.Module]]:
     """Resolve one target layer or a list of them to ``(names, modules)``; ``"auto"`` is logged, refused with ``reshape``."""
-    specs = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+    specs: List[LayerSpec] = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]  # type: ignore[list-item]
     if not specs:
         raise ValueError("target_layer is an empty list; give a layer name, a module, 'auto' or a non-empty list of them")
     names: List[str] = []

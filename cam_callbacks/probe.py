@@ -210,7 +210,8 @@ def probe_from_dataloader(loader: Any, num: int) -> Probe:
 
     def joined(field: int) -> Optional[Tensor]:
         values = [part[field] for part in parts]
-        return torch.cat(values)[:num] if all(v is not None for v in values) else None
+        present = [v for v in values if v is not None]
+        return torch.cat(present)[:num] if len(present) == len(values) else None
 
     return Probe(torch.cat([part.images for part in parts])[:num], joined(1), joined(2), joined(3))
 
@@ -225,7 +226,7 @@ def make_probe(probe: ProbeLike, num: int) -> Probe:
     if isinstance(probe, (tuple, list)):
         if not 1 <= len(probe) <= 4:
             raise ValueError(f"probe as a tuple must be (images, labels, masks, nuisance) or a prefix of it, got {len(probe)} elements")
-        return Probe(*probe)
+        return Probe(*probe)  # type: ignore[arg-type]  # Probe checks the types
     if isinstance(probe, DataLoader):
         return probe_from_dataloader(probe, num)
     if _is_map_style(probe):
