@@ -246,9 +246,9 @@ def _fused(
     targets: Optional[Tensor], batch_size: int, options: ExplainOptions,
 ) -> Explanation:  # fmt: skip
     first = _single_layer(model, images, methods, layers[0][0], layers[0][1], targets, batch_size, options)
-    if len(layers) == 1:
-        return first
     layered = [m for m in methods if m.uses_layer]
+    if len(layers) == 1 or not layered:
+        return first
     others = [_single_layer(model, images, layered, name, layer, first.targets, batch_size, options) for name, layer in layers[1:]]
     maps = dict(first.maps)
     for method in layered:

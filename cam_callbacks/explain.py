@@ -146,6 +146,9 @@ def _prepare(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     device = model_device(model, images.device)
+    if not get_method(method).uses_layer and isinstance(target_layer, str) and target_layer == "auto":
+        # saliency and guided backprop need no layer: no search (it costs a forward pass and fails on models without one)
+        return ["input"], [model], as_targets(targets, images.shape[0], device)
     with torch.inference_mode(False):
         example = images[:1].to(device).clone()
         names, modules = resolve_layers(model, target_layer, example, options.reshape)

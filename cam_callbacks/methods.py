@@ -226,7 +226,8 @@ def eigencam(activations: Tensor) -> Tensor:
     Per image, the activations are read as ``h*w`` samples of ``K`` channels, centred per channel,
     and projected on their first right-singular vector. The sign of a principal component is
     arbitrary, so it is fixed to make the map correlate positively with the channel-mean map
-    ``mean_k A_k``; then ReLU (as pytorch-grad-cam does). Class-agnostic: no gradients, no target.
+    ``mean_k A_k`` (where that correlation is below 1e-6 in magnitude, e.g. after a zero-bias
+    LayerNorm, the value of largest magnitude is made positive); then ReLU (as pytorch-grad-cam does). Class-agnostic: no gradients, no target.
     Batched SVD of ``(N, h*w, K)`` matrices, no per-image loop.
     """
     n, k, h, w = activations.shape
@@ -235,8 +236,14 @@ def eigencam(activations: Tensor) -> Tensor:
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     projection = (centred @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)  # (N, hw)
     channel_mean = samples.mean(dim=2)
-    covariance = ((projection - projection.mean(1, keepdim=True)) * (channel_mean - channel_mean.mean(1, keepdim=True))).sum(1)
-    sign = torch.where(covariance < 0, -1.0, 1.0).to(projection.dtype).unsqueeze(1)
+    p_centred = projection - projection.mean(1, keepdim=True)
+    m_centred = channel_mean - channel_mean.mean(1, keepdim=True)
+    correlation = (p_centred * m_centred).sum(1) / (p_centred.norm(dim=1) * m_centred.norm(dim=1)).clamp_min(1e-300)
+    # Where the channel mean carries no sign information (|correlation| < 1e-6, e.g. after a LayerNorm
+    # with zero bias, whose channel mean is 0 up to rounding), the largest-magnitude value is made positive.
+    extreme = projection.gather(1, projection.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    reference = torch.where(correlation.abs() < 1e-6, extreme, correlation)
+    sign = torch.where(reference < 0, -1.0, 1.0).to(projection.dtype).unsqueeze(1)
     return torch.relu(sign * projection).reshape(n, h, w).to(activations.dtype)
 
 
