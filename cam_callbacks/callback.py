@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
@@ -27,10 +28,12 @@ from .methods import available_methods
 from .reshape import ReshapeLike
 from .metrics import FAITHFULNESS_METRICS
 from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
-from .render import heatmap_grid, map_tiles, mask_outline, to_display
+from .render import heatmap_grid, map_tiles, mask_outline, png_directories, save_pngs, save_text, to_display
 from .watch import MethodAnalysis, analyze_maps
 
 __all__ = ["CAMMonitor"]
+
+_STATE_VERSION = 2
 
 _TARGET_CHOICES = ("label", "prediction")
 
@@ -62,7 +65,12 @@ class CAMMonitor(Callback):
       with ``stop_on_alarm`` the end of training);
     - ``cam/<method>/mean_map`` (where the maps of all probe images gather: the shortcut signature) and
       ``cam/<method>/class_means`` (the mean map of each explained class);
+    - ``cam/time_s``: seconds this run of the callback took (maps, metrics, watch);
     - one custom-scalars layout: the ADCC of all methods in one chart, each method's components in another.
+
+    Without a TensorBoard logger the images are saved as PNG files under each other logger's
+    directory (``<log_dir>/cam/<method>/grid_epoch=0003.png``; the trainer's ``default_root_dir``
+    with ``logger=False``) and the scalars go to every logger.
 
     With region masks, the grids show the worst probe images first (largest share on the nuisance
     region, else smallest share on the object) with the object mask outlined in white. With multi-hot labels ``(N, num_classes)`` (multi-label models) each positive
@@ -200,6 +208,7 @@ class CAMMonitor(Callback):
         self._previous_maps: Dict[str, Tensor] = {}
         self._first_maps: Dict[str, Tensor] = {}
         self._alarm_state: Tuple[Tuple[str, str], ...] = ()
+        self._pending_state: Optional[Dict[str, Any]] = None
         self._probe_source = probe
         self._probe: Optional[Probe] = make_probe(probe, self.num_probe) if probe is not None else None
         self._layer_names: Optional[List[str]] = None
@@ -234,7 +243,7 @@ class CAMMonitor(Callback):
             if isinstance(layer, nn.Module) or layer != "auto":
                 resolve_named_layer(pl_module, layer)
         if self._probe is None:
-            self._probe = self._early_probe(trainer, stage)
+            self._set_probe(self._early_probe(trainer, stage))
         if self._probe is not None:
             self._prepare(pl_module)
 
@@ -269,7 +278,7 @@ class CAMMonitor(Callback):
 
     def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._probe is None:
-            self._probe = self._probe_from_loaders(trainer.val_dataloaders)
+            self._set_probe(self._probe_from_loaders(trainer.val_dataloaders))
         if self._layer_names is None:
             self._prepare(pl_module)
 
@@ -396,6 +405,7 @@ class CAMMonitor(Callback):
         hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
         if self.alarm is not None:
             scalars["cam/alarm"] = 1.0 if hits else 0.0
+        scalars["cam/time_s"] = time.perf_counter() - start  # the callback's own cost of this run (maps, metrics, watch)
         for name, value in scalars.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe))
         self._raise_alarm(trainer, hits)
@@ -423,16 +433,13 @@ class CAMMonitor(Callback):
         analyses: Dict[str, MethodAnalysis], hits: List[AlarmHit],
     ) -> None:  # fmt: skip
         epoch = trainer.current_epoch
-        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not tensorboards:
-            self._warn_once(
-                "no-tensorboard",
-                "CAMMonitor: no TensorBoardLogger in trainer.loggers; heatmap grids are not logged, scalars still are",
-            )
         for logger in trainer.loggers:
             if scalars:
                 logger.log_metrics(scalars, step=epoch)
-        if not tensorboards:
+        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        directories = png_directories(trainer)
+        if not tensorboards and not directories:
+            self._warn_once("no-image-logger", "CAMMonitor: no logger with a directory; heatmap grids are not saved, scalars still are")
             return
         assert self._probe is not None
         view = self._view(self._probe)
@@ -452,6 +459,13 @@ class CAMMonitor(Callback):
             if hits or self._alarm_logged.get(id(writer)):
                 writer.add_text("cam/alarm", format_alarm(hits, title=f"CAM alarm, epoch {epoch}"), global_step=epoch)
                 self._alarm_logged[id(writer)] = bool(hits)
+        for directory in directories:
+            save_pngs(directory, images, epoch)
+            if hits:
+                save_text(directory, f"alarm_epoch={epoch:04d}.md", format_alarm(hits, title=f"CAM alarm, epoch {epoch}"))
+        if directories and "png" not in self._warned:
+            self._warned.add("png")
+            rank_zero_info(f"CAMMonitor: heatmap grids are saved as PNG files under {[os.path.join(d, 'cam') for d in directories]}")
 
     def _grids(self, view: "_ProbeView", explanation: Explanation, method: str, analysis: MethodAnalysis) -> Dict[str, Tensor]:
         """``{"grid": ...}`` (worst rows first), or ``{"label_<c>/grid": ...}`` per label for multi-hot labels."""
@@ -491,10 +505,51 @@ class CAMMonitor(Callback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
-        return {"layer_name": self.layer_name, "last_run": self._last_run, "methods": list(self.methods)}
+        """What a checkpoint needs to resume: the last run, the probe set's fingerprint (and its tensors when it was
+        given explicitly), the maps of the first and the previous run (for drift) and the alarm state."""
+        probe = self._probe
+        return {
+            "version": _STATE_VERSION,
+            "layer_name": self.layer_name,
+            "methods": list(self.methods),
+            "last_run": self._last_run,
+            "probe_fingerprint": probe.fingerprint() if probe is not None else None,
+            "probe": probe.tensors() if probe is not None and self._probe_source is not None else None,
+            "first_maps": dict(self._first_maps),
+            "previous_maps": dict(self._previous_maps),
+            "alarm_state": [list(pair) for pair in self._alarm_state],
+        }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. The history is kept only for the same probe set; a changed one is reported."""
         self._last_run = tuple(state_dict["last_run"]) if state_dict.get("last_run") else None  # type: ignore[assignment]
+        saved_probe = state_dict.get("probe")
+        if self._probe_source is None and saved_probe is not None:
+            # the checkpointed run was given its probe explicitly and this one is not: continue with the same images
+            # (replacing one taken from the validation data at setup, which runs before checkpoints are restored)
+            self._probe = Probe(**saved_probe)
+        self._pending_state = dict(state_dict)
+        if self._probe is not None:
+            self._apply_pending_state()
+
+    def _set_probe(self, probe: Optional[Probe]) -> None:
+        self._probe = probe
+        if probe is not None and self._pending_state is not None:
+            self._apply_pending_state()
+
+    def _apply_pending_state(self) -> None:
+        state, self._pending_state = self._pending_state, None
+        assert state is not None and self._probe is not None
+        saved = state.get("probe_fingerprint")
+        if saved is not None and saved != self._probe.fingerprint():
+            rank_zero_warn(
+                "CAMMonitor: the probe set differs from the one in the checkpoint (other images, labels or masks); "
+                "drift is measured from this run on and the alarm state starts afresh"
+            )
+            return
+        self._first_maps = {m: t for m, t in state.get("first_maps", {}).items() if m in self.methods}
+        self._previous_maps = {m: t for m, t in state.get("previous_maps", {}).items() if m in self.methods}
+        self._alarm_state = tuple(tuple(pair) for pair in state.get("alarm_state", ()))  # type: ignore[misc]
 
 
 class _ProbeView(NamedTuple):

@@ -7,8 +7,9 @@ RNG state saved and restored.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -73,6 +74,29 @@ class Probe:
                 self.labels = _check_labels(torch.as_tensor(self.labels), images.shape[0])
             self.masks = _check_mask(self.masks, images, "masks")
             self.nuisance = _check_mask(self.nuisance, images, "nuisance")
+
+    def fingerprint(self) -> str:
+        """A SHA-256 of the probe's contents (images, labels, masks): equal fingerprints mean the same probe set.
+
+        Example::
+
+            >>> a = Probe(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]))
+            >>> a.fingerprint() == Probe(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1])).fingerprint()
+            True
+            >>> a.fingerprint() == Probe(torch.zeros(2, 3, 4, 4), torch.tensor([1, 1])).fingerprint()
+            False
+        """
+        digest = hashlib.sha256()
+        for name, tensor in (("images", self.images), ("labels", self.labels), ("masks", self.masks), ("nuisance", self.nuisance)):
+            digest.update(name.encode())
+            if tensor is not None:
+                digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+                digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def tensors(self) -> Dict[str, Optional[Tensor]]:
+        """The probe's tensors by name (for checkpoints): ``images``, ``labels``, ``masks``, ``nuisance``."""
+        return {"images": self.images, "labels": self.labels, "masks": self.masks, "nuisance": self.nuisance}
 
     @property
     def multilabel(self) -> bool:

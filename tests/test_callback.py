@@ -147,15 +147,37 @@ def test_early_stopping_can_monitor_adcc(tmp_path):
     assert float(stopper.best_score) == pytest.approx(max(logged), rel=1e-6)
 
 
-def test_without_tensorboard_warns_once_and_logs_scalars(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4)
+def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    originals = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    normalised = (originals - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, torch.tensor([0, 1, 2, 0])), mean=mean, std=std)
     logger = CSVLogger(str(tmp_path), name="csv")
-    with pytest.warns(UserWarning, match="no TensorBoardLogger") as record:
-        _fit(tmp_path, monitor, max_epochs=2, logger=logger)
-    assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
+    _fit(tmp_path, monitor, max_epochs=2, logger=logger)
     with open(glob.glob(os.path.join(str(tmp_path), "csv", "**", "metrics.csv"), recursive=True)[0]) as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("cam/gradcam/adcc")]
     assert sorted(int(row["step"]) for row in rows) == [0, 1]
+    names = sorted(os.path.relpath(p, logger.log_dir) for p in glob.glob(os.path.join(logger.log_dir, "cam", "**", "*.png"), recursive=True))
+    assert names == [
+        f"cam/gradcam/{kind}_epoch={epoch:04d}.png" for kind in ["class_means", "grid", "mean_map"] for epoch in (0, 1)
+    ]  # fmt: skip
+    grid = mpimg.imread(os.path.join(logger.log_dir, "cam", "gradcam", "grid_epoch=0001.png"))[..., :3]
+    tile = 16 * 6
+    top = grid[2 : 2 + tile : 6, 2 : 2 + tile : 6]  # first original, un-normalised
+    np.testing.assert_allclose(top, originals[0].permute(1, 2, 0).numpy(), atol=1.0 / 255 + 1e-6)
+
+
+def test_without_any_logger_pngs_go_to_the_root_dir_and_tensorboard_beside_csv_gets_images(tmp_path):
+    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4)
+    _fit(tmp_path / "none", monitor, max_epochs=1, logger=False)
+    assert os.path.exists(os.path.join(str(tmp_path / "none"), "cam", "gradcam", "grid_epoch=0000.png"))
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    loggers = [TensorBoardLogger(str(tmp_path / "both"), name="tb"), CSVLogger(str(tmp_path / "both"), name="csv")]
+    _fit(tmp_path / "both", cc.CAMMonitor(methods=["gradcam"], num_probe=4), max_epochs=1, logger=loggers)
+    assert read_events(tmp_path / "both" / "tb")["images"]["cam/gradcam/grid"] == [0]
+    assert os.path.exists(os.path.join(loggers[1].log_dir, "cam", "gradcam", "grid_epoch=0000.png"))
+    assert not glob.glob(os.path.join(str(tmp_path / "both" / "tb"), "**", "*.png"), recursive=True)
 
 
 class _LazyDataModel(TinyNet):

@@ -1,0 +1,85 @@
+"""Resuming from a checkpoint: curves continue without duplicate or missing steps, drift keeps its history, the probe is checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+import cam_callbacks as cc
+
+from _lightning_models import TinyNet, loaders, read_events, trainer
+
+
+def _pearson(a, b):
+    """Per-image Pearson correlation; 0 when either map is constant (the convention of cam_callbacks.drift)."""
+    a, b = a.flatten(1).double().numpy(), b.flatten(1).double().numpy()
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    norms = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1.0), 0.0)
+
+
+class SaveMaps(pl.Callback):
+    """The functional API's Grad-CAM of the monitor's probe at the end of each validation."""
+
+    def __init__(self, monitor, saved):
+        self.monitor, self.saved = monitor, saved
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            probe = self.monitor.probe
+            self.saved[trainer.current_epoch] = cc.explain(pl_module, probe.images, "gradcam", "features", targets=probe.labels)
+
+
+def _run(tmp_path, monitor, max_epochs, ckpt_path=None, saved=None):
+    pl.seed_everything(11)
+    model = TinyNet(lr=0.2)
+    train, val = loaders()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    callbacks = [monitor, checkpoint] + ([SaveMaps(monitor, saved)] if saved is not None else [])
+    t = trainer(tmp_path, callbacks, max_epochs=max_epochs, logger=logger, enable_checkpointing=True)
+    t.fit(model, train, val, ckpt_path=ckpt_path)
+    return t
+
+
+def test_resume_continues_curves_and_drift_history(tmp_path):
+    saved = {}
+    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], num_probe=6), max_epochs=2, saved=saved)
+    resumed = cc.CAMMonitor(methods=["gradcam"], num_probe=6)
+    t = _run(tmp_path, resumed, max_epochs=4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), saved=saved)
+    scalars = read_events(tmp_path / "tb")["scalars"]
+    for tag in ["cam/gradcam/adcc", "cam/gradcam/shortcut_score", "cam/alarm"]:
+        assert sorted(step for step, _ in scalars[tag]) == [0, 1, 2, 3], tag  # no duplicate, none missing
+    assert sorted(step for step, _ in scalars["cam/gradcam/drift_prev"]) == [1, 2, 3]
+    first = dict(scalars["cam/gradcam/drift_first"])
+    prev = dict(scalars["cam/gradcam/drift_prev"])
+    # after the resume (epoch 2) drift still refers to the maps of epochs 0 and 1 of the first fit
+    assert first[2] == pytest.approx(_pearson(saved[2], saved[0]).mean(), abs=1e-5)
+    assert prev[2] == pytest.approx(_pearson(saved[2], saved[1]).mean(), abs=1e-5)
+    assert first[3] == pytest.approx(_pearson(saved[3], saved[0]).mean(), abs=1e-5)
+    assert float(t.callback_metrics["cam/gradcam/drift_first"]) == pytest.approx(first[3], abs=1e-6)
+
+
+def test_changed_probe_set_is_reported_and_history_restarts(tmp_path):
+    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], num_probe=6), max_epochs=1)
+    changed = cc.CAMMonitor(methods=["gradcam"], num_probe=5)  # other probe images than in the checkpoint
+    with pytest.warns(UserWarning, match="probe set differs from the one in the checkpoint"):
+        _run(tmp_path, changed, max_epochs=3, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    drift = dict(read_events(tmp_path / "tb")["scalars"]["cam/gradcam/drift_prev"])
+    assert sorted(drift) == [2], "epoch 1 has nothing to compare with: the old maps were of other images"
+
+
+def test_explicit_probe_comes_back_from_the_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    images, labels = torch.randn(5, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0, 1])
+    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=(images, labels)), max_epochs=1)
+    state = torch.load(str(tmp_path / "ckpt" / "last.ckpt"), weights_only=False)["callbacks"]
+    (monitor_state,) = [v for k, v in state.items() if k.startswith("CAMMonitor")]
+    assert torch.equal(monitor_state["probe"]["images"], images)
+    restored = cc.CAMMonitor(methods=["gradcam"])  # no probe given: the checkpoint's is used
+    _run(tmp_path, restored, max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert torch.equal(restored.probe.images, images) and torch.equal(restored.probe.labels, labels)
