@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -17,6 +18,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
 from .capture import preserved_model_state, preserved_rng_state
+from .distributed import check_strategy, gather_rows
 from .alarm import AlarmHit, AlarmRule, format_alarm
 from .drift import class_mean_maps
 from .explain import (
@@ -36,6 +38,7 @@ __all__ = ["CAMMonitor"]
 _STATE_VERSION = 2
 
 _TARGET_CHOICES = ("label", "prediction")
+_PRECISION_CHOICES = ("auto", "32")
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -114,6 +117,9 @@ class CAMMonitor(Callback):
         smooth_sigma: Noise std relative to each image's value range.
         smooth_scales: Scales for ``smooth="aug"``.
         perturbation_batch: Rows per perturbation pass; None chooses from the free device memory.
+        precision: ``"auto"``: compute in the training precision (the trainer's precision plugin: autocast
+            for ``"16-mixed"``/``"bf16-mixed"``, inputs converted for ``"*-true"``); ``"32"``: the model's
+            own dtype without autocast.
         alarm: The :class:`~cam_callbacks.alarm.AlarmRule` checked after every run (None: no alarm).
         stop_on_alarm: Stop training (like ``EarlyStopping``) when the alarm fires.
         max_labels: Multi-label models: labels that get their own grid.
@@ -153,6 +159,7 @@ class CAMMonitor(Callback):
         smooth_sigma: float = 0.15,
         smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
         perturbation_batch: Optional[int] = None,
+        precision: str = "auto",
         alarm: Optional[AlarmRule] = AlarmRule(),
         stop_on_alarm: bool = False,
         max_labels: int = 4,
@@ -200,6 +207,9 @@ class CAMMonitor(Callback):
         self.options = make_options(
             method_options, reshape, tail, smooth, smooth_samples, smooth_sigma, smooth_scales, 0, perturbation_batch
         )  # validates every option, listing the valid choices
+        if precision not in _PRECISION_CHOICES:
+            raise ValueError(f"precision={precision!r} is not valid; choose from {list(_PRECISION_CHOICES)}")
+        self.precision = precision
         if alarm is not None and not isinstance(alarm, AlarmRule):
             raise TypeError(f"alarm must be an AlarmRule or None, got {type(alarm).__name__}")
         self.alarm = alarm
@@ -238,12 +248,13 @@ class CAMMonitor(Callback):
             rank_zero_warn(message)
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        check_strategy(trainer.strategy)
         layers: List[Any] = list(self.target_layer) if isinstance(self.target_layer, (list, tuple)) else [self.target_layer]
         for layer in layers:
             if isinstance(layer, nn.Module) or layer != "auto":
                 resolve_named_layer(pl_module, layer)
         if self._probe is None:
-            self._set_probe(self._early_probe(trainer, stage))
+            self._set_probe(self._early_probe(trainer, stage), trainer)
         if self._probe is not None:
             self._prepare(pl_module)
 
@@ -278,7 +289,7 @@ class CAMMonitor(Callback):
 
     def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._probe is None:
-            self._set_probe(self._probe_from_loaders(trainer.val_dataloaders))
+            self._set_probe(self._probe_from_loaders(trainer.val_dataloaders), trainer)
         if self._layer_names is None:
             self._prepare(pl_module)
 
@@ -353,20 +364,58 @@ class CAMMonitor(Callback):
         nuisance = None if probe.nuisance is None else probe.nuisance[index]
         return _ProbeView(images, labels, masks, nuisance, index, "sigmoid")
 
-    def compute(self, pl_module: nn.Module) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+    def compute(
+        self, pl_module: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None
+    ) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
         """Maps and per-row faithfulness fractions for the probe set with the model as it is now.
 
         Rows are the probe images, or (multi-hot labels) one row per positive label of each image.
+
+        Args:
+            pl_module: The model.
+            precision_plugin: A Lightning precision plugin whose ``convert_input`` and ``forward_context``
+                apply (the training precision), or None for the model's own dtype without autocast.
+            rows: Only these rows (a rank's share under DDP); all by default.
         """
         assert self._probe is not None
         names, layers = self._layers(pl_module)
         view = self._view(self._probe)
+        images, targets = view.images, view.targets
+        if rows is not None:
+            images = images[rows]
+            targets = None if targets is None else targets[rows]
+        context: Any = nullcontext()
+        if precision_plugin is not None:
+            images = precision_plugin.convert_input(images)
+            context = precision_plugin.forward_context()
         options = replace(self.options, probability=view.probability)
-        args = (pl_module, view.images, self.methods, names, layers, view.targets, self.batch_size, options)
-        with preserved_rng_state():
+        args = (pl_module, images, self.methods, names, layers, targets, self.batch_size, options)
+        with preserved_rng_state(), context:
             if self.faithfulness:
                 return compute_faithfulness(*args)
             return compute_explanations(*args), {}
+
+    def _compute_for_run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+        """:meth:`compute` in the training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
+        assert self._probe is not None
+        plugin = trainer.precision_plugin if self.precision == "auto" else None
+        world = trainer.world_size
+        total = len(self._view(self._probe).images)
+        if world == 1 or total < world:
+            return self.compute(pl_module, plugin)
+        mine = torch.arange(trainer.global_rank, total, world)
+        result: Optional[Tuple[Explanation, Dict[str, Dict[str, Tensor]]]] = None
+        error: Optional[BaseException] = None
+        try:
+            result = self.compute(pl_module, plugin, mine)
+        except Exception as caught:  # noqa: BLE001 - re-raised below on every rank, so no rank waits forever
+            error = caught
+        if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+            if error is not None:
+                raise error
+            raise RuntimeError("CAMMonitor: the explanation failed on another process (see its error); stopping here too")
+        assert result is not None
+        return gather_rows(trainer.strategy, result, total)
 
     def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
         """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.watch.analyze_maps`)."""
@@ -391,7 +440,7 @@ class CAMMonitor(Callback):
             self.on_validation_start(trainer, pl_module)
         assert self._probe is not None
         start = time.perf_counter()
-        explanation, scores = self.compute(pl_module)
+        explanation, scores = self._compute_for_run(trainer, pl_module)
         scalars = {
             f"cam/{method}/{metric}": float(100.0 * scores[method][metric].double().mean())
             for method in self.methods
@@ -406,8 +455,8 @@ class CAMMonitor(Callback):
         if self.alarm is not None:
             scalars["cam/alarm"] = 1.0 if hits else 0.0
         scalars["cam/time_s"] = time.perf_counter() - start  # the callback's own cost of this run (maps, metrics, watch)
-        for name, value in scalars.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe))
+        for name, value in scalars.items():  # identical on every process: sync_dist only keeps Lightning's DDP check quiet
+            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe), sync_dist=trainer.world_size > 1)
         self._raise_alarm(trainer, hits)
         if trainer.is_global_zero:
             self._log(trainer, explanation, scalars, analyses, hits)
@@ -532,7 +581,10 @@ class CAMMonitor(Callback):
         if self._probe is not None:
             self._apply_pending_state()
 
-    def _set_probe(self, probe: Optional[Probe]) -> None:
+    def _set_probe(self, probe: Optional[Probe], trainer: Optional["pl.Trainer"] = None) -> None:
+        if trainer is not None and trainer.world_size > 1:
+            # every process uses rank 0's probe (iterable datasets or samplers may give ranks different samples)
+            probe = trainer.strategy.broadcast(probe, src=0)
         self._probe = probe
         if probe is not None and self._pending_state is not None:
             self._apply_pending_state()
