@@ -18,7 +18,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
 from .capture import preserved_model_state, preserved_rng_state
-from .distributed import check_strategy, gather_rows
+from .distributed import check_strategy, gather_rows, gather_tensor
+from .robust import blank_rows, nonfinite_rows, scatter_rows, screen_images
 from .alarm import AlarmHit, AlarmRule, format_alarm
 from .drift import class_mean_maps
 from .explain import (
@@ -219,6 +220,8 @@ class CAMMonitor(Callback):
         self._first_maps: Dict[str, Tensor] = {}
         self._alarm_state: Tuple[Tuple[str, str], ...] = ()
         self._pending_state: Optional[Dict[str, Any]] = None
+        self._skipped: Dict[int, str] = {}
+        self._skipped_reported: Tuple[int, ...] = ()
         self._probe_source = probe
         self._probe: Optional[Probe] = make_probe(probe, self.num_probe) if probe is not None else None
         self._layer_names: Optional[List[str]] = None
@@ -384,16 +387,40 @@ class CAMMonitor(Callback):
         if rows is not None:
             images = images[rows]
             targets = None if targets is None else targets[rows]
-        context: Any = nullcontext()
         if precision_plugin is not None:
             images = precision_plugin.convert_input(images)
-            context = precision_plugin.forward_context()
+
+        def context() -> Any:
+            return precision_plugin.forward_context() if precision_plugin is not None else nullcontext()
+
         options = replace(self.options, probability=view.probability)
-        args = (pl_module, images, self.methods, names, layers, targets, self.batch_size, options)
-        with preserved_rng_state(), context:
-            if self.faithfulness:
-                return compute_faithfulness(*args)
-            return compute_explanations(*args), {}
+
+        def explain_rows(x: Tensor, t: Optional[Tensor]) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+            args = (pl_module, x, self.methods, names, layers, t, self.batch_size, options)
+            with preserved_rng_state(), context():
+                if self.faithfulness:
+                    return compute_faithfulness(*args)
+                return compute_explanations(*args), {}
+
+        skipped: Dict[int, str] = {}
+        try:
+            result = explain_rows(images, targets)
+        except Exception:
+            with preserved_rng_state(), preserved_model_state(pl_module), torch.inference_mode(False):
+                skipped = screen_images(pl_module, images, context)
+            keep = [row for row in range(images.shape[0]) if row not in skipped]
+            if not skipped or not keep:
+                raise  # not an image problem (or every image fails): the error is the user's to see
+            result = explain_rows(images[keep], None if targets is None else targets[keep])
+            fallback = targets if targets is not None else torch.zeros(images.shape[0], dtype=torch.long)
+            result = scatter_rows(result, keep, images.shape[0], fallback)
+        nonfinite = nonfinite_rows(result[0])
+        result = blank_rows(result, nonfinite)
+        for row in nonfinite.nonzero().flatten().tolist():
+            skipped.setdefault(row, "non-finite logits or map (NaN/inf)")
+        global_rows = list(range(images.shape[0])) if rows is None else rows.tolist()
+        self._skipped = {global_rows[row]: reason for row, reason in skipped.items()}
+        return result
 
     def _compute_for_run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
         """:meth:`compute` in the training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
@@ -415,12 +442,24 @@ class CAMMonitor(Callback):
                 raise error
             raise RuntimeError("CAMMonitor: the explanation failed on another process (see its error); stopping here too")
         assert result is not None
+        local = torch.zeros(len(mine), dtype=torch.uint8)  # gloo gathers no bool tensors
+        for position, row in enumerate(mine.tolist()):
+            local[position] = row in self._skipped
+        everywhere = gather_tensor(trainer.strategy, local, total)
+        reasons = dict(self._skipped)
+        self._skipped = {row: reasons.get(row, "skipped on another process") for row in everywhere.nonzero().flatten().tolist()}
         return gather_rows(trainer.strategy, result, total)
 
     def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
-        """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.watch.analyze_maps`)."""
+        """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.watch.analyze_maps`).
+
+        Skipped rows (images the model cannot handle) are left out; per-image values and the grid
+        order refer to probe rows, with NaN for skipped ones.
+        """
         assert self._probe is not None
         view = self._view(self._probe)
+        rows = len(view.images)
+        keep = torch.tensor([row for row in range(rows) if row not in self._skipped], dtype=torch.long)
         analyses = {}
         for method in self.methods:
             maps = explanation.maps[method].detach().float().cpu()
@@ -428,11 +467,29 @@ class CAMMonitor(Callback):
             previous = self._previous_maps.get(method)
             if first is not None and first.shape != maps.shape:  # a changed probe set: start the history again
                 first = previous = None
-            analyses[method] = analyze_maps(maps, view.masks, view.nuisance, previous, first)
+            analysis = analyze_maps(
+                maps[keep], _rows(view.masks, keep), _rows(view.nuisance, keep), _rows(previous, keep), _rows(first, keep)
+            )
+            analysis.order = keep[analysis.order]
+            for name, values in analysis.per_image.items():
+                full = torch.full((rows,), float("nan"), dtype=values.dtype)
+                full[keep] = values.cpu()
+                analysis.per_image[name] = full
+            analyses[method] = analysis
             self._previous_maps[method] = maps
             if first is None:
                 self._first_maps[method] = maps
         return analyses
+
+    def _report_skipped(self, trainer: "pl.Trainer") -> None:
+        rows = tuple(sorted(self._skipped))
+        if rows and rows != self._skipped_reported:
+            details = "; ".join(f"row {row}: {self._skipped[row]}" for row in rows[:8])
+            rank_zero_warn(
+                f"CAMMonitor: {len(rows)} probe image(s) skipped at epoch {trainer.current_epoch} ({details}). "
+                "The metrics are means over the other images; training goes on."
+            )
+        self._skipped_reported = rows
 
     def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
         """Compute, check the alarm rule and log once for the current epoch; returns the logged scalars."""
@@ -441,8 +498,9 @@ class CAMMonitor(Callback):
         assert self._probe is not None
         start = time.perf_counter()
         explanation, scores = self._compute_for_run(trainer, pl_module)
+        self._report_skipped(trainer)
         scalars = {
-            f"cam/{method}/{metric}": float(100.0 * scores[method][metric].double().mean())
+            f"cam/{method}/{metric}": float(100.0 * scores[method][metric].double().nanmean())
             for method in self.methods
             for metric in (FAITHFULNESS_METRICS if scores else ())
         }
@@ -454,6 +512,7 @@ class CAMMonitor(Callback):
         hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
         if self.alarm is not None:
             scalars["cam/alarm"] = 1.0 if hits else 0.0
+        scalars["cam/skipped_images"] = float(len(self._skipped))
         scalars["cam/time_s"] = time.perf_counter() - start  # the callback's own cost of this run (maps, metrics, watch)
         for name, value in scalars.items():  # identical on every process: sync_dist only keeps Lightning's DDP check quiet
             pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe), sync_dist=trainer.world_size > 1)
@@ -619,3 +678,7 @@ def _scaled(maps: Tensor) -> Tensor:
     """Each map divided by its maximum (zeros stay zeros), for display."""
     peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
     return maps / peak
+
+
+def _rows(tensor: Optional[Tensor], keep: Tensor) -> Optional[Tensor]:
+    return None if tensor is None else tensor[keep]

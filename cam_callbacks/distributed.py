@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .engine import Explanation
 
-__all__ = ["check_strategy", "gather_rows", "UNSUPPORTED_STRATEGIES"]
+__all__ = ["check_strategy", "gather_rows", "gather_tensor", "UNSUPPORTED_STRATEGIES"]
 
 #: Strategy class names the callback refuses (sharded parameters).
 UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
@@ -41,18 +41,22 @@ def _padded(tensor: Tensor, rows: int) -> Tensor:
     return out
 
 
+def gather_tensor(strategy: Any, tensor: Tensor, total: int) -> Tensor:
+    """One tensor of a rank's rows (``rank, rank + world, ...``) gathered into all ``total`` rows in probe order."""
+    world = strategy.world_size
+    rows = -(-total // world)
+    gathered = strategy.all_gather(_padded(tensor.detach(), rows))  # (world, rows, ...)
+    return gathered.transpose(0, 1).reshape(world * rows, *tensor.shape[1:])[:total]
+
+
 def gather_rows(strategy: Any, result: Tuple[Explanation, Dict[str, Dict[str, Tensor]]], total: int) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
     """All ranks' rows (rank ``r`` computed rows ``r, r + world, ...``) in probe order, on every rank.
 
     Each tensor is padded to ``ceil(total / world)`` rows, all-gathered to ``(world, rows, ...)``; row
     ``k`` of rank ``r`` is probe row ``k * world + r``, so a transpose and a reshape restore the order.
     """
-    world = strategy.world_size
-    rows = -(-total // world)
-
     def gather(tensor: Tensor) -> Tensor:
-        gathered = strategy.all_gather(_padded(tensor.detach(), rows))  # (world, rows, ...)
-        return gathered.transpose(0, 1).reshape(world * rows, *tensor.shape[1:])[:total]
+        return gather_tensor(strategy, tensor, total)
 
     explanation, scores = result
     maps = {name: gather(value.float()) for name, value in explanation.maps.items()}

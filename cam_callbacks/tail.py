@@ -408,7 +408,8 @@ def _mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: Tenso
     if out.shape != logits.shape:
         return f"it returned shape {tuple(out.shape)} where the model returns {tuple(logits.shape)}"
     out = out.detach().to(logits.dtype)
-    scale = logits.abs().max().clamp_min(1.0)
+    finite = logits[torch.isfinite(logits)]
+    scale = (finite.abs().max() if finite.numel() else logits.new_tensor(1.0)).clamp_min(1.0)
     error = (out - logits).abs()
     bad = ~(error <= ATOL * scale + RTOL * logits.abs()) & ~(out.isnan() & logits.isnan())
     if bool(bad.any()):

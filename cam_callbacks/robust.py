@@ -1,0 +1,80 @@
+"""Probe images the model cannot handle: found, reported and skipped, so training goes on.
+
+A probe image may make the model raise (an input it rejects) or return non-finite logits (an
+overflow, a NaN in the data). :func:`screen_images` runs the model on the images one at a time to
+find those that raise; :func:`scatter_rows` puts the results computed on the remaining images back
+at their places; :func:`nonfinite_rows` finds rows whose logits or maps are not finite;
+:func:`blank_rows` makes such rows neutral: all-zero maps, NaN scores (left out of the means).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ContextManager, Dict, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .engine import Explanation
+
+__all__ = ["screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
+
+Scores = Dict[str, Dict[str, Tensor]]
+
+
+def screen_images(model: nn.Module, images: Tensor, context: Callable[[], ContextManager]) -> Dict[int, str]:
+    """``{row: reason}`` for the images the model raises on or returns non-finite logits for, one forward pass per image
+    (eval mode, no autograd).
+
+    The caller restores modes and RNG; ``context`` is entered around each forward pass (precision).
+    """
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    bad: Dict[int, str] = {}
+    with torch.no_grad():
+        for row in range(images.shape[0]):  # only after a failure: one image at a time finds the culprits
+            try:
+                with context():
+                    logits = model(images[row : row + 1].to(device))
+            except Exception as error:  # noqa: BLE001 - the reason is reported to the user
+                bad[row] = f"the model raises {type(error).__name__}: {error}"
+                continue
+            if isinstance(logits, Tensor) and not bool(torch.isfinite(logits).all()):
+                bad[row] = "non-finite logits or map (NaN/inf)"
+    return bad
+
+
+def scatter_rows(result: Tuple[Explanation, Scores], keep: Sequence[int], total: int, targets: Tensor) -> Tuple[Explanation, Scores]:
+    """Results computed on rows ``keep`` placed into ``total`` rows: zero maps, NaN logits and scores elsewhere."""
+    explanation, scores = result
+    index = torch.as_tensor(list(keep), dtype=torch.long)
+
+    def place(values: Tensor, fill: float) -> Tensor:
+        out = torch.full((total, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+        out[index.to(values.device)] = values
+        return out
+
+    maps = {name: place(value, 0.0) for name, value in explanation.maps.items()}
+    full_targets = targets.to(explanation.targets.device).clone()
+    full_targets[index.to(full_targets.device)] = explanation.targets
+    merged = Explanation(maps, place(explanation.logits.float(), float("nan")), full_targets, explanation.layer_name)
+    return merged, {m: {k: place(v.float(), float("nan")) for k, v in per.items()} for m, per in scores.items()}
+
+
+def nonfinite_rows(explanation: Explanation) -> Tensor:
+    """``(N,)`` bool: rows whose logits or any method's map hold NaN or inf."""
+    bad = ~torch.isfinite(explanation.logits).all(dim=1)
+    for maps in explanation.maps.values():
+        bad |= ~torch.isfinite(maps).flatten(1).all(dim=1).to(bad.device)
+    return bad
+
+
+def blank_rows(result: Tuple[Explanation, Scores], rows: Tensor) -> Tuple[Explanation, Scores]:
+    """Rows ``rows`` (bool mask) get all-zero maps and NaN scores."""
+    explanation, scores = result
+    if not bool(rows.any()):
+        return result
+    for name, maps in explanation.maps.items():
+        explanation.maps[name] = torch.where(rows.to(maps.device).view(-1, 1, 1), torch.zeros_like(maps), maps)
+    for per in scores.values():
+        for metric, values in per.items():
+            per[metric] = torch.where(rows.to(values.device), torch.full_like(values, float("nan")), values.float())
+    return explanation, scores
