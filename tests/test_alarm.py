@@ -16,9 +16,9 @@ def test_defaults():
     rule = AlarmRule()
     assert rule.rules() == {
         "energy_in_nuisance_ratio": ("max", 2.0),
-        "energy_in_mask_ratio": ("min", 1.2),
         "shortcut_score": ("max", 0.5),
     }
+    assert rule.min_energy_in_mask_ratio is None  # off by default: it also fires for a model that has not learnt yet
     assert rule.top_k == 4 and DIRECTIONS == ("max", "min")
 
 
@@ -28,7 +28,7 @@ def test_no_alarm_on_healthy_metrics():
 
 
 def test_each_builtin_rule_fires_in_its_direction():
-    rule = AlarmRule(min_pointing_game=0.5, max_energy_in_nuisance=0.3)
+    rule = AlarmRule(min_energy_in_mask_ratio=1.2, min_pointing_game=0.5, max_energy_in_nuisance=0.3)
     metrics = {
         "energy_in_nuisance_ratio": 2.5,
         "energy_in_mask_ratio": 1.1,
@@ -48,8 +48,9 @@ def test_each_builtin_rule_fires_in_its_direction():
 
 
 def test_threshold_itself_does_not_fire_and_nan_never_fires():
-    rule = AlarmRule()
+    rule = AlarmRule(min_energy_in_mask_ratio=1.2)
     assert rule.evaluate({"energy_in_nuisance_ratio": 2.0, "energy_in_mask_ratio": 1.2, "shortcut_score": 0.5}) == []
+    assert AlarmRule().evaluate({"energy_in_mask_ratio": 0.1}) == []  # the default has no object rule
     assert rule.evaluate({"energy_in_nuisance_ratio": float("nan"), "energy_in_mask_ratio": math.nan}) == []
 
 
@@ -79,14 +80,14 @@ def test_worst_images():
         "m/energy_in_mask_ratio": torch.tensor([2.0, 0.3, 1.0, 0.1, 5.0]),
     }
     metrics = {"m/energy_in_nuisance_ratio": 4.7, "m/energy_in_mask_ratio": 0.9}
-    hits = AlarmRule(top_k=3).evaluate(metrics, per_image)
+    hits = AlarmRule(min_energy_in_mask_ratio=1.2, top_k=3).evaluate(metrics, per_image)
     assert hits[0].worst == (1, 3, 4) and hits[1].worst == (3, 1, 2)
     assert AlarmRule(top_k=0).evaluate(metrics, per_image)[0].worst == ()
     assert AlarmRule(top_k=10).evaluate(metrics, per_image)[0].worst == (1, 3, 4, 0, 5)
     # per-image values under another name are not used
-    assert AlarmRule().evaluate({"energy_in_mask_ratio": 0.9}, per_image)[0].worst == ()
+    assert AlarmRule(min_energy_in_mask_ratio=1.2).evaluate({"energy_in_mask_ratio": 0.9}, per_image)[0].worst == ()
     with pytest.raises(ValueError, match=r"\(N,\)"):
-        AlarmRule().evaluate(metrics, {"m/energy_in_mask_ratio": torch.zeros(2, 2)})
+        AlarmRule(min_energy_in_mask_ratio=1.2).evaluate(metrics, {"m/energy_in_mask_ratio": torch.zeros(2, 2)})
 
 
 def test_extra_rules():
