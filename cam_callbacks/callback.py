@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .capture import preserved_model_state, preserved_rng_state
 from .distributed import check_strategy, gather_rows, gather_tensor
+from .budget import CostBudget, is_expensive
 from .robust import blank_rows, nonfinite_rows, scatter_rows, screen_images
 from .alarm import AlarmHit, AlarmRule, format_alarm
 from .drift import class_mean_maps
@@ -121,6 +122,11 @@ class CAMMonitor(Callback):
         precision: ``"auto"``: compute in the training precision (the trainer's precision plugin: autocast
             for ``"16-mixed"``/``"bf16-mixed"``, inputs converted for ``"*-true"``); ``"32"``: the model's
             own dtype without autocast.
+        budget: Share of the training time the callback may take (None: no limit). After each run the
+            callback compares its own time with the time spent training since its last run; methods
+            that make it exceed the budget run less often, and it says so (an info message and
+            ``cam/<method>/every_n_runs``). Only the expensive methods (Score-CAM, Ablation-CAM,
+            Recipro-CAM, any smoothed method) are slowed down; the cheap ones run every time.
         alarm: The :class:`~cam_callbacks.alarm.AlarmRule` checked after every run (None: no alarm).
         stop_on_alarm: Stop training (like ``EarlyStopping``) when the alarm fires.
         max_labels: Multi-label models: labels that get their own grid.
@@ -161,6 +167,7 @@ class CAMMonitor(Callback):
         smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
         perturbation_batch: Optional[int] = None,
         precision: str = "auto",
+        budget: Optional[float] = 0.05,
         alarm: Optional[AlarmRule] = AlarmRule(),
         stop_on_alarm: bool = False,
         max_labels: int = 4,
@@ -211,6 +218,9 @@ class CAMMonitor(Callback):
         if precision not in _PRECISION_CHOICES:
             raise ValueError(f"precision={precision!r} is not valid; choose from {list(_PRECISION_CHOICES)}")
         self.precision = precision
+        if budget is not None and not 0.0 < float(budget) <= 1.0:
+            raise ValueError(f"budget must be None or a share of the training time in (0, 1], got {budget!r}")
+        self._budget = CostBudget(budget, expensive=[m for m in methods if is_expensive(m, self_smooth=smooth)])
         if alarm is not None and not isinstance(alarm, AlarmRule):
             raise TypeError(f"alarm must be an AlarmRule or None, got {type(alarm).__name__}")
         self.alarm = alarm
@@ -368,8 +378,9 @@ class CAMMonitor(Callback):
         return _ProbeView(images, labels, masks, nuisance, index, "sigmoid")
 
     def compute(
-        self, pl_module: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None
-    ) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+        self, pl_module: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,
+        methods: Optional[Sequence[str]] = None,
+    ) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:  # fmt: skip
         """Maps and per-row faithfulness fractions for the probe set with the model as it is now.
 
         Rows are the probe images, or (multi-hot labels) one row per positive label of each image.
@@ -379,7 +390,9 @@ class CAMMonitor(Callback):
             precision_plugin: A Lightning precision plugin whose ``convert_input`` and ``forward_context``
                 apply (the training precision), or None for the model's own dtype without autocast.
             rows: Only these rows (a rank's share under DDP); all by default.
+            methods: Only these methods; all by default.
         """
+        methods = list(self.methods if methods is None else methods)
         assert self._probe is not None
         names, layers = self._layers(pl_module)
         view = self._view(self._probe)
@@ -396,7 +409,7 @@ class CAMMonitor(Callback):
         options = replace(self.options, probability=view.probability)
 
         def explain_rows(x: Tensor, t: Optional[Tensor]) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
-            args = (pl_module, x, self.methods, names, layers, t, self.batch_size, options)
+            args = (pl_module, x, methods, names, layers, t, self.batch_size, options)
             with preserved_rng_state(), context():
                 if self.faithfulness:
                     return compute_faithfulness(*args)
@@ -422,19 +435,21 @@ class CAMMonitor(Callback):
         self._skipped = {global_rows[row]: reason for row, reason in skipped.items()}
         return result
 
-    def _compute_for_run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+    def _compute_for_run(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", methods: Sequence[str]
+    ) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
         """:meth:`compute` in the training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
         assert self._probe is not None
         plugin = trainer.precision_plugin if self.precision == "auto" else None
         world = trainer.world_size
         total = len(self._view(self._probe).images)
         if world == 1 or total < world:
-            return self.compute(pl_module, plugin)
+            return self.compute(pl_module, plugin, methods=methods)
         mine = torch.arange(trainer.global_rank, total, world)
         result: Optional[Tuple[Explanation, Dict[str, Dict[str, Tensor]]]] = None
         error: Optional[BaseException] = None
         try:
-            result = self.compute(pl_module, plugin, mine)
+            result = self.compute(pl_module, plugin, mine, methods)
         except Exception as caught:  # noqa: BLE001 - re-raised below on every rank, so no rank waits forever
             error = caught
         if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
@@ -450,6 +465,29 @@ class CAMMonitor(Callback):
         self._skipped = {row: reasons.get(row, "skipped on another process") for row in everywhere.nonzero().flatten().tolist()}
         return gather_rows(trainer.strategy, result, total)
 
+    def _timed_compute(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", methods: Sequence[str]
+    ) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+        """:meth:`_compute_for_run` per cost group (cheap methods together, each expensive one alone), timing each group."""
+        merged: Optional[Explanation] = None
+        scores: Dict[str, Dict[str, Tensor]] = {}
+        for group in self._budget.groups(methods):
+            begin = time.perf_counter()
+            explanation, group_scores = self._compute_for_run(trainer, pl_module, group)
+            if explanation.logits.is_cuda:
+                torch.cuda.synchronize(explanation.logits.device)
+            self._budget.record(group, time.perf_counter() - begin)
+            scores.update(group_scores)
+            if merged is None:
+                merged = explanation
+            else:
+                merged.maps.update(explanation.maps)
+        assert merged is not None
+        return merged, scores
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._budget.start()
+
     def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
         """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.watch.analyze_maps`).
 
@@ -461,7 +499,7 @@ class CAMMonitor(Callback):
         rows = len(view.images)
         keep = torch.tensor([row for row in range(rows) if row not in self._skipped], dtype=torch.long)
         analyses = {}
-        for method in self.methods:
+        for method in explanation.maps:
             maps = explanation.maps[method].detach().float().cpu()
             first = self._first_maps.get(method)
             previous = self._previous_maps.get(method)
@@ -497,11 +535,12 @@ class CAMMonitor(Callback):
             self.on_validation_start(trainer, pl_module)
         assert self._probe is not None
         start = time.perf_counter()
-        explanation, scores = self._compute_for_run(trainer, pl_module)
+        due = self._budget.due(self.methods)
+        explanation, scores = self._timed_compute(trainer, pl_module, due)
         self._report_skipped(trainer)
         scalars = {
             f"cam/{method}/{metric}": float(100.0 * scores[method][metric].double().nanmean())
-            for method in self.methods
+            for method in due
             for metric in (FAITHFULNESS_METRICS if scores else ())
         }
         analyses = self.analyze(explanation)
@@ -514,6 +553,10 @@ class CAMMonitor(Callback):
             scalars["cam/alarm"] = 1.0 if hits else 0.0
         scalars["cam/skipped_images"] = float(len(self._skipped))
         scalars["cam/time_s"] = time.perf_counter() - start  # the callback's own cost of this run (maps, metrics, watch)
+        changes = self._budget.update(scalars["cam/time_s"]) if trainer.state.fn == TrainerFn.FITTING else {}
+        for method, stride in changes.items():
+            rank_zero_info(f"CAMMonitor: {self._budget.explain(method)}; {method} now runs every {stride} run(s) of the callback")
+        scalars.update({f"cam/{m}/every_n_runs": float(self._budget.stride(m)) for m in self.methods if self._budget.stride(m) > 1})
         for name, value in scalars.items():  # identical on every process: sync_dist only keeps Lightning's DDP check quiet
             pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self._probe), sync_dist=trainer.world_size > 1)
         self._raise_alarm(trainer, hits)
@@ -551,9 +594,9 @@ class CAMMonitor(Callback):
             return
         assert self._probe is not None
         view = self._view(self._probe)
-        images = {method: self._grids(view, explanation, method, analyses[method]) for method in self.methods}
+        images = {method: self._grids(view, explanation, method, analyses[method]) for method in explanation.maps}
         num_classes = explanation.logits.shape[1]
-        for method in self.methods:
+        for method in explanation.maps:
             maps = explanation.maps[method].detach().float().cpu()
             means = class_mean_maps(maps, explanation.targets.cpu(), num_classes).means
             images[method]["class_means"] = map_tiles(_scaled(means), self.colormap)

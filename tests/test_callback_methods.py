@@ -30,7 +30,9 @@ def test_registry_holds_every_method_of_the_seeds():
 
 def test_every_method_on_a_short_fit_is_logged_and_invisible_to_training(tmp_path):
     baseline, _ = _fit(tmp_path / "a", [], max_epochs=2)
-    monitor = cc.CAMMonitor(methods=EVERY_METHOD, num_probe=6, method_options={"reciprocam": {"gaussian": True}})
+    monitor = cc.CAMMonitor(
+        methods=EVERY_METHOD, num_probe=6, method_options={"reciprocam": {"gaussian": True}}, budget=None
+    )  # budget=None: every method at every epoch (on this toy model the expensive ones would be slowed down)
     watched, t = _fit(tmp_path / "b", [monitor], max_epochs=2)
     for (name, a), (_, b) in zip(baseline.state_dict().items(), watched.state_dict().items()):
         assert torch.equal(a, b), name

@@ -32,7 +32,7 @@ def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
     pl.seed_everything(0)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=METHODS, num_probe=8, alarm=None)
+    monitor = cc.CAMMonitor(methods=METHODS, num_probe=8, alarm=None, budget=None)
     t = trainer(tmp_path, [monitor], max_epochs=2, precision=precision)
     t.fit(model, train, val)
     for method in METHODS:
@@ -99,7 +99,8 @@ def test_ddp_two_processes_split_the_probe_and_rank_zero_logs_the_whole(tmp_path
     ranks = [json.load(open(tmp_path / f"rows_rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["probe"] == ranks[1]["probe"]  # the same probe images on both processes
     # 7 probe rows: rank 0 explains 0, 2, 4, 6 and rank 1 explains 1, 3, 5 at each of the 2 epochs
-    assert ranks[0]["rows"] == [[0, 2, 4, 6]] * 2 and ranks[1]["rows"] == [[1, 3, 5]] * 2
+    # (compute is called once per cost group: gradcam, then reciprocam)
+    assert ranks[0]["rows"] == [[0, 2, 4, 6]] * 4 and ranks[1]["rows"] == [[1, 3, 5]] * 4
     metrics = json.load(open(tmp_path / "metrics.json"))
     model = TinyNet()
     model.load_state_dict(torch.load(tmp_path / "model.pt"))

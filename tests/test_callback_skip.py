@@ -29,7 +29,7 @@ def test_bad_probe_images_are_reported_skipped_and_training_continues(tmp_path):
     pl.seed_everything(0)
     model = FragileNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=(images, labels), alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=(images, labels), alarm=None, budget=None)
     t = trainer(tmp_path, [monitor], max_epochs=2)
     with pytest.warns(UserWarning, match=r"2 probe image\(s\) skipped at epoch 0 \(row 2: the model raises ValueError: marked image; row 5: non-finite"):
         t.fit(model, train, val)

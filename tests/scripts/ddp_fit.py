@@ -23,11 +23,11 @@ class Recorder(pl.Callback):
         self.monitor, self.out, self.fail, self.rows = monitor, out, fail, []
         original = monitor.compute
 
-        def compute(pl_module, precision_plugin=None, rows=None):
+        def compute(pl_module, precision_plugin=None, rows=None, methods=None):
             self.rows.append(None if rows is None else rows.tolist())
             if self.fail and pl_module.global_rank == 1:
                 raise RuntimeError("deliberate failure on rank 1")
-            return original(pl_module, precision_plugin, rows)
+            return original(pl_module, precision_plugin, rows, methods)
 
         monitor.compute = compute
 
@@ -49,7 +49,7 @@ def main():
     pl.seed_everything(0)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=7, alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=7, alarm=None, budget=None)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, default_root_dir=out, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, logger=False, num_sanity_val_steps=0,
