@@ -141,16 +141,18 @@ _NO_FX = "torch.fx cannot cut this model here"
 def _tail_for(model: nn.Module, layer_name: str, layer: nn.Module, x: Tensor, raw: Tensor, logits: Tensor, user_tail: Optional[Callable[[Tensor], Tensor]]) -> Tail:
     """The tail after ``layer_name`` for the chunk ``x``, whose layer output ``raw`` and ``logits`` the main pass produced.
 
-    A tail that does not depend on the example images (fx without values crossing the cut, or ``tail=``)
-    is kept for later calls and re-checked on every chunk with one tail pass (cheap next to the copies);
+    A derived tail that does not depend on the example images (fx without values crossing the cut) is
+    kept for later calls (it refers to the model weakly, so the cache never keeps a model alive) and re-checked on every chunk with one tail pass (cheap next to the copies);
     one that does is derived per chunk. A model torch.fx cannot cut is remembered, so its fallback warns once.
     """
-    key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device, id(user_tail) if user_tail is not None else None)
+    if user_tail is not None:  # checked on every chunk, never cached (a user's callable may hold the model)
+        return tail_from_reference(model, layer_name, layer, x, raw, logits, user_tail)
+    key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device)
     cache = _TAILS.setdefault(model, {})
     entry = cache.get(key)
     if isinstance(entry, Tail) and _mismatch(entry, raw, logits) is None:
         return entry
-    tail = tail_from_reference(model, layer_name, layer, x, raw, logits, user_tail, try_fx=entry != _NO_FX)
+    tail = tail_from_reference(model, layer_name, layer, x, raw, logits, try_fx=entry != _NO_FX)
     if tail.example_batch is None:
         cache[key] = tail
     elif tail.mode == "rerun":

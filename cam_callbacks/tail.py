@@ -23,6 +23,7 @@ reproduce the model's logits.
 from __future__ import annotations
 
 import inspect
+import weakref
 import operator
 import warnings
 from dataclasses import dataclass
@@ -269,7 +270,8 @@ class _FxTail:
     """
 
     def __init__(self, model: nn.Module, layer_name: str, cut: _Cut, values: Sequence[Any], example_batch: int) -> None:
-        self.model = model
+        # A weak reference: tails are cached per model (weakly keyed), and a strong one would keep every model alive.
+        self._model = weakref.ref(model)
         self.layer_name = layer_name
         self.values = tuple(values)
         self.cut_names = tuple(n.name for n in cut.cross)
@@ -282,6 +284,13 @@ class _FxTail:
     def graph_module(self) -> fx.GraphModule:
         """The tail's ``GraphModule`` for the model's current modes: ``(activations, *cross_cut_values) -> logits``."""
         return self._current().module
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise RuntimeError(f"the model this tail after {self.layer_name!r} was derived from no longer exists")
+        return model
 
     def _current(self) -> _Built:
         modes = _modes(self.model)
