@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
-from .capture import preserved_model_state, preserved_rng_state
+from .capture import eager, preserved_model_state, preserved_rng_state
 from .distributed import check_strategy, gather_rows, gather_tensor
 from .budget import CostBudget, is_expensive
 from .robust import blank_rows, nonfinite_rows, scatter_rows, screen_images
@@ -314,7 +314,7 @@ class CAMMonitor(Callback):
         with preserved_rng_state(), torch.inference_mode(False):
             example = probe.images[:2].to(device)
             try:
-                with torch.no_grad(), preserved_model_state(pl_module):
+                with torch.no_grad(), preserved_model_state(pl_module), eager():
                     logits = pl_module(example)
             except Exception as error:
                 raise ValueError(

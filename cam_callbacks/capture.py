@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .reshape import TokenGrid
 
-__all__ = ["LayerCapture", "preserved_model_state", "preserved_rng_state", "LayerOutputError"]
+__all__ = ["LayerCapture", "preserved_model_state", "preserved_rng_state", "LayerOutputError", "eager"]
 
 
 class LayerOutputError(ValueError):
@@ -55,6 +55,22 @@ def preserved_model_state(model: nn.Module, eval_mode: bool = True) -> Iterator[
         for param, required in grads_required:
             if param.requires_grad != required:
                 param.requires_grad_(required)
+
+
+@contextmanager
+def eager() -> Iterator[None]:
+    """Run ``torch.compile``'d modules eagerly inside the block (``torch.compiler.set_stance("force_eager")``).
+
+    A compiled module that already ran keeps using its compiled graph, and that graph does not call
+    forward hooks registered later: the capture hook would never fire. Explaining therefore runs
+    compiled models eagerly (the same weights and maths, without the compiler). No-op on torch < 2.6.
+    """
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if set_stance is None:
+        yield
+        return
+    with set_stance("force_eager"):
+        yield
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import LayerCapture, preserved_model_state
+from .capture import LayerCapture, eager, preserved_model_state
 from .guided import input_gradients
 from .layers import cam_class_weights
 from .maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
@@ -347,7 +347,7 @@ def compute_explanations(
     if not names or len(names) != len(modules):
         raise ValueError(f"give one module per layer name: {len(names)} names, {len(modules)} modules")
     layers = list(zip(names, modules))
-    with torch.inference_mode(False), preserved_model_state(model):
+    with torch.inference_mode(False), preserved_model_state(model), eager():
         if options.smooth is None:
             return _fused(model, images, resolved, layers, targets, batch_size, options)
         return _smoothed(model, images, resolved, layers, targets, batch_size, options)

@@ -107,6 +107,10 @@ class CAMMethod:
         if unknown:
             valid = sorted(self.options) or "none"
             raise ValueError(f"method {self.name!r} has no option(s) {unknown}; its options are {valid}")
+        for key, value in given.items():
+            default = self.options[key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"method {self.name!r} option {key!r} must be True or False, got {value!r}")
         return {**self.options, **given}
 
 

@@ -14,6 +14,7 @@ from typing import Callable, ContextManager, Dict, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .capture import eager
 from .engine import Explanation
 
 __all__ = ["screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
@@ -29,7 +30,7 @@ def screen_images(model: nn.Module, images: Tensor, context: Callable[[], Contex
     """
     device = next(iter(model.parameters()), torch.empty(0)).device
     bad: Dict[int, str] = {}
-    with torch.no_grad():
+    with torch.no_grad(), eager():
         for row in range(images.shape[0]):  # only after a failure: one image at a time finds the culprits
             try:
                 with context():

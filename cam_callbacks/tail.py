@@ -33,7 +33,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .capture import preserved_model_state
+from .capture import eager, preserved_model_state
 from .layers import resolve_named_layer
 
 __all__ = ["Tail", "derive_tail", "tail_from_reference"]
@@ -102,6 +102,29 @@ class _Tracer(fx.Tracer):
         if self.layer_name.startswith(module_qualified_name + "."):
             return False
         return super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(model: nn.Module, layer_name: str) -> fx.Graph:
+    """Trace ``model`` with the target layer as a leaf, undoing what the traced ``forward`` writes on the modules.
+
+    Tracing runs the Python ``forward`` with placeholder values: ``self.last = x`` would leave a torch.fx
+    Proxy on the model (which then cannot be pickled) and ``self.calls += 1`` would count once more.
+    Every module's attributes are put back as they were, also when tracing fails.
+    """
+    saved = {module: dict(vars(module)) for module in model.modules()}
+    try:
+        return _Tracer(layer_name).trace(model)
+    finally:
+        for module, attributes in saved.items():
+            current = vars(module)
+            for key in [k for k in current if k not in attributes]:
+                del current[key]
+            for key, value in attributes.items():
+                if current.get(key, _MISSING) is not value:
+                    current[key] = value
+
+
+_MISSING = object()
 
 
 @dataclass
@@ -302,7 +325,7 @@ class _FxTail:
     def _retrace(self) -> _Built:
         advice = "Call the tail in the modes it was derived in (eval), or derive a new tail."
         try:
-            graph = _Tracer(self.layer_name).trace(self.model)
+            graph = _trace(self.model, self.layer_name)
             cut = _cut(graph, self.layer_name)
         except Exception as error:
             raise RuntimeError(
@@ -410,8 +433,8 @@ def _reference(model: nn.Module, layer: nn.Module, layer_name: str, example: Ten
 
 
 def _mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: Tensor) -> Optional[str]:
-    """None if ``fn(activations)`` reproduces ``logits``, else what differs."""
-    out = fn(activations)
+    """None if ``fn(activations)`` reproduces ``logits``, else what differs (``fn`` gets a copy: it may write into it)."""
+    out = fn(activations.clone())
     if not isinstance(out, Tensor):
         return f"it returned {type(out).__name__}, not a tensor"
     if out.shape != logits.shape:
@@ -429,7 +452,7 @@ def _mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: Tenso
 def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Tensor, logits: Tensor) -> Tuple[Optional[Tail], str]:
     """The fx tail, checked, or ``(None, why not)``."""
     try:
-        cut = _cut(_Tracer(layer_name).trace(model), layer_name)
+        cut = _cut(_trace(model, layer_name), layer_name)
     except Exception as error:
         return None, f"torch.fx cannot trace it: {type(error).__name__}: {error}"
     try:
@@ -507,7 +530,7 @@ def derive_tail(model: nn.Module, layer_name: str, example: Tensor, tail: Option
     name, layer = resolve_named_layer(model, layer_name)
     with torch.inference_mode(False):
         example = example.detach().clone()
-        with preserved_model_state(model), torch.no_grad():
+        with preserved_model_state(model), torch.no_grad(), eager():
             activation, logits = _reference(model, layer, name, example)
             return tail_from_reference(model, name, layer, example, activation, logits, tail)
 
