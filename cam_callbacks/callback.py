@@ -34,6 +34,7 @@ from .metrics import FAITHFULNESS_METRICS
 from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
 from .render import heatmap_grid, map_tiles, mask_outline, png_directories, save_pngs, save_text, to_display
 from .watch import MethodAnalysis, analyze_maps
+from .writer import BackgroundWriter
 
 __all__ = ["CAMMonitor"]
 
@@ -231,6 +232,7 @@ class CAMMonitor(Callback):
         self._alarm_state: Tuple[Tuple[str, str], ...] = ()
         self._pending_state: Optional[Dict[str, Any]] = None
         self._skipped: Dict[int, str] = {}
+        self._writer = BackgroundWriter()
         self._skipped_reported: Tuple[int, ...] = ()
         self._probe_source = probe
         self._probe: Optional[Probe] = make_probe(probe, self.num_probe) if probe is not None else None
@@ -488,6 +490,19 @@ class CAMMonitor(Callback):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._budget.start()
 
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._writer.flush()
+
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate(): the images are complete when it returns
+            self._writer.flush()
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._writer.close()
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._writer.close()  # every image is written when fit/validate returns; the thread ends
+
     def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
         """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.watch.analyze_maps`).
 
@@ -601,17 +616,19 @@ class CAMMonitor(Callback):
             means = class_mean_maps(maps, explanation.targets.cpu(), num_classes).means
             images[method]["class_means"] = map_tiles(_scaled(means), self.colormap)
             images[method]["mean_map"] = map_tiles(analyses[method].shortcut.mean_map[None].float(), self.colormap)
+        # PNG encoding is the slow part: it runs on a worker thread while training goes on (see cam_callbacks.writer)
+        as_bytes = {method: {name: _to_uint8(image) for name, image in named.items()} for method, named in images.items()}
         for logger in tensorboards:
             writer = logger.experiment
             self._write_layout(writer)
-            for method, named in images.items():
+            for method, named in as_bytes.items():
                 for name, image in named.items():
-                    writer.add_image(f"cam/{method}/{name}", image, global_step=epoch)
+                    self._writer.submit(writer.add_image, f"cam/{method}/{name}", image, global_step=epoch)
             if hits or self._alarm_logged.get(id(writer)):
                 writer.add_text("cam/alarm", format_alarm(hits, title=f"CAM alarm, epoch {epoch}"), global_step=epoch)
                 self._alarm_logged[id(writer)] = bool(hits)
         for directory in directories:
-            save_pngs(directory, images, epoch)
+            self._writer.submit(save_pngs, directory, images, epoch)
             if hits:
                 save_text(directory, f"alarm_epoch={epoch:04d}.md", format_alarm(hits, title=f"CAM alarm, epoch {epoch}"))
         if directories and "png" not in self._warned:
@@ -725,3 +742,8 @@ def _scaled(maps: Tensor) -> Tensor:
 
 def _rows(tensor: Optional[Tensor], keep: Tensor) -> Optional[Tensor]:
     return None if tensor is None else tensor[keep]
+
+
+def _to_uint8(image: Tensor) -> Tensor:
+    """A ``(3, H, W)`` image in [0, 1] as uint8 (what TensorBoard stores), detached from later changes."""
+    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -1,0 +1,118 @@
+"""What CAMMonitor costs a real training run: the example workload with and without the callback, in one run.
+
+Trains ``examples/train_shapes.py``'s CNN on its generated shapes (same data, seed and settings) once
+without and once with ``CAMMonitor`` (the README's default configuration, or the methods given),
+alternating the order over ``--repeats`` pairs, and prints the fit times, the overhead ratio (min
+over repeats) and where the callback's time goes (maps and metrics, watch analysis, logging).
+
+    python benchmarks/bench_overhead.py                    # 2 pairs of 10-epoch fits, ~3 min on 2 CPU cores
+    python benchmarks/bench_overhead.py --max-epochs 3 --repeats 1 --methods gradcam
+    python benchmarks/bench_overhead.py --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+
+from train_shapes import ShapesClassifier, ShapesDataModule  # noqa: E402
+
+from cam_callbacks import CAMMonitor  # noqa: E402
+from cam_callbacks.synthetic import SHAPES_MEAN, SHAPES_STD  # noqa: E402
+
+
+class _Timed:
+    """Wraps a bound method of the monitor and adds up its wall time."""
+
+    def __init__(self, owner: object, name: str, totals: Dict[str, float], label: str) -> None:
+        self.original = getattr(owner, name)
+        self.totals, self.label = totals, label
+        setattr(owner, name, self)
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.original(*args, **kwargs)
+        finally:
+            self.totals[self.label] = self.totals.get(self.label, 0.0) + time.perf_counter() - start
+
+
+def fit(args: argparse.Namespace, with_callback: bool, logdir: str) -> Dict[str, float]:
+    pl.seed_everything(0, workers=True)
+    data = ShapesDataModule(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, batch_size=64)
+    model = ShapesClassifier(num_classes=4)
+    callbacks: List[pl.Callback] = []
+    totals: Dict[str, float] = {}
+    if with_callback:
+        monitor = CAMMonitor(methods=args.methods, target_layer=model.last_block, mean=SHAPES_MEAN, std=SHAPES_STD)
+        _Timed(monitor, "_timed_compute", totals, "maps + faithfulness")
+        _Timed(monitor, "analyze", totals, "watch (localisation, drift, shortcut)")
+        _Timed(monitor, "_log", totals, "logging (grids, PNG encoding, scalars)")
+        _Timed(monitor, "run", totals, "callback total")
+        callbacks.append(monitor)
+    trainer = pl.Trainer(
+        max_epochs=args.max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
+        logger=TensorBoardLogger(logdir, name="with" if with_callback else "without"),
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    totals["fit"] = time.perf_counter() - start
+    return totals
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-val", type=int, default=400)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--methods", nargs="+", default=["gradcam", "gradcampp"])
+    parser.add_argument("--repeats", type=int, default=2, help="pairs of fits (order alternates); the minimum is reported")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    without: List[float] = []
+    with_runs: List[Dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as logdir:
+        for repeat in range(args.repeats):
+            for flag in ([False, True] if repeat % 2 == 0 else [True, False]):
+                result = fit(args, flag, logdir)
+                (with_runs.append(result) if flag else without.append(result["fit"]))
+                print(f"  fit {'with' if flag else 'without'} the callback: {result['fit']:.2f} s", flush=True)
+    base = min(without)
+    best = min(with_runs, key=lambda r: r["fit"])
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{args.threads} thread(s); {args.max_epochs} epochs of {args.num_train} images {args.image_size}px; methods {args.methods}")  # fmt: skip
+    rows = [
+        ("fit without the callback (s)", f"{base:.2f}"),
+        ("fit with the callback (s)", f"{best['fit']:.2f}"),
+        ("overhead (with / without - 1)", f"{100 * (best['fit'] / base - 1):.1f}%"),
+        ("callback's own time, summed over epochs (s)", f"{best.get('callback total', 0.0):.2f}"),
+        ("callback's own time / fit without", f"{100 * best.get('callback total', 0.0) / base:.1f}%"),
+    ]
+    rows += [(f"  of which {label} (s)", f"{best[label]:.2f}") for label in
+             ("maps + faithfulness", "watch (localisation, drift, shortcut)", "logging (grids, PNG encoding, scalars)") if label in best]  # fmt: skip
+    if args.markdown:
+        print("\n| quantity | value |\n|---|---:|")
+        for name, value in rows:
+            print(f"| {name.strip()} | {value} |")
+    else:
+        for name, value in rows:
+            print(f"{name:<50} {value}")
+
+
+if __name__ == "__main__":
+    main()
