@@ -19,12 +19,7 @@ METHODS = ["gradcam", "gradcampp", "scorecam", "reciprocam", "guidedbackprop", "
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "ddp_fit.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])

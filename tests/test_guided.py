@@ -60,21 +60,7 @@ import cam_callbacks as cc
 from cam_callbacks.guided import guided_relus, input_gradients
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """Run this module's (small-tensor) computations on one intra-op thread, restored afterwards.
-
-    Measured on the shared 2-core machine while other processes kept it busy (load average 4-6): the three new test
-    modules took 133 s with torch's default 2 OpenMP threads (spinning threads competing for the cores; user time 62 s)
-    and 13 s with one thread. The tests pass either way.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 W1 = [[1.0, 0, 0, 1, 0, 0], [0, 1, 0, 0, 1, 0], [0, 0, 1, 0, 0, -1]]
 W2 = [[-1.0, 0, 2], [1, 0, -1], [1, 0, 1]]

@@ -25,21 +25,7 @@ import cam_callbacks as cc
 from cam_callbacks.maps import fuse_layer_maps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """Run this module's (small-tensor) computations on one intra-op thread, restored afterwards.
-
-    Measured on the shared 2-core machine while other processes kept it busy (load average 4-6): the three new test
-    modules took 133 s with torch's default 2 OpenMP threads (spinning threads competing for the cores; user time 62 s)
-    and 13 s with one thread. The tests pass either way.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 SIZE = 20  # scales (0.9, 1.0, 1.1) give 18, 20, 22 pixels: no rounding ambiguity
 

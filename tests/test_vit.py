@@ -24,21 +24,7 @@ import cam_callbacks as cc
 from cam_callbacks.reshape import TokenGrid, as_token_grid
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """Run this module's (small-tensor) computations on one intra-op thread, restored afterwards.
-
-    Measured on the shared 2-core machine while other processes kept it busy (load average 4-6): the three new test
-    modules took 133 s with torch's default 2 OpenMP threads (spinning threads competing for the cores; user time 62 s)
-    and 13 s with one thread. The tests pass either way.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 LAYER = "encoder.layers.encoder_layer_1.ln_1"
 GRID = 4  # 32 px / 8 px patches
