@@ -6,7 +6,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -20,9 +20,8 @@ from torch import Tensor, nn
 from .capture import eager, preserved_model_state, preserved_rng_state
 from .distributed import check_strategy, gather_rows, gather_tensor
 from .budget import CostBudget, is_expensive
-from .robust import blank_rows, nonfinite_rows, scatter_rows, screen_images
+from .robust import explain_skipping_bad_images
 from .alarm import AlarmHit, AlarmRule, format_alarm
-from .drift import class_mean_maps
 from .explain import (
     Explanation, LayersLike, compute_explanations, compute_faithfulness, expand_multilabel, first_out_of_range, make_options,
     resolve_layers,
@@ -32,7 +31,8 @@ from .methods import available_methods
 from .reshape import ReshapeLike
 from .metrics import FAITHFULNESS_METRICS
 from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
-from .render import heatmap_grid, map_tiles, mask_outline, png_directories, save_pngs, save_text, to_display
+from .publish import ImageStyle, ProbeView, run_images, to_uint8
+from .render import png_directories, save_pngs, save_text
 from .watch import MethodAnalysis, analyze_maps
 from .writer import BackgroundWriter
 
@@ -369,15 +369,15 @@ class CAMMonitor(Callback):
         self._last_run = ("fit" if trainer.state.fn == TrainerFn.FITTING else "other", trainer.current_epoch)
         self.run(trainer, pl_module)
 
-    def _view(self, probe: Probe) -> "_ProbeView":
+    def _view(self, probe: Probe) -> "ProbeView":
         """The rows to explain: one per image, or one per positive label of multi-hot labels."""
         targets = self._targets(probe)
         if targets is None or targets.dim() == 1:
-            return _ProbeView(probe.images, targets, probe.masks, probe.nuisance, torch.arange(len(probe)), "softmax")
+            return ProbeView(probe.images, targets, probe.masks, probe.nuisance, torch.arange(len(probe)), "softmax")
         images, labels, index = expand_multilabel(probe.images, targets)
         masks = None if probe.masks is None else probe.masks[index]
         nuisance = None if probe.nuisance is None else probe.nuisance[index]
-        return _ProbeView(images, labels, masks, nuisance, index, "sigmoid")
+        return ProbeView(images, labels, masks, nuisance, index, "sigmoid")
 
     def compute(
         self, pl_module: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,
@@ -417,22 +417,7 @@ class CAMMonitor(Callback):
                     return compute_faithfulness(*args)
                 return compute_explanations(*args), {}
 
-        skipped: Dict[int, str] = {}
-        try:
-            result = explain_rows(images, targets)
-        except Exception:
-            with preserved_rng_state(), preserved_model_state(pl_module), torch.inference_mode(False):
-                skipped = screen_images(pl_module, images, context)
-            keep = [row for row in range(images.shape[0]) if row not in skipped]
-            if not skipped or not keep:
-                raise  # not an image problem (or every image fails): the error is the user's to see
-            result = explain_rows(images[keep], None if targets is None else targets[keep])
-            fallback = targets if targets is not None else torch.zeros(images.shape[0], dtype=torch.long)
-            result = scatter_rows(result, keep, images.shape[0], fallback)
-        nonfinite = nonfinite_rows(result[0])
-        result = blank_rows(result, nonfinite)
-        for row in nonfinite.nonzero().flatten().tolist():
-            skipped.setdefault(row, "non-finite logits or map (NaN/inf)")
+        result, skipped = explain_skipping_bad_images(explain_rows, pl_module, images, targets, context)
         global_rows = list(range(images.shape[0])) if rows is None else rows.tolist()
         self._skipped = {global_rows[row]: reason for row, reason in skipped.items()}
         return result
@@ -609,15 +594,10 @@ class CAMMonitor(Callback):
             return
         assert self._probe is not None
         view = self._view(self._probe)
-        images = {method: self._grids(view, explanation, method, analyses[method]) for method in explanation.maps}
-        num_classes = explanation.logits.shape[1]
-        for method in explanation.maps:
-            maps = explanation.maps[method].detach().float().cpu()
-            means = class_mean_maps(maps, explanation.targets.cpu(), num_classes).means
-            images[method]["class_means"] = map_tiles(_scaled(means), self.colormap)
-            images[method]["mean_map"] = map_tiles(analyses[method].shortcut.mean_map[None].float(), self.colormap)
+        style = ImageStyle(self.max_images, self.max_labels, self.mean, self.std, self.overlay_alpha, self.colormap)
+        images = run_images(view, explanation, analyses, style)
         # PNG encoding is the slow part: it runs on a worker thread while training goes on (see cam_callbacks.writer)
-        as_bytes = {method: {name: _to_uint8(image) for name, image in named.items()} for method, named in images.items()}
+        as_bytes = {method: {name: to_uint8(image) for name, image in named.items()} for method, named in images.items()}
         for logger in tensorboards:
             writer = logger.experiment
             self._write_layout(writer)
@@ -634,24 +614,6 @@ class CAMMonitor(Callback):
         if directories and "png" not in self._warned:
             self._warned.add("png")
             rank_zero_info(f"CAMMonitor: heatmap grids are saved as PNG files under {[os.path.join(d, 'cam') for d in directories]}")
-
-    def _grids(self, view: "_ProbeView", explanation: Explanation, method: str, analysis: MethodAnalysis) -> Dict[str, Tensor]:
-        """``{"grid": ...}`` (worst rows first), or ``{"label_<c>/grid": ...}`` per label for multi-hot labels."""
-        maps = explanation.maps[method].detach().float().cpu()
-        order = analysis.order
-        if view.probability == "softmax":
-            groups = {"grid": order}
-        else:
-            labels = view.targets.cpu() if view.targets is not None else explanation.targets.cpu()
-            frequent = torch.bincount(labels).argsort(descending=True, stable=True)[: self.max_labels]
-            groups = {f"label_{int(c)}/grid": order[labels[order] == c] for c in frequent if bool((labels == c).any())}
-        grids = {}
-        for name, rows in groups.items():
-            rows = rows[: self.max_images]
-            display = to_display(view.images[rows], self.mean, self.std)
-            outlines = None if view.masks is None else mask_outline(view.masks[rows])
-            grids[name] = heatmap_grid(display, maps[rows], self.overlay_alpha, self.colormap, outlines=outlines)
-        return grids
 
     def _write_layout(self, writer: Any) -> None:
         if id(writer) in self._layout_written:
@@ -723,27 +685,5 @@ class CAMMonitor(Callback):
         self._alarm_state = tuple(tuple(pair) for pair in state.get("alarm_state", ()))  # type: ignore[misc]
 
 
-class _ProbeView(NamedTuple):
-    """The rows the callback explains: probe images (or one row per positive label) and their masks."""
-
-    images: Tensor
-    targets: Optional[Tensor]
-    masks: Optional[Tensor]
-    nuisance: Optional[Tensor]
-    image_index: Tensor
-    probability: str
-
-
-def _scaled(maps: Tensor) -> Tensor:
-    """Each map divided by its maximum (zeros stay zeros), for display."""
-    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-    return maps / peak
-
-
 def _rows(tensor: Optional[Tensor], keep: Tensor) -> Optional[Tensor]:
     return None if tensor is None else tensor[keep]
-
-
-def _to_uint8(image: Tensor) -> Tensor:
-    """A ``(3, H, W)`` image in [0, 1] as uint8 (what TensorBoard stores), detached from later changes."""
-    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -9,15 +9,15 @@ at their places; :func:`nonfinite_rows` finds rows whose logits or maps are not 
 
 from __future__ import annotations
 
-from typing import Callable, ContextManager, Dict, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .capture import eager
+from .capture import eager, preserved_model_state, preserved_rng_state
 from .engine import Explanation
 
-__all__ = ["screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
+__all__ = ["explain_skipping_bad_images", "screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
 
 Scores = Dict[str, Dict[str, Tensor]]
 
@@ -79,3 +79,38 @@ def blank_rows(result: Tuple[Explanation, Scores], rows: Tensor) -> Tuple[Explan
         for metric, values in per.items():
             per[metric] = torch.where(rows.to(values.device), torch.full_like(values, float("nan")), values.float())
     return explanation, scores
+
+
+def explain_skipping_bad_images(
+    explain_rows: Callable[[Tensor, Optional[Tensor]], Tuple[Explanation, Scores]],
+    model: nn.Module,
+    images: Tensor,
+    targets: Optional[Tensor],
+    context: Callable[[], ContextManager],
+) -> Tuple[Tuple[Explanation, Scores], Dict[int, str]]:
+    """``explain_rows(images, targets)``, leaving out the images the model cannot handle.
+
+    If it raises, the images are screened one by one (:func:`screen_images`); when some are to blame
+    the rest is explained and the results are put back in place (:func:`scatter_rows`), otherwise the
+    error is re-raised (it is not about images). Rows whose logits or maps are not finite are blanked.
+
+    Returns:
+        ``(result, {row: reason})`` for the skipped rows.
+    """
+    skipped: Dict[int, str] = {}
+    try:
+        result = explain_rows(images, targets)
+    except Exception:
+        with preserved_rng_state(), preserved_model_state(model), torch.inference_mode(False):
+            skipped = screen_images(model, images, context)
+        keep = [row for row in range(images.shape[0]) if row not in skipped]
+        if not skipped or not keep:
+            raise  # not an image problem (or every image fails): the error is the user's to see
+        result = explain_rows(images[keep], None if targets is None else targets[keep])
+        fallback = targets if targets is not None else torch.zeros(images.shape[0], dtype=torch.long)
+        result = scatter_rows(result, keep, images.shape[0], fallback)
+    nonfinite = nonfinite_rows(result[0])
+    result = blank_rows(result, nonfinite)
+    for row in nonfinite.nonzero().flatten().tolist():
+        skipped.setdefault(row, "non-finite logits or map (NaN/inf)")
+    return result, skipped
