@@ -34,7 +34,7 @@ from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
 from .publish import ImageStyle, ProbeView, run_images, to_uint8
 from .render import png_directories, save_pngs, save_text
 from .watch import MethodAnalysis, analyze_maps
-from .writer import BackgroundWriter
+from .writer import BackgroundWriter, add_png
 
 __all__ = ["CAMMonitor"]
 
@@ -603,7 +603,7 @@ class CAMMonitor(Callback):
             self._write_layout(writer)
             for method, named in as_bytes.items():
                 for name, image in named.items():
-                    self._writer.submit(writer.add_image, f"cam/{method}/{name}", image, global_step=epoch)
+                    self._writer.submit(add_png, writer, f"cam/{method}/{name}", image, epoch)
             if hits or self._alarm_logged.get(id(writer)):
                 writer.add_text("cam/alarm", format_alarm(hits, title=f"CAM alarm, epoch {epoch}"), global_step=epoch)
                 self._alarm_logged[id(writer)] = bool(hits)

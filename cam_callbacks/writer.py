@@ -13,7 +13,37 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, List, Optional
 
-__all__ = ["BackgroundWriter"]
+__all__ = ["BackgroundWriter", "encode_png", "add_png"]
+
+#: zlib level of the PNG files: level 1 encodes ~2.3x faster than PIL's default 6 for a few % more bytes
+#: (measured on a 1042x522 heatmap grid: 61 ms / 519 kB against 142 ms / 502 kB).
+PNG_COMPRESS_LEVEL = 1
+
+
+def encode_png(image: Any) -> bytes:
+    """PNG bytes of a ``(3, H, W)`` uint8 tensor."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def add_png(writer: Any, tag: str, image: Any, step: int) -> None:
+    """Add a ``(3, H, W)`` uint8 image to a TensorBoard ``SummaryWriter``, PNG-encoded at :data:`PNG_COMPRESS_LEVEL`.
+
+    Writers without torch's ``_get_file_writer`` (other SummaryWriter implementations) get ``add_image``.
+    """
+    get_file_writer = getattr(writer, "_get_file_writer", None)
+    if get_file_writer is None:
+        writer.add_image(tag, image, global_step=step)
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    encoded = Summary.Image(height=int(image.shape[1]), width=int(image.shape[2]), colorspace=3, encoded_image_string=encode_png(image))
+    get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
 
 class BackgroundWriter:
