@@ -4,6 +4,7 @@ Functional core: :func:`explain` (class activation maps) and :func:`faithfulness
 Increase in Confidence, Coherency, Complexity, ADCC). Lightning glue: :class:`CAMMonitor`.
 """
 
+from .alarm import AlarmRule
 from .explain import explain, faithfulness
 from .guided import guided_relus
 from .layers import resolve_target_layer
@@ -16,6 +17,7 @@ from .tail import Tail, derive_tail
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlarmRule",
     "CAMMonitor",
     "FAITHFULNESS_METRICS",
     "Tail",
