@@ -232,6 +232,7 @@ class CAMMonitor(Callback):
         self._alarm_state: Tuple[Tuple[str, str], ...] = ()
         self._pending_state: Optional[Dict[str, Any]] = None
         self._skipped: Dict[int, str] = {}
+        self._view_cache: Optional[Tuple[Probe, ProbeView]] = None
         self._writer = BackgroundWriter()
         self._skipped_reported: Tuple[int, ...] = ()
         self._probe_source = probe
@@ -370,14 +371,24 @@ class CAMMonitor(Callback):
         self.run(trainer, pl_module)
 
     def _view(self, probe: Probe) -> "ProbeView":
-        """The rows to explain: one per image, or one per positive label of multi-hot labels."""
+        """The rows to explain: one per image, or one per positive label of multi-hot labels.
+
+        Built once per probe set: a run asks for it several times (each cost group, the watch, the images),
+        and for multi-hot labels it copies the images of every positive label.
+        """
+        if self._view_cache is not None and self._view_cache[0] is probe:
+            return self._view_cache[1]
         targets = self._targets(probe)
         if targets is None or targets.dim() == 1:
-            return ProbeView(probe.images, targets, probe.masks, probe.nuisance, torch.arange(len(probe)), "softmax")
-        images, labels, index = expand_multilabel(probe.images, targets)
-        masks = None if probe.masks is None else probe.masks[index]
-        nuisance = None if probe.nuisance is None else probe.nuisance[index]
-        return ProbeView(images, labels, masks, nuisance, index, "sigmoid")
+            view = ProbeView(probe.images, targets, probe.masks, probe.nuisance, torch.arange(len(probe)), "softmax")
+        else:
+            images, labels, index = expand_multilabel(probe.images, targets)
+            masks = None if probe.masks is None else probe.masks[index]
+            nuisance = None if probe.nuisance is None else probe.nuisance[index]
+            view = ProbeView(images, labels, masks, nuisance, index, "sigmoid")
+        if probe is self._probe:
+            self._view_cache = (probe, view)
+        return view
 
     def compute(
         self, pl_module: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .capture import eager, preserved_model_state, preserved_rng_state
-from .engine import Explanation
+from .engine import Explanation, model_device
 
 __all__ = ["explain_skipping_bad_images", "screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
 
@@ -28,7 +28,7 @@ def screen_images(model: nn.Module, images: Tensor, context: Callable[[], Contex
 
     The caller restores modes and RNG; ``context`` is entered around each forward pass (precision).
     """
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model, images.device)
     bad: Dict[int, str] = {}
     with torch.no_grad(), eager():
         for row in range(images.shape[0]):  # only after a failure: one image at a time finds the culprits

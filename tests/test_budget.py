@@ -6,7 +6,6 @@ import time
 
 import pytest
 import pytorch_lightning as pl
-import torch
 
 import cam_callbacks as cc
 from cam_callbacks.budget import CostBudget
