@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from train_shapes import ShapesClassifier, ShapesDataModule  # noqa: E402
 
 from cam_callbacks import CAMMonitor  # noqa: E402
-from cam_callbacks.synthetic import SHAPES_MEAN, SHAPES_STD  # noqa: E402
+from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD  # noqa: E402
 
 
 class _Timed:

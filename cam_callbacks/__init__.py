@@ -4,15 +4,15 @@ Functional core: :func:`explain` (class activation maps) and :func:`faithfulness
 Increase in Confidence, Coherency, Complexity, ADCC). Lightning glue: :class:`CAMMonitor`.
 """
 
-from .alarm import AlarmRule
-from .explain import explain, faithfulness
-from .guided import guided_relus
-from .layers import resolve_target_layer
-from .maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
-from .methods import available_methods, get_method, register_method
-from .metrics import FAITHFULNESS_METRICS, faithfulness_scores
-from .reshape import TokenGrid
-from .tail import Tail, derive_tail
+from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.functional import explain, faithfulness
+from cam_callbacks.capture.guided import guided_relus
+from cam_callbacks.capture.layers import resolve_target_layer
+from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
+from cam_callbacks.methods.registry import available_methods, get_method, register_method
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
+from cam_callbacks.capture.layouts import TokenGrid
+from cam_callbacks.capture.tail import Tail, derive_tail
 
 __version__ = "0.1.0"
 
@@ -39,7 +39,7 @@ __all__ = [
 
 def __getattr__(name: str):  # lazy: importing the core does not import Lightning
     if name == "CAMMonitor":
-        from .callback import CAMMonitor
+        from cam_callbacks.callbacks.cam_monitor import CAMMonitor
 
         return CAMMonitor
     raise AttributeError(f"module 'cam_callbacks' has no attribute {name!r}")

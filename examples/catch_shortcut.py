@@ -1,6 +1,6 @@
 """Catch a shortcut with CAMMonitor: the same CNN trained on clean data and on data with a spurious cue.
 
-The data (:mod:`cam_callbacks.scenarios`, scenario ``"large"``): one coloured shape per image on a
+The data (:mod:`cam_callbacks.datasets.scenarios`, scenario ``"large"``): one coloured shape per image on a
 textured background; the class is the shape. The *shortcut* variant adds a solid patch in the
 top-left corner whose colour encodes the class (red = disc, green = square, ...): in its training
 data the patch colour always equals the label, so a model can get every training image right by
@@ -35,7 +35,7 @@ CAMMonitor runs Grad-CAM and LayerCAM after every validation epoch and logs, per
 ``cam/<method>/energy_in_nuisance_ratio`` (share of the map on the patch, in multiples of the
 patch's area share: 1 = chance), ``energy_in_mask_ratio`` (the same for the object),
 ``shortcut_score`` (one small region salient in all images, looking outside the objects) and
-``cam/alarm`` (1 when a rule of the default :class:`~cam_callbacks.alarm.AlarmRule` fires for any
+``cam/alarm`` (1 when a rule of the default :class:`~cam_callbacks.monitor.alarm.AlarmRule` fires for any
 method: nuisance ratio above 2 or shortcut score above 0.5; its object-ratio rule is off by default
 because it also fires for a model that has not learnt the objects *yet*). The script prints these
 per epoch for both runs, the rules that fired, and the epoch at which each run's alarm first fired.
@@ -84,9 +84,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from cam_callbacks import CAMMonitor
-from cam_callbacks.alarm import AlarmRule
-from cam_callbacks.scenarios import SCENARIOS, ScenarioDataset
-from cam_callbacks.synthetic import SHAPES_MEAN, SHAPES_STD
+from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.datasets.scenarios import SCENARIOS, ScenarioDataset
+from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the model of the neighbouring example
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +107,7 @@ VAL_STAGES: Tuple[str, ...] = ("randcue", "val")
 class ShortcutDataModule(pl.LightningDataModule):
     """Clean or shortcut variant of a scenario: a training split, a validation split, a cue-randomised set.
 
-    Samples are ``(image, label, mask, nuisance_mask)`` (:class:`~cam_callbacks.scenarios.ScenarioDataset`).
+    Samples are ``(image, label, mask, nuisance_mask)`` (:class:`~cam_callbacks.datasets.scenarios.ScenarioDataset`).
 
     - ``train_set``: ``split="train"`` of ``train_seed``; with ``shortcut`` the patch colour is the label.
     - ``val_set``: ``split="train"`` of ``val_seed``: other images drawn like the training data
@@ -120,7 +120,7 @@ class ShortcutDataModule(pl.LightningDataModule):
 
     Args:
         shortcut: Train (and validate) on the shortcut variant.
-        scenario: One of :data:`cam_callbacks.scenarios.SCENARIOS`.
+        scenario: One of :data:`cam_callbacks.datasets.scenarios.SCENARIOS`.
         num_train: Training images.
         num_val: Images of the validation split.
         num_randcue: Cue-randomised images (at least the probe size).

@@ -1,6 +1,6 @@
 """Train a small CNN on synthetic shapes and watch its class activation maps in TensorBoard.
 
-The images (:mod:`cam_callbacks.synthetic`) show one coloured shape (disc, square, triangle,
+The images (:mod:`cam_callbacks.datasets.shapes`) show one coloured shape (disc, square, triangle,
 cross) on a textured background; the class is the shape. :class:`cam_callbacks.CAMMonitor`
 explains a fixed probe set of validation images with Grad-CAM and Grad-CAM++ after every
 validation epoch and logs heatmap grids and faithfulness curves (``cam/<method>/...``).
@@ -35,14 +35,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from cam_callbacks import CAMMonitor
-from cam_callbacks.synthetic import SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+from cam_callbacks.datasets.shapes import SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 
 #: LightningCLI subcommands; any of them as the first argument selects the CLI.
 CLI_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class ShapesDataModule(pl.LightningDataModule):
-    """Train/val(/test) splits of :class:`~cam_callbacks.synthetic.ShapesDataset`, generated from different seeds.
+    """Train/val(/test) splits of :class:`~cam_callbacks.datasets.shapes.ShapesDataset`, generated from different seeds.
 
     Args:
         num_train: Training images.

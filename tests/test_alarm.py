@@ -1,4 +1,4 @@
-"""Tests of the alarm rules (cam_callbacks.alarm)."""
+"""Tests of the alarm rules (cam_callbacks.monitor.alarm)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from cam_callbacks import alarm
-from cam_callbacks.alarm import DIRECTIONS, AlarmHit, AlarmRule, format_alarm
+from cam_callbacks.monitor import alarm
+from cam_callbacks.monitor.alarm import DIRECTIONS, AlarmHit, AlarmRule, format_alarm
 
 
 def test_defaults():
@@ -145,9 +145,9 @@ def test_format_alarm_markdown():
 
 def test_end_to_end_with_localization_and_shortcut():
     """A map set that sits on a fixed corner patch fires the nuisance and shortcut rules."""
-    from cam_callbacks.drift import shortcut_score
-    from cam_callbacks.localization import localization_scores, localization_summary
-    from cam_callbacks.scenarios import make_scenario
+    from cam_callbacks.metrics.drift import shortcut_score
+    from cam_callbacks.metrics.localization import localization_scores, localization_summary
+    from cam_callbacks.datasets.scenarios import make_scenario
 
     batch = make_scenario(16, scenario="small", shortcut=True, image_size=32, seed=0)
     maps = batch.nuisance_masks.float() * 0.9 + 0.1 * batch.masks.float()

@@ -18,7 +18,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
 import cam_callbacks as cc
-from cam_callbacks.methods import _REGISTRY, register_method
+from cam_callbacks.methods.registry import _REGISTRY, register_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, read_events, trainer
 

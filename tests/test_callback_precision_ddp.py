@@ -105,7 +105,7 @@ def test_ddp_two_processes_split_the_probe_and_rank_zero_logs_the_whole(tmp_path
         for metric, value in direct.items():
             assert metrics[f"cam/{method}/{metric}"] == pytest.approx(value, abs=1e-3), (method, metric)
     maps = cc.explain(model, images[:7], "gradcam", "features", targets=labels[:7])
-    from cam_callbacks.drift import shortcut_score
+    from cam_callbacks.metrics.drift import shortcut_score
 
     assert metrics["cam/gradcam/shortcut_score"] == pytest.approx(float(shortcut_score(maps).score), abs=1e-4)
 
@@ -118,7 +118,7 @@ def test_ddp_failure_on_one_rank_does_not_hang_the_other(tmp_path):
 
 
 def test_sharded_strategies_are_refused():
-    from cam_callbacks.distributed import check_strategy
+    from cam_callbacks.callbacks.distributed import check_strategy
 
     class FSDPStrategy:  # stands for Lightning's class of that name (checked by name: it needs a GPU to build)
         pass

@@ -15,7 +15,7 @@ from _lightning_models import TinyNet, loaders, read_events, trainer
 
 
 def _pearson(a, b):
-    """Per-image Pearson correlation; 0 when either map is constant (the convention of cam_callbacks.drift)."""
+    """Per-image Pearson correlation; 0 when either map is constant (the convention of cam_callbacks.metrics.drift)."""
     a, b = a.flatten(1).double().numpy(), b.flatten(1).double().numpy()
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     norms = np.sqrt((a * a).sum(1) * (b * b).sum(1))

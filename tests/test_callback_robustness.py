@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks import engine, perturb
-from cam_callbacks.methods import _REGISTRY, register_method
+from cam_callbacks.engine import passes as engine, scorers as perturb
+from cam_callbacks.methods.registry import _REGISTRY, register_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, trainer
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import cam_callbacks as cc
-from cam_callbacks.alarm import AlarmRule
+from cam_callbacks.monitor.alarm import AlarmRule
 
 from _lightning_models import TinyNet, loaders, read_events, trainer
 
@@ -270,7 +270,7 @@ def test_bad_alarm_argument():
 
 
 def test_shortcut_score_ignores_objects_at_a_fixed_place_when_masks_are_given():
-    from cam_callbacks.watch import analyze_maps
+    from cam_callbacks.metrics.watch import analyze_maps
 
     n = 12
     masks = torch.zeros(n, SIZE, SIZE, dtype=torch.bool)

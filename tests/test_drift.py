@@ -1,4 +1,4 @@
-"""Tests of map drift and shortcut detection (cam_callbacks.drift)."""
+"""Tests of map drift and shortcut detection (cam_callbacks.metrics.drift)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from cam_callbacks import drift
-from cam_callbacks.drift import (
+from cam_callbacks.metrics import drift
+from cam_callbacks.metrics.drift import (
     class_mean_maps,
     map_correlation,
     mean_map,
     shortcut_score,
     shortcut_scores_by_class,
 )
-from cam_callbacks.maps import minmax_normalize
-from cam_callbacks.scenarios import make_scenario
+from cam_callbacks.utils.maps import minmax_normalize
+from cam_callbacks.datasets.scenarios import make_scenario
 
 
 # ---------------------------------------------------------------- helpers and NumPy references

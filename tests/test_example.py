@@ -15,7 +15,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cam_callbacks.synthetic import SHAPES_MEAN, SHAPES_STD
+from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_shapes.py"

@@ -14,7 +14,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import cam_callbacks as cc
-from cam_callbacks import metrics
+from cam_callbacks.metrics import faithfulness as metrics
 
 METRICS = ["average_drop", "increase_in_confidence", "coherency", "complexity", "adcc"]
 

@@ -57,7 +57,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks.guided import guided_relus, input_gradients
+from cam_callbacks.capture.guided import guided_relus, input_gradients
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

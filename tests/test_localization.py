@@ -1,4 +1,4 @@
-"""Tests of the localization metrics (cam_callbacks.localization)."""
+"""Tests of the localization metrics (cam_callbacks.metrics.localization)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cam_callbacks import localization
-from cam_callbacks.localization import (
+from cam_callbacks.metrics import localization
+from cam_callbacks.metrics.localization import (
     LOCALIZATION_METRICS,
     energy_in_mask,
     energy_in_nuisance,

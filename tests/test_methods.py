@@ -37,8 +37,8 @@ import torchvision
 from torch import nn
 
 import cam_callbacks as cc
-from cam_callbacks import methods as M
-from cam_callbacks.methods import _REGISTRY
+from cam_callbacks.methods import registry as M
+from cam_callbacks.methods.registry import _REGISTRY
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 GRAD_METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]

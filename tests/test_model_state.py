@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks.methods import _REGISTRY
+from cam_callbacks.methods.registry import _REGISTRY
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 HOOK_DICTS = [

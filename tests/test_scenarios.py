@@ -1,4 +1,4 @@
-"""Tests of the benchmark scenarios (cam_callbacks.scenarios)."""
+"""Tests of the benchmark scenarios (cam_callbacks.datasets.scenarios)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cam_callbacks import scenarios
-from cam_callbacks.scenarios import (
+from cam_callbacks.datasets import scenarios
+from cam_callbacks.datasets.scenarios import (
     CORNERS,
     CUES,
     PATCH_COLORS,
@@ -20,7 +20,7 @@ from cam_callbacks.scenarios import (
     make_scenario,
     patch_mask,
 )
-from cam_callbacks.synthetic import BACKGROUND_MAX, OBJECT_MIN_PEAK, SHAPE_NAMES, normalize, shape_mask
+from cam_callbacks.datasets.shapes import BACKGROUND_MAX, OBJECT_MIN_PEAK, SHAPE_NAMES, normalize, shape_mask
 
 SIZE = 32
 

@@ -24,8 +24,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cam_callbacks.alarm import AlarmRule
-from cam_callbacks.synthetic import SHAPES_MEAN, SHAPES_STD
+from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "catch_shortcut.py"
@@ -176,7 +176,7 @@ def test_explaining_the_label_hides_the_cue(short_runs):
     """Why the example explains the prediction: on probe images whose patch names another class than the
     label, the patch speaks against the label, and Grad-CAM of the label's logit drops it (ReLU)."""
     from cam_callbacks import explain
-    from cam_callbacks.localization import localization_scores
+    from cam_callbacks.metrics.localization import localization_scores
 
     run = short_runs["result"]["runs"]["shortcut"]
     model, probe = run["model"].eval(), run["probe"]

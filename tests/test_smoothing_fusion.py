@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 import cam_callbacks as cc
-from cam_callbacks.maps import fuse_layer_maps
+from cam_callbacks.utils.maps import fuse_layer_maps
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

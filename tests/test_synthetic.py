@@ -1,4 +1,4 @@
-"""Tests of the synthetic shapes generator (cam_callbacks.synthetic)."""
+"""Tests of the synthetic shapes generator (cam_callbacks.datasets.shapes)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cam_callbacks import synthetic
-from cam_callbacks.synthetic import (
+from cam_callbacks.datasets import shapes as synthetic
+from cam_callbacks.datasets.shapes import (
     BACKGROUND_MAX,
     OBJECT_MIN_PEAK,
     SHAPE_NAMES,

@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
-from cam_callbacks.tail import Tail, derive_tail
+from cam_callbacks.capture.tail import Tail, derive_tail
 
 HOOK_DICTS = ["_forward_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks"]
 GLOBAL_HOOK_DICTS = ["_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"]

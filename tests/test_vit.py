@@ -21,7 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import cam_callbacks as cc
-from cam_callbacks.reshape import TokenGrid, as_token_grid
+from cam_callbacks.capture.layouts import TokenGrid, as_token_grid
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

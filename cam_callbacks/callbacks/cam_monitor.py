@@ -17,24 +17,24 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 
-from .capture import eager, preserved_model_state, preserved_rng_state
-from .distributed import check_strategy, gather_rows, gather_tensor
-from .budget import CostBudget, is_expensive
-from .robust import explain_skipping_bad_images
-from .alarm import AlarmHit, AlarmRule, format_alarm
-from .explain import (
+from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
+from cam_callbacks.callbacks.distributed import check_strategy, gather_rows, gather_tensor
+from cam_callbacks.monitor.budget import CostBudget, is_expensive
+from cam_callbacks.callbacks.skipping import explain_skipping_bad_images
+from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, format_alarm
+from cam_callbacks.functional import (
     Explanation, LayersLike, compute_explanations, compute_faithfulness, expand_multilabel, first_out_of_range, make_options,
     resolve_layers,
 )  # fmt: skip
-from .layers import resolve_named_layer
-from .methods import available_methods
-from .reshape import ReshapeLike
-from .metrics import FAITHFULNESS_METRICS
-from .probe import Probe, ProbeLike, make_probe, probe_from_dataloader
-from .publish import ImageStyle, ProbeView, run_images, to_uint8
-from .render import png_directories, save_pngs, save_text
-from .watch import MethodAnalysis, analyze_maps
-from .writer import BackgroundWriter, add_png
+from cam_callbacks.capture.layers import resolve_named_layer
+from cam_callbacks.methods.registry import available_methods
+from cam_callbacks.capture.layouts import ReshapeLike
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
+from cam_callbacks.callbacks.probe import Probe, ProbeLike, make_probe, probe_from_dataloader
+from cam_callbacks.render.publish import ImageStyle, ProbeView, run_images, to_uint8
+from cam_callbacks.render.images import png_directories, save_pngs, save_text
+from cam_callbacks.metrics.watch import MethodAnalysis, analyze_maps
+from cam_callbacks.callbacks.writer import BackgroundWriter, add_png
 
 __all__ = ["CAMMonitor"]
 
@@ -62,7 +62,7 @@ class CAMMonitor(Callback):
     - ``cam/<method>/<metric>`` scalars (``average_drop``, ``increase_in_confidence``, ``coherency``,
       ``complexity``, ``adcc``; in percent) with the epoch as step, also in ``trainer.callback_metrics``
       so ``EarlyStopping``/``ModelCheckpoint`` can monitor e.g. ``"cam/gradcam/adcc"``;
-    - ``cam/<method>/<metric>`` for the spurious-cue watch (fractions; see :mod:`cam_callbacks.watch`):
+    - ``cam/<method>/<metric>`` for the spurious-cue watch (fractions; see :mod:`cam_callbacks.metrics.watch`):
       ``shortcut_score`` always, ``drift_prev``/``drift_first`` from the second run on, and with region
       masks in the probe set ``energy_in_mask``, ``pointing_game``, ``energy_in_mask_ratio``,
       ``energy_in_nuisance``, ``energy_in_nuisance_ratio``;
@@ -111,11 +111,11 @@ class CAMMonitor(Callback):
         colormap: Matplotlib colormap of the overlays.
         overlay_alpha: Heatmap opacity in the overlays, in [0, 1].
         method_options: Options per method, e.g. ``{"reciprocam": {"gaussian": True}}``.
-        reshape: ``"vit"`` or a :class:`~cam_callbacks.reshape.TokenGrid` for a transformer target layer.
+        reshape: ``"vit"`` or a :class:`~cam_callbacks.capture.layouts.TokenGrid` for a transformer target layer.
         tail: Your own ``activations -> logits`` callable for the network after the target layer
             (Ablation-CAM, Recipro-CAM); derived automatically by default.
         smooth: None, ``"noise"`` or ``"aug"``: average each method's maps over noisy or flipped/scaled
-            copies of the probe images (see :func:`cam_callbacks.explain`); multiplies the cost.
+            copies of the probe images (see :func:`cam_callbacks.functional`); multiplies the cost.
         smooth_samples: Noisy copies for ``smooth="noise"``.
         smooth_sigma: Noise std relative to each image's value range.
         smooth_scales: Scales for ``smooth="aug"``.
@@ -128,7 +128,7 @@ class CAMMonitor(Callback):
             that make it exceed the budget run less often, and it says so (an info message and
             ``cam/<method>/every_n_runs``). Only the expensive methods (Score-CAM, Ablation-CAM,
             Recipro-CAM, any smoothed method) are slowed down; the cheap ones run every time.
-        alarm: The :class:`~cam_callbacks.alarm.AlarmRule` checked after every run (None: no alarm).
+        alarm: The :class:`~cam_callbacks.monitor.alarm.AlarmRule` checked after every run (None: no alarm).
         stop_on_alarm: Stop training (like ``EarlyStopping``) when the alarm fires.
         max_labels: Multi-label models: labels that get their own grid.
 
@@ -198,7 +198,7 @@ class CAMMonitor(Callback):
             raise ValueError(f"std values must be positive, got {list(std)}")
         if not 0.0 <= float(overlay_alpha) <= 1.0:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {overlay_alpha}")
-        from .render import colormap_lut
+        from cam_callbacks.render.images import colormap_lut
 
         colormap_lut(colormap)  # fails fast with the valid choices
         self.methods: List[str] = methods
@@ -500,7 +500,7 @@ class CAMMonitor(Callback):
         self._writer.close()  # every image is written when fit/validate returns; the thread ends
 
     def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
-        """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.watch.analyze_maps`).
+        """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.metrics.watch.analyze_maps`).
 
         Skipped rows (images the model cannot handle) are left out; per-image values and the grid
         order refer to probe rows, with NaN for skipped ones.
@@ -607,7 +607,7 @@ class CAMMonitor(Callback):
         view = self._view(self._probe)
         style = ImageStyle(self.max_images, self.max_labels, self.mean, self.std, self.overlay_alpha, self.colormap)
         images = run_images(view, explanation, analyses, style)
-        # PNG encoding is the slow part: it runs on a worker thread while training goes on (see cam_callbacks.writer)
+        # PNG encoding is the slow part: it runs on a worker thread while training goes on (see cam_callbacks.callbacks.writer)
         as_bytes = {method: {name: to_uint8(image) for name, image in named.items()} for method, named in images.items()}
         for logger in tensorboards:
             writer = logger.experiment

@@ -1,7 +1,7 @@
 """Threshold rules that raise an alarm when explanations point at a spurious cue.
 
-:class:`AlarmRule` holds thresholds on the localization metrics (:mod:`cam_callbacks.localization`)
-and the shortcut score (:mod:`cam_callbacks.drift`); :meth:`AlarmRule.evaluate` turns one epoch's
+:class:`AlarmRule` holds thresholds on the localization metrics (:mod:`cam_callbacks.metrics.localization`)
+and the shortcut score (:mod:`cam_callbacks.metrics.drift`); :meth:`AlarmRule.evaluate` turns one epoch's
 metric means into a list of :class:`AlarmHit` (which method, which metric, how far past the
 threshold, and which probe images are the worst), and :func:`format_alarm` renders them as
 Markdown, e.g. for a TensorBoard text entry.
@@ -109,7 +109,7 @@ class AlarmRule:
       0.48-0.54), inside the shortcut model's range (0.79-1.36), and so raised a false alarm in
       healthy runs; from the third epoch on the runs separate (clean 1.51-1.90, shortcut 0.79-1.17).
     - ``max_shortcut_score=0.5``: at least about half of the saliency of most images sits on one
-      common small region (see :func:`cam_callbacks.drift.shortcut_score`; objects at varying places
+      common small region (see :func:`cam_callbacks.metrics.drift.shortcut_score`; objects at varying places
       score near 0, identical peaked maps near 1). In ``examples/catch_shortcut.py`` it stays below
       (shortcut model 0.14-0.43 from the third epoch on, clean at most 0.12): that model keeps much
       of its saliency on the object, and the nuisance rule fires instead.
@@ -201,7 +201,7 @@ class AlarmRule:
             per_image: Optional ``{name: (N,) tensor}`` under the same names, to rank the probe images.
                 NaN entries are skipped (mark images that have no score, e.g. an empty mask, with NaN).
                 For ``shortcut_score`` pass each image's share in the shortcut region
-                (:attr:`cam_callbacks.drift.ShortcutReport.per_image`).
+                (:attr:`cam_callbacks.metrics.drift.ShortcutReport.per_image`).
 
         Returns:
             A list of :class:`AlarmHit`.

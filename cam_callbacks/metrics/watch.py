@@ -5,9 +5,9 @@ region masks and the maps of earlier runs; :class:`CAMMonitor <cam_callbacks.CAM
 after every run and only logs what it returns. Scalars (all fractions, ratios in multiples of chance):
 
 - with object masks: ``energy_in_mask``, ``pointing_game``, ``energy_in_mask_ratio``
-  (:mod:`cam_callbacks.localization`; images with an empty mask are left out of the means);
+  (:mod:`cam_callbacks.metrics.localization`; images with an empty mask are left out of the means);
 - with nuisance masks: ``energy_in_nuisance``, ``energy_in_nuisance_ratio``;
-- always: ``shortcut_score`` (:func:`cam_callbacks.drift.shortcut_score`; with object masks it
+- always: ``shortcut_score`` (:func:`cam_callbacks.metrics.drift.shortcut_score`; with object masks it
   looks only at the saliency *outside* the objects, so objects that sit at the same place in every
   image, as in centred datasets, are not mistaken for a shortcut); from the second run on
   ``drift_prev`` and ``drift_first``, the mean per-image correlation with the previous and the first
@@ -22,8 +22,8 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from .drift import ShortcutReport, map_correlation, shortcut_score
-from .localization import localization_scores, localization_summary
+from cam_callbacks.metrics.drift import ShortcutReport, map_correlation, shortcut_score
+from cam_callbacks.metrics.localization import localization_scores, localization_summary
 
 __all__ = ["MethodAnalysis", "analyze_maps", "WATCH_METRICS"]
 

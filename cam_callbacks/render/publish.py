@@ -1,7 +1,7 @@
 """The images the callback logs after a run: heatmap grids, class-mean maps and the shortcut mean map.
 
 Pure functions of the probe rows, the maps and the run's analysis (no logger here); rendering
-primitives are in :mod:`cam_callbacks.render`.
+primitives are in :mod:`cam_callbacks.render.images`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Dict, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .drift import class_mean_maps
-from .engine import Explanation
-from .render import heatmap_grid, map_tiles, mask_outline, to_display
-from .watch import MethodAnalysis
+from cam_callbacks.metrics.drift import class_mean_maps
+from cam_callbacks.engine.passes import Explanation
+from cam_callbacks.render.images import heatmap_grid, map_tiles, mask_outline, to_display
+from cam_callbacks.metrics.watch import MethodAnalysis
 
 __all__ = ["ImageStyle", "ProbeView", "run_images", "method_grids", "to_uint8"]
 

@@ -14,8 +14,8 @@ from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .capture import eager, preserved_model_state, preserved_rng_state
-from .engine import Explanation, model_device
+from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
+from cam_callbacks.engine.passes import Explanation, model_device
 
 __all__ = ["explain_skipping_bad_images", "screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
 

@@ -1,4 +1,4 @@
-"""The batched explanation engine behind :func:`~cam_callbacks.explain` and the callback.
+"""The batched explanation engine behind :func:`~cam_callbacks.functional` and the callback.
 
 Per chunk of ``batch_size`` images, all requested methods share the passes they need:
 
@@ -8,7 +8,7 @@ Per chunk of ``batch_size`` images, all requested methods share the passes they 
 - an *input-gradient pass* (saliency, guided backprop): forward and backward to the input,
   plain and/or guided;
 - *perturbation passes* (Score-CAM, Ablation-CAM, Recipro-CAM): batched, memory-bounded forward
-  passes of the whole model or of the network's tail (:mod:`cam_callbacks.perturb`).
+  passes of the whole model or of the network's tail (:mod:`cam_callbacks.engine.scorers`).
 
 On top of that, :func:`compute_explanations` fuses several target layers (LayerCAM-style) and
 smooths maps over noisy or augmented copies of the images. Everything stays on the model's device.
@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import LayerCapture, eager, preserved_model_state
-from .guided import input_gradients
-from .layers import cam_class_weights
-from .maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
-from .methods import CAMMethod, get_method
-from .perturb import ForwardCost, ModelScorer, RowBytes, TailScorer, cached_cost, rows_per_pass, store_cost
-from .reshape import TokenGrid
-from .tail import Tail, _mismatch, tail_from_reference
-from .targets import PROBABILITIES, check_target_range
+from cam_callbacks.capture.state import LayerCapture, eager, preserved_model_state
+from cam_callbacks.capture.guided import input_gradients
+from cam_callbacks.capture.layers import cam_class_weights
+from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
+from cam_callbacks.methods.registry import CAMMethod, get_method
+from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, RowBytes, TailScorer, cached_cost, rows_per_pass, store_cost
+from cam_callbacks.capture.layouts import TokenGrid
+from cam_callbacks.capture.tail import Tail, _mismatch, tail_from_reference
+from cam_callbacks.utils.targets import PROBABILITIES, check_target_range
 
 __all__ = ["Explanation", "ExplainOptions", "SMOOTH_CHOICES", "compute_explanations", "model_device"]
 
@@ -64,9 +64,9 @@ class ExplainOptions:
 
     Attributes:
         method_options: Method name -> its options (e.g. ``{"reciprocam": {"gaussian": True}}``).
-        reshape: Turns a transformer layer's tokens into a feature map (see :mod:`cam_callbacks.reshape`).
+        reshape: Turns a transformer layer's tokens into a feature map (see :mod:`cam_callbacks.capture.layouts`).
         tail: Your own ``activations -> logits`` callable for the network after the target layer
-            (Ablation-CAM, Recipro-CAM); by default it is derived (:func:`~cam_callbacks.tail.derive_tail`).
+            (Ablation-CAM, Recipro-CAM); by default it is derived (:func:`~cam_callbacks.capture.tail.derive_tail`).
         perturbation_batch: Rows per perturbation pass; None chooses from the free memory.
         smooth: None, ``"noise"`` (average over ``smooth_samples`` copies with Gaussian noise of
             ``smooth_sigma`` times each image's value range, SmoothGrad-style) or ``"aug"``
@@ -335,7 +335,7 @@ def compute_explanations(
     """Maps of several methods in chunks of ``batch_size`` images, on the model's device.
 
     ``layer_name``/``layer`` may be sequences (several target layers, fused LayerCAM-style, see
-    :func:`~cam_callbacks.maps.fuse_layer_maps`). The model is put in eval mode for the call and
+    :func:`~cam_callbacks.utils.maps.fuse_layer_maps`). The model is put in eval mode for the call and
     restored after; no ``param.grad`` is touched. Results are on the model's device.
     """
     options = options or ExplainOptions()

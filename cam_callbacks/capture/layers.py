@@ -107,7 +107,7 @@ def resolve_target_layer(model: nn.Module, target_layer: LayerSpec, example: Opt
     if isinstance(target_layer, str) and target_layer == "auto":
         if example is None:
             raise ValueError("target_layer='auto' needs an example input to find the layer")
-        from .capture import eager, preserved_model_state
+        from cam_callbacks.capture.state import eager, preserved_model_state
 
         with preserved_model_state(model), eager():
             return find_auto_layer(model, example)

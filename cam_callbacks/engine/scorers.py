@@ -1,7 +1,7 @@
 """Batched, memory-bounded forward passes for the perturbation methods.
 
 Score-CAM runs the whole model on one masked copy of the image per channel, Ablation-CAM and
-Recipro-CAM run the network's *tail* (see :mod:`cam_callbacks.tail`) on one modified copy of the
+Recipro-CAM run the network's *tail* (see :mod:`cam_callbacks.capture.tail`) on one modified copy of the
 target layer's feature map per channel or per position. The methods do not build all copies at once
 (``N x K x C x H x W`` does not fit anywhere for real models); they hand a ``build(start, stop)``
 callable to the scorers below, which call it for as many rows as fit in memory at a time:
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .reshape import TokenGrid
+from cam_callbacks.capture.layouts import TokenGrid
 
 if TYPE_CHECKING:
-    from .tail import Tail
+    from cam_callbacks.capture.tail import Tail
 
 __all__ = ["ForwardCost", "ModelScorer", "TailScorer", "available_memory", "rows_per_pass", "MEMORY_FRACTION", "MAX_ROWS", "CPU_MAX_ROWS"]
 
@@ -161,7 +161,7 @@ class TailScorer:
     """Logits of the network's tail for ``copies`` modified feature maps of each of ``n`` images.
 
     Args:
-        tail: A :class:`~cam_callbacks.tail.Tail`, called as ``tail(maps, r)`` on ``(n * r, *layer_output)``
+        tail: A :class:`~cam_callbacks.capture.tail.Tail`, called as ``tail(maps, r)`` on ``(n * r, *layer_output)``
             rows, image ``i``'s copies in rows ``[i*r:(i+1)*r]``.
         n: Images in the chunk.
         rows: Rows (``n * r``) per pass; at least ``n`` (one copy of each image).

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .localization import _check_maps
+from cam_callbacks.metrics.localization import _check_maps
 
 __all__ = [
     "ClassMeanMaps",

@@ -33,8 +33,8 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .capture import eager, preserved_model_state
-from .layers import resolve_named_layer
+from cam_callbacks.capture.state import eager, preserved_model_state
+from cam_callbacks.capture.layers import resolve_named_layer
 
 __all__ = ["Tail", "derive_tail", "tail_from_reference"]
 

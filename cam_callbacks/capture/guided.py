@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .targets import check_target_range
+from cam_callbacks.utils.targets import check_target_range
 
 __all__ = ["guided_relus", "input_gradients"]
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, Tuple
 
 from torch import Tensor
 
-from .engine import Explanation
+from cam_callbacks.engine.passes import Explanation
 
 __all__ = ["check_strategy", "gather_rows", "gather_tensor", "UNSUPPORTED_STRATEGIES"]
 
@@ -29,7 +29,7 @@ def check_strategy(strategy: Any) -> None:
     if refused:
         raise ValueError(
             f"CAMMonitor does not support {refused[0]}: each process holds only a shard of the parameters, so the model "
-            "cannot be run outside the strategy's forward. Use DDP (strategy='ddp'), or run cam_callbacks.explain after "
+            "cannot be run outside the strategy's forward. Use DDP (strategy='ddp'), or run cam_callbacks.functional after "
             "training on a full copy of the model."
         )
 

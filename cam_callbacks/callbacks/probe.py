@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .capture import preserved_rng_state
+from cam_callbacks.capture.state import preserved_rng_state
 
 __all__ = ["Batch", "Probe", "ProbeLike", "make_probe", "probe_from_dataloader", "split_batch"]
 

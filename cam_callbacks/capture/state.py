@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .reshape import TokenGrid
+from cam_callbacks.capture.layouts import TokenGrid
 
 __all__ = ["LayerCapture", "preserved_model_state", "preserved_rng_state", "LayerOutputError", "eager"]
 
@@ -96,7 +96,7 @@ class LayerCapture:
     Args:
         layer: The target module.
         layer_name: Its dotted name, for error messages.
-        reshape: For transformer layers, the :class:`~cam_callbacks.reshape.TokenGrid` turning the
+        reshape: For transformer layers, the :class:`~cam_callbacks.capture.layouts.TokenGrid` turning the
             ``(N, tokens, C)`` output into the ``(N, C, h, w)`` :attr:`activation`; :attr:`raw` keeps the tokens.
         grad_tail: If True, the captured output becomes an autograd leaf and grad mode is switched
             on from that point of the forward pass: run the forward under ``torch.no_grad()`` and only

@@ -2,7 +2,7 @@
 
 Every method is a small function of tensors captured at the target layer. It returns the
 *raw* map at feature resolution ``(N, h, w)``; upsampling and normalisation happen in
-:func:`cam_callbacks.maps.upsample_and_normalize`, so the maths here can be tested alone.
+:func:`cam_callbacks.utils.maps.upsample_and_normalize`, so the maths here can be tested alone.
 
 The inputs a method may ask for (by naming them in ``needs``):
 
@@ -12,13 +12,13 @@ The inputs a method may ask for (by naming them in ``needs``):
   class (CAM only).
 - ``images``: ``(N, C, H, W)``, the input batch as the model receives it.
 - ``logits``: ``(N, classes)`` logits of the unmodified images; ``targets``: ``(N,)`` the explained classes.
-- ``model_scorer``: a :class:`~cam_callbacks.perturb.ModelScorer`, ``(count, build) -> (count, classes)``
+- ``model_scorer``: a :class:`~cam_callbacks.engine.scorers.ModelScorer`, ``(count, build) -> (count, classes)``
   logits of the whole model on rows ``build(start, stop)`` produced chunk by chunk (Score-CAM).
-- ``tail_scorer``: a :class:`~cam_callbacks.perturb.TailScorer`, ``(copies, build) -> (N, copies, classes)``
+- ``tail_scorer``: a :class:`~cam_callbacks.engine.scorers.TailScorer`, ``(copies, build) -> (N, copies, classes)``
   logits of the network after the target layer on modified feature maps ``build(start, stop)`` of
   shape ``(N, stop - start, K, h, w)`` (Ablation-CAM, Recipro-CAM).
 - ``probability``: ``"softmax"`` or ``"sigmoid"`` (multi-label models), how logits become class
-  probabilities (:func:`cam_callbacks.targets.probabilities`).
+  probabilities (:func:`cam_callbacks.utils.targets.probabilities`).
 - ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
   through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
 
@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .maps import upsample_and_normalize
-from .targets import probabilities
+from cam_callbacks.utils.maps import upsample_and_normalize
+from cam_callbacks.utils.targets import probabilities
 
 __all__ = [
     "CAMMethod",
@@ -265,7 +265,7 @@ def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer:
     is linear and min-max ignores scale and offset, so channels of one image whose min-max normalised
     maps are equal (at feature resolution) have the same mask, and only one masked input per distinct
     mask is run; a constant channel's mask is all zeros (the convention of
-    :func:`~cam_callbacks.maps.minmax_normalize`), and the all-zero input is scored once for all
+    :func:`~cam_callbacks.utils.maps.minmax_normalize`), and the all-zero input is scored once for all
     images. The masked inputs are built chunk by chunk in memory-bounded passes.
     """
     n, k, h, w = activations.shape
@@ -394,7 +394,7 @@ def guidedbackprop(guided_gradients: Tensor) -> Tensor:
     """Guided backpropagation (Springenberg et al. 2015) reduced like saliency: ``max_c |g_cij|``.
 
     ``g`` is the input gradient with every ReLU passing gradient only where its input and the
-    incoming gradient are positive (see :func:`cam_callbacks.guided.guided_relus`).
+    incoming gradient are positive (see :func:`cam_callbacks.capture.guided.guided_relus`).
     """
     return _channel_max_abs(guided_gradients)
 

@@ -1,6 +1,6 @@
 """Benchmark scenarios with known object and nuisance masks: object size, several objects, shortcuts.
 
-Built on :mod:`cam_callbacks.synthetic` (same textured backgrounds, shapes, colours and geometry
+Built on :mod:`cam_callbacks.datasets.shapes` (same textured backgrounds, shapes, colours and geometry
 conventions). Scenarios (``scenario=``, see :data:`SCENARIOS`); sizes are circumradii as fractions
 of the image side:
 
@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .synthetic import (
+from cam_callbacks.datasets.shapes import (
     SHAPE_NAMES,
     BackgroundParams,
     _single_threaded,
@@ -112,7 +112,7 @@ _SIZES = {
 _MARGIN = 1.0
 #: Placement candidates drawn at once, rounds before shrinking the object, shrink factor.
 _CANDIDATES, _ROUNDS, _SHRINK = 16, 8, 0.9
-#: Offset that separates the scenario streams from those of :func:`cam_callbacks.synthetic.make_shapes`.
+#: Offset that separates the scenario streams from those of :func:`cam_callbacks.datasets.shapes.make_shapes`.
 _STREAM_OFFSET = 1 << 40
 #: Images rendered per chunk.
 _CHUNK = 256
@@ -123,10 +123,10 @@ class ScenarioBatch:
     """Images of one scenario with their labels and masks.
 
     Attributes:
-        images: ``(N, 3, H, W)`` float32, normalised with :data:`~cam_callbacks.synthetic.SHAPES_MEAN`
-            and :data:`~cam_callbacks.synthetic.SHAPES_STD`
+        images: ``(N, 3, H, W)`` float32, normalised with :data:`~cam_callbacks.datasets.shapes.SHAPES_MEAN`
+            and :data:`~cam_callbacks.datasets.shapes.SHAPES_STD`
             (or in ``[0, 1]`` with ``normalize=False``).
-        labels: ``(N,)`` long class indices into :data:`~cam_callbacks.synthetic.SHAPE_NAMES`.
+        labels: ``(N,)`` long class indices into :data:`~cam_callbacks.datasets.shapes.SHAPE_NAMES`.
         masks: ``(N, H, W)`` bool, union of the pixels of all objects.
         nuisance_masks: ``(N, H, W)`` bool, the patch's pixels (all False without a shortcut).
         multi_hot: ``(N, num_classes)`` float32, 1 for every class present in the image.
@@ -164,7 +164,7 @@ def scenario_generator(seed: int, split: str, index: int) -> torch.Generator:
     """The private generator of image ``index`` of split ``split`` of scenario seed ``seed``.
 
     ``image_generator(2**40 + 2 * seed + s, index)`` with ``s = 0`` for train and 1 for val: the two
-    splits, and :func:`cam_callbacks.synthetic.make_shapes` datasets, use unrelated streams.
+    splits, and :func:`cam_callbacks.datasets.shapes.make_shapes` datasets, use unrelated streams.
 
     Example::
 
@@ -348,11 +348,11 @@ def make_scenario(
         shortcut: Draw the nuisance patch.
         cue: What the patch encodes, one of :data:`CUES` (``"corner"`` allows at most 4 classes).
         image_size: Side of the square images in pixels (>= 32).
-        num_classes: Number of classes, the first ``num_classes`` of :data:`~cam_callbacks.synthetic.SHAPE_NAMES`.
+        num_classes: Number of classes, the first ``num_classes`` of :data:`~cam_callbacks.datasets.shapes.SHAPE_NAMES`.
         seed: Dataset seed (>= 0).
         start: Index of the first image, to generate a dataset in pieces.
-        normalize: Normalise the images with :data:`~cam_callbacks.synthetic.SHAPES_MEAN` and
-            :data:`~cam_callbacks.synthetic.SHAPES_STD` (default) or return them in ``[0, 1]``.
+        normalize: Normalise the images with :data:`~cam_callbacks.datasets.shapes.SHAPES_MEAN` and
+            :data:`~cam_callbacks.datasets.shapes.SHAPES_STD` (default) or return them in ``[0, 1]``.
 
     Returns:
         A :class:`ScenarioBatch`.

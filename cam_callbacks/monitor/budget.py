@@ -15,7 +15,7 @@ import math
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .methods import get_method
+from cam_callbacks.methods.registry import get_method
 
 __all__ = ["CostBudget", "is_expensive"]
 

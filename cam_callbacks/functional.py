@@ -1,4 +1,4 @@
-"""The public ``explain`` / ``faithfulness`` functions (the engine is :mod:`cam_callbacks.engine`).
+"""The public ``explain`` / ``faithfulness`` functions (the engine is :mod:`cam_callbacks.engine.passes`).
 
 One chunk of images costs one forward pass (the part before the target layer without autograd)
 and, for gradient methods, one backward pass through the tail only; all requested methods share
@@ -16,12 +16,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .engine import Explanation, ExplainOptions, compute_explanations, model_device
-from .layers import LayerSpec, resolve_target_layer
-from .methods import get_method
-from .metrics import FAITHFULNESS_METRICS, faithfulness_scores
-from .reshape import ReshapeLike, as_token_grid
-from .targets import TargetsLike, as_targets, first_out_of_range, multilabel_pairs, probabilities
+from cam_callbacks.engine.passes import Explanation, ExplainOptions, compute_explanations, model_device
+from cam_callbacks.capture.layers import LayerSpec, resolve_target_layer
+from cam_callbacks.methods.registry import get_method
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
+from cam_callbacks.capture.layouts import ReshapeLike, as_token_grid
+from cam_callbacks.utils.targets import TargetsLike, as_targets, first_out_of_range, multilabel_pairs, probabilities
 
 __all__ = [
     "explain", "faithfulness", "Explanation", "ExplainOptions", "compute_explanations", "compute_faithfulness",
@@ -157,11 +157,11 @@ def _prepare(
 
 _OPTIONS_DOC = """        method_options: Options of ``method`` (e.g. ``{"gaussian": True}`` for ``"reciprocam"``);
             :func:`get_method` ``(name).options`` lists them with their defaults.
-        reshape: ``"vit"`` or a :class:`~cam_callbacks.reshape.TokenGrid` when the target layer outputs
+        reshape: ``"vit"`` or a :class:`~cam_callbacks.capture.layouts.TokenGrid` when the target layer outputs
             transformer tokens ``(N, 1 + h*w, C)``; None for ``(N, C, h, w)`` feature maps.
         tail: For Ablation-CAM and Recipro-CAM, your own ``activations -> logits`` callable for the part
             of the model after the target layer; by default it is derived with torch.fx (see
-            :func:`~cam_callbacks.tail.derive_tail`), falling back to re-running the model.
+            :func:`~cam_callbacks.capture.tail.derive_tail`), falling back to re-running the model.
         smooth: None, ``"noise"`` (average over ``smooth_samples`` noisy copies, noise std ``smooth_sigma``
             times each image's value range) or ``"aug"`` (horizontal flips x ``smooth_scales``, maps
             mapped back and averaged); the average is min-max normalised.
