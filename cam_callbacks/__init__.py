@@ -1,28 +1,48 @@
 """cam_callbacks: watch what your vision model looks at while it trains.
 
-Functional core: :func:`explain` (class activation maps) and :func:`faithfulness` (Average Drop,
-Increase in Confidence, Coherency, Complexity, ADCC). Lightning glue: :class:`CAMMonitor`.
+Functional core (torch only): :func:`explain` (class activation maps) and :func:`faithfulness` (Average
+Drop, Increase in Confidence, Coherency, Complexity, ADCC). Lightning glue: :class:`CAMMonitor`,
+imported lazily so that the core never imports Lightning.
+
+Layers, bottom up (each folder is one): ``utils`` (shared numerics and checks), ``methods`` (pure
+method functions, registered by name), ``capture`` (context managers and hooks that leave the model as
+found), ``engine`` (batched passes), ``metrics`` (pure per-image scores), ``monitor`` (stateful parts of
+a watch: alarm, budget, history), ``render`` (images for people), ``callbacks`` (the only layer that
+imports Lightning), ``datasets`` (generated data).
 """
 
-from cam_callbacks.monitor.alarm import AlarmRule
-from cam_callbacks.functional import explain, faithfulness
+from typing import TYPE_CHECKING, Any
+
 from cam_callbacks.capture.guided import guided_relus
 from cam_callbacks.capture.layers import resolve_target_layer
-from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
-from cam_callbacks.methods.registry import available_methods, get_method, register_method
-from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
 from cam_callbacks.capture.layouts import TokenGrid
 from cam_callbacks.capture.tail import Tail, derive_tail
+from cam_callbacks.engine.caches import cache_info, clear_caches
+from cam_callbacks.engine.options import ExplainOptions
+from cam_callbacks.engine.result import Explanation, ScoredExplanation
+from cam_callbacks.functional import explain, faithfulness
+from cam_callbacks.methods.registry import available_methods, get_method, register_method  # TEMP: unregister_method after merge
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
+from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
+
+if TYPE_CHECKING:  # visible to type checkers; imported lazily at run time (it imports Lightning)
+    from cam_callbacks.callbacks.cam_monitor import CAMMonitor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlarmRule",
     "CAMMonitor",
+    "ExplainOptions",
+    "Explanation",
     "FAITHFULNESS_METRICS",
+    "ScoredExplanation",
     "Tail",
     "TokenGrid",
     "available_methods",
+    "cache_info",
+    "clear_caches",
     "derive_tail",
     "explain",
     "faithfulness",
@@ -33,11 +53,12 @@ __all__ = [
     "minmax_normalize",
     "register_method",
     "resolve_target_layer",
+    # TEMP "unregister_method",
     "upsample_and_normalize",
 ]
 
 
-def __getattr__(name: str):  # lazy: importing the core does not import Lightning
+def __getattr__(name: str) -> Any:  # lazy: importing the core does not import Lightning
     if name == "CAMMonitor":
         from cam_callbacks.callbacks.cam_monitor import CAMMonitor
 

@@ -37,7 +37,6 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks.engine import passes as engine, scorers as perturb
 from cam_callbacks.methods.registry import _REGISTRY, register_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, trainer
@@ -191,8 +190,9 @@ def _assert_restored(model: nn.Module, before: Dict[str, Any], where: str = "") 
 
 
 def _cache_sizes(model: nn.Module) -> Tuple[int, int, int, int]:
-    """(models in _TAILS, entries for this model, models in _COSTS, entries for this model)."""
-    return (len(engine._TAILS), len(engine._TAILS.get(model, {})), len(perturb._COSTS), len(perturb._COSTS.get(model, {})))
+    """(models with cached tails, tail entries for this model, models with cached costs, cost entries for this model)."""
+    everything, mine = cc.cache_info(), cc.cache_info(model)
+    return (everything.tail_models, mine.tail_entries, everything.cost_models, mine.cost_entries)
 
 
 # ------------------------------------------------------------------ no growth
@@ -281,7 +281,7 @@ def test_twenty_five_epochs_of_fit_keep_objects_and_tensors_flat(tmp_path):
     assert counts[24][0] - counts[9][0] < 200, counts
     assert counts[24][1] - counts[9][1] <= 8, counts
     assert counts[24][2] - counts[9][2] < 20, counts
-    assert set(monitor._first_maps) == set(monitor._previous_maps) == set(METHODS)  # one map set each, not a history
+    assert set(monitor.history.first) == set(monitor.history.previous) == set(METHODS)  # one map set each, not a history
     assert not _hooks(model)
 
 
@@ -289,11 +289,11 @@ def test_twenty_five_epochs_of_fit_keep_objects_and_tensors_flat(tmp_path):
 def test_explain_does_not_keep_the_model_alive(method):
     """The per-model caches are WeakKeyDictionaries: once the user drops the model it must be freed.
 
-    Regression test: the cached fx ``Tail`` (a value of ``engine._TAILS``) used to hold ``_FxTail.model``, a strong
+    Regression test: the cached fx ``Tail`` (a value of the engine's tail cache) used to hold ``_FxTail.model``, a strong
     reference to its own key, so models explained with Recipro-CAM/Ablation-CAM were never freed.
     """
     gc.collect()
-    tails_before = len(engine._TAILS)
+    tails_before = cc.cache_info().tail_models
     model = TinyNet().eval()
     cc.explain(model, make_data(2, seed=3)[0], method=method, target_layer="features")
     ref = weakref.ref(model)
@@ -302,7 +302,7 @@ def test_explain_does_not_keep_the_model_alive(method):
     assert ref() is None, (
         f"{method}: the model is still alive after explain; referrers: {[type(r).__name__ for r in gc.get_referrers(ref())]}"
     )
-    assert len(engine._TAILS) <= tails_before
+    assert cc.cache_info().tail_models <= tails_before
 
 
 def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
@@ -319,7 +319,7 @@ def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
         del model, monitor, t, val
         gc.collect()
     alive = [i for i, ref in enumerate(refs) if ref() is not None]
-    assert not alive, f"models of trials {alive} are still alive ({len(engine._TAILS)} models in engine._TAILS)"
+    assert not alive, f"models of trials {alive} are still alive ({cc.cache_info().tail_models} models in the tail cache)"
 
 
 # ------------------------------------------------------------------ interrupts
@@ -417,8 +417,7 @@ def test_keyboard_interrupt_at_any_forward_of_the_callbacks_passes_restores_ever
 
     def clear() -> None:
         if caches == "cold":
-            engine._TAILS.pop(model, None)
-            perturb._COSTS.pop(model, None)
+            cc.clear_caches(model)
 
     with context():
         clear()

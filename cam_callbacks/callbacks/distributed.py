@@ -14,7 +14,7 @@ from typing import Any, Dict, Tuple
 
 from torch import Tensor
 
-from cam_callbacks.engine.passes import Explanation
+from cam_callbacks.engine.result import Explanation, ScoredExplanation
 
 __all__ = ["check_strategy", "gather_rows", "gather_tensor", "UNSUPPORTED_STRATEGIES"]
 
@@ -48,7 +48,7 @@ def gather_tensor(strategy: Any, tensor: Tensor, total: int) -> Tensor:
     return gathered.transpose(0, 1).reshape(world * rows, *tensor.shape[1:])[:total]
 
 
-def gather_rows(strategy: Any, result: Tuple[Explanation, Dict[str, Dict[str, Tensor]]], total: int) -> Tuple[Explanation, Dict[str, Dict[str, Tensor]]]:
+def gather_rows(strategy: Any, result: ScoredExplanation, total: int) -> ScoredExplanation:
     """All ranks' rows (rank ``r`` computed rows ``r, r + world, ...``) in probe order, on every rank.
 
     Each tensor is padded to ``ceil(total / world)`` rows, all-gathered to ``(world, rows, ...)``; row
@@ -61,4 +61,4 @@ def gather_rows(strategy: Any, result: Tuple[Explanation, Dict[str, Dict[str, Te
     maps = {name: gather(value.float()) for name, value in explanation.maps.items()}
     merged = Explanation(maps, gather(explanation.logits.float()), gather(explanation.targets), explanation.layer_name)
     gathered_scores = {method: {metric: gather(values.float()) for metric, values in per.items()} for method, per in scores.items()}
-    return merged, gathered_scores
+    return ScoredExplanation(merged, gathered_scores)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from cam_callbacks.capture.state import preserved_rng_state
 
-__all__ = ["Batch", "Probe", "ProbeLike", "make_probe", "probe_from_dataloader", "split_batch"]
+__all__ = ["Batch", "Probe", "ProbeLike", "early_probe", "make_probe", "probe_from_dataloader", "probe_from_loaders", "split_batch"]
 
 #: What ``CAMMonitor(probe=...)`` accepts: images, or ``(images, labels[, masks[, nuisance]])``, or a Dataset/DataLoader.
 ProbeLike = Union[Tensor, Tuple[Optional[Tensor], ...], Dataset]
@@ -259,3 +259,34 @@ def make_probe(probe: ProbeLike, num: int) -> Probe:
         f"probe must be an images tensor, an (images, labels[, masks[, nuisance]]) tuple, a map-style Dataset or a DataLoader, "
         f"got {type(probe).__name__}"
     )
+
+
+def probe_from_loaders(loaders: Any, num: int) -> Probe:
+    """The probe from the first of the trainer's validation dataloaders (a single loader, a list or a dict of them)."""
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        if not loaders:
+            raise ValueError("CAMMonitor: probe set is empty: there is no validation dataloader; pass probe=(images, labels)")
+        loaders = loaders[0]
+    return probe_from_dataloader(loaders, num)
+
+
+def early_probe(trainer: Any, stage: str, num: int) -> Optional[Probe]:
+    """Take the probe from the validation data source before validation runs, when possible (else None).
+
+    Dataloaders built by ``LightningModule.val_dataloader`` may need the module's ``setup`` (which
+    Lightning calls after the callbacks'); then the probe is taken at the first validation instead.
+    """
+    loops = {"fit": lambda: trainer.fit_loop.epoch_loop.val_loop, "validate": lambda: trainer.validate_loop}
+    if stage not in loops:
+        return None
+    try:
+        source = loops[stage]()._data_source
+        if not source.is_defined():
+            return None
+        with preserved_rng_state():
+            loaders = source.dataloader()
+    except Exception:  # noqa: BLE001 - any failure here only postpones taking the probe
+        return None
+    return probe_from_loaders(loaders, num)

@@ -15,11 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
-from cam_callbacks.engine.passes import Explanation, model_device
+from cam_callbacks.engine.passes import model_device
+from cam_callbacks.engine.result import Explanation, ScoredExplanation, Scores
 
 __all__ = ["explain_skipping_bad_images", "screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
-
-Scores = Dict[str, Dict[str, Tensor]]
 
 
 def screen_images(model: nn.Module, images: Tensor, context: Callable[[], ContextManager]) -> Dict[int, str]:
@@ -43,7 +42,7 @@ def screen_images(model: nn.Module, images: Tensor, context: Callable[[], Contex
     return bad
 
 
-def scatter_rows(result: Tuple[Explanation, Scores], keep: Sequence[int], total: int, targets: Tensor) -> Tuple[Explanation, Scores]:
+def scatter_rows(result: ScoredExplanation, keep: Sequence[int], total: int, targets: Tensor) -> ScoredExplanation:
     """Results computed on rows ``keep`` placed into ``total`` rows: zero maps, NaN logits and scores elsewhere."""
     explanation, scores = result
     index = torch.as_tensor(list(keep), dtype=torch.long)
@@ -57,7 +56,7 @@ def scatter_rows(result: Tuple[Explanation, Scores], keep: Sequence[int], total:
     full_targets = targets.to(explanation.targets.device).clone()
     full_targets[index.to(full_targets.device)] = explanation.targets
     merged = Explanation(maps, place(explanation.logits.float(), float("nan")), full_targets, explanation.layer_name)
-    return merged, {m: {k: place(v.float(), float("nan")) for k, v in per.items()} for m, per in scores.items()}
+    return ScoredExplanation(merged, {m: {k: place(v.float(), float("nan")) for k, v in per.items()} for m, per in scores.items()})
 
 
 def nonfinite_rows(explanation: Explanation) -> Tensor:
@@ -68,7 +67,7 @@ def nonfinite_rows(explanation: Explanation) -> Tensor:
     return bad
 
 
-def blank_rows(result: Tuple[Explanation, Scores], rows: Tensor) -> Tuple[Explanation, Scores]:
+def blank_rows(result: ScoredExplanation, rows: Tensor) -> ScoredExplanation:
     """Rows ``rows`` (bool mask) get all-zero maps and NaN scores."""
     explanation, scores = result
     if not bool(rows.any()):
@@ -78,16 +77,16 @@ def blank_rows(result: Tuple[Explanation, Scores], rows: Tensor) -> Tuple[Explan
     for per in scores.values():
         for metric, values in per.items():
             per[metric] = torch.where(rows.to(values.device), torch.full_like(values, float("nan")), values.float())
-    return explanation, scores
+    return ScoredExplanation(explanation, scores)
 
 
 def explain_skipping_bad_images(
-    explain_rows: Callable[[Tensor, Optional[Tensor]], Tuple[Explanation, Scores]],
+    explain_rows: Callable[[Tensor, Optional[Tensor]], ScoredExplanation],
     model: nn.Module,
     images: Tensor,
     targets: Optional[Tensor],
     context: Callable[[], ContextManager],
-) -> Tuple[Tuple[Explanation, Scores], Dict[int, str]]:
+) -> Tuple[ScoredExplanation, Dict[int, str]]:
     """``explain_rows(images, targets)``, leaving out the images the model cannot handle.
 
     If it raises, the images are screened one by one (:func:`screen_images`); when some are to blame

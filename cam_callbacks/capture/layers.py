@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, List, Optional, Tuple, Union
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerSpec", "resolve_target_layer", "find_auto_layer", "cam_class_weights"]
+__all__ = ["LayerSpec", "LayersLike", "resolve_layers", "resolve_named_layer", "resolve_target_layer", "find_auto_layer", "cam_class_weights"]
 
 #: What ``target_layer=`` accepts: a dotted module name, a module of the model, or ``"auto"``.
 LayerSpec = Union[str, nn.Module]
+#: What ``target_layer=`` accepts: one layer (name, module or ``"auto"``) or a list of layers to fuse.
+LayersLike = Union[LayerSpec, Sequence[LayerSpec]]
+
+log = logging.getLogger("cam_callbacks")
 
 
 def _named_modules(model: nn.Module) -> Dict[str, nn.Module]:
@@ -157,3 +162,30 @@ def cam_class_weights(model: nn.Module, layer_name: str, activations: Tensor, lo
             f"layer {name!r}, but the model's logits differ from {name}(GAP(activations)) by {float(error):.3g}. {advice}"
         )
     return weight[targets]
+
+
+def resolve_layers(
+    model: nn.Module, target_layer: LayersLike, example: Tensor, reshape: Optional[object] = None
+) -> List[Tuple[str, nn.Module]]:
+    """Resolve one target layer or a list of them to ``(name, module)`` pairs.
+
+    ``"auto"`` is logged on the ``cam_callbacks`` logger, and refused with ``reshape`` (it looks for
+    4-D feature maps); a layer listed twice is refused.
+    """
+    specs: List[LayerSpec] = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]  # type: ignore[list-item]
+    if not specs:
+        raise ValueError("target_layer is an empty list; give a layer name, a module, 'auto' or a non-empty list of them")
+    layers: List[Tuple[str, nn.Module]] = []
+    for spec in specs:
+        if isinstance(spec, str) and spec == "auto" and reshape is not None:
+            raise ValueError(
+                "target_layer='auto' looks for 4-D feature maps and cannot find a transformer layer; with reshape= name the "
+                "layer, e.g. 'encoder.layers.encoder_layer_11.ln_1' for torchvision's vit_b_16"
+            )
+        name, module = resolve_target_layer(model, spec, example)
+        if isinstance(spec, str) and spec == "auto":
+            log.info("cam_callbacks: target_layer='auto' chose %r", name)
+        if name in (known for known, _ in layers):
+            raise ValueError(f"target_layer lists {name!r} twice")
+        layers.append((name, module))
+    return layers

@@ -18,7 +18,6 @@ without autograd keeps alive).
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
@@ -120,18 +119,6 @@ class ForwardCost:
     def result(self, layer_output_bytes: int) -> RowBytes:
         """Bytes per image; the tail row also holds its input, one copy of the layer's output."""
         return RowBytes(model=-(-self.total // self.batch), tail=-(-(self.after + layer_output_bytes) // self.batch))
-
-
-_COSTS: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[Any, ...], RowBytes]]" = weakref.WeakKeyDictionary()
-
-
-def cached_cost(model: nn.Module, key: Tuple[Any, ...]) -> Optional[RowBytes]:
-    """The cost measured earlier for ``model`` and ``key`` (layer, input shape, dtype, device), if any."""
-    return _COSTS.get(model, {}).get(key)
-
-
-def store_cost(model: nn.Module, key: Tuple[Any, ...], cost: RowBytes) -> None:
-    _COSTS.setdefault(model, {})[key] = cost
 
 
 class ModelScorer:

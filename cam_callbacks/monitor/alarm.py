@@ -37,7 +37,7 @@ from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["AlarmHit", "AlarmRule", "DIRECTIONS", "format_alarm"]
+__all__ = ["AlarmHit", "AlarmRule", "AlarmState", "DIRECTIONS", "format_alarm"]
 
 #: Valid rule kinds: ``"max"`` fires when a value goes above its threshold, ``"min"`` below.
 DIRECTIONS = ("max", "min")
@@ -277,3 +277,38 @@ def format_alarm(hits: Sequence[AlarmHit], title: str = "CAM alarm") -> str:
         method = hit.method or "-"
         lines.append(f"| {method} | {hit.metric} | {_fmt(hit.value)} | {rule} | {worst} |")
     return "\n".join(lines)
+
+
+class AlarmState:
+    """Which rules are firing now, so that a person is told when the alarm fires, changes or clears (not every epoch).
+
+    Example::
+
+        >>> state = AlarmState()
+        >>> hit = AlarmHit("gradcam", "shortcut_score", 0.9, 0.5, "above")
+        >>> state.update([hit]), state.update([hit]), state.update([])
+        ('fired', None, 'cleared')
+    """
+
+    def __init__(self) -> None:
+        self.active: Tuple[Tuple[str, str], ...] = ()
+
+    def update(self, hits: Sequence[AlarmHit]) -> Optional[str]:
+        """Record this run's hits; ``"fired"`` when they differ from the last run's and are not empty,
+        ``"cleared"`` when the alarm stopped, else None."""
+        now = tuple((hit.method, hit.metric) for hit in hits)
+        previous, self.active = self.active, now
+        if now and now != previous:
+            return "fired"
+        if not now and previous:
+            return "cleared"
+        return None
+
+    def state_dict(self) -> Dict[str, List[List[str]]]:
+        """The firing rules as ``[method, metric]`` pairs."""
+        return {"alarm_state": [list(pair) for pair in self.active]}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore :meth:`state_dict`."""
+        pairs = state.get("alarm_state", ()) or ()
+        self.active = tuple((str(method), str(metric)) for method, metric in pairs)  # type: ignore[attr-defined]

@@ -7,13 +7,12 @@ colormap's lookup table, lazily.
 from __future__ import annotations
 
 from functools import lru_cache
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["png_directories", "save_pngs", "save_text", "colormap_lut", "apply_colormap", "to_display", "overlay", "heatmap_grid", "mask_outline", "draw_outline", "map_tiles"]
+__all__ = ["colormap_lut", "apply_colormap", "to_display", "overlay", "heatmap_grid", "mask_outline", "draw_outline", "map_tiles"]
 
 
 @lru_cache(maxsize=8)
@@ -154,49 +153,3 @@ def heatmap_grid(
             block_overlays = torch.cat([block_overlays, blank])
         rows.extend([block_images, block_overlays])
     return make_grid(torch.cat(rows), nrow=per_row, padding=2, pad_value=1.0)
-
-
-def png_directories(trainer: Any) -> List[str]:
-    """Directories of the trainer's loggers that cannot show images (all but TensorBoard loggers), e.g. a CSVLogger's ``log_dir``.
-
-    With no logger at all (``logger=False``) the trainer's ``default_root_dir`` is used, so grids are never lost.
-    """
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    loggers = list(trainer.loggers)
-    if not loggers:
-        return [str(trainer.default_root_dir)]
-    directories = []
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            continue
-        directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if directory and str(directory) not in directories:
-            directories.append(str(directory))
-    return directories
-
-
-def save_pngs(directory: str, images: Dict[str, Dict[str, Tensor]], epoch: int) -> List[str]:
-    """Save ``{method: {name: (3, H, W) image}}`` as ``<directory>/cam/<method>/<name>_epoch=<epoch>.png``; returns the paths.
-
-    ``name`` may contain ``/`` (``label_2/grid``): it becomes a subdirectory.
-    """
-    from torchvision.utils import save_image
-
-    paths = []
-    for method, named in images.items():
-        for name, image in named.items():
-            path = os.path.join(directory, "cam", method, f"{name}_epoch={epoch:04d}.png")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            save_image(image.float().clamp(0, 1), path)
-            paths.append(path)
-    return paths
-
-
-def save_text(directory: str, name: str, text: str) -> str:
-    """Write ``text`` to ``<directory>/cam/<name>``; returns the path."""
-    path = os.path.join(directory, "cam", name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-    return path

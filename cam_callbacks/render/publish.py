@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from cam_callbacks.metrics.drift import class_mean_maps
-from cam_callbacks.engine.passes import Explanation
+from cam_callbacks.engine.result import Explanation
 from cam_callbacks.render.images import heatmap_grid, map_tiles, mask_outline, to_display
 from cam_callbacks.metrics.watch import MethodAnalysis
 

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["TargetsLike", "as_targets", "first_out_of_range", "check_target_range", "multilabel_pairs", "PROBABILITIES", "probabilities"]
+__all__ = ["TargetsLike", "as_targets", "first_out_of_range", "check_target_range", "multilabel_pairs", "expand_multilabel", "PROBABILITIES", "probabilities"]
 
 #: How logits become class probabilities: ``softmax`` (one class per image) or ``sigmoid`` (multi-label).
 PROBABILITIES = ("softmax", "sigmoid")
@@ -75,3 +75,11 @@ def multilabel_pairs(multi_hot: Tensor) -> Tuple[Tensor, Tensor]:
     """
     image_index, label = multi_hot.bool().nonzero(as_tuple=True)
     return image_index, label
+
+
+def expand_multilabel(images: Tensor, multi_hot: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """One row per positive label: ``(images[image_index], labels, image_index)`` for an ``(N, C)`` multi-hot tensor."""
+    image_index, labels = multilabel_pairs(multi_hot)
+    if image_index.numel() == 0:
+        raise ValueError("the multi-hot targets have no positive label: there is nothing to explain")
+    return images[image_index.to(images.device)], labels, image_index

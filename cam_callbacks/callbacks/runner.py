@@ -1,0 +1,214 @@
+"""Explaining the probe set with the live model: the rows to explain, the dry run, precision, DDP and bad images.
+
+:class:`ProbeRunner` holds what one :class:`~cam_callbacks.CAMMonitor` needs to compute maps and
+scores: its probe set, the resolved target layers, the :class:`~cam_callbacks.engine.options.ExplainOptions`
+and the images skipped in the last run. It reads the trainer by duck typing (strategy, precision plugin,
+ranks) and imports no Lightning.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from cam_callbacks.callbacks.distributed import gather_rows, gather_tensor
+from cam_callbacks.callbacks.probe import Probe
+from cam_callbacks.callbacks.skipping import explain_skipping_bad_images
+from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer
+from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
+from cam_callbacks.engine.compute import compute_explanations, compute_faithfulness
+from cam_callbacks.engine.options import ExplainOptions
+from cam_callbacks.engine.passes import model_device
+from cam_callbacks.engine.result import Explanation, ScoredExplanation
+from cam_callbacks.monitor.budget import CostBudget
+from cam_callbacks.render.publish import ProbeView
+from cam_callbacks.utils.targets import expand_multilabel, first_out_of_range
+
+__all__ = ["ProbeRunner"]
+
+
+def _check_model_output(logits: Any, probe: Probe) -> None:
+    """The dry run's logits are ``(N, num_classes)`` and the probe's labels fit them."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"CAMMonitor: the model must return (N, num_classes) logits; it returned {shape}")
+    num_classes = logits.shape[1]
+    if probe.multilabel and probe.labels is not None and probe.labels.shape[1] != num_classes:
+        raise ValueError(f"CAMMonitor: the probe's multi-hot labels have {probe.labels.shape[1]} classes, the model {num_classes}")
+    index = None if probe.labels is None or probe.multilabel else first_out_of_range(probe.labels, num_classes)
+    if index is not None:
+        assert probe.labels is not None
+        raise ValueError(
+            f"CAMMonitor: probe label {int(probe.labels[index])} (probe image {index}) is out of range: the model has "
+            f"{num_classes} classes, valid class indices are 0..{num_classes - 1}"
+        )
+
+
+class ProbeRunner:
+    """Maps and faithfulness scores of one monitor's probe set.
+
+    Args:
+        methods: Method names.
+        target_layer: As ``CAMMonitor(target_layer=...)``.
+        explain_labels: Explain the probe's labels when it has them (else the top-1 predictions).
+        options: How maps are computed.
+        faithfulness: Also compute the faithfulness scores.
+        precision: ``"auto"`` (the trainer's precision plugin) or ``"32"``.
+        warn: Called with a key and a message for warnings given once (e.g. a probe without labels).
+    """
+
+    def __init__(
+        self, methods: Sequence[str], target_layer: LayersLike, explain_labels: bool, options: ExplainOptions,
+        faithfulness: bool, precision: str, warn: Callable[[str, str], None],
+    ) -> None:  # fmt: skip
+        self.methods = list(methods)
+        self.target_layer = target_layer
+        self.explain_labels = explain_labels
+        self.options = options
+        self.faithfulness = faithfulness
+        self.precision = precision
+        self.warn = warn
+        self.probe: Optional[Probe] = None
+        self.layer_names: Optional[List[str]] = None
+        #: probe rows skipped in the last run -> why (the model raised, or non-finite logits or maps)
+        self.skipped: Dict[int, str] = {}
+        self._view_cache: Optional[Tuple[Probe, ProbeView]] = None
+
+    def layers(self, model: nn.Module) -> List[Tuple[str, nn.Module]]:
+        """The resolved target layers of ``model`` as ``(name, module)`` pairs."""
+        assert self.layer_names is not None
+        return [(name, resolve_named_layer(model, name)[1]) for name in self.layer_names]
+
+    def _targets(self, probe: Probe) -> Optional[Tensor]:
+        if not self.explain_labels:
+            return None
+        if probe.labels is None:
+            self.warn("no-labels", "CAMMonitor: the probe set has no labels; explaining the predicted class instead")
+            return None
+        return probe.labels
+
+    def view(self, probe: Optional[Probe] = None) -> ProbeView:
+        """The rows to explain: one per image, or one per positive label of multi-hot labels.
+
+        Built once per probe set: a run asks for it several times (each cost group, the watch, the images),
+        and for multi-hot labels it copies the images of every positive label.
+        """
+        probe = self.probe if probe is None else probe
+        assert probe is not None
+        if self._view_cache is not None and self._view_cache[0] is probe:
+            return self._view_cache[1]
+        targets = self._targets(probe)
+        if targets is None or targets.dim() == 1:
+            view = ProbeView(probe.images, targets, probe.masks, probe.nuisance, torch.arange(len(probe)), "softmax")
+        else:
+            images, labels, index = expand_multilabel(probe.images, targets)
+            masks = None if probe.masks is None else probe.masks[index]
+            nuisance = None if probe.nuisance is None else probe.nuisance[index]
+            view = ProbeView(images, labels, masks, nuisance, index, "sigmoid")
+        if probe is self.probe:
+            self._view_cache = (probe, view)
+        return view
+
+    def prepare(self, model: nn.Module) -> List[str]:
+        """Resolve the layers and dry-run every method on two probe images, so bad setups fail before training."""
+        probe = self.probe
+        assert probe is not None
+        device = model_device(model, probe.images.device)
+        with preserved_rng_state(), torch.inference_mode(False):
+            example = probe.images[:2].to(device)
+            try:
+                with torch.no_grad(), preserved_model_state(model), eager():
+                    logits = model(example)
+            except Exception as error:
+                raise ValueError(
+                    f"CAMMonitor: the model rejects the probe images of shape {tuple(probe.images.shape[1:])} "
+                    f"(per image): {type(error).__name__}: {error}"
+                ) from error
+            _check_model_output(logits, probe)
+            layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape)
+            view = self.view(Probe(probe.images[:2], None if probe.labels is None else probe.labels[:2]))
+            dry_run = replace(self.options, smooth=None, probability=view.probability)
+            compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
+        self.layer_names = [name for name, _ in layers]
+        return self.layer_names
+
+    def compute(
+        self, model: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,
+        methods: Optional[Sequence[str]] = None,
+    ) -> ScoredExplanation:  # fmt: skip
+        """Maps and per-row faithfulness fractions for the probe set with the model as it is now (see ``CAMMonitor.compute``)."""
+        methods = list(self.methods if methods is None else methods)
+        layers = self.layers(model)
+        view = self.view()
+        images, targets = view.images, view.targets
+        if rows is not None:
+            images = images[rows]
+            targets = None if targets is None else targets[rows]
+        if precision_plugin is not None:
+            images = precision_plugin.convert_input(images)
+
+        def context() -> ContextManager[Any]:
+            return precision_plugin.forward_context() if precision_plugin is not None else nullcontext()
+
+        options = replace(self.options, probability=view.probability)
+
+        def explain_rows(x: Tensor, t: Optional[Tensor]) -> ScoredExplanation:
+            with preserved_rng_state(), context():
+                if self.faithfulness:
+                    return compute_faithfulness(model, x, methods, layers, t, options)
+                return ScoredExplanation(compute_explanations(model, x, methods, layers, t, options), {})
+
+        result, skipped = explain_skipping_bad_images(explain_rows, model, images, targets, context)
+        global_rows = list(range(images.shape[0])) if rows is None else rows.tolist()
+        self.skipped = {global_rows[row]: reason for row, reason in skipped.items()}
+        return result
+
+    def compute_for_run(self, trainer: Any, model: nn.Module, methods: Sequence[str]) -> ScoredExplanation:
+        """:meth:`compute` in the training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
+        plugin = trainer.precision_plugin if self.precision == "auto" else None
+        world = trainer.world_size
+        total = len(self.view().images)
+        if world == 1 or total < world:
+            return self.compute(model, plugin, methods=methods)
+        mine = torch.arange(trainer.global_rank, total, world)
+        result: Optional[ScoredExplanation] = None
+        error: Optional[BaseException] = None
+        try:
+            result = self.compute(model, plugin, mine, methods)
+        except Exception as caught:  # noqa: BLE001 - re-raised below on every rank, so no rank waits forever
+            error = caught
+        if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+            if error is not None:
+                raise error
+            raise RuntimeError("CAMMonitor: the explanation failed on another process (see its error); stopping here too")
+        assert result is not None
+        local = torch.zeros(len(mine), dtype=torch.uint8)  # gloo gathers no bool tensors
+        for position, row in enumerate(mine.tolist()):
+            local[position] = row in self.skipped
+        everywhere = gather_tensor(trainer.strategy, local, total)
+        reasons = dict(self.skipped)
+        self.skipped = {row: reasons.get(row, "skipped on another process") for row in everywhere.nonzero().flatten().tolist()}
+        return gather_rows(trainer.strategy, result, total)
+
+    def timed_compute(self, trainer: Any, model: nn.Module, methods: Sequence[str], budget: CostBudget) -> ScoredExplanation:
+        """:meth:`compute_for_run` per cost group (cheap methods together, each expensive one alone), timing each group."""
+        merged: Optional[Explanation] = None
+        scores: Dict[str, Dict[str, Tensor]] = {}
+        for group in budget.groups(methods):
+            begin = time.perf_counter()
+            explanation, group_scores = self.compute_for_run(trainer, model, group)
+            if explanation.logits.is_cuda:
+                torch.cuda.synchronize(explanation.logits.device)
+            budget.record(group, time.perf_counter() - begin)
+            scores.update(group_scores)
+            if merged is None:
+                merged = explanation
+            else:
+                merged.maps.update(explanation.maps)
+        assert merged is not None
+        return ScoredExplanation(merged, scores)

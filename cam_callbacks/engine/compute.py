@@ -1,0 +1,85 @@
+"""The engine's entry points: maps of several methods, and the same with their faithfulness scores.
+
+One chunk of images costs one forward pass (the part before the target layer without autograd)
+and, for gradient methods, one backward pass through the tail only; all requested methods share
+them. Perturbation methods add batched passes of the model or its tail, input-gradient methods a
+forward and backward pass to the input. Faithfulness adds one such round per method on the
+explanation images.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cam_callbacks.capture.state import eager, preserved_model_state
+from cam_callbacks.engine.options import ExplainOptions
+from cam_callbacks.engine.passes import Layers, explain_layers
+from cam_callbacks.engine.result import Explanation, ScoredExplanation
+from cam_callbacks.engine.smoothing import explain_smoothed
+from cam_callbacks.methods.registry import get_method
+from cam_callbacks.metrics.faithfulness import faithfulness_scores
+from cam_callbacks.utils.targets import probabilities
+
+__all__ = ["compute_explanations", "compute_faithfulness"]
+
+
+def compute_explanations(
+    model: nn.Module, images: Tensor, methods: Sequence[str], layers: Layers, targets: Optional[Tensor] = None,
+    options: Optional[ExplainOptions] = None,
+) -> Explanation:  # fmt: skip
+    """Maps of several methods in chunks of ``options.batch_size`` images, on the model's device.
+
+    Args:
+        model: The classifier.
+        images: ``(N, C, H, W)`` as the model receives them.
+        methods: Registered method names.
+        layers: ``(name, module)`` pairs of target layers; several are fused LayerCAM-style
+            (:func:`~cam_callbacks.utils.maps.fuse_layer_maps`).
+        targets: ``(N,)`` class indices, or None for the top-1 predictions.
+        options: How to compute (defaults: :class:`ExplainOptions`).
+
+    The model is put in eval mode for the call and restored after; no ``param.grad`` is touched.
+    Results are on the model's device.
+    """
+    options = options or ExplainOptions()
+    resolved = [get_method(name) for name in methods]
+    for method in resolved:
+        options.options_for(method)  # unknown options fail before any work
+    if not layers:
+        raise ValueError("give at least one (name, module) target layer")
+    with torch.inference_mode(False), preserved_model_state(model), eager():
+        if options.smooth is None:
+            return explain_layers(model, images, resolved, layers, targets, options)
+        return explain_smoothed(model, images, resolved, layers, targets, options)
+
+
+def _target_probabilities(logits: Tensor, targets: Tensor, options: ExplainOptions) -> Tensor:
+    return probabilities(logits, options.probability).gather(1, targets[:, None]).squeeze(1)
+
+
+def compute_faithfulness(
+    model: nn.Module, images: Tensor, methods: Sequence[str], layers: Layers, targets: Optional[Tensor] = None,
+    options: Optional[ExplainOptions] = None,
+) -> ScoredExplanation:  # fmt: skip
+    """Maps and per-image faithfulness fractions (in [0, 1]) of several methods.
+
+    Arguments as in :func:`compute_explanations`. Each method is run again on its explanation
+    images ``images * map`` (for Average Drop, Increase in Confidence and Coherency).
+
+    Returns:
+        ``(explanation, scores)`` with ``scores[method][metric]`` an ``(N,)`` tensor.
+    """
+    options = options or ExplainOptions()
+    explanation = compute_explanations(model, images, methods, layers, targets, options)
+    probs = _target_probabilities(explanation.logits, explanation.targets, options)
+    scores: Dict[str, Dict[str, Tensor]] = {}
+    for name in methods:
+        maps = explanation.maps[name]
+        explanation_images = images.to(maps.device) * maps.unsqueeze(1).to(images.dtype)
+        second = compute_explanations(model, explanation_images, [name], layers, explanation.targets, options)
+        probs_on_explanation = _target_probabilities(second.logits, explanation.targets, options)
+        scores[name] = faithfulness_scores(maps, second.maps[name], probs, probs_on_explanation)
+    return ScoredExplanation(explanation, scores)

@@ -1,0 +1,109 @@
+"""One frozen set of options that changes how maps are computed, carried from the public API through the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+from torch import Tensor
+
+from cam_callbacks.capture.layouts import TokenGrid, as_token_grid
+from cam_callbacks.methods.registry import CAMMethod, get_method
+from cam_callbacks.utils.targets import PROBABILITIES
+from cam_callbacks.utils.types import Probability, Smooth
+
+__all__ = ["ExplainOptions", "SMOOTH_CHOICES"]
+
+#: What ``smooth=`` accepts.
+SMOOTH_CHOICES = (None, "noise", "aug")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """Everything besides model, images, methods, layer and targets that changes how maps are computed.
+
+    Built once by :func:`~cam_callbacks.explain`, :func:`~cam_callbacks.faithfulness` or
+    :class:`~cam_callbacks.CAMMonitor` from their keyword arguments, validated here (each message names
+    the argument and lists what is valid), and passed unchanged through the engine.
+
+    Attributes:
+        batch_size: Images per forward/backward pass.
+        method_options: Method name -> its options (e.g. ``{"reciprocam": {"gaussian": True}}``).
+        reshape: Turns a transformer layer's tokens into a feature map: None, ``"vit"`` or a
+            :class:`~cam_callbacks.capture.layouts.TokenGrid` (stored as a ``TokenGrid``).
+        tail: Your own ``activations -> logits`` callable for the network after the target layer
+            (Ablation-CAM, Recipro-CAM); by default it is derived (:func:`~cam_callbacks.capture.tail.derive_tail`).
+        perturbation_batch: Rows per perturbation pass; None chooses from the free memory.
+        smooth: None, ``"noise"`` (average over ``smooth_samples`` copies with Gaussian noise of
+            ``smooth_sigma`` times each image's value range, SmoothGrad-style) or ``"aug"``
+            (horizontal flips x ``smooth_scales``, maps mapped back to the image and averaged).
+        smooth_samples: Noisy copies for ``smooth="noise"``.
+        smooth_sigma: Noise standard deviation relative to each image's ``max - min``.
+        smooth_scales: Image scales for ``smooth="aug"``.
+        seed: Seed of the noise (a private generator: the global RNG is not used).
+        probability: ``"softmax"`` (single-label) or ``"sigmoid"`` (multi-label models): how logits
+            become the probabilities Recipro-CAM and the faithfulness metrics use.
+
+    Example::
+
+        >>> ExplainOptions(smooth="noise", smooth_samples=4).smooth_samples
+        4
+        >>> ExplainOptions(smooth="blur")
+        Traceback (most recent call last):
+        ...
+        ValueError: smooth='blur' is not valid; choose from [None, 'noise', 'aug']
+    """
+
+    batch_size: int = 32
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    reshape: Union[None, str, TokenGrid] = None
+    tail: Optional[Callable[[Tensor], Tensor]] = None
+    perturbation_batch: Optional[int] = None
+    smooth: Optional[Smooth] = None
+    smooth_samples: int = 8
+    smooth_sigma: float = 0.15
+    smooth_scales: Tuple[float, ...] = (0.9, 1.0, 1.1)
+    seed: int = 0
+    probability: Probability = "softmax"
+
+    def __post_init__(self) -> None:
+        if not _is_positive_int(self.batch_size):
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.probability not in PROBABILITIES:
+            raise ValueError(f"probability={self.probability!r} is not valid; choose from {list(PROBABILITIES)}")
+        self._check_smoothing()
+        batch = self.perturbation_batch
+        if batch is not None and not _is_positive_int(batch):
+            raise ValueError(f"perturbation_batch must be None or a positive int, got {batch!r}")
+        if self.tail is not None and not callable(self.tail):
+            raise TypeError(f"tail must be a callable activations -> logits, got {type(self.tail).__name__}")
+        object.__setattr__(self, "reshape", as_token_grid(self.reshape))
+        per_method = {name: dict(opts or {}) for name, opts in dict(self.method_options or {}).items()}
+        for name, opts in per_method.items():
+            get_method(name).resolve_options(opts)  # unknown methods and options fail here, listing the valid ones
+        object.__setattr__(self, "method_options", per_method)
+
+    def _check_smoothing(self) -> None:
+        if self.smooth not in SMOOTH_CHOICES:
+            raise ValueError(f"smooth={self.smooth!r} is not valid; choose from {list(SMOOTH_CHOICES)}")
+        if not _is_positive_int(self.smooth_samples):
+            raise ValueError(f"smooth_samples must be a positive int, got {self.smooth_samples!r}")
+        if not float(self.smooth_sigma) >= 0:
+            raise ValueError(f"smooth_sigma must be >= 0, got {self.smooth_sigma!r}")
+        scales = tuple(self.smooth_scales)
+        if not scales or any(not float(s) > 0 for s in scales):
+            raise ValueError(f"smooth_scales must be a non-empty sequence of positive numbers, got {self.smooth_scales!r}")
+        object.__setattr__(self, "smooth_scales", tuple(float(s) for s in scales))
+
+    @property
+    def token_grid(self) -> Optional[TokenGrid]:
+        """:attr:`reshape` as a ``TokenGrid`` (None for ``(N, C, h, w)`` feature maps)."""
+        return self.reshape if isinstance(self.reshape, TokenGrid) else None
+
+    def options_for(self, method: CAMMethod) -> Dict[str, Any]:
+        """``method``'s options: its defaults updated with those given in :attr:`method_options`."""
+        return method.resolve_options(self.method_options.get(method.name))

@@ -1,0 +1,40 @@
+"""What the engine returns: maps of several methods, and the same with per-image scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, NamedTuple
+
+from torch import Tensor
+
+__all__ = ["Explanation", "Scores", "ScoredExplanation"]
+
+#: Method name -> metric name -> ``(N,)`` per-image values.
+Scores = Dict[str, Dict[str, Tensor]]
+
+
+@dataclass
+class Explanation:
+    """Maps of several methods for one set of images.
+
+    Attributes:
+        maps: Method name -> ``(N, H, W)`` float32 maps in [0, 1].
+        logits: ``(N, num_classes)`` logits of the unmodified images (detached).
+        targets: ``(N,)`` class index each map explains.
+        layer_name: Dotted name of the target layer (several joined by ``"+"`` when fused).
+    """
+
+    maps: Dict[str, Tensor]
+    logits: Tensor
+    targets: Tensor
+    layer_name: str
+
+
+class ScoredExplanation(NamedTuple):
+    """Maps and their per-image scores (faithfulness fractions in [0, 1]; empty when not computed).
+
+    A named tuple, so ``explanation, scores = result`` unpacks it.
+    """
+
+    explanation: Explanation
+    scores: Scores
