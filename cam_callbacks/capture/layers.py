@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerSpec", "resolve_target_layer", "find_auto_layer", "cam_class_weights"]
+__all__ = ["LayerSpec", "resolve_target_layer", "resolve_named_layer", "find_auto_layer", "cam_class_weights"]
 
 #: What ``target_layer=`` accepts: a dotted module name, a module of the model, or ``"auto"``.
 LayerSpec = Union[str, nn.Module]

@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cam_callbacks.capture.state import LayerCapture, eager, preserved_model_state
+from cam_callbacks.capture.hooks import LayerCapture
+from cam_callbacks.capture.state import eager, preserved_model_state
 from cam_callbacks.capture.guided import input_gradients
 from cam_callbacks.capture.layers import cam_class_weights
 from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
 from cam_callbacks.methods.registry import CAMMethod, get_method
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, RowBytes, TailScorer, cached_cost, rows_per_pass, store_cost
 from cam_callbacks.capture.layouts import TokenGrid
-from cam_callbacks.capture.tail import Tail, _mismatch, tail_from_reference
+from cam_callbacks.capture.tail import Tail, tail_from_reference, tail_mismatch
 from cam_callbacks.utils.targets import PROBABILITIES, check_target_range
 
 __all__ = ["Explanation", "ExplainOptions", "SMOOTH_CHOICES", "compute_explanations", "model_device"]
@@ -150,7 +151,7 @@ def _tail_for(model: nn.Module, layer_name: str, layer: nn.Module, x: Tensor, ra
     key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device)
     cache = _TAILS.setdefault(model, {})
     entry = cache.get(key)
-    if isinstance(entry, Tail) and _mismatch(entry, raw, logits) is None:
+    if isinstance(entry, Tail) and tail_mismatch(entry, raw, logits) is None:
         return entry
     tail = tail_from_reference(model, layer_name, layer, x, raw, logits, try_fx=entry != _NO_FX)
     if tail.example_batch is None:
