@@ -32,20 +32,28 @@ from cam_callbacks import CAMMonitor  # noqa: E402
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD  # noqa: E402
 
 
-class _Timed:
-    """Wraps a bound method of the monitor and adds up its wall time."""
+#: CAMMonitor.last_timings phase -> label in the report
+PHASES = {
+    "compute": "maps + faithfulness",
+    "analyze": "watch (localisation, drift, shortcut)",
+    "log": "logging (grids, PNG encoding, scalars)",
+    "total": "callback total",
+}
 
-    def __init__(self, owner: object, name: str, totals: Dict[str, float], label: str) -> None:
-        self.original = getattr(owner, name)
-        self.totals, self.label = totals, label
-        setattr(owner, name, self)
 
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self.original(*args, **kwargs)
-        finally:
-            self.totals[self.label] = self.totals.get(self.label, 0.0) + time.perf_counter() - start
+class _PhaseTotals(pl.Callback):
+    """Adds up the monitor's per-phase timings (``CAMMonitor.last_timings``) after each of its runs."""
+
+    def __init__(self, monitor: CAMMonitor, totals: Dict[str, float]) -> None:
+        self.monitor, self.totals = monitor, totals
+        self.seen: Optional[Dict[str, float]] = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        timings = self.monitor.last_timings
+        if timings and timings is not self.seen:  # a new dict per run of the monitor
+            self.seen = timings
+            for phase, label in PHASES.items():
+                self.totals[label] = self.totals.get(label, 0.0) + timings[phase]
 
 
 def fit(args: argparse.Namespace, with_callback: bool, logdir: str) -> Dict[str, float]:
@@ -56,11 +64,7 @@ def fit(args: argparse.Namespace, with_callback: bool, logdir: str) -> Dict[str,
     totals: Dict[str, float] = {}
     if with_callback:
         monitor = CAMMonitor(methods=args.methods, target_layer=model.last_block, mean=SHAPES_MEAN, std=SHAPES_STD)
-        _Timed(monitor, "_timed_compute", totals, "maps + faithfulness")
-        _Timed(monitor, "analyze", totals, "watch (localisation, drift, shortcut)")
-        _Timed(monitor, "_log", totals, "logging (grids, PNG encoding, scalars)")
-        _Timed(monitor, "run", totals, "callback total")
-        callbacks.append(monitor)
+        callbacks += [monitor, _PhaseTotals(monitor, totals)]
     trainer = pl.Trainer(
         max_epochs=args.max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,

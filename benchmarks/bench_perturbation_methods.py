@@ -72,7 +72,7 @@ from bench_gradient_methods import (  # noqa: E402
     torchcam_call,
     version,
 )
-from cam_callbacks.methods.registry import position_masks  # noqa: E402
+from cam_callbacks.methods import position_masks  # noqa: E402
 from cam_callbacks.engine.scorers import ForwardCost, rows_per_pass  # noqa: E402
 
 try:

@@ -21,7 +21,7 @@ from cam_callbacks.engine.caches import cache_info, clear_caches
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
 from cam_callbacks.functional import explain, faithfulness
-from cam_callbacks.methods.registry import available_methods, get_method, register_method  # TEMP: unregister_method after merge
+from cam_callbacks.methods.registry import available_methods, get_method, register_method, unregister_method
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
 from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
@@ -53,7 +53,7 @@ __all__ = [
     "minmax_normalize",
     "register_method",
     "resolve_target_layer",
-    # TEMP "unregister_method",
+    "unregister_method",
     "upsample_and_normalize",
 ]
 

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 
 import cam_callbacks as cc
 from cam_callbacks.monitor.budget import CostBudget
-from cam_callbacks.methods.registry import _REGISTRY, register_method
+from cam_callbacks.methods import register_method, unregister_method
 
 from _lightning_models import TinyNet, loaders, read_events, trainer
 
@@ -66,7 +66,7 @@ def test_callback_slows_an_expensive_method_down_and_says_so(tmp_path, caplog):
         times = [v for _, v in events["scalars"]["cam/time_s"]]
         assert times[0] > 0.3 > max(times[1:])
     finally:
-        del _REGISTRY["slow_tail_method_for_test"]
+        unregister_method("slow_tail_method_for_test")
 
 
 def test_bad_budget():

@@ -18,7 +18,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
 import cam_callbacks as cc
-from cam_callbacks.methods.registry import _REGISTRY, register_method
+from cam_callbacks.methods import register_method, unregister_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, read_events, trainer
 
@@ -240,7 +240,7 @@ def test_exception_inside_a_method_restores_hooks_modes_and_grads(tmp_path):
         for module in model.modules():
             assert not module._forward_hooks
     finally:
-        del _REGISTRY["boom_during_test"]
+        unregister_method("boom_during_test")
 
 
 # ---------------------------------------------------------------- bad configuration fails fast

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks.methods.registry import _REGISTRY, register_method
+from cam_callbacks.methods import available_methods, register_method, unregister_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, trainer
 
@@ -482,7 +482,8 @@ def test_keyboard_interrupt_inside_a_method_restores_everything(tmp_path):
                     monitor.compute(model)
                 _assert_restored(model, before, where=context.__name__)
     finally:
-        _REGISTRY.pop(name, None)
+        if name in available_methods():
+            unregister_method(name)
 
 
 def test_ctrl_c_during_the_callback_in_fit(tmp_path):
@@ -519,7 +520,8 @@ def test_ctrl_c_during_the_callback_in_fit(tmp_path):
         _assert_restored(model, expected, where="after Ctrl+C in fit")
     finally:
         signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT from the interrupt on
-        _REGISTRY.pop(name, None)
+        if name in available_methods():
+            unregister_method(name)
 
 
 # ------------------------------------------------------------------ torch.compile

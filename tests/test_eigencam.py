@@ -11,7 +11,7 @@ import torchvision
 from pytorch_grad_cam import EigenCAM
 
 import cam_callbacks as cc
-from cam_callbacks.methods.registry import eigencam
+from cam_callbacks.methods.decomposition import eigencam
 
 
 def _numpy_projection(a: np.ndarray) -> np.ndarray:

@@ -37,8 +37,8 @@ import torchvision
 from torch import nn
 
 import cam_callbacks as cc
-from cam_callbacks.methods import registry as M
-from cam_callbacks.methods.registry import _REGISTRY
+from cam_callbacks import methods as M
+from cam_callbacks.methods import unregister_method
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 GRAD_METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
@@ -466,7 +466,8 @@ def test_register_method_new_method_works_end_to_end(hand_net, two_images):
             cc.register_method("gradcam", needs=("activations", "gradients"))(maxgradcam)
         assert cc.get_method("gradcam").fn is M.gradcam
     finally:
-        _REGISTRY.pop(name, None)
+        if name in cc.available_methods():
+            unregister_method(name)
     assert name not in cc.available_methods()
 
 
@@ -475,6 +476,23 @@ def test_register_method_rejects_unknown_needs():
         cc.register_method("test_bad_needs", needs=("activations", "hessian"))
     assert "hessian" in str(info.value) and "gradients" in str(info.value)
     assert "test_bad_needs" not in cc.available_methods()
+
+
+def test_unregister_method_returns_the_method_and_rejects_unknown_names():
+    name = "test_unregistered"
+
+    @cc.register_method(name, needs=("activations",), summary="channel sum")
+    def channel_sum(activations):
+        return activations.sum(1)
+
+    removed = unregister_method(name)
+    assert removed.name == name and removed.fn is channel_sum and removed.summary == "channel sum"
+    assert name not in cc.available_methods()
+    with pytest.raises(ValueError, match=name) as info:
+        unregister_method(name)
+    for valid in ALL_METHODS:
+        assert repr(valid) in str(info.value)
+    assert cc.available_methods()[:6] == ALL_METHODS
 
 
 def test_registered_functions_are_the_module_functions():

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks.methods.registry import _REGISTRY
+from cam_callbacks.methods import unregister_method
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 HOOK_DICTS = [
@@ -181,7 +181,8 @@ def test_exception_inside_method_restores_everything(grad_context):
             assert_unchanged(model, inner)
         assert_unchanged(model, before)
     finally:
-        _REGISTRY.pop(name, None)
+        if name in cc.available_methods():
+            unregister_method(name)
     assert name not in cc.available_methods()
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks.methods.registry import ablationcam, get_method, position_masks, reciprocam, scorecam
+from cam_callbacks.methods import ablationcam, get_method, position_masks, reciprocam, scorecam
 
 PERTURBATION_METHODS = ["scorecam", "ablationcam", "reciprocam"]
 

@@ -11,7 +11,8 @@ How the tail is obtained (:attr:`Tail.mode`):
   container such as ``layer4`` or ``features``); the tail is every node that depends on the layer's
   output. Values that cross the cut from the head (a skip connection from before the target layer)
   are computed once from ``example`` at derive time and repeated to match the copies. The tail calls
-  the model's own modules and parameters, so it follows in-place weight updates and train/eval modes.
+  the model's own modules and parameters, so it follows in-place weight updates and train/eval modes
+  (the tracing machinery is in :mod:`cam_callbacks.capture.tail_fx`).
 - ``"rerun"``: the fallback when tracing fails (data-dependent control flow, ...). Each call runs the
   whole model on the example images, repeated, with a forward hook that replaces the layer's output.
 - ``"user"``: a callable passed as ``tail=``.
@@ -22,21 +23,18 @@ reproduce the model's logits.
 
 from __future__ import annotations
 
-import inspect
-import weakref
-import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
-import torch.fx as fx
 from torch import Tensor, nn
 
-from cam_callbacks.capture.state import eager, preserved_model_state
 from cam_callbacks.capture.layers import resolve_named_layer
+from cam_callbacks.capture.state import eager, preserved_model_state
+from cam_callbacks.capture.tail_fx import FxTail, trace_cut
 
-__all__ = ["Tail", "derive_tail", "tail_from_reference"]
+__all__ = ["Tail", "derive_tail", "tail_from_reference", "tail_mismatch"]
 
 #: Relative and absolute (times the largest logit magnitude, at least 1) tolerance of the derive-time check.
 RTOL = 1e-4
@@ -80,286 +78,6 @@ class Tail:
                 f"this tail ({self.mode!r}) reuses values computed from the example images."
             )
         return self.fn(activations)
-
-
-# --- tracing and cutting ------------------------------------------------------------------------
-
-
-class _NoCut(Exception):
-    """The traced graph cannot be cut at the target layer."""
-
-
-class _Tracer(fx.Tracer):
-    """The default leaf rule, except that the target layer is a leaf and the modules containing it are traced through."""
-
-    def __init__(self, layer_name: str) -> None:
-        super().__init__()
-        self.layer_name = layer_name
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name == self.layer_name:
-            return True
-        if self.layer_name.startswith(module_qualified_name + "."):
-            return False
-        return super().is_leaf_module(m, module_qualified_name)
-
-
-def _trace(model: nn.Module, layer_name: str) -> fx.Graph:
-    """Trace ``model`` with the target layer as a leaf, undoing what the traced ``forward`` writes on the modules.
-
-    Tracing runs the Python ``forward`` with placeholder values: ``self.last = x`` would leave a torch.fx
-    Proxy on the model (which then cannot be pickled) and ``self.calls += 1`` would count once more.
-    Every module's attributes are put back as they were, also when tracing fails.
-    """
-    saved = {module: dict(vars(module)) for module in model.modules()}
-    try:
-        return _Tracer(layer_name).trace(model)
-    finally:
-        for module, attributes in saved.items():
-            current = vars(module)
-            for key in [k for k in current if k not in attributes]:
-                del current[key]
-            for key, value in attributes.items():
-                if current.get(key, _MISSING) is not value:
-                    current[key] = value
-
-
-_MISSING = object()
-
-
-@dataclass
-class _Cut:
-    """A traced graph split at the target node."""
-
-    graph: fx.Graph
-    target: fx.Node
-    tail: Dict[fx.Node, None]  # nodes depending on the target's output, in graph order (output node excluded)
-    cross: List[fx.Node]  # input-dependent nodes outside the tail that the tail consumes
-    constants: Set[fx.Node]  # input-independent nodes the tail consumes (parameters via get_attr, ...), with their inputs
-
-
-def _cut(graph: fx.Graph, layer_name: str) -> _Cut:
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer_name]
-    if not calls:
-        raise _NoCut(
-            f"the traced graph has no call of {layer_name!r} (it runs inside a module that torch.fx keeps as a leaf, "
-            "or not through its forward)"
-        )
-    if len(calls) > 1:
-        raise _NoCut(f"{layer_name!r} is called {len(calls)} times in the traced graph")
-    target = calls[0]
-    tail: Dict[fx.Node, None] = {}
-    input_dependent: Set[fx.Node] = set()
-    output: Optional[fx.Node] = None
-    for node in graph.nodes:
-        if node.op == "placeholder" or any(i in input_dependent for i in node.all_input_nodes):
-            input_dependent.add(node)
-        if node.op == "output":
-            output = node
-        elif node is not target and any(i is target or i in tail for i in node.all_input_nodes):
-            tail[node] = None
-    assert output is not None
-    if not any(i is target or i in tail for i in output.all_input_nodes):
-        raise _NoCut(f"the model's output does not depend on {layer_name!r}")
-    cross: Dict[fx.Node, None] = {}
-    constants: Set[fx.Node] = set()
-    for node in [*tail, output]:
-        for i in node.all_input_nodes:
-            if i is target or i in tail:
-                continue
-            if i in input_dependent:
-                cross[i] = None
-            else:
-                constants |= _ancestors([i])
-    return _Cut(graph, target, tail, list(cross), constants)
-
-
-def _ancestors(nodes: Sequence[fx.Node]) -> Set[fx.Node]:
-    """``nodes`` and every node they (transitively) consume."""
-    found: Set[fx.Node] = set()
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node not in found:
-            found.add(node)
-            stack.extend(node.all_input_nodes)
-    return found
-
-
-# --- in-place writes: which inputs must the tail receive as private copies? ---------------------
-
-_IN_PLACE_OPERATORS = {
-    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-    operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
-}  # fmt: skip
-#: Functions that always return a new tensor (never a view of an argument).
-_FRESH_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.matmul, operator.neg,
-    operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.stack, torch.matmul,
-}  # fmt: skip
-#: Leaf modules that may return their input itself or a view of it.
-_ALIASING_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-
-
-def _writes_in_place(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
-    """Whether ``node`` may write into one of its inputs (conservative)."""
-    if node.op == "call_module":
-        return getattr(modules[str(node.target)], "inplace", False) is True
-    if node.op == "call_method":
-        name = str(node.target)
-        return name in ("__setitem__", "copy_") or (name.endswith("_") and not name.startswith("_"))
-    if node.op != "call_function":
-        return False
-    if node.target in _IN_PLACE_OPERATORS:
-        return True
-    name = getattr(node.target, "__name__", "")
-    if name.endswith("_") and not name.startswith("_"):  # torch.relu_, ...
-        return True
-    if node.kwargs.get("inplace") is True:
-        return True
-    try:  # F.relu(x, True) and friends
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return bound.arguments.get("inplace") is True
-
-
-def _may_be_written(graph: fx.Graph, start: fx.Node, modules: Dict[str, nn.Module]) -> bool:
-    """Whether running ``graph`` may write into the tensor ``start`` stands for (or a view of it)."""
-    aliases = {start}
-    for node in graph.nodes:
-        if not any(i in aliases for i in node.all_input_nodes):
-            continue
-        if _writes_in_place(node, modules):
-            return True
-        if node.op == "call_module":
-            if isinstance(modules[str(node.target)], _ALIASING_MODULES):
-                aliases.add(node)
-        elif node.target not in _FRESH_FUNCTIONS:  # may be a view (flatten, reshape, getitem, ...)
-            aliases.add(node)
-    return False
-
-
-# --- the fx tail ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Built:
-    module: fx.GraphModule
-    copy_inputs: Tuple[bool, ...]  # per input (activations, then the cross-cut values): the tail may write into it
-
-
-def _build_tail(model: nn.Module, cut: _Cut) -> _Built:
-    graph = fx.Graph()
-    env: Dict[fx.Node, fx.Node] = {cut.target: graph.placeholder("activations")}
-    for node in cut.cross:
-        env[node] = graph.placeholder(f"cut_{node.name}")
-    inputs = list(env.values())
-    for node in cut.graph.nodes:
-        if node in cut.constants or node in cut.tail or node.op == "output":
-            env[node] = graph.node_copy(node, lambda n: env[n])
-    graph.lint()
-    # GraphModule refers to the model's own submodules and parameters (no copies).
-    module = fx.GraphModule(model, graph, class_name=f"{type(model).__name__}Tail")
-    modules = dict(module.named_modules())
-    return _Built(module, tuple(_may_be_written(graph, node, modules) for node in inputs))
-
-
-def _build_head(model: nn.Module, cut: _Cut) -> fx.GraphModule:
-    """The nodes outside the tail that the cross-cut values need (in-place writes kept), returning those values."""
-    modules = dict(model.named_modules())
-    outside = [n for n in cut.graph.nodes if n.op != "output" and n is not cut.target and n not in cut.tail]
-    effects = [n for n in outside if (n.op == "call_function" and n.is_impure()) or _writes_in_place(n, modules)]
-    needed = _ancestors([*cut.cross, *effects]) | {n for n in outside if n.op == "placeholder"}
-    graph = fx.Graph()
-    env: Dict[fx.Node, fx.Node] = {}
-    for node in outside:
-        if node in needed:
-            env[node] = graph.node_copy(node, lambda n: env[n])
-    graph.output(tuple(env[n] for n in cut.cross))
-    graph.lint()
-    return fx.GraphModule(model, graph, class_name=f"{type(model).__name__}Head")
-
-
-def _modes(model: nn.Module) -> Tuple[bool, ...]:
-    return tuple(m.training for m in model.modules())
-
-
-class _FxTail:
-    """The fx tail as a plain callable, re-traced when the model's train/eval modes change.
-
-    Tracing bakes Python-level uses of ``self.training`` into the graph (``F.dropout(x, training=
-    self.training)``, torchvision's stochastic depth), so one graph is kept per combination of modes.
-    """
-
-    def __init__(self, model: nn.Module, layer_name: str, cut: _Cut, values: Sequence[Any], example_batch: int) -> None:
-        # A weak reference: tails are cached per model (weakly keyed), and a strong one would keep every model alive.
-        self._model = weakref.ref(model)
-        self.layer_name = layer_name
-        self.values = tuple(values)
-        self.cut_names = tuple(n.name for n in cut.cross)
-        self.example_batch = example_batch
-        self.batched = tuple(isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == example_batch for v in values)
-        self._program = cut.graph.python_code("self").src if values else ""
-        self._built: Dict[Tuple[bool, ...], _Built] = {_modes(model): _build_tail(model, cut)}
-
-    @property
-    def graph_module(self) -> fx.GraphModule:
-        """The tail's ``GraphModule`` for the model's current modes: ``(activations, *cross_cut_values) -> logits``."""
-        return self._current().module
-
-    @property
-    def model(self) -> nn.Module:
-        model = self._model()
-        if model is None:
-            raise RuntimeError(f"the model this tail after {self.layer_name!r} was derived from no longer exists")
-        return model
-
-    def _current(self) -> _Built:
-        modes = _modes(self.model)
-        built = self._built.get(modes)
-        if built is None:
-            built = self._built[modes] = self._retrace()
-        return built
-
-    def _retrace(self) -> _Built:
-        advice = "Call the tail in the modes it was derived in (eval), or derive a new tail."
-        try:
-            graph = _trace(self.model, self.layer_name)
-            cut = _cut(graph, self.layer_name)
-        except Exception as error:
-            raise RuntimeError(
-                f"the tail after {self.layer_name!r} cannot be traced in the model's current train/eval modes "
-                f"({type(error).__name__}: {error}). {advice}"
-            ) from error
-        if self.values and (graph.python_code("self").src != self._program or tuple(n.name for n in cut.cross) != self.cut_names):
-            raise RuntimeError(
-                f"{type(self.model).__name__} traces to a different program in its current train/eval modes, and the "
-                f"tail after {self.layer_name!r} uses values from before the layer that were computed in eval mode. {advice}"
-            )
-        return _build_tail(self.model, cut)
-
-    def __call__(self, activations: Tensor) -> Tensor:
-        built = self._current()
-        inputs: List[Any] = [activations, *self.values]
-        fresh = [False] * len(inputs)
-        if any(self.batched):
-            rows = activations.shape[0]
-            if rows % self.example_batch:
-                raise ValueError(
-                    f"activations has {rows} rows, not a multiple of the {self.example_batch} example images: the tail "
-                    f"after {self.layer_name!r} reuses values computed from them (rows [i*r:(i+1)*r] belong to image i)"
-                )
-            repeats = rows // self.example_batch
-            if repeats > 1:
-                for index, (value, batched) in enumerate(zip(self.values, self.batched), start=1):
-                    if batched:
-                        inputs[index] = value.repeat_interleave(repeats, dim=0)
-                        fresh[index] = True
-        for index, copy in enumerate(built.copy_inputs):
-            if copy and not fresh[index] and isinstance(inputs[index], Tensor):
-                inputs[index] = inputs[index].clone()  # the tail writes into it in place (densenet's F.relu(inplace=True))
-        return built.module(*inputs)
 
 
 # --- the fallback -----------------------------------------------------------------------------------
@@ -432,8 +150,20 @@ def _reference(model: nn.Module, layer: nn.Module, layer_name: str, example: Ten
     return outputs[0], logits.detach()
 
 
-def _mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: Tensor) -> Optional[str]:
-    """None if ``fn(activations)`` reproduces ``logits``, else what differs (``fn`` gets a copy: it may write into it)."""
+def tail_mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: Tensor) -> Optional[str]:
+    """None if ``fn(activations)`` reproduces ``logits``, else what differs (``fn`` gets a copy: it may write into it).
+
+    The check every tail passes at derive time: each logit within ``ATOL`` times the largest finite
+    logit magnitude (at least 1) plus ``RTOL`` times its own magnitude; NaN logits must be NaN in both.
+
+    Example::
+
+        >>> logits = torch.tensor([[1.0, 2.0]])
+        >>> tail_mismatch(lambda a: a * 2, torch.tensor([[0.5, 1.0]]), logits) is None
+        True
+        >>> tail_mismatch(lambda a: a, torch.tensor([[0.5, 1.0]]), logits)
+        "its logits differ from the model's by up to 1 (largest logit 2)"
+    """
     out = fn(activations.clone())
     if not isinstance(out, Tensor):
         return f"it returned {type(out).__name__}, not a tensor"
@@ -452,21 +182,20 @@ def _mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: Tenso
 def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Tensor, logits: Tensor) -> Tuple[Optional[Tail], str]:
     """The fx tail, checked, or ``(None, why not)``."""
     try:
-        cut = _cut(_trace(model, layer_name), layer_name)
+        cut = trace_cut(model, layer_name)
     except Exception as error:
         return None, f"torch.fx cannot trace it: {type(error).__name__}: {error}"
+    values: Tuple[Any, ...] = ()
     try:
-        values: Tuple[Any, ...] = ()
-        if cut.cross:
-            values = tuple(v.detach() if isinstance(v, Tensor) else v for v in _build_head(model, cut)(example))
-        fn = _FxTail(model, layer_name, cut, values, example.shape[0])
+        fn = FxTail.from_cut(model, layer_name, cut, example)
+        values = fn.values
         tail = Tail(fn, "fx", layer_name, example.shape[0] if any(fn.batched) else None)
-        problem = _mismatch(fn, activation, logits)
+        problem = tail_mismatch(fn, activation, logits)
     except Exception as error:
         problem = f"{type(error).__name__}: {error}"
     if not problem and values:  # values from the head must follow a larger batch
         try:
-            problem = _mismatch(fn, activation.repeat_interleave(2, dim=0), logits.repeat_interleave(2, dim=0))
+            problem = tail_mismatch(fn, activation.repeat_interleave(2, dim=0), logits.repeat_interleave(2, dim=0))
         except Exception as error:
             problem = f"{type(error).__name__}: {error}"
         problem = problem and f"with 2 copies per image, {problem}"
@@ -559,7 +288,7 @@ def tail_from_reference(
     advice = "Pass tail= (a callable activations -> logits for the part of the model after the layer)."
     if tail is not None:
         result = Tail(tail, "user", layer_name)
-        problem = _mismatch(tail, activation, logits)
+        problem = tail_mismatch(tail, activation, logits)
         if problem:
             raise ValueError(f"tail= does not reproduce {type(model).__name__} after layer {layer_name!r}: {problem}")
         return result
@@ -574,7 +303,7 @@ def tail_from_reference(
             stacklevel=3,
         )
     rerun = Tail(_RerunTail(model, layer, layer_name, example), "rerun", layer_name, example.shape[0])
-    problem = _mismatch(rerun.fn, activation, logits)
+    problem = tail_mismatch(rerun.fn, activation, logits)
     if problem:
         raise ValueError(f"the derived tail does not reproduce {type(model).__name__} after layer {layer_name!r}: {problem}. {advice}")
     return rerun

@@ -53,17 +53,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cam_callbacks.datasets.shapes import (
-    SHAPE_NAMES,
-    BackgroundParams,
-    _single_threaded,
-    image_generator,
-    normalize,
-    random_object_color,
-    render_backgrounds,
-    sample_background,
-    shape_masks,
-)
+from cam_callbacks.datasets.backgrounds import BackgroundParams, image_generator, render_backgrounds, sample_background, single_threaded
+from cam_callbacks.datasets.drawing import SHAPE_NAMES, random_object_color, shape_masks
+from cam_callbacks.datasets.patches import CORNER_CUE_COLOR, CORNERS, PATCH_COLORS, PATCH_FRACTION, corner_boxes, patch_mask
+from cam_callbacks.datasets.shapes import normalize
+from cam_callbacks.utils.checks import check_choice
 
 __all__ = [
     "SCENARIOS",
@@ -85,20 +79,6 @@ SCENARIOS: Tuple[str, ...] = ("large", "small", "multi_same", "multi_class")
 SPLITS: Tuple[str, ...] = ("train", "val")
 #: What the nuisance patch encodes: its colour or its corner.
 CUES: Tuple[str, ...] = ("color", "corner")
-#: Patch corners, indexed by the cue class when ``cue="corner"``.
-CORNERS: Tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
-#: Patch colours (RGB), indexed by the cue class when ``cue="color"``: red, green, blue, yellow, magenta.
-PATCH_COLORS: Tuple[Tuple[float, float, float], ...] = (
-    (1.0, 0.0, 0.0),
-    (0.0, 1.0, 0.0),
-    (0.0, 0.0, 1.0),
-    (1.0, 1.0, 0.0),
-    (1.0, 0.0, 1.0),
-)
-#: Patch colour when ``cue="corner"``.
-CORNER_CUE_COLOR: Tuple[float, float, float] = (1.0, 1.0, 1.0)
-#: Patch side as a fraction of the image side (rounded to pixels, at least 3).
-PATCH_FRACTION: float = 0.15
 
 #: Size ranges (circumradius / image side).
 _SIZES = {
@@ -173,47 +153,16 @@ def scenario_generator(seed: int, split: str, index: int) -> torch.Generator:
         >>> torch.equal(a, torch.rand(2, generator=scenario_generator(0, "train", 3))), torch.equal(a, b)
         (True, False)
     """
-    _check_choice("split", split, SPLITS)
+    check_choice("split", split, SPLITS)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
     return image_generator(_STREAM_OFFSET + 2 * seed + SPLITS.index(split), index)
 
 
-def _patch_side(image_size: int) -> int:
-    return max(3, int(round(PATCH_FRACTION * image_size)))
-
-
-def _corner_boxes(image_size: int) -> List[Tuple[float, float, float, float]]:
-    """``(x_lo, x_hi, y_lo, y_hi)`` pixel-centre extents of the patch in each of :data:`CORNERS`."""
-    p = _patch_side(image_size)
-    low, high = (0.0, float(p - 1)), (float(image_size - p), float(image_size - 1))
-    return [(*low, *low), (*high, *low), (*low, *high), (*high, *high)]
-
-
-def patch_mask(image_size: int, corner: str) -> Tensor:
-    """The ``(H, W)`` bool mask of the nuisance patch in ``corner`` (one of :data:`CORNERS`).
-
-    Example::
-
-        >>> patch_mask(32, "bottom_right").nonzero()[[0, -1]].tolist()  # a 5x5 square
-        [[27, 27], [31, 31]]
-    """
-    _check_choice("corner", corner, CORNERS)
-    x_lo, x_hi, y_lo, y_hi = (int(v) for v in _corner_boxes(image_size)[CORNERS.index(corner)])
-    mask = torch.zeros((image_size, image_size), dtype=torch.bool)
-    mask[y_lo : y_hi + 1, x_lo : x_hi + 1] = True
-    return mask
-
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}={value!r} is not known; choose from {list(choices)}")
-
-
 def _check_args(scenario: str, split: str, shortcut: bool, cue: str, image_size: int, num_classes: int, seed: int) -> None:
-    _check_choice("scenario", scenario, SCENARIOS)
-    _check_choice("split", split, SPLITS)
-    _check_choice("cue", cue, CUES)
+    check_choice("scenario", scenario, SCENARIOS)
+    check_choice("split", split, SPLITS)
+    check_choice("cue", cue, CUES)
     if not isinstance(shortcut, bool):
         raise ValueError(f"shortcut must be True or False, got {shortcut!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
@@ -272,7 +221,7 @@ def _sample(index: int, scenario: str, split: str, image_size: int, num_classes:
             order = torch.randperm(len(others), generator=generator).tolist()
             classes = [label] + [others[k] for k in order[: count - 1]]
             ranges = [_SIZES["multi_primary"]] + [_SIZES["multi_secondary"]] * (count - 1)
-    boxes = _corner_boxes(image_size)
+    boxes = corner_boxes(image_size)
     objects: List[_Object] = []
     for cls, (low, high) in zip(classes, ranges):
         size_draw, angle_draw = torch.rand(2, generator=generator).tolist()
@@ -383,7 +332,7 @@ def make_scenario(
         num_objects=torch.empty(n, dtype=torch.long),
     )
     fields = (batch.images, batch.labels, batch.masks, batch.nuisance_masks, batch.multi_hot, batch.cue_labels, batch.num_objects)
-    with _single_threaded():
+    with single_threaded():
         for first in range(0, n, _CHUNK):
             count = min(_CHUNK, n - first)
             draws = [_sample(start + first + i, scenario, split, size, num_classes, seed) for i in range(count)]

@@ -1,1 +1,25 @@
+"""CAM methods as pure functions, registered by name (:mod:`cam_callbacks.methods.registry`), one module per family.
 
+Importing this package registers the built-in methods. :func:`available_methods` lists them in
+registration order, so the family modules are imported in that order (not sorted): activation (CAM),
+gradient, decomposition (Eigen-CAM), perturbation, input gradient.
+"""
+
+from cam_callbacks.methods.registry import (
+    KNOWN_INPUTS, LAYER_INPUTS, CAMMethod, available_methods, get_method, register_method, unregister_method,
+)  # fmt: skip
+
+# isort: off
+from cam_callbacks.methods.activation import cam
+from cam_callbacks.methods.gradient import gradcam, gradcampp, hirescam, layercam, xgradcam
+from cam_callbacks.methods.decomposition import eigencam
+from cam_callbacks.methods.perturbation import GAUSSIAN_KERNEL, ablationcam, position_masks, reciprocam, scorecam
+from cam_callbacks.methods.input_gradient import guidedbackprop, guidedgradcam, saliency
+
+# isort: on
+
+__all__ = [
+    "CAMMethod", "GAUSSIAN_KERNEL", "KNOWN_INPUTS", "LAYER_INPUTS", "ablationcam", "available_methods", "cam", "eigencam",
+    "get_method", "gradcam", "gradcampp", "guidedbackprop", "guidedgradcam", "hirescam", "layercam", "position_masks",
+    "reciprocam", "register_method", "saliency", "scorecam", "unregister_method", "xgradcam",
+]  # fmt: skip

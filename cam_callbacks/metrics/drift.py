@@ -28,7 +28,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from cam_callbacks.metrics.localization import _check_maps
+from cam_callbacks.utils.checks import check_maps
+from cam_callbacks.utils.numeric import pearson, safe_divide
 
 __all__ = [
     "ClassMeanMaps",
@@ -111,13 +112,7 @@ def map_correlation(a: Tensor, b: Tensor) -> Tensor:
     if a.shape != b.shape:
         raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have the same shape")
     x = a.flatten(1).double()
-    y = b.flatten(1).to(x.device).double()
-    x = x - x.mean(dim=1, keepdim=True)
-    y = y - y.mean(dim=1, keepdim=True)
-    denominator = torch.sqrt((x * x).sum(dim=1) * (y * y).sum(dim=1))
-    defined = denominator > 0
-    r = (x * y).sum(dim=1) / torch.where(defined, denominator, torch.ones_like(denominator))
-    return torch.where(defined, r.clamp(-1.0, 1.0), torch.zeros_like(r)).to(a.dtype)
+    return pearson(x, b.flatten(1).to(x.device).double(), dim=1).to(a.dtype)
 
 
 def mean_map(maps: Tensor) -> Tensor:
@@ -166,7 +161,7 @@ def class_mean_maps(maps: Tensor, labels: Tensor, num_classes: int) -> ClassMean
     sums = torch.zeros((num_classes, *maps.shape[1:]), dtype=torch.float64, device=maps.device)
     sums.index_add_(0, labels, maps.double())
     counts = torch.bincount(labels, minlength=num_classes)
-    means = sums / counts.clamp_min(1).view(-1, 1, 1)
+    means = safe_divide(sums, counts.view(-1, 1, 1))  # zeros for classes without images
     return ClassMeanMaps(means.to(maps.dtype), counts)
 
 
@@ -238,7 +233,7 @@ def shortcut_score(maps: Tensor, coverage: float = 0.8) -> ShortcutReport:
         >>> float(shortcut_score(moving).score), float(shortcut_score(torch.ones(4, 8, 8)).score)
         (0.0, 0.0)
     """
-    _check_maps(maps)
+    check_maps(maps)
     if maps.shape[0] == 0:
         raise ValueError("shortcut_score needs at least one map, got N = 0")
     if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0.0 < float(coverage) <= 1.0:
@@ -248,7 +243,7 @@ def shortcut_score(maps: Tensor, coverage: float = 0.8) -> ShortcutReport:
     flat = maps.flatten(1).double()
     total = flat.sum(dim=1, keepdim=True)
     uniform = torch.full_like(flat, 1.0 / pixels)
-    p = torch.where(total > 0, flat / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+    p = safe_divide(flat, total, fallback=uniform, require_positive=True)
 
     common = _lower_quantile(p, 1.0 - float(coverage)).clamp_min(0.0)  # (H*W,)
     mass = common.sum()
@@ -303,7 +298,7 @@ def shortcut_scores_by_class(maps: Tensor, labels: Tensor, num_classes: int, cov
         >>> round(float(shortcut_score(maps).score), 3), shortcut_scores_by_class(maps, labels, 3).scores.tolist()
         (0.0, [0.984375, 0.984375, 0.0])
     """
-    _check_maps(maps)
+    check_maps(maps)
     counts = class_mean_maps(maps, labels, num_classes).counts  # validates labels and num_classes
     labels = labels.to(maps.device).long()
     scores = torch.zeros(num_classes, dtype=maps.dtype, device=maps.device)

@@ -21,6 +21,8 @@ from typing import Dict
 import torch
 from torch import Tensor
 
+from cam_callbacks.utils.numeric import pearson, safe_divide
+
 __all__ = [
     "FAITHFULNESS_METRICS",
     "average_drop",
@@ -45,8 +47,7 @@ def average_drop(probs: Tensor, probs_on_explanation: Tensor) -> Tensor:
     """``max(0, Y - O) / Y`` per image (0 where ``Y == 0``)."""
     _check_same_length(probs, probs_on_explanation)
     drop = torch.clamp(probs - probs_on_explanation, min=0)
-    positive = probs > 0
-    return torch.where(positive, drop / torch.where(positive, probs, torch.ones_like(probs)), torch.zeros_like(drop))
+    return safe_divide(drop, probs, require_positive=True)
 
 
 def increase_in_confidence(probs: Tensor, probs_on_explanation: Tensor) -> Tensor:
@@ -59,15 +60,9 @@ def coherency(maps: Tensor, maps_on_explanation: Tensor) -> Tensor:
     """``(pearson(L, L') + 1) / 2`` per image over all pixels; 0 where either map is constant."""
     if maps.shape != maps_on_explanation.shape:
         raise ValueError(f"maps {tuple(maps.shape)} and maps_on_explanation {tuple(maps_on_explanation.shape)} differ in shape")
-    a = maps.flatten(1).double()
-    b = maps_on_explanation.flatten(1).double()
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    denominator = torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1))
-    defined = denominator > 0
-    pearson = (a * b).sum(dim=1) / torch.where(defined, denominator, torch.ones_like(denominator))
-    pearson = pearson.clamp(-1.0, 1.0)
-    return torch.where(defined, (pearson + 1.0) / 2.0, torch.zeros_like(pearson)).to(maps.dtype)
+    # an undefined correlation (a constant map) counts as -1, so its coherency is 0
+    r = pearson(maps.flatten(1).double(), maps_on_explanation.flatten(1).double(), dim=1, fallback=-1.0)
+    return ((r + 1.0) / 2.0).to(maps.dtype)
 
 
 def complexity(maps: Tensor) -> Tensor:
@@ -80,8 +75,7 @@ def adcc(average_drop: Tensor, coherency: Tensor, complexity: Tensor) -> Tensor:
     _check_same_length(average_drop, coherency, complexity)
     terms = torch.stack([coherency, 1.0 - complexity, 1.0 - average_drop])
     defined = (terms > 0).all(dim=0)
-    safe = torch.where(terms > 0, terms, torch.ones_like(terms))
-    value = 3.0 / (1.0 / safe).sum(dim=0)
+    value = 3.0 / safe_divide(1.0, terms, fallback=1.0, require_positive=True).sum(dim=0)
     return torch.where(defined, value, torch.zeros_like(value))
 
 

@@ -46,6 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cam_callbacks.utils.checks import check_maps
+from cam_callbacks.utils.numeric import safe_divide
+
 __all__ = [
     "LOCALIZATION_METRICS",
     "energy_in_mask",
@@ -68,22 +71,6 @@ LOCALIZATION_METRICS = (
 #: Metrics computed from the object mask, and from the nuisance mask.
 _MASK_METRICS = ("energy_in_mask", "pointing_game", "energy_in_mask_ratio")
 _NUISANCE_METRICS = ("energy_in_nuisance", "energy_in_nuisance_ratio")
-
-
-def _check_maps(maps: Tensor) -> None:
-    if not isinstance(maps, Tensor):
-        raise ValueError(f"maps must be a torch.Tensor of shape (N, H, W), got {type(maps).__name__}")
-    if maps.dim() != 3:
-        raise ValueError(f"maps must be (N, H, W), got shape {tuple(maps.shape)}")
-    if not maps.is_floating_point():
-        raise ValueError(f"maps must be a floating tensor, got dtype {maps.dtype}")
-    if maps.numel() and not bool(torch.isfinite(maps).all()):
-        raise ValueError("maps must be finite: found NaN or inf")
-    if maps.numel() and bool((maps < 0).any()):
-        raise ValueError(
-            f"maps must be non-negative (mass-based metrics), got a minimum of {float(maps.min()):.4g}; "
-            "use min-max normalised maps in [0, 1]"
-        )
 
 
 def _as_bool_mask(maps: Tensor, masks: Tensor, name: str = "masks") -> Tensor:
@@ -112,17 +99,15 @@ def _energy(maps: Tensor, masks: Tensor) -> Tensor:
     flat = maps.flatten(1).double()
     total = flat.sum(dim=1)
     inside = (flat * masks.flatten(1)).sum(dim=1)
-    positive = total > 0
-    return torch.where(positive, inside / torch.where(positive, total, torch.ones_like(total)), torch.zeros_like(total))
+    return safe_divide(inside, total, require_positive=True)
 
 
 def _ratio(maps: Tensor, masks: Tensor) -> Tensor:
     """Energy over area fraction, float64 (masks already bool), 0 for empty masks."""
     count = masks.flatten(1).sum(dim=1)
     pixels = masks.shape[1] * masks.shape[2]
-    nonempty = count > 0
-    area = count.double() / pixels
-    return torch.where(nonempty, _energy(maps, masks) / torch.where(nonempty, area, torch.ones_like(area)), torch.zeros_like(area))
+    area = count.double() / pixels  # > 0 exactly where the mask is not empty
+    return safe_divide(_energy(maps, masks), area, require_positive=True)
 
 
 def energy_in_mask(maps: Tensor, masks: Tensor) -> Tensor:
@@ -144,7 +129,7 @@ def energy_in_mask(maps: Tensor, masks: Tensor) -> Tensor:
         >>> energy_in_mask(maps, masks)  # 1 / (1 + 3); the zero map scores 0
         tensor([0.2500, 0.0000])
     """
-    _check_maps(maps)
+    check_maps(maps)
     return _energy(maps, _as_bool_mask(maps, masks)).to(maps.dtype)
 
 
@@ -157,7 +142,7 @@ def energy_in_nuisance(maps: Tensor, nuisance_masks: Tensor) -> Tensor:
         >>> energy_in_nuisance(maps, torch.tensor([[[False, False], [False, True]]]))
         tensor([1.])
     """
-    _check_maps(maps)
+    check_maps(maps)
     return _energy(maps, _as_bool_mask(maps, nuisance_masks, "nuisance_masks")).to(maps.dtype)
 
 
@@ -180,7 +165,7 @@ def energy_ratio(maps: Tensor, masks: Tensor) -> Tensor:
         >>> energy_ratio(maps, masks)  # (3/4) / (1/4); uniform map: (1/2) / (2/4)
         tensor([3., 1.])
     """
-    _check_maps(maps)
+    check_maps(maps)
     return _ratio(maps, _as_bool_mask(maps, masks)).to(maps.dtype)
 
 
@@ -207,7 +192,7 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
         >>> pointing_game(torch.tensor([[[0.0, 0.0, 1.0]]]), torch.tensor([[[True, False, False]]]), tolerance=2)
         tensor([1.])
     """
-    _check_maps(maps)
+    check_maps(maps)
     bool_masks = _as_bool_mask(maps, masks)
     if not isinstance(tolerance, int) or isinstance(tolerance, bool) or tolerance < 0:
         raise ValueError(f"tolerance must be an int >= 0 (pixels), got {tolerance!r}")
@@ -250,7 +235,7 @@ def localization_scores(maps: Tensor, masks: Optional[Tensor] = None, nuisance: 
         energy_in_nuisance 0.25
         energy_in_nuisance_ratio 1.0
     """
-    _check_maps(maps)
+    check_maps(maps)
     scores: Dict[str, Tensor] = {}
     if masks is not None:
         object_masks = _as_bool_mask(maps, masks)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from cam_callbacks.metrics.drift import ShortcutReport, map_correlation, shortcut_score
 from cam_callbacks.metrics.localization import localization_scores, localization_summary
+from cam_callbacks.utils.numeric import safe_divide
 
 __all__ = ["MethodAnalysis", "analyze_maps", "WATCH_METRICS"]
 
@@ -79,7 +80,7 @@ def _shortcut(maps: Tensor, masks: Optional[Tensor]) -> "tuple[ShortcutReport, f
         return shortcut_score(maps), 1.0
     outside = maps * (~masks.to(maps.device)).to(maps.dtype)
     total = maps.flatten(1).sum(1).double()
-    share = torch.where(total > 0, outside.flatten(1).sum(1).double() / total.clamp_min(1e-300), torch.ones_like(total))
+    share = safe_divide(outside.flatten(1).sum(1).double(), total, fallback=1.0, require_positive=True)
     return shortcut_score(outside), float(share.mean())
 
 

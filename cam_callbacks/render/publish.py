@@ -13,6 +13,7 @@ from torch import Tensor
 
 from cam_callbacks.metrics.drift import class_mean_maps
 from cam_callbacks.engine.result import Explanation
+from cam_callbacks.utils.types import Probability
 from cam_callbacks.render.images import heatmap_grid, map_tiles, mask_outline, to_display
 from cam_callbacks.metrics.watch import MethodAnalysis
 
@@ -27,7 +28,7 @@ class ProbeView(NamedTuple):
     masks: Optional[Tensor]
     nuisance: Optional[Tensor]
     image_index: Tensor
-    probability: str
+    probability: Probability
 
 
 class ImageStyle(NamedTuple):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cam_callbacks.utils.numeric import safe_divide
+
 __all__ = ["upsample_and_normalize", "minmax_normalize", "fuse_layer_maps"]
 
 
@@ -27,10 +29,7 @@ def minmax_normalize(maps: Tensor) -> Tensor:
         raise ValueError(f"maps must be (N, H, W), got shape {tuple(maps.shape)}")
     low = maps.amin(dim=(1, 2), keepdim=True)
     high = maps.amax(dim=(1, 2), keepdim=True)
-    span = high - low
-    nonconstant = span > 0
-    scaled = (maps - low) / torch.where(nonconstant, span, torch.ones_like(span))
-    return torch.where(nonconstant, scaled, torch.zeros_like(scaled))
+    return safe_divide(maps - low, high - low, require_positive=True)
 
 
 def upsample_and_normalize(raw: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -64,5 +63,6 @@ def fuse_layer_maps(maps: Sequence[Tensor], gamma: float = 2.0) -> Tensor:
         raise ValueError("fuse_layer_maps needs at least one map")
     stacked = torch.stack([m.float() for m in maps])  # (L, N, H, W)
     peak = stacked.amax(dim=(2, 3), keepdim=True)
-    scaled = torch.tanh(gamma * stacked / torch.where(peak > 0, peak, torch.ones_like(peak)))
+    boosted = gamma * stacked
+    scaled = torch.tanh(safe_divide(boosted, peak, fallback=boosted, require_positive=True))
     return minmax_normalize(scaled.amax(dim=0))
