@@ -1,69 +1,22 @@
 """Catch a shortcut with CAMMonitor: the same CNN trained on clean data and on data with a spurious cue.
 
-The data (:mod:`cam_callbacks.datasets.scenarios`, scenario ``"large"``): one coloured shape per image on a
-textured background; the class is the shape. The *shortcut* variant adds a solid patch in the
-top-left corner whose colour encodes the class (red = disc, green = square, ...): in its training
-data the patch colour always equals the label, so a model can get every training image right by
-reading the colour of one corner and never learning shapes. The *clean* variant is the same images
-without the patch. Both runs train :class:`ShapesClassifier` (from ``examples/train_shapes.py``)
-with the same initialisation, seeds and hyper-parameters.
-
-What each run is validated on, and why:
-
-- ``val_acc``: an ordinary validation split drawn like the run's training data (other images, same
-  generator). In real life this is the split a user watches, and it carries the same bias as the
-  training data: for the shortcut run the patch is there and gives the label away, so ``val_acc``
-  looks *better* than the clean run's. This is what "validation accuracy does not reveal it" means.
-- ``randcue_acc``: images with the patch present but its colour drawn at random, independent of the
-  label (the ``"val"`` split of the shortcut scenario), identical for both runs. Its accuracy
-  exposes the shortcut (near chance, 25%, for a model that reads the patch), but a user normally
-  has no such cue-randomised data: it is printed as ground truth, to check the alarm.
-- The :class:`~cam_callbacks.CAMMonitor` probe set is the first ``--num-probe`` of those
-  cue-randomised images, with their object masks and nuisance (patch) masks. Both runs are probed
-  on *identical* images that all contain the cue, so a difference in where the maps go can only come
-  from the models. Because the patch colour is independent of the label on these images, a large
-  share of the map on the patch cannot be excused as "the patch also shows the class": the model
-  looks there because it uses the patch. The maps explain the model's top-1 *prediction*
-  (``target="prediction"``): explaining the true label would hide the cue on the three images in
-  four whose patch names another class (the patch then speaks *against* the label, and the ReLU of
-  Grad-CAM removes it). Measured on the final shortcut model of the default run, Grad-CAM nuisance
-  ratio on these images: 4.24 for the prediction, 0.69 for the label. On images drawn like its
-  validation split (patch colour = label) label and prediction agree and give 3.47; the clean
-  model gives 0.34-0.44 on either set.
-
-CAMMonitor runs Grad-CAM and LayerCAM after every validation epoch and logs, per method,
-``cam/<method>/energy_in_nuisance_ratio`` (share of the map on the patch, in multiples of the
-patch's area share: 1 = chance), ``energy_in_mask_ratio`` (the same for the object),
-``shortcut_score`` (one small region salient in all images, looking outside the objects) and
-``cam/alarm`` (1 when a rule of the default :class:`~cam_callbacks.monitor.alarm.AlarmRule` fires for any
-method: nuisance ratio above 2 or shortcut score above 0.5; its object-ratio rule is off by default
-because it also fires for a model that has not learnt the objects *yet*). The script prints these
-per epoch for both runs, the rules that fired, and the epoch at which each run's alarm first fired.
-
-What it prints with the defaults (seed 0): the shortcut run's ``val_acc`` is 0.998 at epoch 1
-(the clean run's 0.717) and 1.000 after, while ``randcue_acc`` stays at 0.30-0.43; its alarm fires
-from epoch 0 (LayerCAM nuisance ratio 2.01, then 3.5-4.3 for both methods). The clean run's
-nuisance ratio stays at 0.23-0.47 and its alarm never fires. With ``--seed 1``, ``2`` and ``3`` the
-clean run stays quiet too and the shortcut run is flagged from epoch 1.
-
-Runs on a 2-core CPU in about a minute (two runs of 6 epochs on 1500 images of 48x48; about 30 s
-of CPU time)::
+Each image shows one coloured shape on a textured background (scenario ``"large"`` of
+:mod:`cam_callbacks.datasets`); the class is the shape. The *shortcut* variant adds a solid patch in the
+top-left corner whose colour is the label in every training image, so a model can read one corner
+instead of learning shapes; the *clean* variant has no patch. Both runs train :class:`ShapesClassifier`
+(from ``train_shapes.py``) with the same seeds. CAMMonitor (settings: :data:`MONITOR`) probes both on the
+same images, whose patch colour is random, and the script prints per epoch ``val_acc`` (a split drawn
+like the training data: it does not reveal the shortcut), ``randcue_acc`` (the random-colour images:
+ground truth a user normally lacks), the watch metrics, the alarm and the rules that fired, then the
+epoch at which each run's alarm first fired. The README ("Catching a shortcut") shows its output::
 
     python examples/catch_shortcut.py
     python examples/catch_shortcut.py --max-epochs 3 --num-train 800 --logdir /tmp/runs
     tensorboard --logdir runs/catch_shortcut --samples_per_plugin images=100
 
-TensorBoard shows the two runs as ``clean/version_N`` and ``shortcut/version_N``: the scalars
-``cam/gradcam/energy_in_nuisance_ratio``, ``cam/alarm``, ``val_acc`` and ``randcue_acc`` side by
-side, and the heatmap grids ``cam/<method>/grid`` (worst probe images first) and
-``cam/<method>/mean_map`` (where the maps of all probe images gather: the top-left corner for the
-shortcut run).
+One variant with Lightning's command line (``LightningCLI``; needs ``pip install "jsonargparse[signatures]"``)::
 
-One variant at a time with Lightning's command line (``LightningCLI``; needs
-``pip install "jsonargparse[signatures]"``), when the first argument is a subcommand::
-
-    python examples/catch_shortcut.py fit --config configs/shortcut.yaml
-    python examples/catch_shortcut.py fit --config configs/shortcut.yaml --data.shortcut=false --trainer.logger.init_args.name=clean
+    python examples/catch_shortcut.py fit --config configs/shortcut.yaml [--data.shortcut=false]
 """
 
 from __future__ import annotations
@@ -83,14 +36,38 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cam_callbacks import CAMMonitor
-from cam_callbacks.monitor.alarm import AlarmRule
-from cam_callbacks.datasets.scenarios import SCENARIOS, ScenarioDataset
-from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
+import cam_callbacks as cc
+from cam_callbacks.datasets import SCENARIOS, SHAPES_MEAN, SHAPES_STD, ScenarioDataset
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the model of the neighbouring example
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_shapes import CLI_SUBCOMMANDS, ShapesClassifier  # noqa: E402
+
+# The callback: what CAMMonitor watches in both runs (configs/shortcut.yaml repeats it for LightningCLI).
+# _train adds the probe: the cue-randomised images with object and patch masks, identical for both runs.
+
+MONITOR: Dict[str, Any] = dict(
+    methods=["gradcam", "layercam"],  # --methods
+    target_layer="features.block4",  # ShapesClassifier's last conv block: 6x6 maps for 48x48 images
+    num_probe=64,  # --num-probe
+    # --target. Explain the top-1 prediction: on images whose patch names another class than the label, the
+    # patch speaks against the label, and Grad-CAM of the label (its ReLU) would hide the cue.
+    target="prediction",
+    mean=SHAPES_MEAN,  # how the images are normalised: the grids show them in their real colours
+    std=SHAPES_STD,
+    # The default rules: energy_in_nuisance_ratio (share of the map on the patch, in multiples of the
+    # patch's area share; 1 = chance) above 2, or shortcut_score above 0.5. It sets cam/alarm to 1.
+    alarm=cc.AlarmRule(),
+    stop_on_alarm=False,  # --stop-on-alarm
+)
+
+
+def make_monitor(**overrides: Any) -> "cc.CAMMonitor":
+    """:class:`CAMMonitor` with :data:`MONITOR`'s settings; keyword arguments replace or add settings."""
+    return cc.CAMMonitor(**{**MONITOR, **overrides})
+
+
+# The two runs: data, model, CAMMonitor and a table of the watch metrics per epoch.
 
 #: The two variants, in the order they are trained.
 VARIANTS: Tuple[str, ...] = ("clean", "shortcut")
@@ -104,10 +81,78 @@ COLUMNS: Tuple[Tuple[str, str], ...] = (
 VAL_STAGES: Tuple[str, ...] = ("randcue", "val")
 
 
+def _train(args: argparse.Namespace, variant: str) -> Dict[str, Any]:
+    """One run of ``variant`` (``"clean"`` or ``"shortcut"``) with the command-line settings."""
+    start = time.perf_counter()
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    data = ShortcutDataModule(
+        shortcut=variant == "shortcut",
+        scenario=args.scenario,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_randcue=max(args.num_val, args.num_probe),
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+    )
+    data.setup("fit")
+    model = ShortcutClassifier(num_classes=data.hparams.num_classes, lr=args.lr)
+    monitor = make_monitor(
+        probe=data.randcue_set,  # identical for both variants; with object and nuisance masks
+        methods=args.methods,
+        num_probe=args.num_probe,
+        target=args.target,
+        stop_on_alarm=args.stop_on_alarm,
+    )
+    description = "patch colour = label in training and val_acc" if variant == "shortcut" else "no patch in training and val_acc"
+    table = EpochTable(monitor, title=f"{variant} run ({description}; probe and randcue_acc: patch colour random)")
+    logger = TensorBoardLogger(save_dir=os.path.join(args.logdir, args.name), name=variant)
+    trainer = pl.Trainer(
+        max_epochs=args.max_epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=logger,
+        callbacks=[monitor, table],
+        log_every_n_steps=10,
+        enable_checkpointing=False,
+        enable_progress_bar=args.progress,
+        enable_model_summary=args.progress,
+    )
+    trainer.fit(model, datamodule=data)
+    return {
+        "rows": table.rows,
+        "first_alarm": table.first_alarm,
+        "table": table.table(),
+        "log_dir": logger.log_dir,
+        "elapsed": time.perf_counter() - start,
+        "model": model,
+        "probe": monitor.probe,
+    }
+
+
+def _print_summary(args: argparse.Namespace, runs: Dict[str, Dict[str, Any]], elapsed: float) -> None:
+    print()
+    for variant, run in runs.items():
+        rows = run["rows"]
+        first = run["first_alarm"]
+        if first is None:
+            verdict = f"never (in {len(rows)} epochs)"
+        else:
+            row = next(r for r in rows if r["epoch"] == first)
+            verdict = f"epoch {first} (val_acc {row['val_acc']:.3f}, randcue_acc {row['randcue_acc']:.3f})"
+        print(f"{variant} run: alarm first fired at {verdict}; {run['elapsed']:.1f} s")
+    summary = ", ".join(f"{v}={'never' if r['first_alarm'] is None else r['first_alarm']}" for v, r in runs.items())
+    print(f"Summary: first alarm epoch: {summary}; total {elapsed:.1f} s")
+    print(f"TensorBoard logs: {os.path.abspath(os.path.join(args.logdir, args.name))}")
+    print(f"View them with:   tensorboard --logdir {os.path.join(args.logdir, args.name)} --samples_per_plugin images=100")
+
+
+# The data: a training split, a validation split and the cue-randomised set, per variant.
+
+
 class ShortcutDataModule(pl.LightningDataModule):
     """Clean or shortcut variant of a scenario: a training split, a validation split, a cue-randomised set.
 
-    Samples are ``(image, label, mask, nuisance_mask)`` (:class:`~cam_callbacks.datasets.scenarios.ScenarioDataset`).
+    Samples are ``(image, label, mask, nuisance_mask)`` (:class:`~cam_callbacks.datasets.ScenarioDataset`).
 
     - ``train_set``: ``split="train"`` of ``train_seed``; with ``shortcut`` the patch colour is the label.
     - ``val_set``: ``split="train"`` of ``val_seed``: other images drawn like the training data
@@ -120,7 +165,7 @@ class ShortcutDataModule(pl.LightningDataModule):
 
     Args:
         shortcut: Train (and validate) on the shortcut variant.
-        scenario: One of :data:`cam_callbacks.datasets.scenarios.SCENARIOS`.
+        scenario: One of :data:`cam_callbacks.datasets.SCENARIOS`.
         num_train: Training images.
         num_val: Images of the validation split.
         num_randcue: Cue-randomised images (at least the probe size).
@@ -182,6 +227,9 @@ class ShortcutDataModule(pl.LightningDataModule):
         return [DataLoader(dataset, batch_size=h.batch_size, num_workers=h.num_workers) for dataset in (self.randcue_set, self.val_set)]
 
 
+# The model: train_shapes.py's CNN for (image, label, mask, nuisance) batches and two validation loaders.
+
+
 class ShortcutClassifier(ShapesClassifier):
     """:class:`ShapesClassifier` for ``(image, label, mask, nuisance)`` batches and two validation loaders.
 
@@ -206,11 +254,14 @@ class ShortcutClassifier(ShapesClassifier):
         self._step((batch[0], batch[1]), "test")
 
 
+# The printed table.
+
+
 class EpochTable(pl.Callback):
     """Collects (and prints) one row per validation epoch: accuracies, watch metrics, alarm.
 
     Reads ``trainer.callback_metrics`` in ``on_validation_end``, after CAMMonitor's values have
-    reached them; the rules that fired are recomputed with the monitor's own :class:`AlarmRule`.
+    reached them; the rules that fired are recomputed with the monitor's own :class:`~cam_callbacks.AlarmRule`.
 
     Args:
         monitor: The run's CAMMonitor.
@@ -218,7 +269,7 @@ class EpochTable(pl.Callback):
         verbose: Print the rows as they come.
     """
 
-    def __init__(self, monitor: CAMMonitor, title: str = "", verbose: bool = True) -> None:
+    def __init__(self, monitor: "cc.CAMMonitor", title: str = "", verbose: bool = True) -> None:
         super().__init__()
         self.monitor = monitor
         self.title = title
@@ -275,6 +326,9 @@ class EpochTable(pl.Callback):
         return next((row["epoch"] for row in self.rows if row["alarm"] >= 1.0), None)
 
 
+# Command line: flags (main) or LightningCLI (cli_main) when the first argument is a subcommand.
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train the same small CNN on clean and shortcut data with CAMMonitor and show which run the alarm flags.",
@@ -289,9 +343,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--methods", nargs="+", default=["gradcam", "layercam"], help="CAM methods (default: gradcam layercam)")
-    parser.add_argument("--num-probe", type=int, default=64, help="probe images (the first cue-randomised images)")
-    parser.add_argument("--target", default="prediction", choices=["prediction", "label"], help="class the maps explain (default: prediction)")
+    parser.add_argument("--methods", nargs="+", default=list(MONITOR["methods"]), help="CAM methods (default: gradcam layercam)")
+    parser.add_argument("--num-probe", type=int, default=MONITOR["num_probe"], help="probe images (the first cue-randomised images)")
+    parser.add_argument(
+        "--target", default=MONITOR["target"], choices=["prediction", "label"], help="class the maps explain (default: prediction)"
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="runs to train (default: both)")
     parser.add_argument("--stop-on-alarm", action="store_true", help="stop a run when its alarm fires")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisation and shuffling (the same for both runs)")
@@ -334,74 +390,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     elapsed = time.perf_counter() - start
     _print_summary(args, runs, elapsed)
     return {"runs": runs, "elapsed": elapsed}
-
-
-def _train(args: argparse.Namespace, variant: str) -> Dict[str, Any]:
-    start = time.perf_counter()
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    data = ShortcutDataModule(
-        shortcut=variant == "shortcut",
-        scenario=args.scenario,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        num_randcue=max(args.num_val, args.num_probe),
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-    )
-    data.setup("fit")
-    model = ShortcutClassifier(num_classes=data.hparams.num_classes, lr=args.lr)
-    monitor = CAMMonitor(
-        methods=args.methods,
-        target_layer=model.last_block,
-        probe=data.randcue_set,  # identical for both variants; with object and nuisance masks
-        num_probe=args.num_probe,
-        target=args.target,
-        mean=SHAPES_MEAN,
-        std=SHAPES_STD,
-        alarm=AlarmRule(),  # the defaults: energy_in_nuisance_ratio > 2 or shortcut_score > 0.5
-        stop_on_alarm=args.stop_on_alarm,
-    )
-    description = "patch colour = label in training and val_acc" if variant == "shortcut" else "no patch in training and val_acc"
-    table = EpochTable(monitor, title=f"{variant} run ({description}; probe and randcue_acc: patch colour random)")
-    logger = TensorBoardLogger(save_dir=os.path.join(args.logdir, args.name), name=variant)
-    trainer = pl.Trainer(
-        max_epochs=args.max_epochs,
-        accelerator=args.accelerator,
-        devices=1,
-        logger=logger,
-        callbacks=[monitor, table],
-        log_every_n_steps=10,
-        enable_checkpointing=False,
-        enable_progress_bar=args.progress,
-        enable_model_summary=args.progress,
-    )
-    trainer.fit(model, datamodule=data)
-    return {
-        "rows": table.rows,
-        "first_alarm": table.first_alarm,
-        "table": table.table(),
-        "log_dir": logger.log_dir,
-        "elapsed": time.perf_counter() - start,
-        "model": model,
-        "probe": monitor.probe,
-    }
-
-
-def _print_summary(args: argparse.Namespace, runs: Dict[str, Dict[str, Any]], elapsed: float) -> None:
-    print()
-    for variant, run in runs.items():
-        rows = run["rows"]
-        first = run["first_alarm"]
-        if first is None:
-            verdict = f"never (in {len(rows)} epochs)"
-        else:
-            row = next(r for r in rows if r["epoch"] == first)
-            verdict = f"epoch {first} (val_acc {row['val_acc']:.3f}, randcue_acc {row['randcue_acc']:.3f})"
-        print(f"{variant} run: alarm first fired at {verdict}; {run['elapsed']:.1f} s")
-    summary = ", ".join(f"{v}={'never' if r['first_alarm'] is None else r['first_alarm']}" for v, r in runs.items())
-    print(f"Summary: first alarm epoch: {summary}; total {elapsed:.1f} s")
-    print(f"TensorBoard logs: {os.path.abspath(os.path.join(args.logdir, args.name))}")
-    print(f"View them with:   tensorboard --logdir {os.path.join(args.logdir, args.name)} --samples_per_plugin images=100")
 
 
 def cli_main(args: Optional[Sequence[str]] = None) -> Any:

@@ -1,21 +1,18 @@
-"""Train a small CNN on synthetic shapes and watch its class activation maps in TensorBoard.
+"""Train a small CNN on generated shape images and watch its class activation maps in TensorBoard.
 
-The images (:mod:`cam_callbacks.datasets.shapes`) show one coloured shape (disc, square, triangle,
-cross) on a textured background; the class is the shape. :class:`cam_callbacks.CAMMonitor`
-explains a fixed probe set of validation images with Grad-CAM and Grad-CAM++ after every
-validation epoch and logs heatmap grids and faithfulness curves (``cam/<method>/...``).
+The README's main example. Each image shows one coloured shape (disc, square, triangle, cross) on a
+textured background; the class is the shape. :class:`CAMMonitor` (settings: :data:`MONITOR`) explains
+a fixed probe set of validation images after every validation epoch and logs heatmap grids and
+faithfulness curves (``cam/<method>/...``)::
 
-Runs on a 2-core CPU in about half a minute (10 epochs, ~98% validation accuracy)::
-
-    python examples/train_shapes.py                      # the default example
+    python examples/train_shapes.py                      # 10 epochs, logs to runs/shapes
     python examples/train_shapes.py --max-epochs 3 --logdir /tmp/runs
     tensorboard --logdir runs --samples_per_plugin images=100
 
 The same model and data with Lightning's command line (``LightningCLI``; needs
-``pip install "jsonargparse[signatures]"``), when the first argument is a subcommand::
+``pip install "jsonargparse[signatures]"``) when the first argument is a subcommand::
 
     python examples/train_shapes.py fit --config configs/shapes.yaml
-    python examples/train_shapes.py fit --config configs/shapes.yaml --trainer.max_epochs=2 --data.num_train=500
 """
 
 from __future__ import annotations
@@ -34,73 +31,70 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from cam_callbacks import CAMMonitor
-from cam_callbacks.datasets.shapes import SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+import cam_callbacks as cc
+from cam_callbacks.datasets import SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 
-#: LightningCLI subcommands; any of them as the first argument selects the CLI.
-CLI_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# The callback: what CAMMonitor does in this example (configs/shapes.yaml repeats it for LightningCLI).
+# Everything not set here is CAMMonitor's default: explain the true label, faithfulness metrics on,
+# 16 images per grid.
+
+MONITOR: Dict[str, Any] = dict(
+    methods=["gradcam", "gradcampp"],  # --methods
+    target_layer="features.block4",  # ShapesClassifier's last conv block: 6x6 maps for 48x48 images
+    num_probe=32,  # --num-probe: the first 32 validation images, the same ones every epoch
+    every_n_epochs=1,  # --every-n-epochs
+    mean=SHAPES_MEAN,  # how ShapesDataset normalises: the grids show the images in their real colours
+    std=SHAPES_STD,
+)
 
 
-class ShapesDataModule(pl.LightningDataModule):
-    """Train/val(/test) splits of :class:`~cam_callbacks.datasets.shapes.ShapesDataset`, generated from different seeds.
+def make_monitor(**overrides: Any) -> "cc.CAMMonitor":
+    """:class:`CAMMonitor` with :data:`MONITOR`'s settings; keyword arguments replace or add settings."""
+    return cc.CAMMonitor(**{**MONITOR, **overrides})
 
-    Args:
-        num_train: Training images.
-        num_val: Validation images (also used by ``test``); the first ones are the callback's probe set.
-        image_size: Side of the square images.
-        num_classes: Number of shape classes (first ``num_classes`` of ``SHAPE_NAMES``).
-        batch_size: Batch size of all loaders.
-        train_seed: Seed of the training images.
-        val_seed: Seed of the validation images.
-        num_workers: DataLoader workers (the data is in memory; 0 is fastest for small images).
-    """
 
-    def __init__(
-        self,
-        num_train: int = 2000,
-        num_val: int = 400,
-        image_size: int = 48,
-        num_classes: int = 4,
-        batch_size: int = 64,
-        train_seed: int = 0,
-        val_seed: int = 1,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        if train_seed == val_seed:
-            raise ValueError(f"train_seed and val_seed must differ (both are {train_seed}), or validation repeats training images")
-        self.save_hyperparameters()
-        self.train_set: Optional[ShapesDataset] = None
-        self.val_set: Optional[ShapesDataset] = None
+# The training run: model, data, callback, TensorBoard logger.
 
-    @property
-    def class_names(self) -> Tuple[str, ...]:
-        return SHAPE_NAMES[: self.hparams.num_classes]
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        h = self.hparams
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = ShapesDataset(h.num_train, image_size=h.image_size, num_classes=h.num_classes, seed=h.train_seed)
-        if self.val_set is None:
-            self.val_set = ShapesDataset(h.num_val, image_size=h.image_size, num_classes=h.num_classes, seed=h.val_seed)
+def _train(args: argparse.Namespace) -> Dict[str, Any]:
+    """One run with the command-line settings; returns the log directory, final metrics and wall time."""
+    start = time.perf_counter()
+    pl.seed_everything(args.seed, workers=True)
+    data = ShapesDataModule(
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+        batch_size=args.batch_size,
+    )
+    model = ShapesClassifier(num_classes=args.num_classes, lr=args.lr)
+    monitor = make_monitor(methods=args.methods, num_probe=args.num_probe, every_n_epochs=args.every_n_epochs)
+    logger = TensorBoardLogger(save_dir=args.logdir, name=args.name)
+    trainer = pl.Trainer(
+        max_epochs=args.max_epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=logger,
+        callbacks=[monitor],
+        log_every_n_steps=args.log_every_n_steps,
+        enable_checkpointing=False,
+        enable_progress_bar=not args.quiet,
+        enable_model_summary=not args.quiet,
+    )
+    trainer.fit(model, datamodule=data)
+    elapsed = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, Tensor) and v.numel() == 1}
+    log_dir = logger.log_dir
+    print(
+        f"\nFinished {trainer.current_epoch} epochs in {elapsed:.1f} s: val_acc={metrics.get('val_acc', float('nan')):.3f}, "
+        f"cam/gradcam/adcc={metrics.get('cam/gradcam/adcc', float('nan')):.2f}"
+    )
+    print(f"TensorBoard logs: {os.path.abspath(log_dir)}")
+    print(f"View them with:   tensorboard --logdir {args.logdir} --samples_per_plugin images=100")
+    return {"log_dir": log_dir, "metrics": metrics, "elapsed": elapsed}
 
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "call setup('fit') first"
-        return DataLoader(
-            self.train_set,
-            batch_size=self.hparams.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
 
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None, "call setup() first"
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+# The model: a small CNN with a CAM-compatible head.
 
 
 def conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
@@ -195,6 +189,77 @@ class ShapesClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
+# The data: generated train/val splits of ShapesDataset.
+
+
+class ShapesDataModule(pl.LightningDataModule):
+    """Train/val(/test) splits of :class:`~cam_callbacks.datasets.ShapesDataset`, generated from different seeds.
+
+    Args:
+        num_train: Training images.
+        num_val: Validation images (also used by ``test``); the first ones are the callback's probe set.
+        image_size: Side of the square images.
+        num_classes: Number of shape classes (first ``num_classes`` of ``SHAPE_NAMES``).
+        batch_size: Batch size of all loaders.
+        train_seed: Seed of the training images.
+        val_seed: Seed of the validation images.
+        num_workers: DataLoader workers (the data is in memory; 0 is fastest for small images).
+    """
+
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 400,
+        image_size: int = 48,
+        num_classes: int = 4,
+        batch_size: int = 64,
+        train_seed: int = 0,
+        val_seed: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if train_seed == val_seed:
+            raise ValueError(f"train_seed and val_seed must differ (both are {train_seed}), or validation repeats training images")
+        self.save_hyperparameters()
+        self.train_set: Optional[ShapesDataset] = None
+        self.val_set: Optional[ShapesDataset] = None
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return SHAPE_NAMES[: self.hparams.num_classes]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        h = self.hparams
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = ShapesDataset(h.num_train, image_size=h.image_size, num_classes=h.num_classes, seed=h.train_seed)
+        if self.val_set is None:
+            self.val_set = ShapesDataset(h.num_val, image_size=h.image_size, num_classes=h.num_classes, seed=h.val_seed)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup() first"
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+# Command line: flags (main) or LightningCLI (cli_main) when the first argument is a subcommand.
+
+#: LightningCLI subcommands; any of them as the first argument selects the CLI.
+CLI_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train a small CNN on synthetic shapes with CAMMonitor logging Grad-CAM maps to TensorBoard.",
@@ -209,9 +274,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--methods", nargs="+", default=["gradcam", "gradcampp"], help="CAM methods to log")
-    parser.add_argument("--num-probe", type=int, default=32, help="probe images (the first validation images)")
-    parser.add_argument("--every-n-epochs", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=list(MONITOR["methods"]), help="CAM methods to log")
+    parser.add_argument("--num-probe", type=int, default=MONITOR["num_probe"], help="probe images (the first validation images)")
+    parser.add_argument("--every-n-epochs", type=int, default=MONITOR["every_n_epochs"])
     parser.add_argument("--log-every-n-steps", type=int, default=10, help="training-step logging interval")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisation and shuffling")
     parser.add_argument("--accelerator", default="auto")
@@ -220,7 +285,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="torch CPU threads. Default: 1 on machines with at most 2 CPU cores (this small CNN gains little from a "
-        "second thread, and runs 3-5x slower with two when another process is busy), torch's default otherwise.",
+        "second thread, and runs several times slower with two when another process is busy), torch's default otherwise.",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and model summary")
     return parser.parse_args(argv)
@@ -241,50 +306,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return _train(args)
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _train(args: argparse.Namespace) -> Dict[str, Any]:
-    start = time.perf_counter()
-    pl.seed_everything(args.seed, workers=True)
-    data = ShapesDataModule(
-        num_train=args.num_train,
-        num_val=args.num_val,
-        image_size=args.image_size,
-        num_classes=args.num_classes,
-        batch_size=args.batch_size,
-    )
-    model = ShapesClassifier(num_classes=args.num_classes, lr=args.lr)
-    monitor = CAMMonitor(
-        methods=args.methods,
-        target_layer=model.last_block,
-        num_probe=args.num_probe,
-        every_n_epochs=args.every_n_epochs,
-        mean=SHAPES_MEAN,
-        std=SHAPES_STD,
-    )
-    logger = TensorBoardLogger(save_dir=args.logdir, name=args.name)
-    trainer = pl.Trainer(
-        max_epochs=args.max_epochs,
-        accelerator=args.accelerator,
-        devices=1,
-        logger=logger,
-        callbacks=[monitor],
-        log_every_n_steps=args.log_every_n_steps,
-        enable_checkpointing=False,
-        enable_progress_bar=not args.quiet,
-        enable_model_summary=not args.quiet,
-    )
-    trainer.fit(model, datamodule=data)
-    elapsed = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, Tensor) and v.numel() == 1}
-    log_dir = logger.log_dir
-    print(
-        f"\nFinished {trainer.current_epoch} epochs in {elapsed:.1f} s: val_acc={metrics.get('val_acc', float('nan')):.3f}, "
-        f"cam/gradcam/adcc={metrics.get('cam/gradcam/adcc', float('nan')):.2f}"
-    )
-    print(f"TensorBoard logs: {os.path.abspath(log_dir)}")
-    print(f"View them with:   tensorboard --logdir {args.logdir} --samples_per_plugin images=100")
-    return {"log_dir": log_dir, "metrics": metrics, "elapsed": elapsed}
 
 
 def cli_main(args: Optional[Sequence[str]] = None) -> Any:

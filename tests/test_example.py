@@ -1,4 +1,5 @@
-"""End-to-end runs of examples/train_shapes.py: the default script and the LightningCLI config (tiny data, 1 epoch)."""
+"""End-to-end runs of the examples (tiny data or 1 epoch): examples/quickstart.py, and examples/train_shapes.py as
+the default script and with the LightningCLI config."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_shapes.py"
+QUICKSTART = ROOT / "examples" / "quickstart.py"
 CONFIG = ROOT / "configs" / "shapes.yaml"
 METRICS = ("average_drop", "increase_in_confidence", "coherency", "complexity", "adcc")
 TINY = ["--max-epochs", "1", "--log-every-n-steps", "1", "--num-train", "96", "--num-val", "48", "--image-size", "32", "--batch-size", "32"]
@@ -147,3 +149,23 @@ def test_lightning_cli_config(tmp_path):
     check_cam_logs(events)
     # LightningCLI saved the resolved config beside the event file
     assert glob.glob(str(tmp_path / "runs" / "shapes_cli" / "version_*" / "config.yaml"))
+
+
+def test_quickstart_runs_and_logs_maps(tmp_path):
+    """The file users copy: run as a script (1 epoch), it logs grids and ADCC under <logdir>/quickstart."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, str(QUICKSTART), "--logdir", str(tmp_path / "runs"), "--max-epochs", "1"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    events = read_tensorboard(tmp_path / "runs" / "quickstart")
+    scalars, images = events["scalars"], events["images"]
+    for method in ("gradcam", "gradcampp"):
+        grid = f"cam/{method}/grid"
+        assert grid in images, f"{grid} missing; images: {sorted(images)}"
+        assert [step for step, _, _ in images[grid]] == [0]
+        assert all(width > 64 and height > 64 for _, width, height in images[grid])
+    adcc = scalars.get("cam/gradcam/adcc")
+    assert adcc, f"cam/gradcam/adcc missing; scalars: {sorted(scalars)}"
+    assert [step for step, _ in adcc] == [0] and all(0.0 <= value <= 100.0 for _, value in adcc), adcc
+    assert "val_acc" in scalars
+    assert not (tmp_path / "lightning_logs").exists()  # everything went to --logdir
