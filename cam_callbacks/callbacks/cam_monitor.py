@@ -338,7 +338,7 @@ class CAMMonitor(Callback):
             self.on_validation_start(trainer, pl_module)
         start = time.perf_counter()
         due = self._budget.due(self.methods)
-        explanation, scores = self._runner.timed_compute(trainer, pl_module, due, self._budget)
+        explanation, scores = self._runner.timed_compute(trainer, pl_module, due, self._budget, self.compute)
         computed = time.perf_counter()
         self._report_skipped(trainer)
         analyses = self.analyze(explanation)

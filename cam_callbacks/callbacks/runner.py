@@ -29,7 +29,10 @@ from cam_callbacks.monitor.budget import CostBudget
 from cam_callbacks.render.publish import ProbeView
 from cam_callbacks.utils.targets import expand_multilabel, first_out_of_range
 
-__all__ = ["ProbeRunner"]
+__all__ = ["Compute", "ProbeRunner"]
+
+#: ``(model, precision_plugin, rows, methods) -> (explanation, scores)``, as :meth:`ProbeRunner.compute`.
+Compute = Callable[[nn.Module, Optional[Any], Optional[Tensor], Optional[Sequence[str]]], ScoredExplanation]
 
 
 def _check_model_output(logits: Any, probe: Probe) -> None:
@@ -168,18 +171,20 @@ class ProbeRunner:
         self.skipped = {global_rows[row]: reason for row, reason in skipped.items()}
         return result
 
-    def compute_for_run(self, trainer: Any, model: nn.Module, methods: Sequence[str]) -> ScoredExplanation:
-        """:meth:`compute` in the training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
+    def compute_for_run(self, trainer: Any, model: nn.Module, methods: Sequence[str], compute: Optional[Compute] = None) -> ScoredExplanation:
+        """``compute`` (:meth:`compute` by default; the monitor passes its own, so a subclass's override applies) in the
+        training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
+        compute = self.compute if compute is None else compute
         plugin = trainer.precision_plugin if self.precision == "auto" else None
         world = trainer.world_size
         total = len(self.view().images)
         if world == 1 or total < world:
-            return self.compute(model, plugin, methods=methods)
+            return compute(model, plugin, None, methods)
         mine = torch.arange(trainer.global_rank, total, world)
         result: Optional[ScoredExplanation] = None
         error: Optional[BaseException] = None
         try:
-            result = self.compute(model, plugin, mine, methods)
+            result = compute(model, plugin, mine, methods)
         except Exception as caught:  # noqa: BLE001 - re-raised below on every rank, so no rank waits forever
             error = caught
         if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
@@ -195,13 +200,15 @@ class ProbeRunner:
         self.skipped = {row: reasons.get(row, "skipped on another process") for row in everywhere.nonzero().flatten().tolist()}
         return gather_rows(trainer.strategy, result, total)
 
-    def timed_compute(self, trainer: Any, model: nn.Module, methods: Sequence[str], budget: CostBudget) -> ScoredExplanation:
+    def timed_compute(
+        self, trainer: Any, model: nn.Module, methods: Sequence[str], budget: CostBudget, compute: Optional[Compute] = None
+    ) -> ScoredExplanation:
         """:meth:`compute_for_run` per cost group (cheap methods together, each expensive one alone), timing each group."""
         merged: Optional[Explanation] = None
         scores: Dict[str, Dict[str, Tensor]] = {}
         for group in budget.groups(methods):
             begin = time.perf_counter()
-            explanation, group_scores = self.compute_for_run(trainer, model, group)
+            explanation, group_scores = self.compute_for_run(trainer, model, group, compute)
             if explanation.logits.is_cuda:
                 torch.cuda.synchronize(explanation.logits.device)
             budget.record(group, time.perf_counter() - begin)
