@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_shapes.py"
 CONFIG = ROOT / "configs" / "shapes.yaml"
 METRICS = ("average_drop", "increase_in_confidence", "coherency", "complexity", "adcc")

@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "catch_shortcut.py"
 CONFIG = ROOT / "configs" / "shortcut.yaml"
 #: About 6 s of training for both runs on one core: 3 epochs of 640 images of 48x48.

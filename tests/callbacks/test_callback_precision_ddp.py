@@ -16,7 +16,7 @@ import cam_callbacks as cc
 from _lightning_models import TinyNet, loaders, make_data, trainer
 
 METHODS = ["gradcam", "gradcampp", "scorecam", "reciprocam", "guidedbackprop", "eigencam"]
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "ddp_fit.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "ddp_fit.py")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
