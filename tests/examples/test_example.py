@@ -121,6 +121,7 @@ def test_config_matches_the_example(example):
     assert config["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
 
 
+@pytest.mark.slow
 def test_lightning_cli_config(tmp_path):
     pytest.importorskip("jsonargparse")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
