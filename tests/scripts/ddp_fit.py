@@ -1,4 +1,4 @@
-"""Run by tests/test_callback_precision_ddp.py: a 2-process CPU DDP fit (gloo) with CAMMonitor.
+"""Run by tests/callbacks/test_callback_precision_ddp.py: a 2-process CPU DDP fit (gloo) with CAMMonitor.
 
 Usage: python ddp_fit.py OUT_DIR [fail]. Writes, from every rank, rows_rank<r>.json (the probe rows that
 rank explained and whether the probes agreed), and from rank 0 metrics.json (callback_metrics) and

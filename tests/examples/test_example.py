@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_shapes.py"
 QUICKSTART = ROOT / "examples" / "quickstart.py"
 CONFIG = ROOT / "configs" / "shapes.yaml"
@@ -123,6 +123,7 @@ def test_config_matches_the_example(example):
     assert config["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
 
 
+@pytest.mark.slow
 def test_lightning_cli_config(tmp_path):
     pytest.importorskip("jsonargparse")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "catch_shortcut.py"
 CONFIG = ROOT / "configs" / "shortcut.yaml"
 #: About 6 s of training for both runs on one core: 3 epochs of 640 images of 48x48.
@@ -76,6 +76,7 @@ def read_scalars(root) -> Dict[str, List]:
     return scalars
 
 
+@pytest.mark.slow
 def test_shortcut_run_is_flagged(short_runs):
     rows = short_runs["result"]["runs"]["shortcut"]["rows"]
     clean = short_runs["result"]["runs"]["clean"]["rows"]
@@ -91,6 +92,7 @@ def test_shortcut_run_is_flagged(short_runs):
         assert rows[-1][key] > 4.0 * max(column(clean, key))  # clean: at most 0.63
 
 
+@pytest.mark.slow
 def test_clean_run_stays_quiet(short_runs):
     rows = short_runs["result"]["runs"]["clean"]["rows"]
     assert [row["epoch"] for row in rows] == [0, 1, 2]
@@ -104,6 +106,7 @@ def test_clean_run_stays_quiet(short_runs):
         assert rows[-1][f"{method}/energy_in_mask_ratio"] > 1.2
 
 
+@pytest.mark.slow
 def test_validation_accuracy_does_not_reveal_the_shortcut(short_runs):
     """The biased validation split praises the shortcut run; only cue-randomised images expose it."""
     shortcut = short_runs["result"]["runs"]["shortcut"]["rows"][-1]
@@ -113,6 +116,7 @@ def test_validation_accuracy_does_not_reveal_the_shortcut(short_runs):
     assert clean["randcue_acc"] > shortcut["randcue_acc"] + 0.2  # measured 0.875
 
 
+@pytest.mark.slow
 def test_printed_tables_and_summary(short_runs):
     stdout = short_runs["stdout"]
     first = short_runs["result"]["runs"]["shortcut"]["first_alarm"]
@@ -128,6 +132,7 @@ def test_printed_tables_and_summary(short_runs):
     assert "tensorboard --logdir" in stdout
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_of_both_runs(short_runs):
     root = Path(short_runs["logdir"]) / "catch_shortcut"
     runs = short_runs["result"]["runs"]
@@ -172,6 +177,7 @@ def test_data_variants(example):
         example.ShortcutDataModule(scenario="tiny")
 
 
+@pytest.mark.slow
 def test_explaining_the_label_hides_the_cue(short_runs):
     """Why the example explains the prediction: on probe images whose patch names another class than the
     label, the patch speaks against the label, and Grad-CAM of the label's logit drops it (ReLU)."""
@@ -211,6 +217,7 @@ def test_config_matches_the_example(example):
     assert config["trainer"]["max_epochs"] == defaults.max_epochs and args["num_probe"] == defaults.num_probe
 
 
+@pytest.mark.slow
 def test_lightning_cli_config(tmp_path):
     pytest.importorskip("jsonargparse")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

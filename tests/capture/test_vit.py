@@ -261,6 +261,7 @@ def pgc_vit_reshape(tensor, height=GRID, width=GRID):
 PGC = {"gradcam": GradCAM, "xgradcam": XGradCAM, "hirescam": HiResCAM, "layercam": LayerCAM}
 
 
+@pytest.mark.crosscheck
 @pytest.mark.parametrize("method", list(PGC))
 def test_vit_against_pytorch_grad_cam(vit_images, method):
     ours_model, ref_model = make_vit(), make_vit()
@@ -470,6 +471,8 @@ def test_wrong_prefix_count_or_grid_raises(token_net, token_images):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.crosscheck
 def test_vit_b_16_smoke():
     """Measured on the 2-core CPU (one intra-op thread, machine shared with other jobs): 2.7-3.8 s in all (~1.7 s to
     build, ~0.8 s explain, ~0.8 s reference); with torch's default 2 threads on the loaded machine it took 16.7 s.

@@ -92,7 +92,11 @@ def build(name: str, request: pytest.FixtureRequest) -> nn.Module:
     return getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
 
 
-@pytest.mark.parametrize("name,layer_name,size", TORCHVISION_CASES, ids=[f"{n}-{layer}" for n, layer, _ in TORCHVISION_CASES])
+@pytest.mark.crosscheck
+@pytest.mark.parametrize(
+    "name,layer_name,size",
+    [pytest.param(*case, id=f"{case[0]}-{case[1]}", marks=[pytest.mark.slow] if case[0] == "vgg11" else []) for case in TORCHVISION_CASES],
+)
 def test_torchvision_tail_is_fx_and_matches_model(name, layer_name, size, request):
     model = build(name, request)
     x = images(2, size)

@@ -598,6 +598,7 @@ def our_maps(torchvision_models, images64):
     return maps
 
 
+@pytest.mark.crosscheck
 @pytest.mark.parametrize("method", GUIDED_METHODS)
 @pytest.mark.parametrize("model_name", ["resnet18", "vgg11"])
 def test_against_captum(torchvision_models, images64, our_maps, model_name, method):
@@ -613,6 +614,7 @@ def test_against_captum(torchvision_models, images64, our_maps, model_name, meth
     assert diff <= TOL
 
 
+@pytest.mark.crosscheck
 @pytest.mark.parametrize("model_name", ["resnet18", "vgg11"])
 def test_guided_methods_differ(our_maps, model_name):
     """Guard for the cross-checks: the three methods give clearly different maps on the same model and images."""
@@ -646,7 +648,7 @@ DENSENETS = {
 MISSED = 1e-3
 
 
-@pytest.fixture(scope="module", params=list(DENSENETS))
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n == "densenet121" else n for n in DENSENETS])
 def densenets(request):
     torch.manual_seed(0)
     plain = prepare_bn(torchvision.models.DenseNet(**DENSENETS[request.param]))
@@ -662,6 +664,7 @@ def test_densenet_forward_has_functional_inplace_relu():
     assert type(torchvision.models.densenet121(num_classes=2)) is torchvision.models.DenseNet
 
 
+@pytest.mark.crosscheck
 def test_densenet_guided_backprop_sees_the_functional_relu(densenets, images64):
     name, plain, variant = densenets
     with torch.no_grad():

@@ -35,6 +35,8 @@ from torch import nn
 
 import cam_callbacks as cc
 
+pytestmark = pytest.mark.crosscheck
+
 TOL = 1e-3
 SIZE = 64
 # With random weights the map of a class is often all negative (ReLU -> constant zero map, which the guard in
@@ -123,7 +125,7 @@ def torch_convention(raw: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("method", list(REFERENCES))
-@pytest.mark.parametrize("model_name", list(LAYERS))
+@pytest.mark.parametrize("model_name", [pytest.param(n, marks=pytest.mark.slow) if n in ("vgg11", "densenet121") else n for n in LAYERS])
 def test_against_pytorch_grad_cam(get_model, images, model_name, method):
     model, ref = get_model(model_name)
     layer = (GRADCAMPP_LAYERS if method == "gradcampp" else LAYERS)[model_name]
@@ -169,6 +171,7 @@ def test_methods_differ_from_each_other(get_model, images):
     assert (maps["gradcam"] - other_class).abs().max() > 0.05
 
 
+@pytest.mark.slow
 def test_densenet_features_captured_before_inplace_relu(get_model, images):
     """densenet.forward applies F.relu(features, inplace=True) to the output of 'features'. Our capture must hold the
     value 'features' returned (the pre-ReLU norm5 output), not the tensor the in-place ReLU rewrote afterwards."""

@@ -16,7 +16,7 @@ import cam_callbacks as cc
 from _lightning_models import TinyNet, loaders, make_data, trainer
 
 METHODS = ["gradcam", "gradcampp", "scorecam", "reciprocam", "guidedbackprop", "eigencam"]
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "ddp_fit.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "ddp_fit.py")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -88,6 +88,7 @@ def _ddp(out, *args):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_split_the_probe_and_rank_zero_logs_the_whole(tmp_path):
     result = _ddp(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,6 +111,7 @@ def test_ddp_two_processes_split_the_probe_and_rank_zero_logs_the_whole(tmp_path
     assert metrics["cam/gradcam/shortcut_score"] == pytest.approx(float(shortcut_score(maps).score), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_failure_on_one_rank_does_not_hang_the_other(tmp_path):
     result = _ddp(tmp_path, "fail")  # subprocess.run's timeout would raise if a rank hung
     assert result.returncode != 0

@@ -198,6 +198,7 @@ def _cache_sizes(model: nn.Module) -> Tuple[int, int, int, int]:
 # ------------------------------------------------------------------ no growth
 
 
+@pytest.mark.slow
 def test_fifty_validations_keep_memory_objects_and_caches_flat(tmp_path):
     """50 runs of the callback (``trainer.validate``, TensorBoard logger, 4 methods, faithfulness on) grow nothing.
 
@@ -259,6 +260,7 @@ def test_fifty_validations_keep_memory_objects_and_caches_flat(tmp_path):
     assert torch.is_grad_enabled() and torch._C._len_torch_function_stack() == 0
 
 
+@pytest.mark.slow
 def test_twenty_five_epochs_of_fit_keep_objects_and_tensors_flat(tmp_path):
     """The fit path (alarm, drift history, every epoch) over 25 epochs of 1 training batch."""
     counts: Dict[int, Tuple[int, int, int]] = {}
@@ -636,6 +638,7 @@ class TestTorchCompile:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
         assert not _hooks(model)
 
+    @pytest.mark.slow
     def test_lightning_module_with_a_compiled_submodule(self, tmp_path):
         """BUG (fails): ``self.net = torch.compile(net)`` + CAMMonitor: setup's dry run fails.
 

@@ -191,7 +191,8 @@ def reference_faithfulness(model, layer_name, images, targets):
     return ref_scores(L, Lp, Y.numpy(), O.numpy()), L, Lp
 
 
-@pytest.mark.parametrize("build", [_small_net, _resnet18], ids=["smallnet", "resnet18"])
+@pytest.mark.crosscheck
+@pytest.mark.parametrize("build", [_small_net, pytest.param(_resnet18, marks=pytest.mark.slow)], ids=["smallnet", "resnet18"])
 @pytest.mark.parametrize("explicit_targets", [False, True], ids=["top1", "explicit"])
 def test_faithfulness_end_to_end_against_reference(build, explicit_targets):
     model, layer_name, images = build()

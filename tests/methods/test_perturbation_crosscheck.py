@@ -52,6 +52,8 @@ from torch import Tensor, nn
 
 import cam_callbacks as cc
 
+pytestmark = pytest.mark.crosscheck
+
 _MODELS: Dict[Tuple[str, int, float], nn.Module] = {}
 
 
@@ -216,6 +218,7 @@ def test_scorecam_exact_without_upsampling():
     assert max_diff(ours, cc.explain(model, x, "scorecam", "features", targets=[3, 7])) > 0.05  # the class matters
 
 
+@pytest.mark.slow
 def test_scorecam_resnet18_layer3_vs_torchcam_exact_and_pytorch_grad_cam_by_convention(get_model):
     """resnet18 ``layer3`` at 32 px: 2x2 feature maps, 256 channels.
 
@@ -241,6 +244,7 @@ def test_scorecam_resnet18_layer3_vs_torchcam_exact_and_pytorch_grad_cam_by_conv
     assert direct > 0.05 and abs(direct - max_diff(ours_loop, pgc_loop)) <= 1e-4  # the convention explains it all
 
 
+@pytest.mark.slow
 def test_scorecam_resnet18_layer2_vs_torchcam_by_convention(get_model):
     """resnet18 ``layer2`` at 32 px: 4x4 maps, where normalising before upsampling (torchcam) changes the masks
     (bilinear 4 -> 32 does not reach the extreme feature values at interior positions). The loop with torchcam's
@@ -264,6 +268,7 @@ def test_scorecam_resnet18_layer2_vs_torchcam_by_convention(get_model):
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ablationcam_resnet18_vs_pytorch_grad_cam(get_model):
     """resnet18 ``layer3`` (post-ReLU: pytorch-grad-cam sets ablated channels to 0, as the paper), 32 px, 2 images.
 
@@ -348,6 +353,7 @@ RECIPRO_CASES = [
 RECIPRO_SIZE = 96  # 3x3 feature maps for these /32 networks: corner, edge and centre positions
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, layer, scale", RECIPRO_CASES, ids=[f"{n}-{layer}" for n, layer, _ in RECIPRO_CASES])
 def test_reciprocam_torchvision_vs_reference_loop(get_model, name, layer, scale):
     """Tolerance 2e-5 on the normalised maps: float32 logits of the derived tail (batched copies) and of the full
@@ -391,7 +397,7 @@ def _projection(a: np.ndarray) -> np.ndarray:
     return p.reshape(h, w)
 
 
-@pytest.mark.parametrize("name, scale", [("vgg11", 10.0), ("mobilenet_v3_small", 100.0)])
+@pytest.mark.parametrize("name, scale", [pytest.param("vgg11", 10.0, marks=pytest.mark.slow), ("mobilenet_v3_small", 100.0)])
 def test_eigencam_other_architectures_vs_pytorch_grad_cam(get_model, name, scale):
     """tests/test_eigencam.py covers resnet18; here vgg11 (post-ReLU features) and mobilenet_v3_small (Hardswish:
     signed features), 3x3 feature maps (the models of the Recipro-CAM tests: Eigen-CAM ignores the logit scale).

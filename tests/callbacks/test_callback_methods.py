@@ -28,6 +28,7 @@ def test_registry_holds_every_method_of_the_seeds():
     assert cc.available_methods() == EVERY_METHOD
 
 
+@pytest.mark.slow
 def test_every_method_on_a_short_fit_is_logged_and_invisible_to_training(tmp_path):
     baseline, _ = _fit(tmp_path / "a", [], max_epochs=2)
     monitor = cc.CAMMonitor(

@@ -581,6 +581,7 @@ def test_cam_error_when_head_is_not_gap_linear(hidden):
     assert cc.explain(net, x, method="gradcam", target_layer="features").shape == (2, 8, 8)
 
 
+@pytest.mark.slow
 def test_cam_error_on_vgg11(random_vgg11):
     with pytest.raises(ValueError, match="method='cam'"):
         cc.explain(random_vgg11, torch.randn(1, 3, 64, 64), method="cam", target_layer="features")
@@ -682,6 +683,7 @@ def test_target_layer_auto_resnet18(resnet18):
     assert name == "layer4" and module is resnet18.layer4
 
 
+@pytest.mark.slow
 def test_target_layer_auto_vgg11(random_vgg11):
     """vgg11: features (N,512,2,2) -> avgpool = AdaptiveAvgPool2d((7, 7)) (N,512,7,7) -> flatten -> classifier.
 
