@@ -29,25 +29,25 @@ import time
 
 _T_START = time.perf_counter()
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import importlib.metadata  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-from functools import partial  # noqa: E402
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+import argparse
+import copy
+import importlib.metadata
+import os
+import platform
+import sys
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # benchmark the working tree, not whatever is installed
 
-import cam_callbacks as cc  # noqa: E402
+import cam_callbacks as cc
 
 try:
     import pytorch_grad_cam as pgc
@@ -243,13 +243,13 @@ def fmt_diff(v: Optional[float]) -> str:
 
 def render(rows: List[List[str]], header: List[str], markdown: bool) -> str:
     if markdown:
-        cell = lambda c: c.replace("|", "\\|")  # noqa: E731  ('max |diff|' must not split a column)
+        cell = lambda c: c.replace("|", "\\|")
         header, rows = [cell(c) for c in header], [[cell(c) for c in r] for r in rows]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 

@@ -26,11 +26,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
-from train_shapes import ShapesClassifier, ShapesDataModule  # noqa: E402
+from train_shapes import ShapesClassifier, ShapesDataModule
 
-from cam_callbacks import CAMMonitor  # noqa: E402
-from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD  # noqa: E402
-
+from cam_callbacks import CAMMonitor
+from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
 #: CAMMonitor.last_timings phase -> label in the report
 PHASES = {

@@ -37,25 +37,24 @@ import time
 
 _T_START = time.perf_counter()
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-from functools import partialmethod  # noqa: E402
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+import argparse
+import copy
+import os
+import platform
+import sys
+from functools import partialmethod
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import torch
+import torchvision
+from torch import Tensor, nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # benchmark the working tree, not whatever is installed
 sys.path.insert(0, HERE)  # the shared helpers of bench_gradient_methods.py
 
-import cam_callbacks as cc  # noqa: E402
-from bench_gradient_methods import (  # noqa: E402
+from bench_gradient_methods import (
     MODELS,
     floor_forward,
     floor_tail_backward,
@@ -72,8 +71,10 @@ from bench_gradient_methods import (  # noqa: E402
     torchcam_call,
     version,
 )
-from cam_callbacks.methods import position_masks  # noqa: E402
-from cam_callbacks.engine.scorers import ForwardCost, rows_per_pass  # noqa: E402
+
+import cam_callbacks as cc
+from cam_callbacks.engine.scorers import ForwardCost, rows_per_pass
+from cam_callbacks.methods import position_masks
 
 try:
     import tqdm
@@ -158,7 +159,7 @@ def naive_reciprocam(model: nn.Module, layer: nn.Module, x: Tensor, targets: Ten
         maps = []
         for i in range(n):
             replacement = activations[i : i + 1] * masks[:, None]  # (h*w, K, h, w)
-            handle = layer.register_forward_hook(lambda module, inputs, output: replacement)
+            handle = layer.register_forward_hook(lambda module, inputs, output, replacement=replacement: replacement)
             try:
                 with torch.no_grad():
                     logits = model(x[i : i + 1].expand(h * w, *x.shape[1:]))
@@ -393,7 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         )
     command = (
         f"python benchmarks/bench_perturbation_methods.py --model {args.model} --layer {layer_name} --batch {args.batch} "
-        f"--size {args.size} --logit-scale {args.logit_scale:g} --repeats {args.repeats} --threads {args.threads} --device {args.device} --methods {' '.join(args.methods)} "
+        f"--size {args.size} --logit-scale {args.logit_scale:g} --repeats {args.repeats} --threads {args.threads} --device {args.device} "
+        f"--methods {' '.join(args.methods)} "
         f"--ref-batch {args.ref_batch} --floor-batch {args.floor_batch} --floor-rows {args.floor_rows}"
         + (f" --perturbation-batch {args.perturbation_batch}" if args.perturbation_batch is not None else "")
     )

@@ -41,7 +41,7 @@ from cam_callbacks.datasets import SCENARIOS, SHAPES_MEAN, SHAPES_STD, ScenarioD
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the model of the neighbouring example
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_shapes import CLI_SUBCOMMANDS, ShapesClassifier  # noqa: E402
+from train_shapes import CLI_SUBCOMMANDS, ShapesClassifier
 
 # The callback: what CAMMonitor watches in both runs (configs/shortcut.yaml repeats it for LightningCLI).
 # _train adds the probe: the cue-randomised images with object and patch masks, identical for both runs.

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op torch thread for a test module, restored afterwards (use: ``pytestmark = pytest.mark.usefixtures("one_thread")``).

@@ -9,6 +9,7 @@ This module holds the Lightning hooks and little else: the work is done by
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import pytorch_lightning as pl
@@ -20,18 +21,24 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from cam_callbacks.callbacks.arguments import (
-    PRECISION_CHOICES, TARGET_CHOICES, check_alarm, check_budget, check_choice, check_display, check_methods, check_positive_int,
+    PRECISION_CHOICES,
+    TARGET_CHOICES,
+    check_alarm,
+    check_budget,
+    check_choice,
+    check_display,
+    check_methods,
+    check_positive_int,
     check_target_layer,
 )  # fmt: skip
 from cam_callbacks.callbacks.distributed import check_strategy
-from cam_callbacks.callbacks.loggers import RunLogger, RunSummary
+from cam_callbacks.callbacks.loggers import RunLogger, RunSummary, run_scalars
 from cam_callbacks.callbacks.probe import Probe, ProbeLike, early_probe, make_probe, probe_from_loaders
 from cam_callbacks.callbacks.runner import ProbeRunner
 from cam_callbacks.capture.layers import LayersLike, resolve_named_layer
 from cam_callbacks.capture.layouts import ReshapeLike
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
-from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, AlarmState
 from cam_callbacks.monitor.budget import CostBudget, is_expensive
@@ -154,7 +161,7 @@ class CAMMonitor(Callback):
         perturbation_batch: Optional[int] = None,
         precision: PrecisionMode = "auto",
         budget: Optional[float] = 0.05,
-        alarm: Optional[AlarmRule] = AlarmRule(),
+        alarm: Optional[AlarmRule] = AlarmRule(),  # noqa: B008 - never mutated: each monitor keeps its own copy
         stop_on_alarm: bool = False,
         max_labels: int = 4,
     ) -> None:
@@ -181,21 +188,29 @@ class CAMMonitor(Callback):
             perturbation_batch=perturbation_batch,
         )  # fmt: skip  # validates every option, listing the valid choices
         self.precision = check_choice("precision", precision, PRECISION_CHOICES)
-        self._budget = CostBudget(check_budget(budget), expensive=[m for m in self.methods if is_expensive(m, self_smooth=smooth)])
-        self.alarm = check_alarm(alarm)
+        self._budget_share = check_budget(budget)
+        checked = check_alarm(alarm)
+        self.alarm = None if checked is None else replace(checked)  # a copy: monitors never share (or mutate) a rule
         self.stop_on_alarm = bool(stop_on_alarm)
         self._probe_source = probe
-        self._runner = ProbeRunner(self.methods, target_layer, target == "label", self.options, self.faithfulness, precision, self._warn_once)
+        self._build_parts(probe, smooth)
+        #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
+        self.last_timings: Dict[str, float] = {}
+
+
+    def _build_parts(self, probe: Optional[ProbeLike], smooth: Optional[Smooth]) -> None:
+        """The parts that do the work (runner, history, alarm state, budget, logger) and the run state."""
+        self._runner = ProbeRunner(
+            self.methods, self.target_layer, self.target == "label", self.options, self.faithfulness, self.precision, self._warn_once
+        )  # fmt: skip
         self._runner.probe = make_probe(probe, self.num_probe) if probe is not None else None
+        self._budget = CostBudget(self._budget_share, expensive=[m for m in self.methods if is_expensive(m, self_smooth=smooth)])
         self._history = MapHistory()
         self._alarm_state = AlarmState()
         self._logger = RunLogger()
         self._pending_state: Optional[Dict[str, Any]] = None
-        self._skipped_reported: tuple = ()
         self._last_run: Optional[tuple] = None
         self._warned: Set[str] = set()
-        #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
-        self.last_timings: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ identity and properties
     @property
@@ -311,27 +326,6 @@ class CAMMonitor(Callback):
         view = self._runner.view()
         return self._history.analyze(explanation.maps, view.masks, view.nuisance, self._runner.skipped)
 
-    def _report_skipped(self, trainer: "pl.Trainer") -> None:
-        skipped = self._runner.skipped
-        rows = tuple(sorted(skipped))
-        if rows and rows != self._skipped_reported:
-            details = "; ".join(f"row {row}: {skipped[row]}" for row in rows[:8])
-            rank_zero_warn(
-                f"CAMMonitor: {len(rows)} probe image(s) skipped at epoch {trainer.current_epoch} ({details}). "
-                "The metrics are means over the other images; training goes on."
-            )
-        self._skipped_reported = rows
-
-    def _scalars(self, scores: Mapping[str, Mapping[str, Tensor]], methods: Sequence[str], analyses: Dict[str, MethodAnalysis]) -> Dict[str, float]:
-        scalars = {
-            f"cam/{method}/{metric}": float(100.0 * scores[method][metric].double().nanmean())
-            for method in methods
-            for metric in (FAITHFULNESS_METRICS if scores else ())
-        }
-        for method, analysis in analyses.items():
-            scalars.update({f"cam/{method}/{metric}": value for metric, value in analysis.scalars.items()})
-        return scalars
-
     def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
         """Compute, check the alarm rule and log once for the current epoch; returns the logged scalars."""
         if self.probe is None or self._runner.layer_names is None:
@@ -340,9 +334,11 @@ class CAMMonitor(Callback):
         due = self._budget.due(self.methods)
         explanation, scores = self._runner.timed_compute(trainer, pl_module, due, self._budget, self.compute)
         computed = time.perf_counter()
-        self._report_skipped(trainer)
+        message = self._runner.new_skips_message(trainer.current_epoch)
+        if message:
+            rank_zero_warn(message)
         analyses = self.analyze(explanation)
-        scalars = self._scalars(scores, due, analyses)
+        scalars = run_scalars(scores, due, analyses)
         per_image = {f"cam/{m}/{metric}": values for m, a in analyses.items() for metric, values in a.per_image.items()}
         hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
         if self.alarm is not None:

@@ -10,7 +10,7 @@ wrapped forward would be wrong.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 from torch import Tensor
 

@@ -8,7 +8,7 @@ that has one (the trainer's ``default_root_dir`` without any logger).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Set
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Sequence, Set
 
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
@@ -16,11 +16,12 @@ from torch import Tensor
 
 from cam_callbacks.callbacks.writer import BackgroundWriter, add_png
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
+from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.monitor.alarm import AlarmHit, format_alarm
 from cam_callbacks.render.png import save_pngs, save_text
 from cam_callbacks.render.publish import to_uint8
 
-__all__ = ["RunLogger", "RunSummary", "png_directories"]
+__all__ = ["RunLogger", "RunSummary", "png_directories", "run_scalars"]
 
 
 def png_directories(trainer: Any) -> List[str]:
@@ -39,6 +40,26 @@ def png_directories(trainer: Any) -> List[str]:
         if directory and str(directory) not in directories:
             directories.append(str(directory))
     return directories
+
+
+def run_scalars(scores: Mapping[str, Mapping[str, Tensor]], methods: Sequence[str], analyses: Mapping[str, MethodAnalysis]) -> Dict[str, float]:
+    """The scalars of one run, by tag: each method's mean faithfulness in percent (NaN rows left out), then its watch values.
+
+    Example::
+
+        >>> import torch
+        >>> scores = {"gradcam": {m: torch.tensor([0.5, float("nan")]) for m in FAITHFULNESS_METRICS}}
+        >>> run_scalars(scores, ["gradcam"], {})["cam/gradcam/adcc"]
+        50.0
+    """
+    scalars = {
+        f"cam/{method}/{metric}": float(100.0 * scores[method][metric].double().nanmean())
+        for method in methods
+        for metric in (FAITHFULNESS_METRICS if scores else ())
+    }
+    for method, analysis in analyses.items():
+        scalars.update({f"cam/{method}/{metric}": value for metric, value in analysis.scalars.items()})
+    return scalars
 
 
 class RunSummary(NamedTuple):

@@ -81,6 +81,19 @@ class ProbeRunner:
         #: probe rows skipped in the last run -> why (the model raised, or non-finite logits or maps)
         self.skipped: Dict[int, str] = {}
         self._view_cache: Optional[Tuple[Probe, ProbeView]] = None
+        self._reported: Tuple[int, ...] = ()
+
+    def new_skips_message(self, epoch: int) -> Optional[str]:
+        """A warning when the skipped rows differ from those last reported (None otherwise)."""
+        rows = tuple(sorted(self.skipped))
+        reported, self._reported = self._reported, rows
+        if not rows or rows == reported:
+            return None
+        details = "; ".join(f"row {row}: {self.skipped[row]}" for row in rows[:8])
+        return (
+            f"CAMMonitor: {len(rows)} probe image(s) skipped at epoch {epoch} ({details}). "
+            "The metrics are means over the other images; training goes on."
+        )
 
     def layers(self, model: nn.Module) -> List[Tuple[str, nn.Module]]:
         """The resolved target layers of ``model`` as ``(name, module)`` pairs."""

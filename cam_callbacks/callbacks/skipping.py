@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
 from cam_callbacks.engine.passes import model_device
-from cam_callbacks.engine.result import Explanation, ScoredExplanation, Scores
+from cam_callbacks.engine.result import Explanation, ScoredExplanation
 
 __all__ = ["explain_skipping_bad_images", "screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
 

@@ -10,13 +10,21 @@
 
 from cam_callbacks.capture.guided import guided_relus, input_gradients
 from cam_callbacks.capture.hooks import LayerCapture, LayerOutputError
-from cam_callbacks.capture.layers import LayerSpec, cam_class_weights, find_auto_layer, resolve_named_layer, resolve_target_layer
+from cam_callbacks.capture.layers import (
+    LayersLike,
+    LayerSpec,
+    cam_class_weights,
+    find_auto_layer,
+    resolve_layers,
+    resolve_named_layer,
+    resolve_target_layer,
+)  # fmt: skip
 from cam_callbacks.capture.layouts import ReshapeLike, TokenGrid, as_token_grid
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
 from cam_callbacks.capture.tail import Tail, derive_tail, tail_from_reference, tail_mismatch
 
 __all__ = [
-    "LayerCapture", "LayerOutputError", "LayerSpec", "ReshapeLike", "Tail", "TokenGrid", "as_token_grid", "cam_class_weights",
+    "LayerCapture", "LayerOutputError", "LayerSpec", "LayersLike", "ReshapeLike", "Tail", "TokenGrid", "as_token_grid", "cam_class_weights",
     "derive_tail", "eager", "find_auto_layer", "guided_relus", "input_gradients", "preserved_model_state", "preserved_rng_state",
-    "resolve_named_layer", "resolve_target_layer", "tail_from_reference", "tail_mismatch",
+    "resolve_layers", "resolve_named_layer", "resolve_target_layer", "tail_from_reference", "tail_mismatch",
 ]  # fmt: skip

@@ -33,12 +33,12 @@ class _GuidedIdentity(torch.autograd.Function):
     """Identity on a ReLU's output; backward keeps the gradient where it is positive and the output is positive."""
 
     @staticmethod
-    def forward(ctx: Any, relu_output: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, relu_output: Tensor) -> Tensor:
         ctx.positive = relu_output > 0  # a private mask: later in-place writes to the output cannot change it
         return relu_output.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         return grad.clamp(min=0) * ctx.positive
 
 

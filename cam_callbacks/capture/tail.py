@@ -183,7 +183,7 @@ def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Ten
     """The fx tail, checked, or ``(None, why not)``."""
     try:
         cut = trace_cut(model, layer_name)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any failure means no fx tail; the reason is reported with the fallback
         return None, f"torch.fx cannot trace it: {type(error).__name__}: {error}"
     values: Tuple[Any, ...] = ()
     try:
@@ -191,12 +191,12 @@ def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Ten
         values = fn.values
         tail = Tail(fn, "fx", layer_name, example.shape[0] if any(fn.batched) else None)
         problem = tail_mismatch(fn, activation, logits)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - likewise
         problem = f"{type(error).__name__}: {error}"
     if not problem and values:  # values from the head must follow a larger batch
         try:
             problem = tail_mismatch(fn, activation.repeat_interleave(2, dim=0), logits.repeat_interleave(2, dim=0))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - likewise
             problem = f"{type(error).__name__}: {error}"
         problem = problem and f"with 2 copies per image, {problem}"
     if problem:

@@ -28,7 +28,7 @@ __all__ = ["FxCut", "FxTail", "trace_cut"]
 # --- tracing and cutting ------------------------------------------------------------------------
 
 
-class _NoCut(Exception):
+class _NoCutError(Exception):
     """The traced graph cannot be cut at the target layer."""
 
 
@@ -84,12 +84,12 @@ class FxCut:
 def _cut(graph: fx.Graph, layer_name: str) -> FxCut:
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer_name]
     if not calls:
-        raise _NoCut(
+        raise _NoCutError(
             f"the traced graph has no call of {layer_name!r} (it runs inside a module that torch.fx keeps as a leaf, "
             "or not through its forward)"
         )
     if len(calls) > 1:
-        raise _NoCut(f"{layer_name!r} is called {len(calls)} times in the traced graph")
+        raise _NoCutError(f"{layer_name!r} is called {len(calls)} times in the traced graph")
     target = calls[0]
     tail: Dict[fx.Node, None] = {}
     input_dependent: Set[fx.Node] = set()
@@ -103,7 +103,7 @@ def _cut(graph: fx.Graph, layer_name: str) -> FxCut:
             tail[node] = None
     assert output is not None
     if not any(i is target or i in tail for i in output.all_input_nodes):
-        raise _NoCut(f"the model's output does not depend on {layer_name!r}")
+        raise _NoCutError(f"the model's output does not depend on {layer_name!r}")
     cross: Dict[fx.Node, None] = {}
     constants: Set[fx.Node] = set()
     for node in [*tail, output]:

@@ -2,10 +2,21 @@
 (object sizes, several objects, shortcut cues correlated with the label). No downloads."""
 
 from cam_callbacks.datasets.scenarios import (
-    SCENARIOS, ScenarioBatch, ScenarioDataset, make_scenario, patch_mask,
+    SCENARIOS,
+    ScenarioBatch,
+    ScenarioDataset,
+    make_scenario,
+    patch_mask,
 )  # fmt: skip
 from cam_callbacks.datasets.shapes import (
-    SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesBatch, ShapesDataset, make_shapes, normalize, unnormalize,
+    SHAPE_NAMES,
+    SHAPES_MEAN,
+    SHAPES_STD,
+    ShapesBatch,
+    ShapesDataset,
+    make_shapes,
+    normalize,
+    unnormalize,
 )  # fmt: skip
 
 __all__ = [

@@ -39,7 +39,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cam_callbacks.datasets.backgrounds import (
-    BACKGROUND_MAX, BackgroundParams, image_generator, render_backgrounds, sample_background, single_threaded,
+    BACKGROUND_MAX,
+    BackgroundParams,
+    image_generator,
+    render_backgrounds,
+    sample_background,
+    single_threaded,
     textured_background,
 )  # fmt: skip
 from cam_callbacks.datasets.drawing import OBJECT_MIN_PEAK, SHAPE_NAMES, draw_shape, random_object_color, shape_mask, shape_masks

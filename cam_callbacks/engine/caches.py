@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 from torch import Tensor, nn
 
 from cam_callbacks.capture.tail import Tail, tail_from_reference, tail_mismatch
-
 from cam_callbacks.engine.scorers import RowBytes
 
 __all__ = ["CacheInfo", "cache_info", "clear_caches", "cached_cost", "store_cost", "tail_for"]

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from cam_callbacks.capture.guided import input_gradients
-from cam_callbacks.capture.layers import cam_class_weights
 from cam_callbacks.capture.hooks import LayerCapture
+from cam_callbacks.capture.layers import cam_class_weights
 from cam_callbacks.engine.caches import cached_cost, store_cost, tail_for
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation

@@ -6,7 +6,13 @@ gradient, decomposition (Eigen-CAM), perturbation, input gradient.
 """
 
 from cam_callbacks.methods.registry import (
-    KNOWN_INPUTS, LAYER_INPUTS, CAMMethod, available_methods, get_method, register_method, unregister_method,
+    KNOWN_INPUTS,
+    LAYER_INPUTS,
+    CAMMethod,
+    available_methods,
+    get_method,
+    register_method,
+    unregister_method,
 )  # fmt: skip
 
 # isort: off

@@ -3,7 +3,13 @@
 from cam_callbacks.metrics.drift import class_mean_maps, map_correlation, mean_map, shortcut_score, shortcut_scores_by_class
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, adcc, average_drop, coherency, complexity, faithfulness_scores, increase_in_confidence
 from cam_callbacks.metrics.localization import (
-    LOCALIZATION_METRICS, energy_in_mask, energy_in_nuisance, energy_ratio, localization_scores, localization_summary, pointing_game,
+    LOCALIZATION_METRICS,
+    energy_in_mask,
+    energy_in_nuisance,
+    energy_ratio,
+    localization_scores,
+    localization_summary,
+    pointing_game,
 )  # fmt: skip
 from cam_callbacks.metrics.watch import WATCH_METRICS, MethodAnalysis, analyze_maps
 

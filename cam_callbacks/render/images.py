@@ -7,10 +7,12 @@ colormap's lookup table, lazily.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from cam_callbacks.utils.numeric import safe_divide
 
 __all__ = ["colormap_lut", "apply_colormap", "to_display", "overlay", "heatmap_grid", "mask_outline", "draw_outline", "map_tiles"]
 
@@ -55,8 +57,7 @@ def to_display(images: Tensor, mean: Optional[Sequence[float]] = None, std: Opti
     else:
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
-        span = high - low
-        x = torch.where(span > 0, (x - low) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
+        x = safe_divide(x - low, high - low, require_positive=True)
     if x.shape[1] == 1:
         return x.expand(-1, 3, -1, -1)
     if x.shape[1] != 3:

@@ -11,11 +11,12 @@ from typing import Dict, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from cam_callbacks.metrics.drift import class_mean_maps
 from cam_callbacks.engine.result import Explanation
-from cam_callbacks.utils.types import Probability
-from cam_callbacks.render.images import heatmap_grid, map_tiles, mask_outline, to_display
+from cam_callbacks.metrics.drift import class_mean_maps
 from cam_callbacks.metrics.watch import MethodAnalysis
+from cam_callbacks.render.images import heatmap_grid, map_tiles, mask_outline, to_display
+from cam_callbacks.utils.numeric import safe_divide
+from cam_callbacks.utils.types import Probability
 
 __all__ = ["ImageStyle", "ProbeView", "run_images", "method_grids", "to_uint8"]
 
@@ -78,8 +79,7 @@ def run_images(view: ProbeView, explanation: Explanation, analyses: Dict[str, Me
 
 def _scaled(maps: Tensor) -> Tensor:
     """Each map divided by its maximum (zeros stay zeros), for display."""
-    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-    return maps / peak
+    return safe_divide(maps, maps.flatten(1).amax(dim=1).view(-1, 1, 1), require_positive=True)
 
 
 def to_uint8(image: Tensor) -> Tensor:

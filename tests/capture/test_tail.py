@@ -435,7 +435,7 @@ def test_derive_tail_leaves_model_as_found(case):
         reference = copy.deepcopy(model).eval()
         with torch.no_grad():
             skip = torch.flatten(reference.pool(reference.early(x)), 1) * (2.0 if case == "user" else 3.0)
-        user = lambda a: model.head_linear(torch.flatten(model.pool(a), 1) + skip)  # noqa: E731
+        user = lambda a: model.head_linear(torch.flatten(model.pool(a), 1) + skip)
     before = snapshot(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -24,8 +24,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
+from cam_callbacks.monitor.alarm import AlarmRule
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "catch_shortcut.py"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cam_callbacks.datasets.scenarios import make_scenario
 from cam_callbacks.metrics import drift
 from cam_callbacks.metrics.drift import (
     class_mean_maps,
@@ -18,7 +19,6 @@ from cam_callbacks.metrics.drift import (
     shortcut_scores_by_class,
 )
 from cam_callbacks.utils.maps import minmax_normalize
-from cam_callbacks.datasets.scenarios import make_scenario
 
 
 # ---------------------------------------------------------------- helpers and NumPy references
@@ -228,7 +228,7 @@ def test_a_spot_shared_by_most_images_is_found():
     generator = torch.Generator().manual_seed(1)
     objects = gaussian_blobs(torch.rand(32, 2, generator=generator) * 20 + 8, size=32, sigma=3.0)
     spot = gaussian_blobs([(30.0, 1.0)] * 32, size=32, sigma=1.5)
-    unit = lambda m: m / m.sum(dim=(1, 2), keepdim=True)  # noqa: E731
+    unit = lambda m: m / m.sum(dim=(1, 2), keepdim=True)
     # 60% of every map's mass on the fixed spot, 40% on the object: shared ~0.6, concentrated
     report = shortcut_score(0.6 * unit(spot) + 0.4 * unit(objects))
     assert 0.55 < report.shared.item() < 0.62 and report.concentration.item() > 0.95

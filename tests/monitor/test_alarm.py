@@ -145,9 +145,9 @@ def test_format_alarm_markdown():
 
 def test_end_to_end_with_localization_and_shortcut():
     """A map set that sits on a fixed corner patch fires the nuisance and shortcut rules."""
+    from cam_callbacks.datasets.scenarios import make_scenario
     from cam_callbacks.metrics.drift import shortcut_score
     from cam_callbacks.metrics.localization import localization_scores, localization_summary
-    from cam_callbacks.datasets.scenarios import make_scenario
 
     batch = make_scenario(16, scenario="small", shortcut=True, image_size=32, seed=0)
     maps = batch.nuisance_masks.float() * 0.9 + 0.1 * batch.masks.float()

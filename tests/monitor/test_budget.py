@@ -8,8 +8,8 @@ import pytest
 import pytorch_lightning as pl
 
 import cam_callbacks as cc
-from cam_callbacks.monitor.budget import CostBudget
 from cam_callbacks.methods import register_method, unregister_method
+from cam_callbacks.monitor.budget import CostBudget
 
 from _lightning_models import TinyNet, loaders, read_events, trainer
 

@@ -11,11 +11,12 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
+import pytorch_lightning as pl
+import torch
 
-import cam_callbacks as cc  # noqa: E402
-from _lightning_models import TinyNet, loaders  # noqa: E402
+import cam_callbacks as cc
+
+from _lightning_models import TinyNet, loaders
 
 
 class Recorder(pl.Callback):
