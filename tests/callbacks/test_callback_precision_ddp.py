@@ -44,9 +44,15 @@ def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
         # for the CAM family; max |diff| up to 0.31 on single pixels of guided backprop (bf16 gradients at the input)
         assert float(difference.mean()) < 0.03, (method, float(difference.mean()))
         assert torch.all(torch.isfinite(low.maps[method]))
-        adcc_low = 100 * float(low_scores[method]["adcc"].mean())
-        adcc_full = 100 * float(full_scores[method]["adcc"].mean())
-        assert adcc_low == pytest.approx(adcc_full, abs=1.0), method  # measured: within 0.35 points
+        per_image = 100 * (low_scores[method]["adcc"].double() - full_scores[method]["adcc"].double()).abs()
+        if method == "eigencam":
+            # Eigen-CAM's sign is that of the first principal component's correlation with the channel mean. On an
+            # explanation image x * L where that correlation is close to 0, bf16 and fp32 can pick opposite signs and
+            # that image's coherency (so its ADCC) jumps by ~60 points; seen on one machine for 1 of the 8 images,
+            # with the fp32 side flipped (coherency 0.10 against 0.91). Every other image must agree.
+            assert int((per_image > 1.0).sum()) <= 1, (method, per_image.tolist())
+        else:
+            assert float(per_image.mean()) < 1.0, (method, per_image.tolist())  # measured: within 0.35 points
         # the low-precision maps are not the fp32 ones computed twice: bf16 really was used
     assert max(float((low.maps[m] - full.maps[m]).abs().max()) for m in METHODS) > 1e-4
 
