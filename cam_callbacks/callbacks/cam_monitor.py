@@ -197,7 +197,6 @@ class CAMMonitor(Callback):
         #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
         self.last_timings: Dict[str, float] = {}
 
-
     def _build_parts(self, probe: Optional[ProbeLike], smooth: Optional[Smooth]) -> None:
         """The parts that do the work (runner, history, alarm state, budget, logger) and the run state."""
         self._runner = ProbeRunner(
