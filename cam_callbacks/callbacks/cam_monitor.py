@@ -8,8 +8,8 @@ This module holds the Lightning hooks and little else: the work is done by
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import pytorch_lightning as pl
@@ -190,7 +190,7 @@ class CAMMonitor(Callback):
         self.precision = check_choice("precision", precision, PRECISION_CHOICES)
         self._budget_share = check_budget(budget)
         checked = check_alarm(alarm)
-        self.alarm = None if checked is None else replace(checked)  # a copy: monitors never share (or mutate) a rule
+        self.alarm = None if checked is None else copy.deepcopy(checked)  # a deep copy: monitors never share a rule (nor its extra)
         self.stop_on_alarm = bool(stop_on_alarm)
         self._probe_source = probe
         self._build_parts(probe, smooth)
@@ -271,14 +271,14 @@ class CAMMonitor(Callback):
         names = self._runner.prepare(pl_module)
         if first_time:
             rank_zero_info(f"CAMMonitor: explaining target layer {'+'.join(names)!r} with {self.methods} on {len(self.probe or ())} probe images")
+        self._apply_pending_state()  # a checkpoint loaded before the layer was known (the probe came late) is checked now
 
     def _set_probe(self, probe: Optional[Probe], trainer: Optional["pl.Trainer"] = None) -> None:
         if trainer is not None and trainer.world_size > 1:
             # every process uses rank 0's probe (iterable datasets or samplers may give ranks different samples)
             probe = trainer.strategy.broadcast(probe, src=0)
         self._runner.probe = probe
-        if probe is not None and self._pending_state is not None:
-            self._apply_pending_state()
+        self._apply_pending_state()
 
     # ------------------------------------------------------------------ running
     def _should_run(self, trainer: "pl.Trainer") -> bool:
@@ -423,7 +423,8 @@ class CAMMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`. The history is kept only for the same version, layer and probe set; a change is reported."""
+        """Restore a :meth:`state_dict`. The history is kept only for the same version, layer and probe set; a change is reported.
+        It is applied once the probe set and the layer are known (at once after ``setup``, else at the first validation)."""
         self._last_run = tuple(state_dict["last_run"]) if state_dict.get("last_run") else None
         saved_probe = state_dict.get("probe")
         if self._probe_source is None and saved_probe is not None:
@@ -431,12 +432,12 @@ class CAMMonitor(Callback):
             # (replacing one taken from the validation data at setup, which runs before checkpoints are restored)
             self._runner.probe = Probe(**saved_probe)
         self._pending_state = dict(state_dict)
-        if self.probe is not None:
-            self._apply_pending_state()
+        self._apply_pending_state()
 
     def _apply_pending_state(self) -> None:
+        if self._pending_state is None or self.probe is None or self._runner.layer_names is None:
+            return  # not yet: the version, layer and probe checks need the probe set and the resolved layer
         state, self._pending_state = self._pending_state, None
-        assert state is not None and self.probe is not None
         reason = None
         if state.get("version") != STATE_VERSION:
             reason = f"the checkpoint's CAMMonitor state has version {state.get('version')!r}, this one {STATE_VERSION}"
