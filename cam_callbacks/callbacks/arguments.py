@@ -3,17 +3,19 @@ shows the value and says what is valid (as Lightning's own callbacks do)."""
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
+from cam_callbacks.capture.layers import resolve_named_layer
+from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.methods.registry import available_methods
 from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.render.images import colormap_lut
 
 __all__ = [
     "TARGET_CHOICES", "PRECISION_CHOICES", "check_alarm", "check_budget", "check_choice", "check_display", "check_methods",
-    "check_positive_int", "check_target_layer",
+    "check_named_layers", "check_positive_int", "check_prefix", "check_target_layer", "check_unique_prefix", "make_explain_options",
 ]  # fmt: skip
 
 TARGET_CHOICES = ("label", "prediction")
@@ -81,3 +83,37 @@ def check_alarm(alarm: Any) -> Optional[AlarmRule]:
     if alarm is not None and not isinstance(alarm, AlarmRule):
         raise TypeError(f"alarm must be an AlarmRule or None, got {type(alarm).__name__}")
     return alarm
+
+
+def check_prefix(prefix: Any) -> str:
+    """A tag prefix: a non-empty string of letters, digits, ``_``, ``-``, ``.`` (no ``/``, no spaces)."""
+    if not isinstance(prefix, str) or not prefix or not all(c.isalnum() or c in "_-." for c in prefix):
+        raise ValueError(f"prefix must be a non-empty string of letters, digits, '_', '-' or '.' (e.g. 'cam', 'cam_layer3'), got {prefix!r}")
+    return prefix
+
+
+def make_explain_options(methods: Sequence[str], method_options: Optional[Mapping[str, Any]] = None, **options: Any) -> ExplainOptions:
+    """The monitor's :class:`ExplainOptions` (which validates every option); ``method_options`` may name only ``methods``."""
+    unused = sorted(set(method_options or {}) - set(methods))
+    if unused:
+        raise ValueError(f"method_options names {unused}, which are not in methods={list(methods)}")
+    options["smooth_scales"] = tuple(options.get("smooth_scales", (0.9, 1.0, 1.1)))
+    return ExplainOptions(method_options=dict(method_options or {}), **options)
+
+
+def check_unique_prefix(monitor: Any, callbacks: Sequence[Any]) -> None:
+    """No other monitor of the same class among ``callbacks`` logs under ``monitor.prefix`` (their tags would collide)."""
+    twins = [cb for cb in callbacks if cb is not monitor and isinstance(cb, type(monitor)) and cb.prefix == monitor.prefix]
+    if twins:
+        raise ValueError(
+            f"CAMMonitor: {len(twins) + 1} monitors in this Trainer log under prefix={monitor.prefix!r}, so their tags would "
+            "collide; give each its own prefix=, e.g. prefix='cam_layer3'"
+        )
+
+
+def check_named_layers(model: nn.Module, target_layer: Any) -> None:
+    """Every target layer given by name or module exists in ``model`` (``"auto"`` is resolved later, with the dry run)."""
+    layers = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+    for layer in layers:
+        if isinstance(layer, nn.Module) or layer != "auto":
+            resolve_named_layer(model, layer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import pytorch_lightning as pl
@@ -28,71 +29,56 @@ from cam_callbacks.callbacks.arguments import (
     check_choice,
     check_display,
     check_methods,
+    check_named_layers,
     check_positive_int,
+    check_prefix,
     check_target_layer,
+    check_unique_prefix,
+    make_explain_options,
 )  # fmt: skip
+from cam_callbacks.callbacks.checkpoint import STATE_VERSION, history_mismatch, state_problem
 from cam_callbacks.callbacks.distributed import check_strategy
-from cam_callbacks.callbacks.loggers import RunLogger, RunSummary, run_scalars
+from cam_callbacks.callbacks.errors import ON_ERROR_CHOICES, ErrorReporter
+from cam_callbacks.callbacks.loggers import RunLogger, run_scalars
 from cam_callbacks.callbacks.probe import Probe, ProbeLike, early_probe, make_probe, probe_from_loaders
 from cam_callbacks.callbacks.runner import ProbeRunner
-from cam_callbacks.capture.layers import LayersLike, resolve_named_layer
+from cam_callbacks.capture.layers import LayersLike
 from cam_callbacks.capture.layouts import ReshapeLike
-from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, AlarmState
 from cam_callbacks.monitor.budget import CostBudget, is_expensive
 from cam_callbacks.monitor.history import MapHistory
-from cam_callbacks.render.publish import ImageStyle, run_images
-from cam_callbacks.utils.types import PrecisionMode, Smooth, TargetMode
+from cam_callbacks.render.publish import ImageStyle
+from cam_callbacks.utils.types import OnError, PrecisionMode, Smooth, TargetMode
 
 __all__ = ["CAMMonitor"]
-
-#: Version of :meth:`CAMMonitor.state_dict`; a checkpoint of another version resumes without the history.
-STATE_VERSION = 2
-
 
 class CAMMonitor(Callback):
     r"""Compute class activation maps on a fixed probe set at the end of validation and log them.
 
     At the end of every ``every_n_epochs``-th validation epoch (in ``trainer.fit`` and
     ``trainer.validate``, never in the sanity check) the callback explains the probe images with
-    each method using the live model, scores the maps with the faithfulness metrics and logs
-    (the README's "What appears in TensorBoard" shows each entry):
-
-    - images ``cam/<method>/grid`` (originals above heatmap overlays; with region masks worst first,
-      the object outlined), ``cam/<method>/mean_map`` and ``cam/<method>/class_means``; per label
-      ``cam/<method>/label_<c>/grid`` for multi-hot labels (the ``max_labels`` most frequent);
-    - scalars ``cam/<method>/<metric>``: faithfulness in percent (``average_drop``,
-      ``increase_in_confidence``, ``coherency``, ``complexity``, ``adcc``) and the spurious-cue watch
-      as fractions (``shortcut_score``, ``drift_prev``/``drift_first``, and with masks
-      ``energy_in_mask``, ``pointing_game``, ``energy_in_nuisance`` and their ``_ratio``s); ``cam/alarm``,
-      ``cam/skipped_images``, ``cam/time_s``; all also in ``trainer.callback_metrics``, so
-      ``EarlyStopping``/``ModelCheckpoint`` can monitor e.g. ``"cam/gradcam/adcc"``;
-    - text ``cam/config`` and, when the ``alarm`` rule fires, ``cam/alarm`` (method, metric, value,
-      threshold, worst probe images; also a warning, and with ``stop_on_alarm`` the end of training).
-
-    Images go to TensorBoard loggers, and as PNG files into every other logger's directory
-    (``<log_dir>/cam/<method>/grid_epoch=0003.png``; ``default_root_dir`` with ``logger=False``).
+    each method using the live model, scores the maps with the faithfulness metrics and logs, under
+    ``prefix`` (the README's "What appears in TensorBoard" shows each entry): heatmap grids and mean
+    maps (images), ``<prefix>/<method>/<metric>`` scalars (faithfulness in percent, the spurious-cue
+    watch as fractions; also in ``trainer.callback_metrics`` for ``EarlyStopping``/``ModelCheckpoint``),
+    ``<prefix>/alarm``, ``<prefix>/errors``, ``<prefix>/skipped_images``, ``<prefix>/time_s``, and text
+    entries (configuration, alarm, errors). Images go to TensorBoard loggers, and as PNG files into
+    every other logger's directory (``<log_dir>/<prefix>/<method>/grid_epoch=0003.png``).
 
     It never changes what the model learns: modes, hooks, ``param.grad``, ``requires_grad``, RNG
-    state and BatchNorm statistics are left as found (gradients are taken with
-    ``torch.autograd.grad`` through the network's tail only).
+    state and BatchNorm statistics are left as found. It never ends the fit: see ``on_error``.
 
     Args:
         methods: Method names, see :func:`cam_callbacks.available_methods`.
-        target_layer: Dotted module name of the LightningModule (e.g. ``"model.layer4"``), a module,
-            or ``"auto"`` (the last module with a 4-D output larger than 1x1; the choice is printed);
-            or a list of them, whose maps are fused LayerCAM-style.
+        target_layer: Dotted module name in the LightningModule (e.g. ``"model.layer4"``), a module, ``"auto"``
+            (the last module with a 4-D output larger than 1x1), or a list of them (fused LayerCAM-style).
         num_probe: Number of probe samples taken from the first validation dataloader's dataset
             (its first ``num_probe`` samples, by index) when ``probe`` is None.
-        every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0`` (Lightning's
-            convention); at most once per epoch, so with ``val_check_interval < 1`` it runs after
-            the first validation of the epoch.
-        probe: Explicit probe set: an images tensor, an ``(images, labels[, masks[, nuisance]])`` tuple,
-            or a Dataset / DataLoader (first ``num_probe`` samples) whose samples are ``(image, label[, mask[,
-            nuisance]])`` tuples or dicts. Masks are ``(N, H, W)`` bool: the region that should explain the
-            label and a region that must not (a known nuisance cue).
+        every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0``; at most once per epoch.
+        probe: An images tensor, an ``(images, labels[, masks[, nuisance]])`` tuple, or a Dataset / DataLoader
+            (first ``num_probe`` samples). Masks ``(N, H, W)``: the object, and a region that must not explain it.
         target: ``"label"`` (explain the true class when labels are known, else the prediction) or
             ``"prediction"`` (always the top-1 prediction).
         mean: Per-channel mean used to normalise the images, to show originals in real colours.
@@ -112,17 +98,18 @@ class CAMMonitor(Callback):
         smooth_sigma: Noise std relative to each image's value range.
         smooth_scales: Scales for ``smooth="aug"``.
         perturbation_batch: Rows per perturbation pass; None chooses from the free device memory.
-        precision: ``"auto"``: compute in the training precision (the trainer's precision plugin: autocast
-            for ``"16-mixed"``/``"bf16-mixed"``, inputs converted for ``"*-true"``); ``"32"``: the model's
+        precision: ``"auto"``: the training precision (the trainer's precision plugin); ``"32"``: the model's
             own dtype without autocast.
-        budget: Share of the training time the callback may take (None: no limit). After each run the
-            callback compares its own time with the time spent training since its last run; methods
-            that make it exceed the budget run less often, and it says so (an info message and
-            ``cam/<method>/every_n_runs``). Only the expensive methods (Score-CAM, Ablation-CAM,
-            Recipro-CAM, any smoothed method) are slowed down; the cheap ones run every time.
+        budget: Share of the training time the callback may take (None: no limit): expensive methods
+            (perturbation, smoothed) that exceed it run less often, and it says so (``<prefix>/<method>/every_n_runs``).
         alarm: The :class:`~cam_callbacks.monitor.alarm.AlarmRule` checked after every run (None: no alarm).
         stop_on_alarm: Stop training (like ``EarlyStopping``) when the alarm fires.
         max_labels: Multi-label models: labels that get their own grid.
+        prefix: First part of every tag (``<prefix>/<method>/adcc``) and the folder of the PNG files; give
+            each monitor of one Trainer its own (e.g. one per target layer). Part of :attr:`state_key`.
+        on_error: A failure *during* training (a method or the model raising, every probe image failing, a
+            write failing): ``"warn"`` reports it (warning, ``<prefix>/errors``), switches the failing part off
+            and training goes on; ``"raise"`` raises it. Bad arguments always raise before training starts.
 
     Raises:
         ValueError: At construction for bad arguments; at ``setup``/first validation for a model,
@@ -164,13 +151,12 @@ class CAMMonitor(Callback):
         alarm: Optional[AlarmRule] = AlarmRule(),  # noqa: B008 - never mutated: each monitor keeps its own copy
         stop_on_alarm: bool = False,
         max_labels: int = 4,
+        prefix: str = "cam",
+        on_error: OnError = "warn",
     ) -> None:
         super().__init__()
         self.methods: List[str] = check_methods(methods)
         check_target_layer(target_layer)
-        unused = sorted(set(method_options or {}) - set(self.methods))
-        if unused:
-            raise ValueError(f"method_options names {unused}, which are not in methods={self.methods}")
         self.target = check_choice("target", target, TARGET_CHOICES)
         self.mean, self.std = check_display(mean, std, overlay_alpha, colormap)
         self.target_layer = target_layer
@@ -182,11 +168,12 @@ class CAMMonitor(Callback):
         self.faithfulness = bool(faithfulness)
         self.colormap = colormap
         self.overlay_alpha = float(overlay_alpha)
-        self.options = ExplainOptions(
-            batch_size=self.batch_size, method_options=dict(method_options or {}), reshape=reshape, tail=tail,
-            smooth=smooth, smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, smooth_scales=tuple(smooth_scales),
-            perturbation_batch=perturbation_batch,
-        )  # fmt: skip  # validates every option, listing the valid choices
+        self.options = make_explain_options(
+            self.methods, batch_size=self.batch_size, method_options=method_options, reshape=reshape, tail=tail, smooth=smooth,
+            smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, smooth_scales=smooth_scales, perturbation_batch=perturbation_batch,
+        )  # fmt: skip
+        self.prefix = check_prefix(prefix)
+        self.on_error = check_choice("on_error", on_error, ON_ERROR_CHOICES)
         self.precision = check_choice("precision", precision, PRECISION_CHOICES)
         self._budget_share = check_budget(budget)
         checked = check_alarm(alarm)
@@ -206,10 +193,20 @@ class CAMMonitor(Callback):
         self._budget = CostBudget(self._budget_share, expensive=[m for m in self.methods if is_expensive(m, self_smooth=smooth)])
         self._history = MapHistory()
         self._alarm_state = AlarmState()
-        self._logger = RunLogger()
+        self._errors = ErrorReporter(self.on_error, self.prefix)
+        style = ImageStyle(self.max_images, self.max_labels, self.mean, self.std, self.overlay_alpha, self.colormap)
+        self._logger = RunLogger(self._errors, self.prefix, style, self.methods, self.faithfulness)
+        self._trainer_ref: Optional["weakref.ReferenceType[pl.Trainer]"] = None
         self._pending_state: Optional[Dict[str, Any]] = None
         self._last_run: Optional[tuple] = None
         self._warned: Set[str] = set()
+
+    def _start_afresh(self) -> None:
+        """A new Trainer: nothing of the previous one's runs (last epoch, drift history, alarm, budget, failed parts) carries over."""
+        rank_zero_info("CAMMonitor: used in a new Trainer; the previous fit's history (drift, alarm state, last run) is dropped")
+        keep = self._runner.probe if self._probe_source is not None else None  # a probe taken from the old data is taken again
+        self._build_parts(None, self.options.smooth)
+        self._runner.probe = keep
 
     # ------------------------------------------------------------------ identity and properties
     @property
@@ -217,7 +214,7 @@ class CAMMonitor(Callback):
     def state_key(self) -> str:
         layers = self.target_layer if isinstance(self.target_layer, (list, tuple)) else [self.target_layer]
         names = [layer if isinstance(layer, str) else type(layer).__name__ for layer in layers]
-        return self._generate_state_key(methods=self.methods, target_layer=names)
+        return self._generate_state_key(prefix=self.prefix, methods=self.methods, target_layer=names)
 
     @property
     def probe(self) -> Optional[Probe]:
@@ -249,10 +246,11 @@ class CAMMonitor(Callback):
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         check_strategy(trainer.strategy)
-        layers: List[Any] = list(self.target_layer) if isinstance(self.target_layer, (list, tuple)) else [self.target_layer]
-        for layer in layers:
-            if isinstance(layer, nn.Module) or layer != "auto":
-                resolve_named_layer(pl_module, layer)
+        check_unique_prefix(self, getattr(trainer, "callbacks", []))
+        check_named_layers(pl_module, self.target_layer)
+        if self._trainer_ref is not None and self._trainer_ref() is not trainer:
+            self._start_afresh()
+        self._trainer_ref = weakref.ref(trainer)
         if self.probe is None:
             self._set_probe(early_probe(trainer, stage, self.num_probe), trainer)
         if self.probe is not None:
@@ -300,20 +298,9 @@ class CAMMonitor(Callback):
         self, pl_module: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,
         methods: Optional[Sequence[str]] = None,
     ) -> ScoredExplanation:  # fmt: skip
-        """Maps and per-row faithfulness fractions for the probe set with the model as it is now.
-
-        Rows are the probe images, or (multi-hot labels) one row per positive label of each image.
-
-        Args:
-            pl_module: The model.
-            precision_plugin: A Lightning precision plugin whose ``convert_input`` and ``forward_context``
-                apply (the training precision), or None for the model's own dtype without autocast.
-            rows: Only these rows (a rank's share under DDP); all by default.
-            methods: Only these methods; all by default.
-
-        Returns:
-            ``(explanation, scores)``: a :class:`~cam_callbacks.ScoredExplanation`.
-        """
+        """Maps and per-row faithfulness fractions (a :class:`~cam_callbacks.ScoredExplanation`) for the probe set with the
+        model as it is now; rows are the probe images, or one per positive label of multi-hot labels. ``precision_plugin``:
+        a Lightning precision plugin to compute in (None: the model's own dtype); ``rows``, ``methods``: only these."""
         return self._runner.compute(pl_module, precision_plugin, rows, methods)
 
     def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
@@ -330,34 +317,57 @@ class CAMMonitor(Callback):
         if self.probe is None or self._runner.layer_names is None:
             self.on_validation_start(trainer, pl_module)
         start = time.perf_counter()
-        due = self._budget.due(self.methods)
-        explanation, scores = self._runner.timed_compute(trainer, pl_module, due, self._budget, self.compute)
+        p = self.prefix
+        result = self._runner.compute_contained(trainer, pl_module, self._budget, self._errors, self.compute)
         computed = time.perf_counter()
         message = self._runner.new_skips_message(trainer.current_epoch)
         if message:
             rank_zero_warn(message)
-        analyses = self.analyze(explanation)
-        scalars = run_scalars(scores, due, analyses)
-        per_image = {f"cam/{m}/{metric}": values for m, a in analyses.items() for metric, values in a.per_image.items()}
-        hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
-        if self.alarm is not None:
-            scalars["cam/alarm"] = 1.0 if hits else 0.0
-        scalars["cam/skipped_images"] = float(len(self._runner.skipped))
+        explanation, analyses, hits = None, {}, []
+        scalars: Dict[str, float] = {}
+        if result is not None:
+            explanation, scores = result
+            analyses = self._analyze_contained(explanation, trainer.current_epoch)
+            scalars = run_scalars(scores, list(explanation.maps), analyses, p)
+            per_image = {f"{p}/{m}/{metric}": values for m, a in analyses.items() for metric, values in a.per_image.items()}
+            hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
+            if self.alarm is not None:
+                scalars[f"{p}/alarm"] = 1.0 if hits else 0.0
+        scalars[f"{p}/skipped_images"] = float(len(self._runner.skipped))
         analyzed = time.perf_counter()
-        scalars["cam/time_s"] = analyzed - start  # the callback's own cost of this run (maps, metrics, watch)
-        changes = self._budget.update(scalars["cam/time_s"]) if trainer.state.fn == TrainerFn.FITTING else {}
-        for method, stride in changes.items():
-            rank_zero_info(f"CAMMonitor: {self._budget.explain(method)}; {method} now runs every {stride} run(s) of the callback")
-        scalars.update({f"cam/{m}/every_n_runs": float(self._budget.stride(m)) for m in self.methods if self._budget.stride(m) > 1})
-        for name, value in scalars.items():  # identical on every process: sync_dist only keeps Lightning's DDP check quiet
-            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self.probe or ()), sync_dist=trainer.world_size > 1)
-        self._raise_alarm(trainer, hits)
-        if trainer.is_global_zero:
-            self._log(trainer, explanation, scalars, analyses, hits)
+        scalars[f"{p}/time_s"] = analyzed - start  # the callback's own cost of this run (maps, metrics, watch)
+        for message in self._budget.after_run(scalars[f"{p}/time_s"], trainer.state.fn == TrainerFn.FITTING):
+            rank_zero_info(f"CAMMonitor: {message}")
+        scalars.update({f"{p}/{m}/every_n_runs": float(self._budget.stride(m)) for m in self.methods if self._budget.stride(m) > 1})
+        self._log_everywhere(trainer, pl_module, explanation, scalars, analyses, hits)
         end = time.perf_counter()
         self.last_timings = {"compute": computed - start, "analyze": analyzed - computed, "log": end - analyzed, "total": end - start}
         rank_zero_debug(f"CAMMonitor: epoch {trainer.current_epoch} explained in {end - start:.2f}s")
         return scalars
+
+    def _analyze_contained(self, explanation: Explanation, epoch: int) -> Dict[str, MethodAnalysis]:
+        try:
+            return self.analyze(explanation)
+        except Exception as error:
+            if self.on_error == "raise":
+                raise
+            self._errors.report("the spurious-cue watch", error, "no localisation, drift or alarm for this run", epoch)
+            return {}
+
+    def _log_everywhere(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", explanation: Optional[Explanation], scalars: Dict[str, float],
+        analyses: Dict[str, MethodAnalysis], hits: List[AlarmHit],
+    ) -> None:  # fmt: skip
+        """``callback_metrics`` on every process (for EarlyStopping/ModelCheckpoint), the alarm, the loggers on rank zero."""
+        if trainer.is_global_zero:
+            self._logger.collect_write_errors()  # failed writes of the last run are counted in this run's errors
+        scalars[f"{self.prefix}/errors"] = float(self._errors.count)
+        for name, value in scalars.items():  # identical on every process: sync_dist only keeps Lightning's DDP check quiet
+            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self.probe or ()), sync_dist=trainer.world_size > 1)
+        self._raise_alarm(trainer, hits)
+        if trainer.is_global_zero:
+            config = f"target layer `{self.layer_name}`, methods {self.methods}, {len(self.probe or ())} probe images, target={self.target!r}"
+            self._logger.log_run(trainer, self._runner.view(), explanation, scalars, analyses, hits, config)
 
     def _raise_alarm(self, trainer: "pl.Trainer", hits: List[AlarmHit]) -> None:
         change = self._alarm_state.update(hits)
@@ -371,18 +381,6 @@ class CAMMonitor(Callback):
                 trainer.should_stop = True
                 rank_zero_info("CAMMonitor: stopping training because the alarm fired (stop_on_alarm=True)")
 
-    def _log(
-        self, trainer: "pl.Trainer", explanation: Explanation, scalars: Dict[str, float], analyses: Dict[str, MethodAnalysis],
-        hits: List[AlarmHit],
-    ) -> None:  # fmt: skip
-        style = ImageStyle(self.max_images, self.max_labels, self.mean, self.std, self.overlay_alpha, self.colormap)
-        summary = RunSummary(
-            self.methods, self.faithfulness,
-            f"target layer `{self.layer_name}`, methods {self.methods}, {len(self.probe or ())} probe images, target={self.target!r}",
-        )  # fmt: skip
-        view = self._runner.view()
-        self._logger.log(trainer, trainer.current_epoch, scalars, lambda: run_images(view, explanation, analyses, style), hits, summary)
-
     # ------------------------------------------------------------------ end of fit / validate
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -390,7 +388,7 @@ class CAMMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._logger.flush()
+        self._logger.flush()  # failed writes are reported, never raised (unless on_error="raise")
 
     @override
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -399,7 +397,10 @@ class CAMMonitor(Callback):
 
     @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
-        self._logger.close()
+        try:  # Lightning's exception is the one the user must see: nothing from here may replace it
+            self._logger.close()
+        except Exception as error:  # noqa: BLE001 - said, not raised
+            rank_zero_warn(f"CAMMonitor: could not finish writing images after the error above ({type(error).__name__}: {error})")
 
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -423,8 +424,13 @@ class CAMMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`. The history is kept only for the same version, layer and probe set; a change is reported.
-        It is applied once the probe set and the layer are known (at once after ``setup``, else at the first validation)."""
+        """Restore a :meth:`state_dict`, checked field by field (an unusable entry is reported and ignored: the run goes on
+        without the saved history). The history is kept only for the same version, layer, probe set and map shapes; it is
+        applied once the probe set and the layer are known (at once after ``setup``, else at the first validation)."""
+        problem = state_problem(state_dict)
+        if problem is not None:
+            self._errors.report("loading the checkpoint's CAMMonitor entry", ValueError(problem), "its history is not used")
+            return
         self._last_run = tuple(state_dict["last_run"]) if state_dict.get("last_run") else None
         saved_probe = state_dict.get("probe")
         if self._probe_source is None and saved_probe is not None:
@@ -438,13 +444,9 @@ class CAMMonitor(Callback):
         if self._pending_state is None or self.probe is None or self._runner.layer_names is None:
             return  # not yet: the version, layer and probe checks need the probe set and the resolved layer
         state, self._pending_state = self._pending_state, None
-        reason = None
-        if state.get("version") != STATE_VERSION:
-            reason = f"the checkpoint's CAMMonitor state has version {state.get('version')!r}, this one {STATE_VERSION}"
-        elif state.get("layer_name") is not None and self.layer_name is not None and state["layer_name"] != self.layer_name:
-            reason = f"the checkpoint explained layer {state['layer_name']!r}, this monitor {self.layer_name!r}"
-        elif state.get("probe_fingerprint") is not None and state["probe_fingerprint"] != self.probe.fingerprint():
-            reason = "the probe set differs from the one in the checkpoint (other images, labels or masks)"
+        images = self._runner.view().images
+        shape = (images.shape[0], images.shape[-2], images.shape[-1])
+        reason = history_mismatch(state, self.layer_name or "", self.probe.fingerprint(), shape, self.methods)
         if reason is not None:
             rank_zero_warn(f"CAMMonitor: {reason}; drift is measured from this run on and the alarm state starts afresh")
             return

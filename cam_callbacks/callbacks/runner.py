@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from cam_callbacks.callbacks.distributed import gather_rows, gather_tensor
+from cam_callbacks.callbacks.errors import ErrorReporter
 from cam_callbacks.callbacks.probe import Probe
 from cam_callbacks.callbacks.skipping import explain_skipping_bad_images
 from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer
@@ -82,6 +83,8 @@ class ProbeRunner:
         self.skipped: Dict[int, str] = {}
         self._view_cache: Optional[Tuple[Probe, ProbeView]] = None
         self._reported: Tuple[int, ...] = ()
+        #: methods switched off after they failed during training (see :meth:`compute_contained`)
+        self.disabled: Set[str] = set()
 
     def new_skips_message(self, epoch: int) -> Optional[str]:
         """A warning when the skipped rows differ from those last reported (None otherwise)."""
@@ -232,3 +235,40 @@ class ProbeRunner:
                 merged.maps.update(explanation.maps)
         assert merged is not None
         return ScoredExplanation(merged, scores)
+
+    def compute_contained(
+        self, trainer: Any, model: nn.Module, budget: CostBudget, errors: ErrorReporter, compute: Optional[Compute] = None
+    ) -> Optional[ScoredExplanation]:
+        """This run's maps and scores of the due methods, or None when the run is skipped.
+
+        A method that fails on its own is switched off for the rest of the fit (:attr:`disabled`), the
+        others go on; a failure of every method, or of every probe image, skips the run. Each is
+        reported through ``errors`` (which raises instead with ``on_error="raise"``).
+        """
+        due = budget.due([m for m in self.methods if m not in self.disabled])
+        if not due:
+            return None
+        epoch = trainer.current_epoch
+        try:
+            result = self.timed_compute(trainer, model, due, budget, compute)
+        except Exception as error:
+            if errors.on_error == "raise":
+                raise
+            failing: List[Tuple[str, BaseException]] = []
+            for method in due:  # which methods fail on their own?
+                try:
+                    self.compute_for_run(trainer, model, [method], compute)
+                except Exception as alone:  # noqa: BLE001 - reported below
+                    failing.append((method, alone))
+            if not failing or len(failing) == len(due):
+                errors.report("explaining the probe set", error, "this run is skipped, the next one tries again", epoch)
+                return None
+            for method, cause in failing:
+                self.disabled.add(method)
+                errors.report(f"method {method!r}", cause, f"{method} is switched off for the rest of this fit", epoch)
+            return self.compute_contained(trainer, model, budget, errors, compute)
+        if len(self.skipped) >= len(self.view().images):
+            reason = next(iter(self.skipped.values()), "")
+            errors.report("every probe image", ValueError(reason), "this run is skipped (no map to score)", epoch)
+            return None
+        return result

@@ -98,6 +98,11 @@ class CostBudget:
         self._strides.update(strides)
         return changed
 
+    def after_run(self, run_seconds: float, fitting: bool = True) -> List[str]:
+        """:meth:`update` after a run in ``trainer.fit`` (runs outside fit do not count); one message per changed stride."""
+        changes = self.update(run_seconds) if fitting else {}
+        return [f"{self.explain(m)}; {m} now runs every {k} run(s) of the callback" for m, k in changes.items()]
+
     def explain(self, method: str) -> str:
         """One line on why ``method`` runs less often."""
         cost = self._costs.get(method, 0.0)

@@ -25,8 +25,8 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def save_pngs(directory: str, images: Dict[str, Dict[str, Tensor]], epoch: int) -> List[str]:
-    """Save ``{method: {name: (3, H, W) image}}`` as ``<directory>/cam/<method>/<name>_epoch=<epoch>.png``; returns the paths.
+def save_pngs(directory: str, images: Dict[str, Dict[str, Tensor]], epoch: int, folder: str = "cam") -> List[str]:
+    """Save ``{method: {name: (3, H, W) image}}`` as ``<directory>/<folder>/<method>/<name>_epoch=<epoch>.png``; returns the paths.
 
     ``name`` may contain ``/`` (``label_2/grid``): it becomes a subdirectory.
     """
@@ -35,16 +35,16 @@ def save_pngs(directory: str, images: Dict[str, Dict[str, Tensor]], epoch: int) 
     paths = []
     for method, named in images.items():
         for name, image in named.items():
-            path = os.path.join(directory, "cam", method, f"{name}_epoch={epoch:04d}.png")
+            path = os.path.join(directory, folder, method, f"{name}_epoch={epoch:04d}.png")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             save_image(image.float().clamp(0, 1), path)
             paths.append(path)
     return paths
 
 
-def save_text(directory: str, name: str, text: str) -> str:
-    """Write ``text`` to ``<directory>/cam/<name>``; returns the path."""
-    path = os.path.join(directory, "cam", name)
+def save_text(directory: str, name: str, text: str, folder: str = "cam") -> str:
+    """Write ``text`` to ``<directory>/<folder>/<name>``; returns the path."""
+    path = os.path.join(directory, folder, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")

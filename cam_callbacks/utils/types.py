@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["Smooth", "Probability", "Reduction", "TargetMode", "PrecisionMode"]
+__all__ = ["OnError", "Smooth", "Probability", "Reduction", "TargetMode", "PrecisionMode"]
 
 #: ``smooth=``: average maps over noisy copies (``"noise"``) or flips and scales (``"aug"``) of the images.
 Smooth = Literal["noise", "aug"]
@@ -16,3 +16,5 @@ Reduction = Literal["mean", "none"]
 TargetMode = Literal["label", "prediction"]
 #: ``CAMMonitor(precision=...)``: the training precision, or the model's own dtype.
 PrecisionMode = Literal["auto", "32"]
+#: ``CAMMonitor(on_error=...)``: report a failure during training and go on, or raise it.
+OnError = Literal["warn", "raise"]

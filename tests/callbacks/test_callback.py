@@ -214,7 +214,8 @@ def test_exception_inside_a_method_restores_hooks_modes_and_grads(tmp_path):
         return torch.relu(gradients.mean((2, 3), keepdim=True) * activations).sum(1)
 
     try:
-        monitor = cc.CAMMonitor(methods=["gradcam", "boom_during_test"], num_probe=4)
+        # on_error="raise": the error reaches fit (the default, "warn", reports it and trains on: tests/callbacks/test_faults.py)
+        monitor = cc.CAMMonitor(methods=["gradcam", "boom_during_test"], num_probe=4, on_error="raise")
         pl.seed_everything(0)
         model = TinyNet()
         train, val = loaders()

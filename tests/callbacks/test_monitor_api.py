@@ -23,7 +23,7 @@ def _fit_two(tmp_path):
     g = torch.Generator().manual_seed(4)
     probe = (torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0]))
     first = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, faithfulness=False)
-    second = cc.CAMMonitor(methods=["layercam"], target_layer="features", num_probe=4, faithfulness=False)
+    second = cc.CAMMonitor(methods=["layercam"], target_layer="features", num_probe=4, faithfulness=False, prefix="cam_layercam")
     train, val = loaders(n_train=16, n_val=8)
     t = trainer(tmp_path, [first, second], max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, num_sanity_val_steps=0)
     model = TinyNet()
@@ -43,9 +43,19 @@ def test_state_key_depends_on_methods_and_target_layer():
     assert base.state_key != cc.CAMMonitor(methods=["gradcam", "layercam"], target_layer="features").state_key
     assert base.state_key != cc.CAMMonitor(methods=["gradcam"], target_layer="features.3").state_key
     assert base.state_key != cc.CAMMonitor(methods=["gradcam"], target_layer=["features", "features.3"]).state_key
+    assert base.state_key != cc.CAMMonitor(methods=["gradcam"], target_layer="features", prefix="cam2").state_key
     assert base.state_key.startswith("CAMMonitor")
     # settings that do not change what the state means keep the key
     assert base.state_key == cc.CAMMonitor(methods=["gradcam"], target_layer="features", num_probe=5, budget=None).state_key
+
+
+def test_two_monitors_with_the_same_prefix_are_refused_before_training(tmp_path):
+    monitors = [cc.CAMMonitor(methods=["gradcam"]), cc.CAMMonitor(methods=["layercam"])]  # different keys, same tags
+    model = TinyNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="2 monitors in this Trainer log under prefix='cam'.*own prefix="):
+        trainer(tmp_path, monitors).fit(model, *loaders(n_train=8, n_val=8))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no training step ran
 
 
 def test_lightning_refuses_two_monitors_with_the_same_state_key(tmp_path):
@@ -58,7 +68,8 @@ def test_two_monitors_with_different_methods_run_in_one_trainer(fitted):
     _, t, first, second = fitted
     assert first.state_key != second.state_key
     assert first.layer_name == "features" and second.layer_name == "features"
-    assert "cam/gradcam/shortcut_score" in t.callback_metrics and "cam/layercam/shortcut_score" in t.callback_metrics
+    assert "cam/gradcam/shortcut_score" in t.callback_metrics and "cam_layercam/layercam/shortcut_score" in t.callback_metrics
+    assert not any(name.startswith("cam/layercam") for name in t.callback_metrics)  # each monitor under its own prefix
     for monitor in (first, second):
         timings = monitor.last_timings
         assert set(timings) == {"compute", "analyze", "log", "total"}
@@ -132,7 +143,7 @@ def test_every_state_key_is_read_or_tolerated_when_missing(fitted, tmp_path):
         partial = {k: v for k, v in saved.items() if k != key}
         restored = _set_up(_new_monitor(probe=probe), model, tmp_path)
         if key == "version":
-            with pytest.warns(UserWarning, match="version None"):
+            with pytest.warns(UserWarning, match="version must be an int, got None"):
                 restored.load_state_dict(partial)
             assert restored.history.first == {}
             continue
