@@ -8,7 +8,9 @@ Both take the same keyword options (:class:`ExplainKwargs`), build one
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import replace
+from itertools import chain
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import torch
@@ -18,8 +20,10 @@ from typing_extensions import Literal, TypedDict, Unpack
 from cam_callbacks.capture.layers import LayersLike, resolve_layers
 from cam_callbacks.capture.layouts import ReshapeLike
 from cam_callbacks.engine.compute import compute_explanations, compute_faithfulness
+from cam_callbacks.engine.finite import FiniteRows, explain_finite_rows, nonfinite_images
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import model_device
+from cam_callbacks.engine.result import ScoredExplanation
 from cam_callbacks.methods.registry import get_method
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
 from cam_callbacks.utils.targets import TargetsLike, as_targets, expand_multilabel
@@ -53,7 +57,20 @@ def check_images(images: object) -> Tensor:
         raise ValueError("images is empty (N == 0)")
     if not images.is_floating_point():
         raise TypeError(f"images must be a floating tensor (normalised as the model expects), got dtype {images.dtype}")
+    if images.is_meta:
+        raise ValueError("images are on the meta device (shapes without values); give real images")
     return images
+
+
+def _check_materialised(model: nn.Module) -> None:
+    """A ValueError for a model whose parameters or buffers are on the meta device (no values to compute with)."""
+    meta = next((name for name, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(
+            f"model's parameters are on the meta device ({meta!r} among them: shapes without values); materialise the "
+            "weights first, e.g. model.to_empty(device='cpu') then model.load_state_dict(...), or build the model outside "
+            "`with torch.device('meta')`"
+        )
 
 
 def _options(method: str, batch_size: int, kwargs: Mapping[str, Any]) -> ExplainOptions:
@@ -76,22 +93,52 @@ def _prepare(
     model: nn.Module, images: Tensor, method: str, target_layer: LayersLike, targets: TargetsLike, options: ExplainOptions,
     probability: Optional[Probability],
 ) -> Tuple[List[Tuple[str, nn.Module]], Optional[Tensor], ExplainOptions]:  # fmt: skip
-    """Checks, target layers as ``(name, module)`` pairs, targets on the model's device, the options' probability."""
+    """Checks, target layers as ``(name, module)`` pairs, targets on the model's device, the options' probability
+    and multi-hot width."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_images(images)
+    _check_materialised(model)
+    finite = ~nonfinite_images(images)
+    if not bool(finite.any()):
+        raise ValueError(f"images: all {images.shape[0]} images hold NaN or inf values; there is nothing to explain")
     device = model_device(model, images.device)
     target_tensor = as_targets(targets, images.shape[0], device)
+    multi_hot = target_tensor is not None and target_tensor.dim() == 2
     if probability is None:  # sigmoid for multi-hot targets (multi-label models), softmax otherwise
-        probability = "sigmoid" if target_tensor is not None and target_tensor.dim() == 2 else "softmax"
-    options = replace(options, probability=probability)
+        probability = "sigmoid" if multi_hot else "softmax"
+    target_classes = target_tensor.shape[1] if target_tensor is not None and multi_hot else None
+    options = replace(options, probability=probability, target_classes=target_classes)
     if not get_method(method).uses_layer and isinstance(target_layer, str) and target_layer == "auto":
         # saliency and guided backprop need no layer: no search (it costs a forward pass and fails on models without one)
         return [("input", model)], target_tensor, options
+    first = int(finite.nonzero()[0, 0])  # the layer search runs the model on an image it can explain
     with torch.inference_mode(False):
-        example = images[:1].to(device).clone()
+        example = images[first : first + 1].to(device).clone()
         layers = resolve_layers(model, target_layer, example, options.reshape)
     return layers, target_tensor, options
+
+
+def _warn_left_out(rows: FiniteRows, image_index: Optional[Tensor], n: int, consequence: str) -> None:
+    """The UserWarning on the images left out (``image_index``: the image of each row, None when rows are images)."""
+    if bool(rows.kept.all()):
+        return
+    masks = []
+    for rows_mask in (rows.nonfinite_input, rows.nonfinite_output):
+        images_mask = torch.zeros(n, dtype=torch.bool)
+        images_mask[rows_mask.cpu() if image_index is None else image_index.cpu()[rows_mask.cpu()]] = True
+        masks.append(images_mask)
+    left_out = (masks[0] | masks[1]).nonzero().flatten().tolist()
+    shown = ", ".join(str(i) for i in left_out[:10]) + (", ..." if len(left_out) > 10 else "")
+    counts = [int(mask.sum()) for mask in masks]
+    reasons = [f"{counts[0]} hold{'s' if counts[0] == 1 else ''} NaN or inf"] if counts[0] else []
+    reasons += [f"for {counts[1]} the model's logits, maps or scores are NaN or inf"] if counts[1] else []
+    warnings.warn(
+        f"cam_callbacks: {len(left_out)} of {n} images are not finite and are left out ({'; '.join(reasons)}): {consequence}; "
+        f"images [{shown}]",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 _OPTIONS_DOC = """        method_options: Options of ``method`` (e.g. ``{"gaussian": True}`` for ``"reciprocam"``);
@@ -132,13 +179,23 @@ def explain(
             with a 4-D output larger than 1x1; the choice is logged on the ``cam_callbacks`` logger);
             or a list of them, whose maps are fused LayerCAM-style (:func:`fuse_layer_maps`).
             Saliency and guided backprop do not use it.
-        targets: None for the top-1 prediction, an int for one class for all images, or ``N`` class indices.
+        targets: None for the top-1 prediction, an int for one class for all images, ``N`` class indices
+            (a sequence, an ``(N,)`` tensor or an integer ``(N, 1)`` column), or an ``(N, C)`` multi-hot
+            bool/0-1 tensor with one column per class of the model (multi-label models; a bool or float
+            ``(N, 1)`` tensor is multi-hot, for a 1-output model).
         batch_size: Images per forward/backward pass.
 {options}
 
     Returns:
         ``(N, H, W)`` float32 maps in [0, 1] at the images' size, on the images' device; with multi-hot
         ``targets`` ``(N, C, H, W)``, one map per positive label (zeros for negative labels).
+
+    Images that cannot be explained get all-NaN maps, never numbers: those holding NaN or inf, and
+    those whose logits or map come out NaN or inf (a model that overflows). A UserWarning says how
+    many images of how many were left out; a ValueError is raised when none can be explained. NaN,
+    not zeros, because an all-zero map is also a real map (a constant one) and would pass unnoticed;
+    NaN also keeps such images out of anything computed from the maps. The other images' maps are
+    exactly those of a call on them alone.
 
     The model is left as found: module modes, hooks, ``param.grad`` and ``requires_grad``. Works
     under ``torch.no_grad()`` and ``torch.inference_mode()``.
@@ -156,12 +213,20 @@ def explain(
     """
     built = _options(method, batch_size, options)
     layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, options.get("probability"))
+
+    def run(x: Tensor, t: Optional[Tensor]) -> ScoredExplanation:
+        return ScoredExplanation(compute_explanations(model, x, [method], layers, t, built), {})
+
+    consequence = "their maps are NaN"
     if target_tensor is None or target_tensor.dim() == 1:
-        return compute_explanations(model, images, [method], layers, target_tensor, built).maps[method].to(images.device)
+        rows = explain_finite_rows(run, images, target_tensor)
+        _warn_left_out(rows, None, images.shape[0], consequence)
+        return rows.scatter(rows.result.explanation.maps[method]).to(images.device)
     expanded, labels, image_index = expand_multilabel(images, target_tensor)
-    result = compute_explanations(model, expanded, [method], layers, labels, built)
+    rows = explain_finite_rows(run, expanded, labels, "(image, label) pairs")
+    _warn_left_out(rows, image_index, images.shape[0], consequence)
     maps = torch.zeros((images.shape[0], target_tensor.shape[1], *images.shape[-2:]), device=images.device)
-    maps[image_index.to(images.device), labels.to(images.device)] = result.maps[method].to(images.device)
+    maps[image_index.to(images.device), labels.to(images.device)] = rows.scatter(rows.result.explanation.maps[method]).to(images.device)
     return maps
 
 
@@ -198,6 +263,12 @@ def faithfulness(
         Dict with keys ``average_drop``, ``increase_in_confidence``, ``coherency``, ``complexity``,
         ``adcc``; values in percent (81.38 means 0.8138).
 
+    Images that cannot be explained (as in :func:`explain`: NaN or inf in the image, or in the model's
+    logits or maps, here also on the explanation image) get NaN per-image values, and ``"mean"``
+    leaves them out (a NaN-skipping mean over the others, never zeros averaged in). A UserWarning says
+    how many images of how many were left out; a ValueError is raised when none can be explained. The
+    other images' values are exactly those of a call on them alone.
+
     Example::
 
         >>> import torchvision
@@ -210,16 +281,23 @@ def faithfulness(
         raise ValueError(f"reduction={reduction!r} is not valid; choose from ['mean', 'none']")
     built = _options(method, batch_size, options)
     layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, options.get("probability"))
+
+    def run(x: Tensor, t: Optional[Tensor]) -> ScoredExplanation:
+        return compute_faithfulness(model, x, [method], layers, t, built)
+
+    consequence = "their per-image scores are NaN and the means leave them out"
     if target_tensor is None or target_tensor.dim() == 1:
-        scores = compute_faithfulness(model, images, [method], layers, target_tensor, built).scores
-        per_image = {metric: 100.0 * scores[method][metric] for metric in FAITHFULNESS_METRICS}
+        rows = explain_finite_rows(run, images, target_tensor)
+        _warn_left_out(rows, None, images.shape[0], consequence)
+        per_image = {metric: 100.0 * rows.scatter(rows.result.scores[method][metric]) for metric in FAITHFULNESS_METRICS}
     else:
         expanded, labels, image_index = expand_multilabel(images, target_tensor)
-        scores = compute_faithfulness(model, expanded, [method], layers, labels, built).scores
+        rows = explain_finite_rows(run, expanded, labels, "(image, label) pairs")
+        _warn_left_out(rows, image_index, images.shape[0], consequence)
         per_image = {}
         for metric in FAITHFULNESS_METRICS:
             grid = torch.full(tuple(target_tensor.shape), float("nan"), dtype=torch.float64, device=image_index.device)
-            grid[image_index, labels] = 100.0 * scores[method][metric].double().to(grid.device)
+            grid[image_index, labels] = 100.0 * rows.scatter(rows.result.scores[method][metric]).double().to(grid.device)
             per_image[metric] = grid
     if reduction == "none":
         return {metric: value.to(images.device) for metric, value in per_image.items()}

@@ -67,7 +67,8 @@ def compute_faithfulness(
     """Maps and per-image faithfulness fractions (in [0, 1]) of several methods.
 
     Arguments as in :func:`compute_explanations`. Each method is run again on its explanation
-    images ``images * map`` (for Average Drop, Increase in Confidence and Coherency).
+    images ``images * map`` (for Average Drop, Increase in Confidence and Coherency). A row whose
+    logits or map of either pass hold NaN or inf gets NaN scores (never a number computed from them).
 
     Returns:
         ``(explanation, scores)`` with ``scores[method][metric]`` an ``(N,)`` tensor.
@@ -81,5 +82,11 @@ def compute_faithfulness(
         explanation_images = images.to(maps.device) * maps.unsqueeze(1).to(images.dtype)
         second = compute_explanations(model, explanation_images, [name], layers, explanation.targets, options)
         probs_on_explanation = _target_probabilities(second.logits, explanation.targets, options)
-        scores[name] = faithfulness_scores(maps, second.maps[name], probs, probs_on_explanation)
+        per_image = faithfulness_scores(maps, second.maps[name], probs, probs_on_explanation)
+        bad = _nonfinite_rows(explanation.logits, maps) | _nonfinite_rows(second.logits, second.maps[name])
+        scores[name] = {metric: torch.where(bad.to(v.device), torch.full_like(v, float("nan")), v) for metric, v in per_image.items()}
     return ScoredExplanation(explanation, scores)
+
+
+def _nonfinite_rows(logits: Tensor, maps: Tensor) -> Tensor:
+    return ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(maps).flatten(1).all(dim=1).to(logits.device)

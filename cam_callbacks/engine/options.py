@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -47,6 +48,9 @@ class ExplainOptions:
         seed: Seed of the noise (a private generator: the global RNG is not used).
         probability: ``"softmax"`` (single-label) or ``"sigmoid"`` (multi-label models): how logits
             become the probabilities Recipro-CAM and the faithfulness metrics use.
+        target_classes: The width of the multi-hot ``(N, C)`` targets the ``(N,)`` labels were taken from
+            (set by :func:`~cam_callbacks.explain` and :func:`~cam_callbacks.faithfulness`); the model's
+            logits must have as many columns, checked at the first forward pass. None: no such check.
 
     Example::
 
@@ -69,6 +73,7 @@ class ExplainOptions:
     smooth_scales: Tuple[float, ...] = (0.9, 1.0, 1.1)
     seed: int = 0
     probability: Probability = "softmax"
+    target_classes: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not _is_positive_int(self.batch_size):
@@ -79,6 +84,8 @@ class ExplainOptions:
         batch = self.perturbation_batch
         if batch is not None and not _is_positive_int(batch):
             raise ValueError(f"perturbation_batch must be None or a positive int, got {batch!r}")
+        if self.target_classes is not None and not _is_positive_int(self.target_classes):
+            raise ValueError(f"target_classes must be None or a positive int, got {self.target_classes!r}")
         if self.tail is not None and not callable(self.tail):
             raise TypeError(f"tail must be a callable activations -> logits, got {type(self.tail).__name__}")
         object.__setattr__(self, "reshape", as_token_grid(self.reshape))
@@ -90,6 +97,9 @@ class ExplainOptions:
     def _check_smoothing(self) -> None:
         if self.smooth not in SMOOTH_CHOICES:
             raise ValueError(f"smooth={self.smooth!r} is not valid; choose from {list(SMOOTH_CHOICES)}")
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool):
+            raise TypeError(f"seed must be an int, got {type(self.seed).__name__} {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
         if not _is_positive_int(self.smooth_samples):
             raise ValueError(f"smooth_samples must be a positive int, got {self.smooth_samples!r}")
         if not float(self.smooth_sigma) >= 0:

@@ -31,7 +31,7 @@ from cam_callbacks.engine.result import Explanation
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, RowBytes, TailScorer, rows_per_pass
 from cam_callbacks.methods.registry import CAMMethod
 from cam_callbacks.utils.maps import fuse_layer_maps, upsample_and_normalize
-from cam_callbacks.utils.targets import check_target_range
+from cam_callbacks.utils.targets import check_target_classes, check_target_range
 
 __all__ = ["Layers", "check_logits", "explain_layers", "model_device"]
 
@@ -83,6 +83,7 @@ def _main_pass(
     if meter is not None:
         cost = meter.result(capture.raw.numel() * capture.raw.element_size())
         store_cost(model, cost_key, cost)
+    check_target_classes(options.target_classes, logits.shape[1])
     if targets is None:
         targets = logits.detach().argmax(dim=1)
     else:
@@ -116,6 +117,21 @@ def _scorers(
     return scorers
 
 
+def _input_gradients(
+    model: nn.Module, x: Tensor, targets: Optional[Tensor], guided: bool, options: ExplainOptions
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`input_gradients`, with the width of multi-hot targets checked first (``options.target_classes``)."""
+    try:
+        gradients, logits, targets = input_gradients(model, x, targets, guided=guided)
+    except ValueError:
+        if options.target_classes is not None:  # labels beyond the model's classes: say that the width is wrong
+            with torch.no_grad():
+                check_target_classes(options.target_classes, check_logits(model(x[:1]), 1).shape[1])
+        raise
+    check_target_classes(options.target_classes, logits.shape[1])
+    return gradients, logits, targets
+
+
 def run_chunk(
     model: nn.Module, layer_name: str, layer: nn.Module, methods: Sequence[CAMMethod], x: Tensor, targets: Optional[Tensor],
     options: ExplainOptions,
@@ -130,7 +146,7 @@ def run_chunk(
         logits, targets = captured.logits, captured.targets
     for kind in ("input_gradients", "guided_gradients"):
         if kind in needs:
-            inputs[kind], pass_logits, targets = input_gradients(model, x, targets, guided=kind == "guided_gradients")
+            inputs[kind], pass_logits, targets = _input_gradients(model, x, targets, kind == "guided_gradients", options)
             logits = pass_logits if logits is None else logits
     assert logits is not None and targets is not None
     inputs.update(images=x, logits=logits, targets=targets, probability=options.probability)
