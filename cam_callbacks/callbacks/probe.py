@@ -8,6 +8,8 @@ RNG state saved and restored.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -17,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from cam_callbacks.capture.state import preserved_rng_state
 
-__all__ = ["Batch", "Probe", "ProbeLike", "early_probe", "make_probe", "probe_from_dataloader", "probe_from_loaders", "split_batch"]
+__all__ = ["PROBE_CHOICES", "Batch", "Probe", "ProbeLike", "early_probe", "make_probe", "probe_from_dataloader", "probe_from_loaders", "split_batch"]
 
 #: What ``CAMMonitor(probe=...)`` accepts: images, or ``(images, labels[, masks[, nuisance]])``, or a Dataset/DataLoader.
 ProbeLike = Union[Tensor, Tuple[Optional[Tensor], ...], Dataset]
@@ -44,7 +46,9 @@ class Probe:
     Attributes:
         images: ``(N, C, H, W)`` float tensor, as the model receives it.
         labels: ``(N,)`` long class indices, ``(N, num_classes)`` multi-hot labels (multi-label
-            models; stored as bool), or None.
+            models; stored as bool), or None. An ``(N, 1)`` column of integer class indices is stored as
+            ``(N,)``; a bool or floating ``(N, 1)`` column stays a multi-hot label of one class (a single
+            sigmoid output).
         masks: ``(N, H, W)`` bool: the region that *should* explain each image's label (object mask
             or box), or None. ``(N, 1, H, W)`` and 0/1 numbers are accepted.
         nuisance: ``(N, H, W)`` bool: a region that must *not* explain it (watermark, text,
@@ -71,7 +75,7 @@ class Probe:
                 raise TypeError(f"probe images must be floating point (as the model receives them), got {images.dtype}")
             self.images = images.detach().cpu().clone()
             if self.labels is not None:
-                self.labels = _check_labels(torch.as_tensor(self.labels), images.shape[0])
+                self.labels = _check_labels(_as_tensor(self.labels, "labels", "(N,) integer class indices or (N, num_classes) 0/1"), images.shape[0])
             self.masks = _check_mask(self.masks, images, "masks")
             self.nuisance = _check_mask(self.nuisance, images, "nuisance")
 
@@ -107,7 +111,22 @@ class Probe:
         return self.images.shape[0]
 
 
+def _as_tensor(value: Any, name: str, valid: str) -> Tensor:
+    """``value`` as a tensor (a tensor, a list of numbers, an array), or a TypeError saying what ``name`` must be."""
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"probe {name} must be a tensor of {valid} values, got {type(value).__name__} {value!r:.80}") from None
+
+
+def _is_index_column(labels: Tensor, n: int) -> bool:
+    """An ``(n, 1)`` integer tensor: one class index per image, as a column (not a multi-hot label)."""
+    return tuple(labels.shape) == (n, 1) and not labels.is_floating_point() and labels.dtype != torch.bool
+
+
 def _check_labels(labels: Tensor, n: int) -> Tensor:
+    if _is_index_column(labels, n):
+        labels = labels[:, 0]
     if labels.dim() == 2 and labels.shape[0] == n:
         values = labels.detach().cpu()
         if not bool(((values == 0) | (values == 1)).all()):
@@ -124,7 +143,7 @@ def _check_labels(labels: Tensor, n: int) -> Tensor:
 def _check_mask(mask: Any, images: Tensor, name: str) -> Optional[Tensor]:
     if mask is None:
         return None
-    mask = torch.as_tensor(mask).detach().cpu()
+    mask = _as_tensor(mask, name, "(N, H, W) bool").detach().cpu()
     n, _, height, width = images.shape
     if mask.dim() == 4 and mask.shape[1] == 1:
         mask = mask[:, 0]
@@ -184,7 +203,7 @@ def split_batch(batch: Any) -> Batch:
 def _is_labels(labels: Any, n: int) -> bool:
     if not isinstance(labels, Tensor) or labels.shape[:1] != (n,):
         return False
-    if labels.dim() == 1:
+    if labels.dim() == 1 or _is_index_column(labels, n):
         return not labels.is_floating_point()
     return labels.dim() == 2 and bool(((labels == 0) | (labels == 1)).all())
 
@@ -240,10 +259,32 @@ def probe_from_dataloader(loader: Any, num: int) -> Probe:
     return Probe(torch.cat([part.images for part in parts])[:num], joined(1), joined(2), joined(3))
 
 
+#: What ``probe=`` accepts, for error messages.
+PROBE_CHOICES = (
+    "an images tensor (N, C, H, W), an (images, labels[, masks[, nuisance]]) tuple, a map-style Dataset or a DataLoader "
+    "(whose samples are (image, label[, mask[, nuisance]]) tuples or dicts)"
+)
+
+
+def _unsupported_probe(probe: Any) -> TypeError:
+    """The error for a ``probe=`` of a type that is not accepted, with a hint for the likely mix-ups."""
+    if isinstance(probe, (str, bytes, os.PathLike)):
+        got, hint = f"the path {probe!r}", f"; to use a saved probe set, load it first, e.g. probe=torch.load({str(probe)!r})"
+    elif isinstance(probe, Mapping):
+        got = f"a {type(probe).__name__} with keys {sorted(map(str, probe))}"
+        hint = "; for one collated batch pass its tensors, e.g. probe=(batch['image'], batch['label'])"
+    else:
+        got, hint = f"{type(probe).__name__}", ""
+    return TypeError(f"probe must be {PROBE_CHOICES}; got {got}{hint}")
+
+
 def make_probe(probe: ProbeLike, num: int) -> Probe:
     """Build a :class:`Probe` from ``probe=`` (tensor, ``(images, labels)`` tuple, Dataset or DataLoader).
 
     Tensors are used whole; datasets contribute their first ``num`` samples.
+
+    Raises:
+        TypeError: For anything else (a file path, a dict, a number...), listing what is accepted.
     """
     if isinstance(probe, Tensor):
         return Probe(probe)
@@ -253,12 +294,9 @@ def make_probe(probe: ProbeLike, num: int) -> Probe:
         return Probe(*probe)  # type: ignore[arg-type]  # Probe checks the types
     if isinstance(probe, DataLoader):
         return probe_from_dataloader(probe, num)
-    if _is_map_style(probe):
-        return _from_dataset(probe, num, default_collate)
-    raise TypeError(
-        f"probe must be an images tensor, an (images, labels[, masks[, nuisance]]) tuple, a map-style Dataset or a DataLoader, "
-        f"got {type(probe).__name__}"
-    )
+    if isinstance(probe, (str, bytes, os.PathLike, Mapping)) or not _is_map_style(probe):
+        raise _unsupported_probe(probe)
+    return _from_dataset(probe, num, default_collate)
 
 
 def probe_from_loaders(loaders: Any, num: int) -> Probe:

@@ -20,7 +20,8 @@ from cam_callbacks.callbacks.distributed import gather_rows, gather_tensor
 from cam_callbacks.callbacks.errors import ErrorReporter
 from cam_callbacks.callbacks.probe import Probe
 from cam_callbacks.callbacks.skipping import explain_skipping_bad_images
-from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer
+from cam_callbacks.capture.hooks import OneByOneMapError
+from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer, spatial_layer_hint
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
 from cam_callbacks.engine.compute import compute_explanations, compute_faithfulness
 from cam_callbacks.engine.options import ExplainOptions
@@ -43,13 +44,42 @@ def _check_model_output(logits: Any, probe: Probe) -> None:
         raise ValueError(f"CAMMonitor: the model must return (N, num_classes) logits; it returned {shape}")
     num_classes = logits.shape[1]
     if probe.multilabel and probe.labels is not None and probe.labels.shape[1] != num_classes:
-        raise ValueError(f"CAMMonitor: the probe's multi-hot labels have {probe.labels.shape[1]} classes, the model {num_classes}")
+        raise ValueError(
+            f"CAMMonitor: the probe's multi-hot labels have shape {tuple(probe.labels.shape)}: {probe.labels.shape[1]} "
+            f"classes, but the model returns {num_classes} logits per image; give (N, {num_classes}) multi-hot labels, "
+            "or (N,) class indices"
+        )
     index = None if probe.labels is None or probe.multilabel else first_out_of_range(probe.labels, num_classes)
     if index is not None:
         assert probe.labels is not None
+        single = " (for a single sigmoid output give (N, 1) float or bool 0/1 labels)" if num_classes == 1 else ""
         raise ValueError(
             f"CAMMonitor: probe label {int(probe.labels[index])} (probe image {index}) is out of range: the model has "
-            f"{num_classes} classes, valid class indices are 0..{num_classes - 1}"
+            f"{num_classes} classes, valid class indices are 0..{num_classes - 1}{single}"
+        )
+
+
+def _check_materialised(model: nn.Module) -> None:
+    """Refuse a model whose parameters or buffers are on the meta device (shapes only, no values)."""
+    meta = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
+    if meta:
+        raise ValueError(
+            f"CAMMonitor: the model's parameters are on the meta device ({len(meta)} parameters and buffers, e.g. {meta[0]!r}, "
+            "as when it is built under `with torch.device('meta')`): they have shapes but no values, so neither the model "
+            "nor the callback can run it. Materialise it (e.g. model.to_empty(device='cpu') and load the weights) before "
+            "fitting; the callback's setup runs before the "
+            "LightningModule's setup and configure_model"
+        )
+
+
+def _check_display(name: str, values: Optional[Sequence[float]], images: Tensor) -> None:
+    """``values`` (``CAMMonitor(mean=...)`` or ``std=``) has one value per channel of the probe images, or one for all."""
+    channels = images.shape[1]
+    if values is not None and len(values) not in (1, channels):
+        raise ValueError(
+            f"CAMMonitor: {name}={list(values)} has {len(values)} values but the probe images have {channels} channel(s) "
+            f"(shape {tuple(images.shape[1:])} per image); give mean and std as sequences of {channels} finite numbers, one "
+            "per channel (or a single number for all channels)"
         )
 
 
@@ -64,11 +94,14 @@ class ProbeRunner:
         faithfulness: Also compute the faithfulness scores.
         precision: ``"auto"`` (the trainer's precision plugin) or ``"32"``.
         warn: Called with a key and a message for warnings given once (e.g. a probe without labels).
+        display_mean: ``CAMMonitor(mean=...)``: checked against the probe images' channels by :meth:`prepare` (None: no check).
+        display_std: ``CAMMonitor(std=...)``, likewise.
     """
 
     def __init__(
         self, methods: Sequence[str], target_layer: LayersLike, explain_labels: bool, options: ExplainOptions,
-        faithfulness: bool, precision: str, warn: Callable[[str, str], None],
+        faithfulness: bool, precision: str, warn: Callable[[str, str], None], *,
+        display_mean: Optional[Sequence[float]] = None, display_std: Optional[Sequence[float]] = None,
     ) -> None:  # fmt: skip
         self.methods = list(methods)
         self.target_layer = target_layer
@@ -77,6 +110,9 @@ class ProbeRunner:
         self.faithfulness = faithfulness
         self.precision = precision
         self.warn = warn
+        #: the images' per-channel mean and std for display (``CAMMonitor(mean=..., std=...)``), checked by :meth:`prepare`
+        self.display_mean: Optional[Sequence[float]] = display_mean
+        self.display_std: Optional[Sequence[float]] = display_std
         self.probe: Optional[Probe] = None
         self.layer_names: Optional[List[str]] = None
         #: probe rows skipped in the last run -> why (the model raised, or non-finite logits or maps)
@@ -134,9 +170,19 @@ class ProbeRunner:
         return view
 
     def prepare(self, model: nn.Module) -> List[str]:
-        """Resolve the layers and dry-run every method on two probe images, so bad setups fail before training."""
+        """Resolve the layers and dry-run every method on two probe images, so bad setups fail before training.
+
+        Raises:
+            ValueError: A model on the meta device, display ``mean``/``std`` that do not fit the probe images' channels,
+                images the model rejects, logits that are not ``(N, num_classes)``, labels that do not fit them, a
+                target layer that cannot be found or whose output is not a 4-D map larger than 1x1, or a method that
+                cannot run on this model.
+        """
         probe = self.probe
         assert probe is not None
+        _check_materialised(model)
+        _check_display("mean", self.display_mean, probe.images)
+        _check_display("std", self.display_std, probe.images)
         device = model_device(model, probe.images.device)
         with preserved_rng_state(), torch.inference_mode(False):
             example = probe.images[:2].to(device)
@@ -150,11 +196,21 @@ class ProbeRunner:
                 ) from error
             _check_model_output(logits, probe)
             layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape)
-            view = self.view(Probe(probe.images[:2], None if probe.labels is None else probe.labels[:2]))
-            dry_run = replace(self.options, smooth=None, probability=view.probability)
-            compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
+            self._dry_run(model, probe, layers, example)
         self.layer_names = [name for name, _ in layers]
         return self.layer_names
+
+    def _dry_run(self, model: nn.Module, probe: Probe, layers: List[Tuple[str, nn.Module]], example: Tensor) -> None:
+        """Every method on the first two probe images; a 1x1 target layer's error names a layer that would work."""
+        view = self.view(Probe(probe.images[:2], None if probe.labels is None else probe.labels[:2]))
+        dry_run = replace(self.options, smooth=None, probability=view.probability)
+        try:
+            compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
+        except OneByOneMapError as error:
+            hint = spatial_layer_hint(model, example[:1])
+            if not hint:
+                raise
+            raise OneByOneMapError(f"{error} {hint}") from None
 
     def compute(
         self, model: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,

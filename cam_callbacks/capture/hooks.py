@@ -14,11 +14,15 @@ from torch import Tensor, nn
 
 from cam_callbacks.capture.layouts import TokenGrid
 
-__all__ = ["LayerCapture", "LayerOutputError"]
+__all__ = ["LayerCapture", "LayerOutputError", "OneByOneMapError"]
 
 
 class LayerOutputError(ValueError):
-    """The target layer's output is not a 4-D tensor."""
+    """The target layer's output is not a 4-D tensor (or a 1x1 one: :class:`OneByOneMapError`)."""
+
+
+class OneByOneMapError(LayerOutputError):
+    """The target layer's output is a 4-D ``(N, C, 1, 1)`` map: one value per channel, nothing to localise."""
 
 
 class LayerCapture:
@@ -55,7 +59,8 @@ class LayerCapture:
         self.raw: Optional[Tensor] = None
         self._handle: Optional[Any] = None
 
-    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Optional[Tensor]:
+    def _check_output(self, output: Any) -> None:
+        """Refuse outputs that are not ``(N, C, H, W)`` maps (``(N, tokens, C)`` with ``reshape``) or are 1x1 maps."""
         expected = 4 if self.reshape is None else 3
         if not isinstance(output, Tensor) or output.dim() != expected:
             kind = f"a {output.dim()}-D tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
@@ -67,6 +72,15 @@ class LayerCapture:
             else:
                 advice = f"reshape={self.reshape!r} needs a 3-D (N, tokens, channels) output. Choose a transformer block's layer."
             raise LayerOutputError(f"target_layer={self.layer_name!r} outputs {kind}; {advice}")
+        if self.reshape is None and output.shape[2] * output.shape[3] == 1:
+            raise OneByOneMapError(
+                f"target_layer={self.layer_name!r} outputs (N, C, 1, 1) = {tuple(output.shape)}: a 1x1 map cannot localise "
+                "anything. Choose an earlier layer with spatial size > 1 (e.g. the last convolutional block before global "
+                "pooling), or target_layer='auto' (the last layer with an output larger than 1x1)."
+            )
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Optional[Tensor]:
+        self._check_output(output)
         # A private copy: in-place ops downstream (e.g. densenet's F.relu(inplace=True)) cannot rewrite it.
         self.raw = output.detach().clone()
         # Without reshape, raw and activation are one tensor (the autograd leaf when grad_tail is set).

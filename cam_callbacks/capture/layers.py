@@ -9,7 +9,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerSpec", "LayersLike", "resolve_layers", "resolve_named_layer", "resolve_target_layer", "find_auto_layer", "cam_class_weights"]
+__all__ = [
+    "LayerSpec", "LayersLike", "resolve_layers", "resolve_named_layer", "resolve_target_layer", "find_auto_layer", "cam_class_weights",
+    "spatial_layer_hint",
+]  # fmt: skip
 
 #: What ``target_layer=`` accepts: a dotted module name, a module of the model, or ``"auto"``.
 LayerSpec = Union[str, nn.Module]
@@ -57,18 +60,9 @@ def resolve_named_layer(model: nn.Module, target_layer: LayerSpec) -> Tuple[str,
 _FIXED_SIZE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
-    """The last module (in completion order of a forward pass) with a 4-D output larger than 1x1.
-
-    Adaptive pooling layers are skipped: their output size is fixed by construction (vgg's
-    ``AdaptiveAvgPool2d((7, 7))``), so it is not the network's feature map.
-
-    Runs one forward pass of ``example`` (typically one image) in eval mode and without gradients;
-    the caller is responsible for restoring modes (see :func:`preserved_model_state`).
-
-    Raises:
-        ValueError: If no module produces such an output.
-    """
+def _output_shapes(model: nn.Module, example: Tensor) -> List[Tuple[str, Tuple[int, ...]]]:
+    """``(name, output shape)`` of every module with a tensor output, in completion order of one forward pass of
+    ``example`` without gradients; adaptive pooling layers are left out (their output size is fixed by construction)."""
     modules = _named_modules(model)
     names = {id(m): n for n, m in modules.items()}
     order: List[Tuple[str, Tuple[int, ...]]] = []
@@ -85,13 +79,57 @@ def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
     finally:
         for handle in handles:
             handle.remove()
+    return order
+
+
+def _last_spatial(order: List[Tuple[str, Tuple[int, ...]]]) -> Optional[Tuple[str, Tuple[int, ...]]]:
     for name, shape in reversed(order):
         if len(shape) == 4 and shape[2] * shape[3] > 1:
-            return name, modules[name]
+            return name, shape
+    return None
+
+
+def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
+    """The last module (in completion order of a forward pass) with a 4-D output larger than 1x1.
+
+    Adaptive pooling layers are skipped: their output size is fixed by construction (vgg's
+    ``AdaptiveAvgPool2d((7, 7))``), so it is not the network's feature map.
+
+    Runs one forward pass of ``example`` (typically one image) in eval mode and without gradients;
+    the caller is responsible for restoring modes (see :func:`preserved_model_state`).
+
+    Raises:
+        ValueError: If no module produces such an output.
+    """
+    found = _last_spatial(_output_shapes(model, example))
+    if found is not None:
+        return found[0], _named_modules(model)[found[0]]
     raise ValueError(
         f"target_layer='auto' found no module of {type(model).__name__} with a 4-D output larger than 1x1 "
         f"for input of shape {tuple(example.shape)}; pass target_layer explicitly."
     )
+
+
+def spatial_layer_hint(model: nn.Module, example: Tensor) -> str:
+    """A sentence naming the last layer of ``model`` with a 4-D output larger than 1x1 for ``example`` and its output
+    shape (``""`` when there is none or the forward pass fails), for error messages about a bad target layer.
+
+    The forward pass runs in eval mode without autograd; modes, hooks and the RNG are left as found.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> spatial_layer_hint(net, torch.randn(1, 3, 8, 8))
+        "For this model and input: e.g. target_layer='1', whose output is (1, 4, 6, 6)."
+    """
+    from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
+
+    try:
+        with preserved_rng_state(), preserved_model_state(model), eager():
+            found = _last_spatial(_output_shapes(model, example))
+    except Exception:  # noqa: BLE001 - only a hint: the caller's error is raised either way
+        return ""
+    return "" if found is None else f"For this model and input: e.g. target_layer={found[0]!r}, whose output is {found[1]}."
 
 
 def resolve_target_layer(model: nn.Module, target_layer: LayerSpec, example: Optional[Tensor] = None) -> Tuple[str, nn.Module]:
