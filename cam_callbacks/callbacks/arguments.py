@@ -176,11 +176,13 @@ def check_prefix(prefix: Any) -> str:
 
 def make_explain_options(methods: Sequence[str], method_options: Optional[Mapping[str, Any]] = None, **options: Any) -> ExplainOptions:
     """The monitor's :class:`ExplainOptions` (which validates every option); ``method_options`` may name only ``methods``."""
-    unused = sorted(set(method_options or {}) - set(methods))
-    if unused:
-        raise ValueError(f"method_options names {unused}, which are not in methods={list(methods)}")
-    options["smooth_scales"] = tuple(options.get("smooth_scales", (0.9, 1.0, 1.1)))
-    return ExplainOptions(method_options=dict(method_options or {}), **options)
+    checked = check_method_options(method_options, methods)
+    scales = options.get("smooth_scales", (0.9, 1.0, 1.1))
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise ValueError(f"smooth_scales must be a non-empty sequence of positive numbers (e.g. (0.9, 1.0, 1.1)), got {scales!r}")
+    options["smooth_scales"] = tuple(check_number("smooth_scales", s, "a sequence of positive numbers") for s in scales)
+    options["smooth_sigma"] = check_number("smooth_sigma", options.get("smooth_sigma", 0.15), "a finite number >= 0 (noise std relative to each image's range)")
+    return ExplainOptions(method_options=checked, **options)
 
 
 def check_unique_prefix(monitor: Any, callbacks: Sequence[Any]) -> None:

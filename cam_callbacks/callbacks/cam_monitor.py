@@ -25,6 +25,7 @@ from cam_callbacks.callbacks.arguments import (
     PRECISION_CHOICES,
     TARGET_CHOICES,
     check_alarm,
+    check_bool,
     check_budget,
     check_choice,
     check_display,
@@ -165,7 +166,7 @@ class CAMMonitor(Callback):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.max_images = check_positive_int("max_images", max_images)
         self.max_labels = check_positive_int("max_labels", max_labels)
-        self.faithfulness = bool(faithfulness)
+        self.faithfulness = check_bool("faithfulness", faithfulness)
         self.colormap = colormap
         self.overlay_alpha = float(overlay_alpha)
         self.options = make_explain_options(
@@ -178,7 +179,7 @@ class CAMMonitor(Callback):
         self._budget_share = check_budget(budget)
         checked = check_alarm(alarm)
         self.alarm = None if checked is None else copy.deepcopy(checked)  # a deep copy: monitors never share a rule (nor its extra)
-        self.stop_on_alarm = bool(stop_on_alarm)
+        self.stop_on_alarm = check_bool("stop_on_alarm", stop_on_alarm)
         self._probe_source = probe
         self._build_parts(probe, smooth)
         #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
@@ -187,7 +188,8 @@ class CAMMonitor(Callback):
     def _build_parts(self, probe: Optional[ProbeLike], smooth: Optional[Smooth]) -> None:
         """The parts that do the work (runner, history, alarm state, budget, logger) and the run state."""
         self._runner = ProbeRunner(
-            self.methods, self.target_layer, self.target == "label", self.options, self.faithfulness, self.precision, self._warn_once
+            self.methods, self.target_layer, self.target == "label", self.options, self.faithfulness, self.precision, self._warn_once,
+            display_mean=self.mean, display_std=self.std,
         )  # fmt: skip
         self._runner.probe = make_probe(probe, self.num_probe) if probe is not None else None
         self._budget = CostBudget(self._budget_share, expensive=[m for m in self.methods if is_expensive(m, self_smooth=smooth)])

@@ -37,8 +37,6 @@ STD_SEQUENCE = r"std must be a sequence of C finite positive numbers, one per im
 PROBE_CHOICES = r"probe must be an images tensor \(N, C, H, W\), an \(images, labels\[, masks\[, nuisance\]\]\) tuple, a map-style Dataset or a DataLoader"
 BUDGET = r"budget must be None or a share of the training time in \(0, 1\] \(a number, e\.g\. budget=0\.05\), got "
 ALPHA = r"overlay_alpha must be a number in \[0, 1\] \(the heatmap's opacity\), got "
-NOT_WIRED = "needs one call in CAMMonitor.__init__ (cam_monitor.py, not this branch); remove this mark when it is added"
-NOT_MINE = "raised by engine/options.py or cam_monitor.py before any check of this branch; remove this mark when fixed there"
 
 
 def _row(error: type, kwargs: Dict[str, Any], message: str, marks: Any = ()) -> Any:
@@ -131,11 +129,11 @@ CONSTRUCTION = [
     _row(ValueError, dict(probe=(IMAGES, torch.full((4, 3), 2))), r"probe labels of shape \(N, num_classes\) must be multi-hot"),
     _row(ValueError, dict(probe=(IMAGES, LABELS, torch.ones(4, 8, 8))), r"probe masks must have shape \(4, 16, 16\) like the images"),
     # not refused yet: the check needs a call outside this branch's files
-    _row(ValueError, dict(faithfulness="no"), "faithfulness must be True or False, got 'no'", pytest.mark.xfail(strict=True, reason=NOT_WIRED)),
-    _row(ValueError, dict(stop_on_alarm="yes"), "stop_on_alarm must be True or False, got 'yes'", pytest.mark.xfail(strict=True, reason=NOT_WIRED)),
-    _row(ValueError, dict(method_options=5), "method_options must be None or a dict", pytest.mark.xfail(strict=True, reason=NOT_WIRED)),
-    _row(ValueError, dict(smooth="aug", smooth_scales=5), "smooth_scales must be", pytest.mark.xfail(strict=True, reason=NOT_MINE)),
-    _row(ValueError, dict(smooth="noise", smooth_sigma="a"), "smooth_sigma must be", pytest.mark.xfail(strict=True, reason=NOT_MINE)),
+    _row(ValueError, dict(faithfulness="no"), "faithfulness must be True or False, got 'no'"),
+    _row(ValueError, dict(stop_on_alarm="yes"), "stop_on_alarm must be True or False, got 'yes'"),
+    _row(ValueError, dict(method_options=5), "method_options must be None or a dict"),
+    _row(ValueError, dict(smooth="aug", smooth_scales=5), "smooth_scales must be"),
+    _row(ValueError, dict(smooth="noise", smooth_sigma="a"), "smooth_sigma must be"),
 ]  # fmt: skip
 
 
@@ -214,7 +212,7 @@ SETUP: List[Any] = [
     pytest.param(
         TinyNet, lambda: _monitor(mean=[0.5] * 4, std=[0.2] * 4), ValueError,
         r"mean=\[0.5, 0.5, 0.5, 0.5\] has 4 values but the probe images have 3 channel\(s\)",
-        id="mean-channels", marks=pytest.mark.xfail(strict=True, reason="needs CAMMonitor to pass mean/std to ProbeRunner; " + NOT_WIRED),
+        id="mean-channels",
     ),
 ]  # fmt: skip
 
