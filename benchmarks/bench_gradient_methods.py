@@ -6,7 +6,7 @@ On one torchvision model with random weights, the same random images and fixed t
 - floor 1: one plain forward pass of the batch under ``torch.no_grad()`` (the physical floor of any CAM);
 - floor 2: forward + backward through the tail only (a forward hook on the target layer returns a detached clone
   that requires grad, ``torch.autograd.grad`` of the target logits' sum w.r.t. it): the floor of gradient methods;
-- ours: ``cam_callbacks.functional`` per method (``cam`` too where the head is GAP + linear: resnet);
+- ours: ``cam_callbacks.explain`` per method (``cam`` too where the head is GAP + linear: resnet);
 - pytorch-grad-cam (grad-cam 1.5.x) with ``ClassifierOutputTarget`` targets; each CAM object is built once,
   outside the timing, on its own deep copy of the model;
 - torchcam: forward pass + extractor + ReLU/bilinear upsampling/min-max to the input size with torch ops
@@ -82,7 +82,7 @@ TORCHCAM_CLASSES = {"gradcam": "GradCAM", "gradcampp": "GradCAMpp", "xgradcam": 
 
 
 def prepare_model(model: nn.Module, logit_scale: float, size: int) -> nn.Module:
-    """Random weights made usable for comparisons (as in tests/test_crosscheck.py).
+    """Random weights made usable for comparisons (as in tests/methods/test_crosscheck.py).
 
     BatchNorm statistics come from one random batch (at init, mobilenet_v3_small's 'features' output is ~1e-8, where
     pytorch-grad-cam's 1e-7 epsilons dominate) and the last linear layer is scaled so that pytorch-grad-cam's 1e-6 in

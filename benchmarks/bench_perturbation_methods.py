@@ -9,7 +9,7 @@ On one torchvision model with random weights, the same random images and fixed t
   layer) in batches of ``--floor-batch``, masks built outside the timing: what Score-CAM costs at least when it
   skips no channel. By default only the first ``--floor-rows`` masked images are timed and the time is scaled by
   ``N*K / rows`` (the output says so);
-- ours: ``cam_callbacks.functional`` with ``scorecam``, ``ablationcam`` and ``reciprocam`` (``gaussian`` False and
+- ours: ``cam_callbacks.explain`` with ``scorecam``, ``ablationcam`` and ``reciprocam`` (``gaussian`` False and
   True). Recipro-CAM's first call on a model (tail derived with torch.fx, bytes per row measured) is timed apart
   from later calls (tail cached per model): each of its calls gets a fresh deep copy of the model, made outside the
   timing;

@@ -94,7 +94,7 @@ class CAMMonitor(Callback):
         tail: Your own ``activations -> logits`` callable for the network after the target layer
             (Ablation-CAM, Recipro-CAM); derived automatically by default.
         smooth: None, ``"noise"`` or ``"aug"``: average each method's maps over noisy or flipped/scaled
-            copies of the probe images (see :func:`cam_callbacks.functional`); multiplies the cost.
+            copies of the probe images (see :func:`cam_callbacks.explain`); multiplies the cost.
         smooth_samples: Noisy copies for ``smooth="noise"``.
         smooth_sigma: Noise std relative to each image's value range.
         smooth_scales: Scales for ``smooth="aug"``.

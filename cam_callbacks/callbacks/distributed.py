@@ -29,7 +29,7 @@ def check_strategy(strategy: Any) -> None:
     if refused:
         raise ValueError(
             f"CAMMonitor does not support {refused[0]}: each process holds only a shard of the parameters, so the model "
-            "cannot be run outside the strategy's forward. Use DDP (strategy='ddp'), or run cam_callbacks.functional after "
+            "cannot be run outside the strategy's forward. Use DDP (strategy='ddp'), or run cam_callbacks.explain after "
             "training on a full copy of the model."
         )
 

@@ -3,7 +3,7 @@
 Pure functions with per-image outputs ``(N,)``. Inputs, for every function:
 
 - ``maps``: ``(N, H, W)`` floating, finite, non-negative (the normalised maps of
-  :func:`cam_callbacks.functional` are in ``[0, 1]``). The *mass* of a map is the sum of its pixels.
+  :func:`cam_callbacks.explain` are in ``[0, 1]``). The *mass* of a map is the sum of its pixels.
 - masks: ``(N, H, W)`` at the same size as the maps, ``bool`` or numeric with values in ``{0, 1}``
   (True / 1 marks the object, or the nuisance cue). Masks are moved to the maps' device.
 

@@ -82,7 +82,7 @@ HAND_MAPS = {  # (class, method) -> normalised (1, 3) map
 
 
 #: ReLU call sites (the nn.ReLU ones are modules of HandMLP). The in-place functions are used the way networks use
-#: them (their return value flows on), which guided.py documents as required.
+#: them (their return value flows on), which capture/guided.py documents as required.
 CALL_SITES = {
     "nn.ReLU(inplace=True)": None,
     "nn.ReLU()": None,

@@ -351,8 +351,9 @@ def test_layer_free_methods_ignore_every_layer_of_the_list(resnet, images96, met
     """The layers after the first are ignored too: no extra forward pass for them, and no error for a layer that is not
     a 4-D feature map (a single target_layer='fc' is accepted for these methods; the list must behave the same).
 
-    Fails at the time of writing: engine._fused runs _single_layer(...) for every further layer with the (empty) list
-    of layer-using methods; _run_chunk then does a capture pass for nothing, whose hook raises on 'fc'.
+    Failed when written: the fusion (now engine/passes.py, explain_layers) ran _single_layer(...) for every further
+    layer with the (empty) list of layer-using methods; run_chunk then did a capture pass for nothing, whose hook
+    raised on 'fc'.
     """
     single = cc.explain(resnet, images96, method=method, target_layer="layer4")
     assert torch.equal(cc.explain(resnet, images96, method=method, target_layer="fc"), single)

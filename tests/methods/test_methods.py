@@ -246,7 +246,7 @@ def test_numpy_bilinear_reference_by_hand():
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure functions of methods.py on explicit tensors
+# Pure method functions (cam_callbacks/methods/) on explicit tensors
 # ---------------------------------------------------------------------------------------------
 
 
@@ -503,7 +503,7 @@ def test_registered_functions_are_the_module_functions():
 
 
 # ---------------------------------------------------------------------------------------------
-# maps.py
+# cam_callbacks/utils/maps.py
 # ---------------------------------------------------------------------------------------------
 
 

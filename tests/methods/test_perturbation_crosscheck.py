@@ -15,7 +15,7 @@ Known differences of the reference libraries (read in their sources; GUIDE.md se
   per channel; the ablated channel is set to 0 only when the minimum activation of the image is 0 (else to
   ``min - 1e7``), so it matches the paper (and us) on a layer whose output is post-ReLU, like resnet18's blocks.
 - pytorch-grad-cam's EigenCAM keeps whatever sign its SVD returns (we fix it by the channel-mean map), see
-  tests/test_eigencam.py.
+  tests/methods/test_eigencam.py.
 
 Consequences for Score-CAM:
 
@@ -30,7 +30,7 @@ Consequences for Score-CAM:
 - On resnet18 ``layer2`` (4x4 maps) the order of normalisation and upsampling matters for torchcam too; the same
   argument with a reference loop that has torchcam's conventions.
 
-Models are prepared as in tests/test_crosscheck.py (BatchNorm statistics calibrated on one random batch, last linear
+Models are prepared as in tests/methods/test_crosscheck.py (BatchNorm statistics calibrated on one random batch, last linear
 layer scaled) so that logits and probabilities vary enough for the comparisons to be informative; every test has a
 guard against trivially agreeing (near-constant) maps.
 """
@@ -380,7 +380,7 @@ def test_reciprocam_torchvision_vs_reference_loop(get_model, name, layer, scale)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Eigen-CAM: architectures not in tests/test_eigencam.py
+# Eigen-CAM: architectures not in tests/methods/test_eigencam.py
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -399,10 +399,10 @@ def _projection(a: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name, scale", [pytest.param("vgg11", 10.0, marks=pytest.mark.slow), ("mobilenet_v3_small", 100.0)])
 def test_eigencam_other_architectures_vs_pytorch_grad_cam(get_model, name, scale):
-    """tests/test_eigencam.py covers resnet18; here vgg11 (post-ReLU features) and mobilenet_v3_small (Hardswish:
+    """tests/methods/test_eigencam.py covers resnet18; here vgg11 (post-ReLU features) and mobilenet_v3_small (Hardswish:
     signed features), 3x3 feature maps (the models of the Recipro-CAM tests: Eigen-CAM ignores the logit scale).
     pytorch-grad-cam's map must be one of the two sign candidates, ours the channel-mean one. Tolerance 1e-3 as in
-    tests/test_eigencam.py (float32 SVD in pytorch-grad-cam vs float64 here; measured <= 7.8e-7)."""
+    tests/methods/test_eigencam.py (float32 SVD in pytorch-grad-cam vs float64 here; measured <= 7.8e-7)."""
     layer, size = "features", RECIPRO_SIZE
     model = get_model(name, size, scale)
     x = images(3, size, seed=5)
