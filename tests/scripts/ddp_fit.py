@@ -45,12 +45,13 @@ class Recorder(pl.Callback):
 
 def main():
     out = sys.argv[1]
-    fail = len(sys.argv) > 2 and sys.argv[2] == "fail"
+    fail = "fail" in sys.argv[2:]
+    on_error = "raise" if "raise" in sys.argv[2:] else "warn"
     torch.set_num_threads(1)
     pl.seed_everything(0)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=7, alarm=None, budget=None)
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=7, alarm=None, budget=None, on_error=on_error)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, default_root_dir=out, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, logger=False, num_sanity_val_steps=0,
