@@ -10,6 +10,7 @@ closed writer, a folder that cannot be written) is reported through the monitor'
 from __future__ import annotations
 
 import os
+import weakref
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
@@ -27,6 +28,10 @@ from cam_callbacks.render.png import save_pngs, save_text
 from cam_callbacks.render.publish import ImageStyle, ProbeView, run_images, to_uint8
 
 __all__ = ["RunLogger", "RunSummary", "png_directories", "run_scalars"]
+
+
+#: TensorBoard writer -> the custom-scalars categories written to it so far (by every monitor)
+_LAYOUTS: "weakref.WeakKeyDictionary[Any, Dict[str, Dict[str, List[Any]]]]" = weakref.WeakKeyDictionary()
 
 
 def png_directories(trainer: Any) -> List[str]:
@@ -197,7 +202,10 @@ class RunLogger:
             components = [k for k in FAITHFULNESS_METRICS if k != "adcc"]
             for method in summary.methods:
                 charts[f"{method}: AD, IC, coherency, complexity"] = ["Multiline", [f"{p}/{method}/{k}" for k in components]]
-            writer.add_custom_scalars({"cam_callbacks" if p == "cam" else f"cam_callbacks ({p})": charts})
+            # one layout per writer: monitors that share a writer (several prefixes) write the union of their categories
+            layout = _LAYOUTS.setdefault(writer, {})
+            layout["cam_callbacks" if p == "cam" else f"cam_callbacks ({p})"] = charts
+            writer.add_custom_scalars(dict(layout))
         writer.add_text(f"{p}/config", summary.config, global_step=0)
 
     def _say_once(self, key: str, message: str, warn: bool = False) -> None:

@@ -239,3 +239,27 @@ def test_resume_where_auto_finds_another_layer_warns_when_the_probe_comes_late(t
         after = fit(_LateDataNetWithPost(), max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert after.layer_name == "post"
     assert after.state_dict()["last_run"] == ("fit", 1)
+
+
+def test_two_prefixes_share_one_tensorboard_layout(tmp_path):
+    """TensorBoard keeps one custom-scalars layout per writer (the last one written): it must hold both monitors' charts."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    probe = (torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0]))
+    monitors = [
+        cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, prefix="cam_a", alarm=None, budget=None),
+        cc.CAMMonitor(methods=["layercam"], target_layer="features.3", probe=probe, prefix="cam_b", alarm=None, budget=None),
+    ]
+    t = trainer(tmp_path, monitors, max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                logger=TensorBoardLogger(str(tmp_path), name="tb"))  # fmt: skip
+    t.fit(TinyNet(), *loaders(n_train=16, n_val=8))
+    (path,) = [str(p) for p in tmp_path.rglob("events.out.tfevents.*")]
+    accumulator = EventAccumulator(path, size_guidance={"tensors": 0})
+    accumulator.Reload()
+    last = layout_pb2.Layout()
+    last.ParseFromString(accumulator.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
+    assert [c.title for c in last.category] == ["cam_callbacks (cam_a)", "cam_callbacks (cam_b)"]
+    tags = {tag for c in last.category for chart in c.chart for tag in chart.multiline.tag}
+    assert "cam_a/gradcam/adcc" in tags and "cam_b/layercam/adcc" in tags
