@@ -364,8 +364,11 @@ class CAMMonitor(Callback):
         if trainer.is_global_zero:
             self._logger.collect_write_errors()  # failed writes of the last run are counted in this run's errors
         scalars[f"{self.prefix}/errors"] = float(self._errors.count)
-        for name, value in scalars.items():  # identical on every process: sync_dist only keeps Lightning's DDP check quiet
-            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self.probe or ()), sync_dist=trainer.world_size > 1)
+        errors_tag = f"{self.prefix}/errors"
+        for name, value in scalars.items():  # identical on every process (sync_dist keeps Lightning's DDP check quiet), except
+            # the error count: image writes happen on rank zero only, so the largest count is the run's
+            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self.probe or ()),
+                          sync_dist=trainer.world_size > 1, reduce_fx="max" if name == errors_tag else "mean")  # fmt: skip
         self._raise_alarm(trainer, hits)
         if trainer.is_global_zero:
             config = f"target layer `{self.layer_name}`, methods {self.methods}, {len(self.probe or ())} probe images, target={self.target!r}"
