@@ -11,10 +11,9 @@ from __future__ import annotations
 import copy
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.rank_zero import rank_zero_debug
@@ -38,6 +37,7 @@ from cam_callbacks.callbacks.arguments import (
     make_explain_options,
 )  # fmt: skip
 from cam_callbacks.callbacks.checkpoint import STATE_VERSION, history_mismatch, state_problem
+from cam_callbacks.callbacks.compat import callback_base
 from cam_callbacks.callbacks.distributed import check_strategy
 from cam_callbacks.callbacks.errors import ON_ERROR_CHOICES, ErrorReporter
 from cam_callbacks.callbacks.loggers import RunLogger, run_scalars
@@ -55,7 +55,13 @@ from cam_callbacks.utils.types import OnError, PrecisionMode, Smooth, TargetMode
 
 __all__ = ["CAMMonitor"]
 
-class CAMMonitor(Callback):
+if TYPE_CHECKING:  # type checkers see pytorch_lightning's Callback; at run time it is the Callback of every namespace
+    from pytorch_lightning.callbacks import Callback as _Callback
+else:
+    _Callback = callback_base()
+
+
+class CAMMonitor(_Callback):
     r"""Compute class activation maps on a fixed probe set at the end of validation and log them.
 
     At the end of every ``every_n_epochs``-th validation epoch (in ``trainer.fit`` and

@@ -14,10 +14,10 @@ import weakref
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set
 
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from cam_callbacks.callbacks.compat import is_tensorboard
 from cam_callbacks.callbacks.errors import ErrorReporter
 from cam_callbacks.callbacks.writer import BackgroundWriter, add_png
 from cam_callbacks.engine.result import Explanation
@@ -44,7 +44,7 @@ def png_directories(trainer: Any) -> List[str]:
         return [str(trainer.default_root_dir)]
     directories = []
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
+        if is_tensorboard(logger):
             continue
         directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
         if directory and str(directory) not in directories:
@@ -148,7 +148,7 @@ class RunLogger:
         for logger in trainer.loggers:
             if scalars:
                 self._safely(f"scalars of {type(logger).__name__}", "logging scalars", partial(logger.log_metrics, scalars, step=step))
-        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        tensorboards = [lg for lg in trainer.loggers if is_tensorboard(lg)]
         directories = png_directories(trainer)
         if not tensorboards and not directories:
             self._say_once("no-image-logger", "CAMMonitor: no logger with a directory; heatmap grids are not saved, scalars still are", warn=True)

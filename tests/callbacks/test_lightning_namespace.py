@@ -1,0 +1,96 @@
+"""CAMMonitor with the ``lightning`` package (``import lightning as L``), the style of Lightning's own docs since 2.0.
+
+``lightning.pytorch`` and ``pytorch_lightning`` are the same library under two names with distinct classes:
+before, a ``lightning.pytorch.loggers.TensorBoardLogger`` was not recognised (its heatmaps silently became PNG
+files beside the event files) and LightningCLI of ``lightning`` rejected ``class_path: cam_callbacks.CAMMonitor``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+import cam_callbacks as cc
+
+from _lightning_models import make_data, read_events
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "lightning_cli_fit.py")
+
+
+class Net(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _loaders():
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*make_data(32, seed=0)), batch_size=16)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*make_data(16, seed=1)), batch_size=16)
+    return train, val
+
+
+def test_the_monitor_is_a_callback_of_both_namespaces():
+    monitor = cc.CAMMonitor()
+    assert isinstance(monitor, L.Callback) and isinstance(monitor, pl.Callback)
+
+
+def test_lightning_tensorboard_logger_gets_the_images_and_checkpoints_monitor_cam_metrics(tmp_path):
+    torch.manual_seed(0)
+    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", num_probe=8)
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="cam/gradcam/adcc", mode="max", save_top_k=1)
+    stopping = EarlyStopping(monitor="cam/gradcam/adcc", mode="max", patience=5)
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        logger=[TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")],
+        callbacks=[monitor, checkpoint, stopping],
+    )  # fmt: skip
+    trainer.fit(Net(), *_loaders())
+    events = read_events(tmp_path / "tb")
+    assert events["images"]["cam/gradcam/grid"] == [0, 1]  # the heatmaps reached TensorBoard, one per epoch
+    assert [step for step, _ in events["scalars"]["cam/gradcam/adcc"]] == [0, 1]
+    tensorboard_dir = trainer.loggers[0].log_dir
+    assert not os.path.exists(os.path.join(tensorboard_dir, "cam"))  # no PNG files beside the event files
+    csv_dir = trainer.loggers[1].log_dir
+    assert os.path.exists(os.path.join(csv_dir, "cam", "gradcam", "grid_epoch=0001.png"))  # CSV users get the PNGs
+    assert checkpoint.best_model_path and "cam/gradcam/adcc" in trainer.callback_metrics
+
+
+@pytest.mark.slow
+def test_lightning_cli_accepts_the_class_path(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer:\n  max_epochs: 1\n  accelerator: cpu\n  enable_progress_bar: false\n  enable_model_summary: false\n"
+        "  enable_checkpointing: false\n  log_every_n_steps: 1\n"
+        f"  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n    init_args:\n      save_dir: {tmp_path / 'runs'}\n"
+        "  callbacks:\n    - class_path: cam_callbacks.CAMMonitor\n      init_args:\n        methods: [gradcam]\n"
+        "        target_layer: features\n        num_probe: 8\n        prefix: cam_cli\n"
+    )
+    done = subprocess.run([sys.executable, SCRIPT, "fit", "--config", str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    events = read_events(tmp_path / "runs")
+    assert events["images"]["cam_cli/gradcam/grid"] == [0]
