@@ -1,10 +1,5 @@
-"""CAMMonitor: class activation maps and their faithfulness, logged while the model trains.
-
-This module holds the Lightning hooks and little else: the work is done by
-:class:`~cam_callbacks.callbacks.runner.ProbeRunner` (maps and scores of the probe set),
-:class:`~cam_callbacks.monitor.history.MapHistory` (drift), :class:`~cam_callbacks.monitor.alarm.AlarmState`,
-:class:`~cam_callbacks.monitor.budget.CostBudget` and :class:`~cam_callbacks.callbacks.loggers.RunLogger`.
-"""
+"""CAMMonitor: the Lightning hooks. The work is done by ``ProbeRunner`` (maps and scores), ``MapHistory`` (drift),
+``AlarmState``, ``CostBudget``, ``ErrorReporter`` and ``RunLogger``."""
 
 from __future__ import annotations
 
@@ -81,15 +76,12 @@ class CAMMonitor(_Callback):
         methods: Method names, see :func:`cam_callbacks.available_methods`.
         target_layer: Dotted module name in the LightningModule (e.g. ``"model.layer4"``), a module, ``"auto"``
             (the last module with a 4-D output larger than 1x1), or a list of them (fused LayerCAM-style).
-        num_probe: Number of probe samples taken from the first validation dataloader's dataset
-            (its first ``num_probe`` samples, by index) when ``probe`` is None.
+        num_probe: Probe size when ``probe`` is None: the first samples of the first validation dataset, by index.
         every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0``; at most once per epoch.
         probe: An images tensor, an ``(images, labels[, masks[, nuisance]])`` tuple, or a Dataset / DataLoader
             (first ``num_probe`` samples). Masks ``(N, H, W)``: the object, and a region that must not explain it.
-        target: ``"label"`` (explain the true class when labels are known, else the prediction) or
-            ``"prediction"`` (always the top-1 prediction).
-        mean: Per-channel mean used to normalise the images, to show originals in real colours.
-        std: Per-channel std, with ``mean``.
+        target: ``"label"`` (the true class when known, else the prediction) or ``"prediction"`` (top-1).
+        mean, std: Per-channel normalisation of the images, to show the originals in real colours.
         batch_size: Images per forward/backward pass.
         max_images: Probe images shown in each grid.
         faithfulness: Compute and log the faithfulness metrics (one extra pass per method).
@@ -97,16 +89,14 @@ class CAMMonitor(_Callback):
         overlay_alpha: Heatmap opacity in the overlays, in [0, 1].
         method_options: Options per method, e.g. ``{"reciprocam": {"gaussian": True}}``.
         reshape: ``"vit"`` or a :class:`~cam_callbacks.capture.layouts.TokenGrid` for a transformer target layer.
-        tail: Your own ``activations -> logits`` callable for the network after the target layer
-            (Ablation-CAM, Recipro-CAM); derived automatically by default.
+        tail: Your own ``activations -> logits`` callable after the target layer (default: derived).
         smooth: None, ``"noise"`` or ``"aug"``: average each method's maps over noisy or flipped/scaled
             copies of the probe images (see :func:`cam_callbacks.explain`); multiplies the cost.
         smooth_samples: Noisy copies for ``smooth="noise"``.
         smooth_sigma: Noise std relative to each image's value range.
         smooth_scales: Scales for ``smooth="aug"``.
         perturbation_batch: Rows per perturbation pass; None chooses from the free device memory.
-        precision: ``"auto"``: the training precision (the trainer's precision plugin); ``"32"``: the model's
-            own dtype without autocast.
+        precision: ``"auto"``: the training precision (precision plugin); ``"32"``: the model's dtype, no autocast.
         budget: Share of the training time the callback may take (None: no limit): expensive methods
             (perturbation, smoothed) that exceed it run less often, and it says so (``<prefix>/<method>/every_n_runs``).
         alarm: The :class:`~cam_callbacks.monitor.alarm.AlarmRule` checked after every run (None: no alarm).
@@ -420,8 +410,7 @@ class CAMMonitor(_Callback):
     # ------------------------------------------------------------------ checkpointing
     @override
     def state_dict(self) -> Dict[str, Any]:
-        """What a checkpoint needs to resume: the version, the layer, the last run, the probe set's fingerprint (and its
-        tensors when it was given explicitly), the maps of the first and the previous run (drift) and the alarm state."""
+        """Version, layer, last run, probe fingerprint (and tensors if given explicitly), first/previous maps, alarm state."""
         probe = self.probe
         return {
             "version": STATE_VERSION,
@@ -435,9 +424,7 @@ class CAMMonitor(_Callback):
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`, checked field by field (an unusable entry is reported and ignored: the run goes on
-        without the saved history). The history is kept only for the same version, layer, probe set and map shapes; it is
-        applied once the probe set and the layer are known (at once after ``setup``, else at the first validation)."""
+        """Restore a checked :meth:`state_dict` (see :mod:`cam_callbacks.callbacks.checkpoint`); unusable entries are reported."""
         problem = state_problem(state_dict)
         if problem is not None:
             self._errors.report("loading the checkpoint's CAMMonitor entry", ValueError(problem), "its history is not used")
