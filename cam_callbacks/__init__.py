@@ -24,6 +24,7 @@ from cam_callbacks.functional import explain, faithfulness
 from cam_callbacks.methods.registry import available_methods, get_method, register_method, unregister_method
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
 from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.render.notebook import plot_maps, show_maps
 from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
 
 if TYPE_CHECKING:  # visible to type checkers; imported lazily at run time (it imports Lightning)
@@ -51,8 +52,10 @@ __all__ = [
     "get_method",
     "guided_relus",
     "minmax_normalize",
+    "plot_maps",
     "register_method",
     "resolve_target_layer",
+    "show_maps",
     "unregister_method",
     "upsample_and_normalize",
 ]
