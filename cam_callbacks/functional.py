@@ -26,6 +26,7 @@ from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import ScoredExplanation
 from cam_callbacks.methods.registry import get_method
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
+from cam_callbacks.utils.outputs import OutputTransform
 from cam_callbacks.utils.targets import TargetsLike, as_targets, expand_multilabel
 from cam_callbacks.utils.types import Probability, Reduction, Smooth
 
@@ -45,6 +46,7 @@ class ExplainKwargs(TypedDict, total=False):
     seed: int
     perturbation_batch: Optional[int]
     probability: Optional[Probability]
+    output_transform: OutputTransform
 
 
 def check_images(images: object) -> Tensor:
@@ -157,7 +159,11 @@ _OPTIONS_DOC = """        method_options: Options of ``method`` (e.g. ``{"gaussi
             chooses from the memory free on the model's device.
         probability: ``"softmax"`` or ``"sigmoid"``: how logits become the class probabilities used by
             Recipro-CAM and the faithfulness metrics; None means sigmoid for multi-hot ``targets``
-            (multi-label models), softmax otherwise."""
+            (multi-label models), softmax otherwise.
+        output_transform: Where the logits are in what the model returns: None (a logits tensor), a key or
+            attribute name (``"logits"`` for a dict or Hugging Face's ``ImageClassifierOutput``), an int index
+            into a tuple such as ``(logits, features)``, or a callable ``output -> logits``. Applied to every
+            forward pass (perturbation passes and tails included); the model is not changed."""
 
 
 def explain(
@@ -172,7 +178,7 @@ def explain(
     """Class activation maps of ``images`` for ``model``.
 
     Args:
-        model: A classifier returning ``(N, num_classes)`` logits.
+        model: A classifier returning ``(N, num_classes)`` logits (or an output holding them: see ``output_transform``).
         images: ``(N, C, H, W)`` float tensor, exactly as the model receives it (normalised).
         method: One of :func:`available_methods`.
         target_layer: Dotted module name, a module of ``model``, or ``"auto"`` (the last module

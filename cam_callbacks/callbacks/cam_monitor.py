@@ -15,21 +15,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 from typing_extensions import override
 
-from cam_callbacks.callbacks.arguments import (
-    PRECISION_CHOICES,
-    TARGET_CHOICES,
-    check_alarm,
-    check_bool,
-    check_budget,
-    check_choice,
-    check_display,
-    check_methods,
-    check_named_layers,
-    check_positive_int,
-    check_prefix,
-    check_target_layer,
-    check_unique_prefix,
-    make_explain_options,
+from cam_callbacks.callbacks.arguments import (  # isort: skip (one import, four lines: the module is near its size limit)
+    PRECISION_CHOICES, TARGET_CHOICES, check_alarm, check_bool, check_budget, check_choice, check_display, check_methods,
+    check_named_layers, check_positive_int, check_prefix, check_target_layer, check_unique_prefix, make_explain_options,
 )  # fmt: skip
 from cam_callbacks.callbacks.checkpoint import STATE_VERSION, history_mismatch, state_problem
 from cam_callbacks.callbacks.compat import callback_base
@@ -46,6 +34,7 @@ from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, AlarmState
 from cam_callbacks.monitor.budget import CostBudget, is_expensive
 from cam_callbacks.monitor.history import MapHistory
 from cam_callbacks.render.publish import ImageStyle
+from cam_callbacks.utils.outputs import OutputTransform
 from cam_callbacks.utils.types import OnError, PrecisionMode, Smooth, TargetMode
 
 __all__ = ["CAMMonitor"]
@@ -90,6 +79,9 @@ class CAMMonitor(_Callback):
         method_options: Options per method, e.g. ``{"reciprocam": {"gaussian": True}}``.
         reshape: ``"vit"`` or a :class:`~cam_callbacks.capture.layouts.TokenGrid` for a transformer target layer.
         tail: Your own ``activations -> logits`` callable after the target layer (default: derived).
+        output_transform: Where the logits are in what the LightningModule's ``forward`` returns: None (a logits
+            tensor), a key or attribute (``"logits"`` for a dict or a Hugging Face ``ImageClassifierOutput``), an int
+            index into a tuple such as ``(logits, features)``, or a callable ``output -> logits``.
         smooth: None, ``"noise"`` or ``"aug"``: average each method's maps over noisy or flipped/scaled
             copies of the probe images (see :func:`cam_callbacks.explain`); multiplies the cost.
         smooth_samples: Noisy copies for ``smooth="noise"``.
@@ -138,6 +130,7 @@ class CAMMonitor(_Callback):
         method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
         reshape: ReshapeLike = None,
         tail: Optional[Callable[[Tensor], Tensor]] = None,
+        output_transform: OutputTransform = None,
         smooth: Optional[Smooth] = None,
         smooth_samples: int = 8,
         smooth_sigma: float = 0.15,
@@ -163,11 +156,11 @@ class CAMMonitor(_Callback):
         self.max_images = check_positive_int("max_images", max_images)
         self.max_labels = check_positive_int("max_labels", max_labels)
         self.faithfulness = check_bool("faithfulness", faithfulness)
-        self.colormap = colormap
-        self.overlay_alpha = float(overlay_alpha)
+        self.colormap, self.overlay_alpha = colormap, float(overlay_alpha)
         self.options = make_explain_options(
             self.methods, batch_size=self.batch_size, method_options=method_options, reshape=reshape, tail=tail, smooth=smooth,
             smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, smooth_scales=smooth_scales, perturbation_batch=perturbation_batch,
+            output_transform=output_transform,
         )  # fmt: skip
         self.prefix = check_prefix(prefix)
         self.on_error = check_choice("on_error", on_error, ON_ERROR_CHOICES)

@@ -29,6 +29,7 @@ from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
 from cam_callbacks.monitor.budget import CostBudget
 from cam_callbacks.render.publish import ProbeView
+from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import expand_multilabel, first_out_of_range
 
 __all__ = ["Compute", "ProbeRunner"]
@@ -37,11 +38,12 @@ __all__ = ["Compute", "ProbeRunner"]
 Compute = Callable[[nn.Module, Optional[Any], Optional[Tensor], Optional[Sequence[str]]], ScoredExplanation]
 
 
-def _check_model_output(logits: Any, probe: Probe) -> None:
-    """The dry run's logits are ``(N, num_classes)`` and the probe's labels fit them."""
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"CAMMonitor: the model must return (N, num_classes) logits; it returned {shape}")
+def _check_model_output(output: Any, probe: Probe, output_transform: OutputTransform, n: int) -> None:
+    """The dry run's logits (taken by ``output_transform``) are ``(N, num_classes)`` and the probe's labels fit them."""
+    try:
+        logits = logits_of(output, output_transform, n)
+    except ValueError as error:
+        raise ValueError(f"CAMMonitor: {error}") from None
     num_classes = logits.shape[1]
     if probe.multilabel and probe.labels is not None and probe.labels.shape[1] != num_classes:
         raise ValueError(
@@ -188,13 +190,13 @@ class ProbeRunner:
             example = probe.images[:2].to(device)
             try:
                 with torch.no_grad(), preserved_model_state(model), eager():
-                    logits = model(example)
+                    output = model(example)
             except Exception as error:
                 raise ValueError(
                     f"CAMMonitor: the model rejects the probe images of shape {tuple(probe.images.shape[1:])} "
                     f"(per image): {type(error).__name__}: {error}"
                 ) from error
-            _check_model_output(logits, probe)
+            _check_model_output(output, probe, self.options.output_transform, example.shape[0])
             layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape)
             self._dry_run(model, probe, layers, example)
         self.layer_names = [name for name, _ in layers]
@@ -238,7 +240,7 @@ class ProbeRunner:
                     return compute_faithfulness(model, x, methods, layers, t, options)
                 return ScoredExplanation(compute_explanations(model, x, methods, layers, t, options), {})
 
-        result, skipped = explain_skipping_bad_images(explain_rows, model, images, targets, context)
+        result, skipped = explain_skipping_bad_images(explain_rows, model, images, targets, context, options.output_transform)
         global_rows = list(range(images.shape[0])) if rows is None else rows.tolist()
         self.skipped = {global_rows[row]: reason for row, reason in skipped.items()}
         return result

@@ -17,15 +17,19 @@ from torch import Tensor, nn
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
 from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
+from cam_callbacks.utils.outputs import OutputTransform, logits_of
 
 __all__ = ["explain_skipping_bad_images", "screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
 
 
-def screen_images(model: nn.Module, images: Tensor, context: Callable[[], ContextManager]) -> Dict[int, str]:
+def screen_images(
+    model: nn.Module, images: Tensor, context: Callable[[], ContextManager], output_transform: OutputTransform = None
+) -> Dict[int, str]:
     """``{row: reason}`` for the images the model raises on or returns non-finite logits for, one forward pass per image
     (eval mode, no autograd).
 
-    The caller restores modes and RNG; ``context`` is entered around each forward pass (precision).
+    The caller restores modes and RNG; ``context`` is entered around each forward pass (precision); ``output_transform``
+    takes the logits from the model's output (an output it cannot take them from counts as a failure).
     """
     device = model_device(model, images.device)
     bad: Dict[int, str] = {}
@@ -33,11 +37,11 @@ def screen_images(model: nn.Module, images: Tensor, context: Callable[[], Contex
         for row in range(images.shape[0]):  # only after a failure: one image at a time finds the culprits
             try:
                 with context():
-                    logits = model(images[row : row + 1].to(device))
+                    logits = logits_of(model(images[row : row + 1].to(device)), output_transform, 1)
             except Exception as error:  # noqa: BLE001 - the reason is reported to the user
                 bad[row] = f"the model raises {type(error).__name__}: {error}"
                 continue
-            if isinstance(logits, Tensor) and not bool(torch.isfinite(logits).all()):
+            if not bool(torch.isfinite(logits).all()):
                 bad[row] = "non-finite logits or map (NaN/inf)"
     return bad
 
@@ -86,6 +90,7 @@ def explain_skipping_bad_images(
     images: Tensor,
     targets: Optional[Tensor],
     context: Callable[[], ContextManager],
+    output_transform: OutputTransform = None,
 ) -> Tuple[ScoredExplanation, Dict[int, str]]:
     """``explain_rows(images, targets)``, leaving out the images the model cannot handle.
 
@@ -101,7 +106,7 @@ def explain_skipping_bad_images(
         result = explain_rows(images, targets)
     except Exception:
         with preserved_rng_state(), preserved_model_state(model), torch.inference_mode(False):
-            skipped = screen_images(model, images, context)
+            skipped = screen_images(model, images, context, output_transform)
         keep = [row for row in range(images.shape[0]) if row not in skipped]
         if not skipped or not keep:
             raise  # not an image problem (or every image fails): the error is the user's to see

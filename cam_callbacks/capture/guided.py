@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_range
 
 __all__ = ["guided_relus", "input_gradients"]
@@ -70,7 +71,9 @@ def guided_relus() -> Iterator[None]:
         yield
 
 
-def input_gradients(model: nn.Module, images: Tensor, targets: Optional[Tensor], guided: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+def input_gradients(
+    model: nn.Module, images: Tensor, targets: Optional[Tensor], guided: bool = False, output_transform: OutputTransform = None
+) -> Tuple[Tensor, Tensor, Tensor]:
     """``d logit[target] / d images`` for each image, plain or guided.
 
     Args:
@@ -78,6 +81,7 @@ def input_gradients(model: nn.Module, images: Tensor, targets: Optional[Tensor],
         images: ``(N, C, H, W)`` input batch (not modified).
         targets: ``(N,)`` classes, or None for the top-1 prediction.
         guided: Guided backpropagation through every ReLU (see :func:`guided_relus`).
+        output_transform: Where the logits are in the model's output (:func:`~cam_callbacks.utils.outputs.logits_of`).
 
     Returns:
         ``(gradients (N, C, H, W), logits (N, classes) detached, targets (N,))``. Only the input's
@@ -87,12 +91,10 @@ def input_gradients(model: nn.Module, images: Tensor, targets: Optional[Tensor],
     with torch.enable_grad():
         if guided:
             with guided_relus():
-                logits = model(x)
+                output = model(x)
         else:
-            logits = model(x)
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"the model must return logits of shape (N, num_classes) = ({x.shape[0]}, C); it returned {shape}")
+            output = model(x)
+        logits = logits_of(output, output_transform, x.shape[0])
         if targets is None:
             targets = logits.detach().argmax(dim=1)
         else:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from cam_callbacks.capture.layers import resolve_named_layer
 from cam_callbacks.capture.state import eager, preserved_model_state
 from cam_callbacks.capture.tail_fx import FxTail, trace_cut
+from cam_callbacks.utils.outputs import OutputTransform, logits_of
 
 __all__ = ["Tail", "derive_tail", "tail_from_reference", "tail_mismatch"]
 
@@ -122,10 +123,33 @@ class _RerunTail:
             handle.remove()
 
 
+class _Transformed:
+    """A derived tail whose model returns a dict, tuple or object: its logits, taken by ``output_transform``.
+
+    Other attributes are those of the wrapped tail (an :class:`FxTail`'s ``graph_module``, ...).
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Any], output_transform: OutputTransform) -> None:
+        self.fn = fn
+        self.output_transform = output_transform
+
+    def __call__(self, activations: Tensor) -> Tensor:
+        return logits_of(self.fn(activations), self.output_transform)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["fn"], name)
+
+
+def _transformed(fn: Callable[[Tensor], Any], output_transform: OutputTransform) -> Callable[[Tensor], Tensor]:
+    return fn if output_transform is None else _Transformed(fn, output_transform)
+
+
 # --- derive_tail ----------------------------------------------------------------------------------
 
 
-def _reference(model: nn.Module, layer: nn.Module, layer_name: str, example: Tensor) -> Tuple[Tensor, Tensor]:
+def _reference(
+    model: nn.Module, layer: nn.Module, layer_name: str, example: Tensor, output_transform: OutputTransform = None
+) -> Tuple[Tensor, Tensor]:
     """The layer's output (a private copy) and the logits of one forward pass of ``example``."""
     outputs: List[Any] = []
 
@@ -134,7 +158,7 @@ def _reference(model: nn.Module, layer: nn.Module, layer_name: str, example: Ten
 
     handle = layer.register_forward_hook(capture)
     try:
-        logits = model(example)
+        output = model(example)
     finally:
         handle.remove()
     if len(outputs) != 1:
@@ -144,9 +168,9 @@ def _reference(model: nn.Module, layer: nn.Module, layer_name: str, example: Ten
         )
     if not isinstance(outputs[0], Tensor):
         raise ValueError(f"layer {layer_name!r} outputs {type(outputs[0]).__name__}; a tail needs a layer that outputs a tensor")
-    if not isinstance(logits, Tensor) or logits.dim() == 0 or logits.shape[0] != example.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return logits of shape (N, num_classes) with N = {example.shape[0]}; it returned {shape}")
+    logits = logits_of(output, output_transform)
+    if logits.dim() == 0 or logits.shape[0] != example.shape[0]:
+        raise ValueError(f"the model must return logits of shape (N, num_classes) with N = {example.shape[0]}; it returned {tuple(logits.shape)}")
     return outputs[0], logits.detach()
 
 
@@ -179,7 +203,9 @@ def tail_mismatch(fn: Callable[[Tensor], Tensor], activations: Tensor, logits: T
     return None
 
 
-def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Tensor, logits: Tensor) -> Tuple[Optional[Tail], str]:
+def _fx_tail(
+    model: nn.Module, layer_name: str, example: Tensor, activation: Tensor, logits: Tensor, output_transform: OutputTransform = None
+) -> Tuple[Optional[Tail], str]:
     """The fx tail, checked, or ``(None, why not)``."""
     try:
         cut = trace_cut(model, layer_name)
@@ -187,9 +213,9 @@ def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Ten
         return None, f"torch.fx cannot trace it: {type(error).__name__}: {error}"
     values: Tuple[Any, ...] = ()
     try:
-        fn = FxTail.from_cut(model, layer_name, cut, example)
-        values = fn.values
-        tail = Tail(fn, "fx", layer_name, example.shape[0] if any(fn.batched) else None)
+        traced = FxTail.from_cut(model, layer_name, cut, example)
+        values, fn = traced.values, _transformed(traced, output_transform)
+        tail = Tail(fn, "fx", layer_name, example.shape[0] if any(traced.batched) else None)
         problem = tail_mismatch(fn, activation, logits)
     except Exception as error:  # noqa: BLE001 - likewise
         problem = f"{type(error).__name__}: {error}"
@@ -204,7 +230,10 @@ def _fx_tail(model: nn.Module, layer_name: str, example: Tensor, activation: Ten
     return tail, ""
 
 
-def derive_tail(model: nn.Module, layer_name: str, example: Tensor, tail: Optional[Callable[[Tensor], Tensor]] = None) -> Tail:
+def derive_tail(
+    model: nn.Module, layer_name: str, example: Tensor, tail: Optional[Callable[[Tensor], Tensor]] = None,
+    output_transform: OutputTransform = None,
+) -> Tail:  # fmt: skip
     """The part of ``model`` after ``layer_name``: logits as a function of the layer's output.
 
     Args:
@@ -216,6 +245,8 @@ def derive_tail(model: nn.Module, layer_name: str, example: Tensor, tail: Option
             (skip connections from before the layer) are computed from it once, and the
             ``"rerun"`` fallback re-runs it; the returned tail then serves these ``N`` images only.
         tail: Your own ``activations -> logits`` callable instead of a derived one (mode ``"user"``).
+        output_transform: Where the logits are in what the model returns (a dict, tuple or object; see
+            :func:`~cam_callbacks.utils.outputs.logits_of`); a derived tail returns them. Not applied to ``tail``.
 
     Returns:
         A :class:`Tail`. Mode ``"fx"`` when torch.fx can trace the model; otherwise ``"rerun"`` (with
@@ -260,8 +291,8 @@ def derive_tail(model: nn.Module, layer_name: str, example: Tensor, tail: Option
     with torch.inference_mode(False):
         example = example.detach().clone()
         with preserved_model_state(model), torch.no_grad(), eager():
-            activation, logits = _reference(model, layer, name, example)
-            return tail_from_reference(model, name, layer, example, activation, logits, tail)
+            activation, logits = _reference(model, layer, name, example, output_transform)
+            return tail_from_reference(model, name, layer, example, activation, logits, tail, output_transform=output_transform)
 
 
 def tail_from_reference(
@@ -273,6 +304,7 @@ def tail_from_reference(
     logits: Tensor,
     tail: Optional[Callable[[Tensor], Tensor]] = None,
     try_fx: bool = True,
+    output_transform: OutputTransform = None,
 ) -> Tail:
     """:func:`derive_tail` for a caller that already ran the model on ``example`` (no extra forward pass).
 
@@ -281,6 +313,7 @@ def tail_from_reference(
         activation: The layer's output for ``example`` (a private copy), in the mode the tail will be called in.
         logits: The model's logits for ``example`` in that forward pass.
         try_fx: False skips the torch.fx attempt (the caller knows it fails) and warns nothing.
+        output_transform: As in :func:`derive_tail`.
 
     Call it in eval mode without autograd, with inference mode off. The returned tail is checked against
     ``logits`` as in :func:`derive_tail`.
@@ -293,7 +326,7 @@ def tail_from_reference(
             raise ValueError(f"tail= does not reproduce {type(model).__name__} after layer {layer_name!r}: {problem}")
         return result
     if try_fx:
-        derived, reason = _fx_tail(model, layer_name, example, activation, logits)
+        derived, reason = _fx_tail(model, layer_name, example, activation, logits, output_transform)
         if derived is not None:
             return derived
         warnings.warn(
@@ -302,7 +335,7 @@ def tail_from_reference(
             f"before {layer_name!r} again for each copy. {advice}",
             stacklevel=3,
         )
-    rerun = Tail(_RerunTail(model, layer, layer_name, example), "rerun", layer_name, example.shape[0])
+    rerun = Tail(_transformed(_RerunTail(model, layer, layer_name, example), output_transform), "rerun", layer_name, example.shape[0])
     problem = tail_mismatch(rerun.fn, activation, logits)
     if problem:
         raise ValueError(f"the derived tail does not reproduce {type(model).__name__} after layer {layer_name!r}: {problem}. {advice}")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from cam_callbacks.capture.tail import Tail, tail_from_reference, tail_mismatch
 from cam_callbacks.engine.scorers import RowBytes
+from cam_callbacks.utils.outputs import OutputTransform
 
 __all__ = ["CacheInfo", "cache_info", "clear_caches", "cached_cost", "store_cost", "tail_for"]
 
@@ -73,23 +74,25 @@ def store_cost(model: nn.Module, key: Tuple[Any, ...], cost: RowBytes) -> None:
 
 def tail_for(
     model: nn.Module, layer_name: str, layer: nn.Module, x: Tensor, raw: Tensor, logits: Tensor,
-    user_tail: Optional[Callable[[Tensor], Tensor]],
+    user_tail: Optional[Callable[[Tensor], Tensor]], output_transform: OutputTransform = None,
 ) -> Tail:  # fmt: skip
     """The tail after ``layer_name`` for the chunk ``x``, whose layer output ``raw`` and ``logits`` the main pass produced.
 
     A derived tail that does not depend on the example images (fx without values crossing the cut) is
     kept for later calls (it refers to the model weakly, so the cache never keeps a model alive) and
     re-checked on every chunk with one tail pass (cheap next to the copies); one that does is derived
-    per chunk. A model torch.fx cannot cut is remembered, so its fallback warns once.
+    per chunk. A model torch.fx cannot cut is remembered, so its fallback warns once. ``output_transform`` (part of the
+    key) takes the logits from what the derived tail returns.
     """
     if user_tail is not None:  # checked on every chunk, never cached (a user's callable may hold the model)
         return tail_from_reference(model, layer_name, layer, x, raw, logits, user_tail)
-    key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device)
+    transform_key = output_transform if output_transform is None or isinstance(output_transform, (str, int)) else id(output_transform)
+    key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device, transform_key)
     cache = _TAILS.setdefault(model, {})
     entry = cache.get(key)
     if isinstance(entry, Tail) and tail_mismatch(entry, raw, logits) is None:
         return entry
-    tail = tail_from_reference(model, layer_name, layer, x, raw, logits, try_fx=entry != _NO_FX)
+    tail = tail_from_reference(model, layer_name, layer, x, raw, logits, try_fx=entry != _NO_FX, output_transform=output_transform)
     if tail.example_batch is None:
         cache[key] = tail
     elif tail.mode == "rerun":

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from cam_callbacks.capture.layouts import TokenGrid, as_token_grid
 from cam_callbacks.methods.registry import CAMMethod, get_method
+from cam_callbacks.utils.outputs import OutputTransform, check_output_transform
 from cam_callbacks.utils.targets import PROBABILITIES
 from cam_callbacks.utils.types import Probability, Smooth
 
@@ -51,6 +52,8 @@ class ExplainOptions:
         target_classes: The width of the multi-hot ``(N, C)`` targets the ``(N,)`` labels were taken from
             (set by :func:`~cam_callbacks.explain` and :func:`~cam_callbacks.faithfulness`); the model's
             logits must have as many columns, checked at the first forward pass. None: no such check.
+        output_transform: Where the logits are in what the model returns (:mod:`cam_callbacks.utils.outputs`): None
+            (a logits tensor), a key or attribute name (``"logits"``), a tuple index, or a callable ``output -> logits``.
 
     Example::
 
@@ -74,6 +77,7 @@ class ExplainOptions:
     seed: int = 0
     probability: Probability = "softmax"
     target_classes: Optional[int] = None
+    output_transform: OutputTransform = None
 
     def __post_init__(self) -> None:
         if not _is_positive_int(self.batch_size):
@@ -88,6 +92,7 @@ class ExplainOptions:
             raise ValueError(f"target_classes must be None or a positive int, got {self.target_classes!r}")
         if self.tail is not None and not callable(self.tail):
             raise TypeError(f"tail must be a callable activations -> logits, got {type(self.tail).__name__}")
+        check_output_transform(self.output_transform)
         object.__setattr__(self, "reshape", as_token_grid(self.reshape))
         per_method = {name: dict(opts or {}) for name, opts in dict(self.method_options or {}).items()}
         for name, opts in per_method.items():

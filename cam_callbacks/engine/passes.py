@@ -31,6 +31,7 @@ from cam_callbacks.engine.result import Explanation
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, RowBytes, TailScorer, rows_per_pass
 from cam_callbacks.methods.registry import CAMMethod
 from cam_callbacks.utils.maps import fuse_layer_maps, upsample_and_normalize
+from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_classes, check_target_range
 
 __all__ = ["Layers", "check_logits", "explain_layers", "model_device"]
@@ -48,12 +49,10 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
-def check_logits(logits: Any, n: int) -> Tensor:
-    """``logits`` if it is an ``(n, num_classes)`` tensor; else a ValueError that says what the model returned."""
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return logits of shape (N, num_classes) = ({n}, C); it returned {shape}")
-    return logits
+def check_logits(output: Any, n: int, transform: OutputTransform = None) -> Tensor:
+    """The ``(n, num_classes)`` logits in the model's ``output`` (:func:`~cam_callbacks.utils.outputs.logits_of`); else a
+    ValueError that says what the model returned and which ``output_transform`` to pass."""
+    return logits_of(output, transform, n)
 
 
 # --- one chunk --------------------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ def _main_pass(
     meter = ForwardCost(model, layer, x.shape[0]) if perturbs and cost is None else None
     with LayerCapture(layer, layer_name, grad_tail="gradients" in needs, reshape=options.token_grid) as capture:
         with torch.no_grad(), meter if meter is not None else nullcontext():  # the capture hook turns autograd on for the tail only
-            logits = check_logits(model(x), x.shape[0])
+            logits = check_logits(model(x), x.shape[0], options.output_transform)
     if capture.activation is None or capture.raw is None:
         raise RuntimeError(f"target_layer={layer_name!r} was not called during the forward pass")
     if meter is not None:
@@ -106,9 +105,11 @@ def _scorers(
     assert captured.cost is not None
     scorers: Dict[str, Any] = {}
     if "model_scorer" in needs:
-        scorers["model_scorer"] = ModelScorer(model, rows_per_pass(captured.cost.model, x.device, options.perturbation_batch))
+        scorers["model_scorer"] = ModelScorer(
+            model, rows_per_pass(captured.cost.model, x.device, options.perturbation_batch), options.output_transform
+        )
     if "tail_scorer" in needs:
-        tail = tail_for(model, layer_name, layer, x, captured.raw, captured.logits, options.tail)
+        tail = tail_for(model, layer_name, layer, x, captured.raw, captured.logits, options.tail, options.output_transform)
         row_bytes = captured.cost.model if tail.mode == "rerun" else captured.cost.tail
         grid = options.token_grid
         prefix = captured.raw[:, : grid.prefix_tokens] if grid is not None else None
@@ -122,11 +123,11 @@ def _input_gradients(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`input_gradients`, with the width of multi-hot targets checked first (``options.target_classes``)."""
     try:
-        gradients, logits, targets = input_gradients(model, x, targets, guided=guided)
+        gradients, logits, targets = input_gradients(model, x, targets, guided=guided, output_transform=options.output_transform)
     except ValueError:
         if options.target_classes is not None:  # labels beyond the model's classes: say that the width is wrong
             with torch.no_grad():
-                check_target_classes(options.target_classes, check_logits(model(x[:1]), 1).shape[1])
+                check_target_classes(options.target_classes, check_logits(model(x[:1]), 1, options.output_transform).shape[1])
         raise
     check_target_classes(options.target_classes, logits.shape[1])
     return gradients, logits, targets

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from cam_callbacks.capture.layouts import TokenGrid
+from cam_callbacks.utils.outputs import OutputTransform, logits_of
 
 if TYPE_CHECKING:
     from cam_callbacks.capture.tail import Tail
@@ -122,7 +123,8 @@ class ForwardCost:
 
 
 class ModelScorer:
-    """Logits of the whole model for rows built on demand, ``rows`` at a time, without autograd.
+    """Logits of the whole model for rows built on demand, ``rows`` at a time, without autograd (taken from the
+    model's output by ``output_transform``, see :func:`~cam_callbacks.utils.outputs.logits_of`).
 
     Example::
 
@@ -132,15 +134,17 @@ class ModelScorer:
         torch.Size([5, 2])
     """
 
-    def __init__(self, model: nn.Module, rows: int) -> None:
+    def __init__(self, model: nn.Module, rows: int, output_transform: OutputTransform = None) -> None:
         self.model = model
         self.rows = max(1, int(rows))
+        self.output_transform = output_transform
 
     def __call__(self, count: int, build: Callable[[int, int], Tensor]) -> Tensor:
         outputs = []
         with torch.no_grad():
             for start in range(0, count, self.rows):
-                outputs.append(self.model(build(start, min(count, start + self.rows))))
+                x = build(start, min(count, start + self.rows))
+                outputs.append(logits_of(self.model(x), self.output_transform, x.shape[0]))
         return torch.cat(outputs)
 
 

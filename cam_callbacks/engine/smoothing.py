@@ -14,24 +14,27 @@ from cam_callbacks.engine.passes import Layers, check_logits, explain_layers, mo
 from cam_callbacks.engine.result import Explanation
 from cam_callbacks.methods.registry import CAMMethod
 from cam_callbacks.utils.maps import minmax_normalize
+from cam_callbacks.utils.outputs import OutputTransform
 from cam_callbacks.utils.targets import check_target_classes, check_target_range
 
 __all__ = ["predict", "smoothing_variants", "explain_smoothed"]
 
 
 def predict(
-    model: nn.Module, images: Tensor, targets: Optional[Tensor], batch_size: int, target_classes: Optional[int] = None
-) -> Tuple[Tensor, Tensor]:
+    model: nn.Module, images: Tensor, targets: Optional[Tensor], batch_size: int, target_classes: Optional[int] = None,
+    output_transform: OutputTransform = None,
+) -> Tuple[Tensor, Tensor]:  # fmt: skip
     """``(logits, targets)`` of the unmodified images, ``batch_size`` at a time without autograd; targets default to top-1.
 
-    ``target_classes``: the width of the multi-hot targets the labels come from, checked against the logits.
+    ``target_classes``: the width of the multi-hot targets the labels come from, checked against the logits;
+    ``output_transform``: where the logits are in the model's output (:func:`~cam_callbacks.utils.outputs.logits_of`).
     """
     device = model_device(model, images.device)
     parts = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size].to(device)
-            parts.append(check_logits(model(x), x.shape[0]))
+            parts.append(check_logits(model(x), x.shape[0], output_transform))
             check_target_classes(target_classes, parts[-1].shape[1])
     logits = torch.cat(parts)
     if targets is None:
@@ -70,7 +73,7 @@ def explain_smoothed(
     model: nn.Module, images: Tensor, methods: Sequence[CAMMethod], layers: Layers, targets: Optional[Tensor], options: ExplainOptions
 ) -> Explanation:
     """Each method's maps averaged over :func:`smoothing_variants`, then min-max normalised; targets from the plain images."""
-    logits, targets = predict(model, images, targets, options.batch_size, options.target_classes)
+    logits, targets = predict(model, images, targets, options.batch_size, options.target_classes, options.output_transform)
     plain = replace(options, smooth=None)
     totals: Dict[str, Tensor] = {}
     count = 0

@@ -1,0 +1,78 @@
+"""``CAMMonitor(output_transform=...)`` with a LightningModule whose ``forward`` returns a dict."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+import cam_callbacks as cc
+
+from _lightning_models import TinyNet, loaders, make_data, read_events, trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class DictNet(TinyNet):
+    """TinyNet whose ``forward`` returns ``{"logits": ..., "features": ...}`` (as many Hugging Face-style modules do)."""
+
+    def forward(self, x: torch.Tensor):  # type: ignore[override]
+        if bool((x[:, 0, 0, 0] > 100).any()):
+            raise ValueError("a marked image")  # for the bad-image screening
+        features = self.features(x)
+        return {"logits": self.fc(self.dropout(torch.flatten(self.pool(features), 1))), "features": features}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x)["logits"], y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x)["logits"], y))
+
+
+def _fit(tmp_path, monitor, steps=None):
+    pl.seed_everything(0)
+    train, val = loaders(n_train=16, n_val=8)
+    callbacks = [monitor] if steps is None else [monitor, steps]
+    t = trainer(tmp_path, callbacks, max_epochs=1, num_sanity_val_steps=0)
+    t.fit(DictNet(), train, val)
+    return t
+
+
+def test_a_dict_output_is_explained_with_output_transform(tmp_path):
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=4, output_transform="logits", budget=None)
+    t = _fit(tmp_path, monitor)
+    for method in ("gradcam", "reciprocam"):
+        assert torch.isfinite(t.callback_metrics[f"cam/{method}/adcc"])
+    assert monitor.skipped_images == {}
+    assert float(t.callback_metrics["cam/errors"]) == 0.0
+    assert "cam/gradcam/adcc" in read_events(tmp_path)["scalars"]
+
+
+def test_the_bad_image_screening_takes_the_logits_from_the_output(tmp_path):
+    images, labels = make_data(4, seed=3)
+    images[3, 0, 0, 0] = 1000.0  # the model raises on this image (not among the two of the dry run)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels), output_transform="logits", budget=None)
+    t = _fit(tmp_path, monitor)
+    assert list(monitor.skipped_images) == [3] and "a marked image" in monitor.skipped_images[3]
+    assert torch.isfinite(t.callback_metrics["cam/gradcam/adcc"])
+
+
+def test_without_output_transform_the_setup_error_suggests_it(tmp_path):
+    calls = {"n": 0}
+
+    class Count(pl.Callback):
+        def on_train_batch_end(self, *args):
+            calls["n"] += 1
+
+    message = r"CAMMonitor: the model returned a dict with keys \['logits', 'features'\] .* pass output_transform='logits'"
+    with pytest.raises(ValueError, match=message):
+        _fit(tmp_path, cc.CAMMonitor(methods=["gradcam"], num_probe=4), Count())
+    assert calls["n"] == 0
+
+
+def test_a_bad_output_transform_is_refused_at_construction():
+    with pytest.raises(TypeError, match=r"output_transform must be None .* got float 0\.5"):
+        cc.CAMMonitor(output_transform=0.5)  # type: ignore[arg-type]
