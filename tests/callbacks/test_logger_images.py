@@ -197,3 +197,21 @@ def test_destinations_sort_the_loggers(tmp_path):
     found = destinations(t)
     assert found.tensorboards == [tb] and len(found.mlflows) == 1 and found.wandbs == []
     assert found.directories == [csv.log_dir] and found.without_images == []
+
+
+def test_a_failing_mlflow_upload_is_reported_once_switched_off_and_the_csv_logger_goes_on(tmp_path):
+    (tmp_path / "blocked").write_text("a file where the artifact folder should be: every upload fails")
+    mlflow_logger = _mlflow_logger(tmp_path, artifact_location=f"file:{tmp_path}/blocked/artifacts")
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    pl.seed_everything(7)
+    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4)
+    t = trainer(tmp_path, [monitor], max_epochs=3, logger=[mlflow_logger, csv_logger])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(TinyNet(), *loaders())
+    said = [str(w.message) for w in caught if "writing images failed" in str(w.message)]
+    assert len(said) == 1 and "MLflow run" in said[0], [str(w.message) for w in caught]
+    assert t.current_epoch == 3
+    for epoch in range(3):
+        assert os.path.exists(os.path.join(csv_logger.log_dir, "cam", "gradcam", f"grid_epoch={epoch:04d}.png"))
+    assert float(t.callback_metrics["cam/errors"]) == 1.0  # switched off after the first failure: not counted again
