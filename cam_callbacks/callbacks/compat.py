@@ -5,7 +5,10 @@ They are the same code under two names, but their classes are distinct: a ``pyto
 is not a ``lightning.pytorch.Callback`` (each LightningCLI rejects the other's callbacks) and
 ``isinstance(logger, pytorch_lightning.loggers.TensorBoardLogger)`` is False for the other's logger.
 :data:`CALLBACK_BASES` and :data:`TENSORBOARD_LOGGERS` hold the classes of every namespace installed,
-so that one ``CAMMonitor`` is a callback of both and recognises the TensorBoard loggers of both.
+so that one ``CAMMonitor`` is a callback of both and recognises the TensorBoard loggers of both;
+:data:`MLFLOW_LOGGERS` and :data:`WANDB_LOGGERS` likewise. Importing the logger classes needs neither
+``mlflow`` nor ``wandb`` (Lightning imports them when a logger is created); a Lightning without them
+simply contributes no class.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Any, List, Tuple, Type
 import pytorch_lightning
 from pytorch_lightning.loggers import TensorBoardLogger
 
-__all__ = ["CALLBACK_BASES", "NAMESPACES", "TENSORBOARD_LOGGERS", "callback_base", "is_tensorboard"]
+__all__ = [
+    "CALLBACK_BASES", "MLFLOW_LOGGERS", "NAMESPACES", "TENSORBOARD_LOGGERS", "WANDB_LOGGERS", "callback_base", "is_mlflow",
+    "is_tensorboard", "is_wandb",
+]  # fmt: skip
 
 
 def _other_namespace() -> Tuple[List[Type[Any]], List[Type[Any]], List[str]]:
@@ -27,12 +33,29 @@ def _other_namespace() -> Tuple[List[Type[Any]], List[Type[Any]], List[str]]:
     return [lightning_pytorch.Callback], [LightningTensorBoardLogger], ["lightning.pytorch"]
 
 
+def _logger_classes(name: str) -> Tuple[Type[Any], ...]:
+    """The logger class ``name`` (e.g. ``"MLFlowLogger"``) of every installed namespace that has it."""
+    import importlib
+
+    classes = []
+    for namespace in ("pytorch_lightning", "lightning.pytorch"):
+        try:
+            classes.append(getattr(importlib.import_module(f"{namespace}.loggers"), name))
+        except (ImportError, AttributeError):  # namespace not installed, or a Lightning without that logger
+            continue
+    return tuple(classes)
+
+
 _callbacks, _tensorboards, _names = _other_namespace()
 
 #: ``Callback`` of every installed namespace: CAMMonitor derives from all of them.
 CALLBACK_BASES: Tuple[Type[Any], ...] = (pytorch_lightning.Callback, *_callbacks)
 #: ``TensorBoardLogger`` of every installed namespace.
 TENSORBOARD_LOGGERS: Tuple[Type[Any], ...] = (TensorBoardLogger, *_tensorboards)
+#: ``MLFlowLogger`` of every installed namespace (``mlflow`` itself need not be installed).
+MLFLOW_LOGGERS: Tuple[Type[Any], ...] = _logger_classes("MLFlowLogger")
+#: ``WandbLogger`` of every installed namespace (``wandb`` itself need not be installed).
+WANDB_LOGGERS: Tuple[Type[Any], ...] = _logger_classes("WandbLogger")
 #: The namespaces found, e.g. ``("pytorch_lightning", "lightning.pytorch")``.
 NAMESPACES: Tuple[str, ...] = ("pytorch_lightning", *_names)
 
@@ -40,6 +63,16 @@ NAMESPACES: Tuple[str, ...] = ("pytorch_lightning", *_names)
 def is_tensorboard(logger: Any) -> bool:
     """Whether ``logger`` is a TensorBoard logger of either namespace (its images go to TensorBoard, not to PNG files)."""
     return isinstance(logger, TENSORBOARD_LOGGERS)
+
+
+def is_mlflow(logger: Any) -> bool:
+    """Whether ``logger`` is an MLflow logger of either namespace (its images go to the run's artifacts)."""
+    return isinstance(logger, MLFLOW_LOGGERS)
+
+
+def is_wandb(logger: Any) -> bool:
+    """Whether ``logger`` is a Weights & Biases logger of either namespace (its images go to the run's media)."""
+    return isinstance(logger, WANDB_LOGGERS)
 
 
 def callback_base() -> Type[Any]:

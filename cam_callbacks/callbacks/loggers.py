@@ -1,8 +1,10 @@
 """Sending one run's scalars and images to the trainer's loggers.
 
-Scalars go to every logger. Images go to each TensorBoard logger (PNG-encoded on a worker thread,
-:mod:`cam_callbacks.callbacks.writer`), and as PNG files into the directory of every other logger
-that has one (the trainer's ``default_root_dir`` without any logger). A destination that fails (a
+Scalars go to every logger. Images go where each logger's users look
+(:mod:`cam_callbacks.callbacks.destinations`): TensorBoard's images, MLflow's run artifacts, W&B's run
+media, and PNG files in the run directory of every other logger that has one (the trainer's
+``default_root_dir`` without any logger). Encoding and uploads run on a worker thread
+(:mod:`cam_callbacks.callbacks.writer`). A destination that fails (a
 closed writer, a folder that cannot be written) is reported through the monitor's
 :class:`~cam_callbacks.callbacks.errors.ErrorReporter` and not written to again; the others go on.
 """
@@ -17,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from cam_callbacks.callbacks.compat import is_tensorboard
+from cam_callbacks.callbacks.destinations import Destinations, destinations, mlflow_upload, wandb_upload
 from cam_callbacks.callbacks.errors import ErrorReporter
 from cam_callbacks.callbacks.writer import BackgroundWriter, add_png
 from cam_callbacks.engine.result import Explanation
@@ -35,21 +37,9 @@ _LAYOUTS: "weakref.WeakKeyDictionary[Any, Dict[str, Dict[str, List[Any]]]]" = we
 
 
 def png_directories(trainer: Any) -> List[str]:
-    """Directories of the trainer's loggers that cannot show images (all but TensorBoard loggers), e.g. a CSVLogger's ``log_dir``.
-
-    With no logger at all (``logger=False``) the trainer's ``default_root_dir`` is used, so grids are never lost.
-    """
-    loggers = list(trainer.loggers)
-    if not loggers:
-        return [str(trainer.default_root_dir)]
-    directories = []
-    for logger in loggers:
-        if is_tensorboard(logger):
-            continue
-        directory = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if directory and str(directory) not in directories:
-            directories.append(str(directory))
-    return directories
+    """The run directories that get PNG files (:func:`~cam_callbacks.callbacks.destinations.destinations`): every logger's
+    but TensorBoard's, MLflow's and W&B's, e.g. a CSVLogger's ``log_dir``; ``default_root_dir`` without any logger."""
+    return destinations(trainer).directories
 
 
 def run_scalars(
@@ -148,9 +138,11 @@ class RunLogger:
         for logger in trainer.loggers:
             if scalars:
                 self._safely(f"scalars of {type(logger).__name__}", "logging scalars", partial(logger.log_metrics, scalars, step=step))
-        tensorboards = [lg for lg in trainer.loggers if is_tensorboard(lg)]
-        directories = png_directories(trainer)
-        if not tensorboards and not directories:
+        found = destinations(trainer)
+        if found.without_images:
+            self._say_once("without-images", f"CAMMonitor: {found.without_images} have no run directory of their own; "
+                           "heatmap grids are not sent there (scalars are)", warn=True)  # fmt: skip
+        if not found.any():
             self._say_once("no-image-logger", "CAMMonitor: no logger with a directory; heatmap grids are not saved, scalars still are", warn=True)
             return
         try:
@@ -161,13 +153,28 @@ class RunLogger:
             self.errors.report("drawing the images", error, "no images for this run", step)
             return
         alarm_text = format_alarm(hits, title=f"CAM alarm, epoch {step}")
-        for logger in tensorboards:
+        for logger in found.tensorboards:
             key = f"TensorBoard {logger.log_dir}"
             self._safely(key, "logging to TensorBoard", partial(self._log_tensorboard, key, logger, step, as_bytes, hits, alarm_text, summary))
-        for directory in directories:
+        self._log_uploads(found, step, as_bytes, alarm_text if hits else "")
+        for directory in found.directories:
             self._log_directory(directory, step, built, hits, alarm_text)
-        if directories:
-            self._say_once("png", f"CAMMonitor: heatmap grids are saved as PNG files under {[os.path.join(d, self.prefix) for d in directories]}")
+        if found.directories:
+            self._say_once("png", f"CAMMonitor: heatmap grids are saved as PNG files under {[os.path.join(d, self.prefix) for d in found.directories]}")
+
+    def _log_uploads(self, found: Destinations, step: int, images: Dict[str, Dict[str, Tensor]], alarm_text: str) -> None:
+        """MLflow runs get the grids as artifacts, W&B runs as images; uploads run on the worker thread."""
+        for logger in found.mlflows:
+            key = f"MLflow run of {type(logger).__name__} {id(logger):x}"
+
+            def submit(logger: Any = logger, key: str = key) -> None:
+                client, run_id = logger.experiment, logger.run_id  # resolved here: Lightning creates the run lazily
+                self.writer.submit(key, mlflow_upload, client, run_id, images, step, self.prefix, alarm_text)
+
+            self._safely(key, "logging images to MLflow", submit)
+        for logger in found.wandbs:
+            key = f"W&B run of {type(logger).__name__} {id(logger):x}"
+            self._safely(key, "logging images to W&B", partial(self.writer.submit, key, wandb_upload, logger, images, step, self.prefix))
 
     def _log_directory(self, directory: str, step: int, built: Dict[str, Dict[str, Tensor]], hits: List[AlarmHit], alarm_text: str) -> None:
         key = f"folder {os.path.join(directory, self.prefix)}"
