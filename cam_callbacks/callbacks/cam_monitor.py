@@ -55,8 +55,8 @@ class CAMMonitor(_Callback):
     maps (images), ``<prefix>/<method>/<metric>`` scalars (faithfulness in percent, the spurious-cue
     watch as fractions; also in ``trainer.callback_metrics`` for ``EarlyStopping``/``ModelCheckpoint``),
     ``<prefix>/alarm``, ``<prefix>/errors``, ``<prefix>/skipped_images``, ``<prefix>/time_s``, and text
-    entries (configuration, alarm, errors). Images go to TensorBoard loggers, and as PNG files into
-    every other logger's directory (``<log_dir>/<prefix>/<method>/grid_epoch=0003.png``).
+    entries. Images go to TensorBoard, to the MLflow / W&B run, and as PNG files into every other
+    logger's run directory (``<log_dir>/<prefix>/<method>/grid_epoch=0003.png``).
 
     It never changes what the model learns: modes, hooks, ``param.grad``, ``requires_grad``, RNG
     state and BatchNorm statistics are left as found. It never ends the fit: see ``on_error``.
