@@ -49,7 +49,7 @@ def _logger_classes(name: str) -> Tuple[Type[Any], ...]:
 _callbacks, _tensorboards, _names = _other_namespace()
 
 #: ``Callback`` of every installed namespace: CAMMonitor derives from all of them.
-CALLBACK_BASES: Tuple[Type[Any], ...] = (pytorch_lightning.Callback, *_callbacks)
+CALLBACK_BASES: Tuple[Type[Any], ...] = tuple(dict.fromkeys((pytorch_lightning.Callback, *_callbacks)))  # distinct classes
 #: ``TensorBoardLogger`` of every installed namespace.
 TENSORBOARD_LOGGERS: Tuple[Type[Any], ...] = (TensorBoardLogger, *_tensorboards)
 #: ``MLFlowLogger`` of every installed namespace (``mlflow`` itself need not be installed).
