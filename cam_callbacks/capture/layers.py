@@ -353,31 +353,6 @@ def cam_class_weights(model: nn.Module, layer_name: str, activations: Tensor, lo
     return weight[targets]
 
 
-def _check_explicit(model: nn.Module, name: str, module: nn.Module, example: Tensor, reshape: Optional[object]) -> None:
-    """Refuse an explicit layer whose output for ``example`` is clearly not a feature map (one forward pass, no grad)."""
-    from cam_callbacks.capture.hooks import NotAFeatureMapError
-    from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
-
-    shapes: List[Tuple[int, ...]] = []
-
-    def hook(_: nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, Tensor) and not shapes:
-            shapes.append(tuple(output.shape))
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with preserved_rng_state(), preserved_model_state(model), eager(), torch.no_grad():
-            model(example)
-    except Exception:  # noqa: BLE001 - the forward pass of explain reports its own errors
-        return
-    finally:
-        handle.remove()
-    layout = reshape if isinstance(reshape, TokenGrid) else None
-    problem = feature_map_problem(shapes[0], tuple(example.shape), layout) if shapes else None
-    if problem is not None:
-        raise NotAFeatureMapError(f"target_layer={name!r} outputs shape {shapes[0]}, not an (N, C, H, W) feature map: {problem}")
-
-
 def resolve_layers(
     model: nn.Module, target_layer: LayersLike, example: Tensor, reshape: Optional[object] = None
 ) -> List[Tuple[str, nn.Module]]:
@@ -385,8 +360,7 @@ def resolve_layers(
 
     ``"auto"`` is logged on the ``cam_callbacks`` logger, and refused with ``reshape`` (it chooses the layout
     itself: on transformers it is remembered for the module, see :func:`~cam_callbacks.capture.layouts.remembered_layout`);
-    a layer listed twice is refused. Explicit layers are checked on one forward pass of ``example``: an output that
-    is clearly not a feature map (:func:`~cam_callbacks.capture.hooks.feature_map_problem`) is refused.
+    a layer listed twice is refused.
     """
     specs: List[LayerSpec] = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]  # type: ignore[list-item]
     if not specs:
@@ -405,7 +379,6 @@ def resolve_layers(
         else:
             name, module = resolve_named_layer(model, spec)
             remember_layout(module, None)
-            _check_explicit(model, name, module, example, reshape)
         if name in (known for known, _ in layers):
             raise ValueError(f"target_layer lists {name!r} twice")
         layers.append((name, module))

@@ -64,8 +64,10 @@ def test_nhwc_gradcam_equals_manual_and_gradients_flow():
 def test_channels_last_output_without_reshape_is_refused_with_advice():
     torch.manual_seed(0)
     net = ChannelsLastNet().eval()
-    with pytest.raises(NotAFeatureMapError, match="reshape='nhwc'"):
-        cc.explain(net, torch.randn(1, 3, 16, 16), method="gradcam", target_layer="stage")
+    x = torch.randn(1, 3, 16, 16)
+    with LayerCapture(net.stage, "stage", input_shape=x.shape), pytest.raises(NotAFeatureMapError, match="reshape='nhwc'"):
+        net(x)
+    assert auto_layer(net, x)[0] == "conv"  # auto skips the channels-last output
 
 
 def test_feature_map_problem_is_conservative():
@@ -146,8 +148,8 @@ def test_auto_never_explains_an_attention_tensor_as_an_image():
     x = torch.randn(1, 3, 32, 32)
     # the only 4-D outputs are the patch embedding (a real map) and the heads tensor (not one): auto takes the embedding
     assert auto_layer(model, x)[0] == "embed"
-    with pytest.raises(NotAFeatureMapError, match="attention tensor"):
-        cc.explain(model, x, method="gradcam", target_layer="qk")
+    with LayerCapture(model.qk, "qk", input_shape=x.shape), pytest.raises(NotAFeatureMapError, match="attention tensor"):
+        model(x)
 
 
 def test_auto_refuses_a_layer_inside_attention():
