@@ -9,6 +9,7 @@ pytorch_grad_cam's 1e-7 in its min-max denominator is negligible (Grad-CAM and L
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import Callable, Dict, Optional, Tuple
@@ -183,3 +184,27 @@ def test_auto_maps_against_pytorch_grad_cam(name, method, images):
     with REFERENCES[method](ref, target_layers=[ref.get_submodule(layer)], reshape_transform=_transform(layout)) as cam:
         expected = cam(images, targets=None if targets is None else [ClassifierOutputTarget(c) for c in targets])
     _assert_agree(ours, expected, f"{name}/{layer}/{method} vs pytorch_grad_cam ({time.perf_counter() - start:.1f} s)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["timm/resnet18", "hf/resnet"])
+def test_auto_ablationcam_against_pytorch_grad_cam(name, images):
+    """Ablation-CAM where it is cheap and comparable: post-ReLU stage outputs (pytorch-grad-cam ablates with 0 there,
+    as the paper and we do; see tests/methods/test_perturbation_crosscheck.py)."""
+    from pytorch_grad_cam import AblationCAM
+
+    model, ref = _model(name)
+    layer, _, layout = auto_layer(model, images[:1])
+    assert layout is None
+    with torch.no_grad():
+        feats: Dict[str, torch.Tensor] = {}
+        handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: feats.setdefault("a", o))
+        model(images)
+        handle.remove()
+    assert all(bool((feats["a"][i] == 0).any()) for i in range(2))  # pgc ablates with 0 on these images
+    # Hugging Face models are not fx-traceable: the tail re-runs the whole model, and says so
+    with pytest.warns(UserWarning, match="re-running") if name.startswith("hf/") else contextlib.nullcontext():
+        ours = cc.explain(model, images, method="ablationcam", target_layer="auto", targets=TARGETS)
+    with AblationCAM(ref, [ref.get_submodule(layer)], batch_size=128) as cam:
+        expected = cam(images, targets=[ClassifierOutputTarget(c) for c in TARGETS])
+    _assert_agree(ours, expected, f"{name}/{layer}/ablationcam vs pytorch_grad_cam")
