@@ -7,18 +7,77 @@ records a graph. The hook is removed on exit, also on exceptions.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Set
 
 import torch
 from torch import Tensor, nn
 
-from cam_callbacks.capture.layouts import TokenGrid
+from cam_callbacks.capture.layouts import TokenGrid, remembered_layout
 
-__all__ = ["LayerCapture", "LayerOutputError", "OneByOneMapError"]
+__all__ = ["LayerCapture", "LayerOutputError", "NotAFeatureMapError", "OneByOneMapError", "feature_map_problem"]
 
 
 class LayerOutputError(ValueError):
     """The target layer's output is not a 4-D tensor (or a 1x1 one: :class:`OneByOneMapError`)."""
+
+
+class NotAFeatureMapError(LayerOutputError):
+    """The target layer's output is 4-D but clearly not ``(N, C, H, W)``: attention tensors ``(N, heads, tokens, head_dim)``,
+    channels-last maps ``(N, H, W, C)``, windows ``(N * windows, ...)``."""
+
+
+#: Patch sizes and prefix-token counts (class, distillation, 4 registers + class) of vision transformers, for
+#: recognising a token count ``prefix + h*w`` in a 4-D output.
+_PATCH_SIZES = (8, 14, 16, 32)
+_PREFIX_TOKENS = (1, 2, 5)
+
+
+def _spatial_sizes(size: int) -> Set[int]:
+    """Every size a strided layer can give an input side of ``size`` (floor and ceil of ``size / k``)."""
+    return {v for k in range(1, size + 1) for v in (size // k, -(-size // k))}
+
+
+def feature_map_problem(shape: Sequence[int], input_shape: Sequence[int], reshape: Optional[TokenGrid] = None) -> Optional[str]:
+    """Why a layer output of ``shape`` for an input of ``input_shape`` is clearly not a feature map of it (None if it may be).
+
+    Conservative: only outputs that cannot be one are refused. Checked: the batch size equals the input's; without
+    ``reshape``, a 4-D ``(N, A, B, D)`` output is refused when ``D`` exceeds the input width while ``B`` fits its height
+    (a channels-last map: ``reshape='nhwc'``), or when ``B`` is a vision transformer's token count ``prefix + h*w``
+    for the input (patches of 8, 14, 16 or 32 pixels, 1, 2 or 5 prefix tokens) that no strided layer gives, with at
+    most 64 in ``A`` (attention heads).
+
+    Example::
+
+        >>> feature_map_problem((2, 3, 17, 64), (2, 3, 64, 64)) is not None  # vit_tiny's attention at 64 px
+        True
+        >>> feature_map_problem((2, 512, 2, 2), (2, 3, 64, 64)) is None
+        True
+    """
+    if len(input_shape) != 4 or len(shape) < 1:
+        return None
+    if shape[0] != input_shape[0]:
+        return (
+            f"its batch dimension is {shape[0]} for {input_shape[0]} input image(s), so it is not one map per image "
+            "(windowed attention folds windows into the batch); choose a layer whose output has one row per image"
+        )
+    if reshape is not None or len(shape) != 4:
+        return None
+    _, a, b, d = (int(v) for v in shape)
+    height, width = int(input_shape[2]), int(input_shape[3])
+    if d > width and b <= height:
+        return (
+            f"its last dimension ({d}) is larger than the input width ({width}): it looks like a channels-last "
+            f"(N, H, W, C) map; pass reshape='nhwc' (or target_layer='auto')"
+        )
+    tokens = {p + (height // s) * (width // s) for s in _PATCH_SIZES for p in _PREFIX_TOKENS if (height // s) * (width // s) >= 4}
+    if a <= 64 and b in tokens and b not in _spatial_sizes(height):
+        return (
+            f"dimension 2 ({b}) is a vision transformer's token count (prefix + h*w patches) for a {height}x{width} input, "
+            "not a height: it looks like an attention tensor (N, heads, tokens, head_dim). Choose a block's output or its "
+            "first norm with reshape='vit' or reshape=TokenGrid(prefix_tokens=...), e.g. target_layer='blocks.11.norm1' "
+            "(timm) or 'encoder.layers.encoder_layer_11.ln_1' (torchvision), or target_layer='auto'"
+        )
+    return None
 
 
 class OneByOneMapError(LayerOutputError):
@@ -33,6 +92,8 @@ class LayerCapture:
         layer_name: Its dotted name, for error messages.
         reshape: For transformer layers, the :class:`~cam_callbacks.capture.layouts.TokenGrid` turning the
             ``(N, tokens, C)`` output into the ``(N, C, h, w)`` :attr:`activation`; :attr:`raw` keeps the tokens.
+        input_shape: The model input's shape, when known: outputs that are clearly not feature maps of it are refused
+            (:func:`feature_map_problem`).
         grad_tail: If True, the captured output becomes an autograd leaf and grad mode is switched
             on from that point of the forward pass: run the forward under ``torch.no_grad()`` and only
             the tail (target layer -> output) records a graph, so ``torch.autograd.grad(score,
@@ -50,18 +111,23 @@ class LayerCapture:
         (torch.Size([2, 4, 6, 6]), True)
     """
 
-    def __init__(self, layer: nn.Module, layer_name: str, grad_tail: bool = False, reshape: Optional[TokenGrid] = None) -> None:
+    def __init__(
+        self, layer: nn.Module, layer_name: str, grad_tail: bool = False, reshape: Optional[TokenGrid] = None,
+        input_shape: Optional[Sequence[int]] = None,
+    ) -> None:  # fmt: skip
         self.layer = layer
         self.layer_name = layer_name
         self.grad_tail = grad_tail
-        self.reshape = reshape
+        # Without reshape=, the layout target_layer='auto' chose for this layer (tokens or channels-last), if any.
+        self.reshape = reshape if reshape is not None else remembered_layout(layer)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.activation: Optional[Tensor] = None
         self.raw: Optional[Tensor] = None
         self._handle: Optional[Any] = None
 
     def _check_output(self, output: Any) -> None:
         """Refuse outputs that are not ``(N, C, H, W)`` maps (``(N, tokens, C)`` with ``reshape``) or are 1x1 maps."""
-        expected = 4 if self.reshape is None else 3
+        expected = 4 if self.reshape is None else self.reshape.output_dims
         if not isinstance(output, Tensor) or output.dim() != expected:
             kind = f"a {output.dim()}-D tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
             if self.reshape is None:
@@ -69,9 +135,14 @@ class LayerCapture:
                     "CAM methods need a 4-D (N, C, H, W) feature map. Choose a convolutional layer or block (e.g. the last one "
                     "before global pooling), or target_layer='auto'; for transformer tokens (N, tokens, C) pass reshape='vit'."
                 )
+            elif expected == 4:
+                advice = f"reshape={self.reshape!r} needs a 4-D channels-last (N, H, W, C) output (e.g. a Swin stage)."
             else:
                 advice = f"reshape={self.reshape!r} needs a 3-D (N, tokens, channels) output. Choose a transformer block's layer."
             raise LayerOutputError(f"target_layer={self.layer_name!r} outputs {kind}; {advice}")
+        problem = None if self.input_shape is None else feature_map_problem(tuple(output.shape), self.input_shape, self.reshape)
+        if problem is not None:
+            raise NotAFeatureMapError(f"target_layer={self.layer_name!r} outputs shape {tuple(output.shape)}, not an (N, C, H, W) feature map: {problem}")
         if self.reshape is None and output.shape[2] * output.shape[3] == 1:
             raise OneByOneMapError(
                 f"target_layer={self.layer_name!r} outputs (N, C, 1, 1) = {tuple(output.shape)}: a 1x1 map cannot localise "

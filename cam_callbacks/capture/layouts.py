@@ -14,17 +14,21 @@ timm's ViT/DeiT without distillation token). The recommended target layer on tor
 ``"encoder.layers.encoder_layer_11.ln_1"``: its output is what the last attention reads, so the class
 token's gradient reaches every patch token there (the output of the *last* block reaches the
 classifier through the class token alone, and its patch tokens get no gradient).
+
+``reshape="nhwc"`` means :class:`ChannelsLast`: channels-last feature maps ``(N, H, W, C)`` (timm's and
+torchvision's Swin stages, ConvNeXt blocks written channels-last) permuted to ``(N, C, H, W)``.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["TokenGrid", "ReshapeLike", "as_token_grid"]
+__all__ = ["TokenGrid", "ChannelsLast", "ReshapeLike", "as_token_grid", "remember_layout", "remembered_layout"]
 
 
 class TokenGrid:
@@ -46,6 +50,9 @@ class TokenGrid:
         >>> torch.equal(grid.to_tokens(maps, tokens[:, :1]), tokens)
         True
     """
+
+    #: Dimensions of the layer output this layout reads (``(N, tokens, C)``).
+    output_dims = 3
 
     def __init__(self, prefix_tokens: int = 1, height: Optional[int] = None, width: Optional[int] = None) -> None:
         for name, value in (("prefix_tokens", prefix_tokens), ("height", height), ("width", width)):
@@ -100,14 +107,85 @@ class TokenGrid:
         return torch.cat([prefix.to(patches.dtype), patches], dim=1)
 
 
-#: What ``reshape=`` accepts: None (the layer outputs ``(N, C, h, w)``), ``"vit"`` or a :class:`TokenGrid`.
+class ChannelsLast(TokenGrid):
+    """Channels-last feature maps ``(N, H, W, C)`` <-> ``(N, C, H, W)`` (``reshape="nhwc"``).
+
+    A :class:`TokenGrid` without prefix tokens whose "tokens" are already laid out on the grid, so it goes
+    wherever a ``TokenGrid`` goes (gradients flow through the permutation; the prefix given to
+    :meth:`to_tokens` is ignored).
+
+    Example::
+
+        >>> import torch
+        >>> x = torch.randn(2, 3, 4, 5)  # N, H, W, C
+        >>> maps = ChannelsLast().to_grid(x)
+        >>> maps.shape, torch.equal(maps[1, 4, 2, 3], x[1, 2, 3, 4])
+        (torch.Size([2, 5, 3, 4]), True)
+        >>> torch.equal(ChannelsLast().to_tokens(maps, x[:, :0]), x)
+        True
+    """
+
+    output_dims = 4
+
+    def __init__(self) -> None:
+        super().__init__(prefix_tokens=0)
+
+    def __repr__(self) -> str:
+        return "ChannelsLast()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChannelsLast)
+
+    def __hash__(self) -> int:
+        return hash(ChannelsLast)
+
+    def to_grid(self, tokens: Tensor) -> Tensor:
+        """``(N, H, W, C)`` -> ``(N, C, H, W)``."""
+        if tokens.dim() != 4:
+            raise ValueError(f"reshape='nhwc' needs a channels-last (N, H, W, C) output, got shape {tuple(tokens.shape)}")
+        return tokens.permute(0, 3, 1, 2)
+
+    def to_tokens(self, grid: Tensor, prefix: Optional[Tensor] = None) -> Tensor:
+        """``(M, C, H, W)`` -> ``(M, H, W, C)``; ``prefix`` is ignored (there are no prefix tokens)."""
+        if grid.dim() != 4:
+            raise ValueError(f"grid must be (M, C, H, W), got shape {tuple(grid.shape)}")
+        return grid.permute(0, 2, 3, 1)
+
+
+#: What ``reshape=`` accepts: None (the layer outputs ``(N, C, h, w)``), ``"vit"``, ``"nhwc"`` or a :class:`TokenGrid`.
 ReshapeLike = Union[None, str, TokenGrid]
+
+#: The strings ``reshape=`` accepts.
+RESHAPE_NAMES = ("vit", "nhwc")
 
 
 def as_token_grid(reshape: ReshapeLike) -> Optional[TokenGrid]:
-    """Validate ``reshape=``: None, ``"vit"`` (one class token) or a :class:`TokenGrid`."""
+    """Validate ``reshape=``: None, ``"vit"`` (one class token), ``"nhwc"`` (channels-last maps, :class:`ChannelsLast`)
+    or a :class:`TokenGrid`."""
     if reshape is None or isinstance(reshape, TokenGrid):
         return reshape
     if isinstance(reshape, str) and reshape == "vit":
         return TokenGrid(prefix_tokens=1)
-    raise ValueError(f"reshape={reshape!r} is not valid; choose from [None, 'vit', TokenGrid(prefix_tokens=..., height=..., width=...)]")
+    if isinstance(reshape, str) and reshape == "nhwc":
+        return ChannelsLast()
+    raise ValueError(
+        f"reshape={reshape!r} is not valid; choose from [None, 'vit', TokenGrid(prefix_tokens=..., height=..., width=...), 'nhwc']"
+    )
+
+
+# Layouts that target_layer="auto" chose, by module: LayerCapture uses them when no reshape= is given. An explicit
+# target layer (resolve_layers) forgets its entry, so the latest resolution of a module decides.
+_AUTO_LAYOUTS: "weakref.WeakKeyDictionary[nn.Module, TokenGrid]" = weakref.WeakKeyDictionary()
+
+
+def remember_layout(module: nn.Module, layout: Optional[TokenGrid]) -> None:
+    """Record (or, with None, forget) the layout ``target_layer="auto"`` chose for ``module``."""
+    if layout is None:
+        _AUTO_LAYOUTS.pop(module, None)
+    else:
+        _AUTO_LAYOUTS[module] = layout
+
+
+def remembered_layout(module: nn.Module) -> Optional[TokenGrid]:
+    """The layout ``target_layer="auto"`` chose for ``module`` (None: none, the output is ``(N, C, H, W)``)."""
+    return _AUTO_LAYOUTS.get(module)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from cam_callbacks.capture.guided import input_gradients
 from cam_callbacks.capture.hooks import LayerCapture
 from cam_callbacks.capture.layers import cam_class_weights
+from cam_callbacks.capture.layouts import remembered_layout
 from cam_callbacks.engine.caches import cached_cost, store_cost, tail_for
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation
@@ -74,7 +75,8 @@ def _main_pass(
     cost_key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device)
     cost = cached_cost(model, cost_key) if perturbs else None
     meter = ForwardCost(model, layer, x.shape[0]) if perturbs and cost is None else None
-    with LayerCapture(layer, layer_name, grad_tail="gradients" in needs, reshape=options.token_grid) as capture:
+    layout = options.token_grid or remembered_layout(layer)  # the layout "auto" chose for a transformer layer
+    with LayerCapture(layer, layer_name, grad_tail="gradients" in needs, reshape=layout, input_shape=tuple(x.shape)) as capture:
         with torch.no_grad(), meter if meter is not None else nullcontext():  # the capture hook turns autograd on for the tail only
             logits = check_logits(model(x), x.shape[0], options.output_transform)
     if capture.activation is None or capture.raw is None:
@@ -111,7 +113,7 @@ def _scorers(
     if "tail_scorer" in needs:
         tail = tail_for(model, layer_name, layer, x, captured.raw, captured.logits, options.tail, options.output_transform)
         row_bytes = captured.cost.model if tail.mode == "rerun" else captured.cost.tail
-        grid = options.token_grid
+        grid = options.token_grid or remembered_layout(layer)
         prefix = captured.raw[:, : grid.prefix_tokens] if grid is not None else None
         rows = rows_per_pass(row_bytes, x.device, options.perturbation_batch)
         scorers["tail_scorer"] = TailScorer(tail, x.shape[0], max(rows, x.shape[0]), grid, prefix)
