@@ -165,3 +165,15 @@ def test_auto_refuses_a_layer_inside_attention():
     model = nn.Sequential(Inner(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
     with pytest.raises(ValueError, match="inside an attention module.*reshape="):
         auto_layer(model, torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "reciprocam", "gradcam"])
+def test_auto_layout_reaches_the_perturbation_methods(method):
+    """'auto' on a timm ViT: the maps equal those with the same layer and layout named explicitly."""
+    import timm  # the test extra installs it
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    automatic = cc.explain(model, x, method, "auto")
+    explicit = cc.explain(model, x, method, "blocks.11.norm1", reshape=cc.TokenGrid(prefix_tokens=1))
+    assert torch.allclose(automatic, explicit, atol=1e-6), float((automatic - explicit).abs().max())
