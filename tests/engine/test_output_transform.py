@@ -208,3 +208,31 @@ def test_options_validate_the_type():
     assert ExplainOptions(output_transform="logits").output_transform == "logits"
     with pytest.raises(TypeError, match="output_transform must be"):
         ExplainOptions(output_transform=[0])  # type: ignore[arg-type]
+
+
+def test_hugging_face_classifier_end_to_end_with_output_transform():
+    """A transformers ViTForImageClassification (random weights, small config), unwrapped: "auto" finds its layer and
+    layout, output_transform="logits" reads its ImageClassifierOutput; the maps equal those of a wrapper returning logits."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3)
+    model = ViTForImageClassification(config).eval()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(pixel_values=x).logits
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="pass output_transform='logits'"):
+        cc.explain(model, x, "gradcam", "auto")
+    for method in ("gradcam", "layercam"):
+        direct = cc.explain(model, x, method, "auto", output_transform="logits")
+        wrapped = cc.explain(Wrapper(model), x, method, "auto")
+        assert torch.allclose(direct, wrapped, atol=1e-6), method
+    scores = cc.faithfulness(model, x, "gradcam", "auto", output_transform="logits")
+    assert 0.0 <= scores["adcc"] <= 100.0
