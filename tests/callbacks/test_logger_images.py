@@ -73,6 +73,7 @@ def _wandb_images(tmp_path):
     return sorted(os.path.relpath(f, os.path.join(f.split(os.sep + "files" + os.sep)[0], "files", "media", "images")) for f in files)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])
 def test_mlflow_two_runs_each_get_their_grids_as_artifacts_and_the_store_stays_valid(tmp_path, namespace):
     from mlflow import MlflowClient
@@ -103,6 +104,7 @@ def test_mlflow_two_runs_each_get_their_grids_as_artifacts_and_the_store_stays_v
     assert Image.open(local).size[0] > 16
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_the_images(tmp_path, monkeypatch):
     _wandb_env(tmp_path, monkeypatch)
     import wandb
@@ -134,6 +136,7 @@ def test_csv_two_runs_write_into_their_own_version_folders(tmp_path):
     assert not os.path.exists(os.path.join(str(tmp_path), "csv", "cam"))
 
 
+@pytest.mark.slow
 def test_mlflow_wandb_and_tensorboard_together_all_get_images(tmp_path, monkeypatch):
     _wandb_env(tmp_path, monkeypatch)
     import wandb

@@ -152,6 +152,7 @@ def test_lightning_cli_config(tmp_path):
     assert glob.glob(str(tmp_path / "runs" / "shapes_cli" / "version_*" / "config.yaml"))
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_logs_maps(tmp_path):
     """The file users copy: run as a script (1 epoch), it logs grids and ADCC under <logdir>/quickstart."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
