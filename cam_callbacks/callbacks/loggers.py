@@ -29,17 +29,11 @@ from cam_callbacks.monitor.alarm import AlarmHit, format_alarm
 from cam_callbacks.render.png import save_pngs, save_text
 from cam_callbacks.render.publish import ImageStyle, ProbeView, run_images, to_uint8
 
-__all__ = ["RunLogger", "RunSummary", "png_directories", "run_scalars"]
+__all__ = ["RunLogger", "RunSummary", "run_scalars"]
 
 
 #: TensorBoard writer -> the custom-scalars categories written to it so far (by every monitor)
 _LAYOUTS: "weakref.WeakKeyDictionary[Any, Dict[str, Dict[str, List[Any]]]]" = weakref.WeakKeyDictionary()
-
-
-def png_directories(trainer: Any) -> List[str]:
-    """The run directories that get PNG files (:func:`~cam_callbacks.callbacks.destinations.destinations`): every logger's
-    but TensorBoard's, MLflow's and W&B's, e.g. a CSVLogger's ``log_dir``; ``default_root_dir`` without any logger."""
-    return destinations(trainer).directories
 
 
 def run_scalars(

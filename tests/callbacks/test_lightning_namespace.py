@@ -17,41 +17,20 @@ import pytorch_lightning as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from scripts.lightning_cli_fit import Data, Net  # the LightningCLI script's model and data, in lightning's namespace
 
 import cam_callbacks as cc
 
-from _lightning_models import make_data, read_events
+from _lightning_models import read_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "lightning_cli_fit.py")
 
 
-class Net(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
-        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", torch.nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
-
-
 def _loaders():
-    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*make_data(32, seed=0)), batch_size=16)
-    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*make_data(16, seed=1)), batch_size=16)
-    return train, val
+    data = Data()
+    return data.train_dataloader(), data.val_dataloader()
 
 
 def test_the_monitor_is_a_callback_of_both_namespaces():
