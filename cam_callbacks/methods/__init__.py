@@ -20,6 +20,7 @@ from cam_callbacks.methods.activation import cam
 from cam_callbacks.methods.gradient import gradcam, gradcampp, hirescam, layercam, xgradcam
 from cam_callbacks.methods.decomposition import eigencam
 from cam_callbacks.methods.perturbation import GAUSSIAN_KERNEL, ablationcam, position_masks, reciprocam, scorecam
+from cam_callbacks.methods.perturbation import integration_scales, iscam, sscam
 from cam_callbacks.methods.input_gradient import guidedbackprop, guidedgradcam, saliency
 
 # isort: on
@@ -29,3 +30,4 @@ __all__ = [
     "get_method", "gradcam", "gradcampp", "guidedbackprop", "guidedgradcam", "hirescam", "layercam", "position_masks",
     "reciprocam", "register_method", "saliency", "scorecam", "unregister_method", "xgradcam",
 ]  # fmt: skip
+__all__ += ["integration_scales", "iscam", "sscam"]

@@ -1,13 +1,14 @@
 """Perturbation CAMs: channel weights or map values from the scores of modified inputs or feature maps.
 
-Score-CAM runs the whole model on activation-masked images; Ablation-CAM and Recipro-CAM run only
+Score-CAM, SS-CAM and IS-CAM run the whole model on activation-masked images; Ablation-CAM and Recipro-CAM run only
 the network's tail (:mod:`cam_callbacks.capture.tail`) on modified copies of the target layer's
 output. Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks.methods.registry`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,22 +20,25 @@ from cam_callbacks.utils.maps import upsample_and_normalize
 from cam_callbacks.utils.numeric import safe_divide
 from cam_callbacks.utils.targets import probabilities
 
-__all__ = ["scorecam", "ablationcam", "reciprocam", "position_masks", "GAUSSIAN_KERNEL"]
+__all__ = ["scorecam", "sscam", "iscam", "integration_scales", "NoiseRows", "ablationcam", "reciprocam", "position_masks", "GAUSSIAN_KERNEL"]
 
 
-@register_method(
-    "scorecam", needs=("activations", "images", "targets", "model_scorer"), summary="Score-CAM: logits of activation-masked inputs"
-)
-def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor]) -> Tensor:
-    """Score-CAM (Wang et al. 2020): ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(y_c(X * M_k))``.
+def _check_samples(method: str, num_samples: object) -> int:
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"{method}: num_samples must be a positive int, got {num_samples!r}")
+    return num_samples
 
-    ``M_k`` is channel ``k`` upsampled to the input size (bilinear, ``align_corners=False``) and
-    min-max normalised; ``y_c`` the target logit. Work whose result is known is skipped: upsampling
-    is linear and min-max ignores scale and offset, so channels of one image whose min-max normalised
-    maps are equal (at feature resolution) have the same mask, and only one masked input per distinct
-    mask is run; a constant channel's mask is all zeros (the convention of
-    :func:`~cam_callbacks.utils.maps.minmax_normalize`), and the all-zero input is scored once for all
-    images. The masked inputs are built chunk by chunk in memory-bounded passes.
+
+def _score_distinct_masks(
+    activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor], scales: Sequence[float]
+) -> Tensor:
+    """``(N, K)`` target logits of ``images * s * M_k`` averaged over the scales ``s``, one masked input per distinct mask.
+
+    ``M_k`` is channel ``k`` upsampled (bilinear, ``align_corners=False``) and min-max normalised. Upsampling is linear
+    and min-max ignores scale and offset, so channels of one image whose min-max normalised maps are equal (at feature
+    resolution) have the same mask and are scored once; a constant channel's mask is all zeros (the convention of
+    :func:`~cam_callbacks.utils.maps.minmax_normalize`), and the all-zero input is scored once for all images and
+    scales. Rows are ordered scale-major: ``row = scale_index * D + mask_index``.
     """
     n, k, h, w = activations.shape
     size = (images.shape[-2], images.shape[-1])
@@ -51,16 +55,153 @@ def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer:
     if pairs.shape[0]:
         keys = torch.cat([pairs[:, :1].float(), normalised[pairs[:, 0], pairs[:, 1]]], dim=1)  # image index + normalised map
         distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        count = distinct.shape[0]
         image_of = distinct[:, 0].long()
         masks_low = distinct[:, 1:].reshape(-1, h, w)
+        factors = torch.tensor([float(s) for s in scales], dtype=images.dtype, device=images.device)
 
         def masked_images(start: int, stop: int) -> Tensor:
-            masks = upsample_and_normalize(masks_low[start:stop], size)
-            return images[image_of[start:stop]] * masks.unsqueeze(1).to(images.dtype)
+            rows = torch.arange(start, stop, device=masks_low.device)
+            masks = upsample_and_normalize(masks_low[rows % count], size).to(images.dtype)
+            if len(scales) > 1 or float(scales[0]) != 1.0:
+                masks = masks * factors[rows // count, None, None]
+            return images[image_of[rows % count]] * masks.unsqueeze(1)
 
-        logits = model_scorer(distinct.shape[0], masked_images)
-        distinct_scores = logits.gather(1, targets[image_of, None]).squeeze(1).float()
+        logits = model_scorer(count * len(scales), masked_images)  # (S * D, classes)
+        picked = logits.gather(1, targets[image_of.repeat(len(scales)), None]).squeeze(1).float()
+        distinct_scores = picked.reshape(len(scales), count).mean(0)
         scores[pairs[:, 0], pairs[:, 1]] = distinct_scores[inverse]
+    return scores
+
+
+@register_method(
+    "scorecam", needs=("activations", "images", "targets", "model_scorer"), summary="Score-CAM: logits of activation-masked inputs"
+)
+def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor]) -> Tensor:
+    """Score-CAM (Wang et al. 2020): ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(y_c(X * M_k))``.
+
+    ``M_k`` is channel ``k`` upsampled to the input size (bilinear, ``align_corners=False``) and
+    min-max normalised; ``y_c`` the target logit. Work whose result is known is skipped: upsampling
+    is linear and min-max ignores scale and offset, so channels of one image whose min-max normalised
+    maps are equal (at feature resolution) have the same mask, and only one masked input per distinct
+    mask is run; a constant channel's mask is all zeros (the convention of
+    :func:`~cam_callbacks.utils.maps.minmax_normalize`), and the all-zero input is scored once for all
+    images. The masked inputs are built chunk by chunk in memory-bounded passes.
+    """
+    scores = _score_distinct_masks(activations, images, targets, model_scorer, (1.0,))
+    weights = torch.softmax(scores, dim=1).to(activations.dtype)
+    return torch.relu(weighted_sum(weights, activations))
+
+
+class NoiseRows:
+    """Standard normal ``(rows, H, W)`` noise from a private generator, the same numbers however the rows are chunked.
+
+    ``take(r)`` returns the next ``r`` rows of one long sequence. torch's CPU normal sampler transforms uniforms in blocks
+    of 16 values, so the generator is always asked for a multiple of 16 values (whole rows, the surplus kept for the next
+    call): the rows equal one ``torch.randn`` of all of them, whatever the chunk sizes. The global RNG is not used.
+
+    Example::
+
+        >>> a, b = NoiseRows((1, 3), seed=0), NoiseRows((1, 3), seed=0)
+        >>> torch.equal(torch.cat([a.take(2), a.take(5)]), b.take(7))
+        True
+    """
+
+    def __init__(self, size: Tuple[int, int], seed: int, device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.generator = torch.Generator(device=device or "cpu")
+        self.generator.manual_seed(int(seed))
+        self.device, self.dtype = device, dtype
+        per_row = self.size[0] * self.size[1]
+        self.block = 16 // math.gcd(16, per_row)  # rows whose values are a multiple of 16
+        self.left = torch.empty(0, *self.size, device=device, dtype=dtype)
+
+    def take(self, rows: int) -> Tensor:
+        """The next ``rows`` rows, ``(rows, H, W)``."""
+        missing = rows - self.left.shape[0]
+        if missing > 0:
+            drawn = -(-missing // self.block) * self.block
+            fresh = torch.randn(drawn, *self.size, generator=self.generator, device=self.device, dtype=self.dtype)
+            self.left = torch.cat([self.left, fresh])
+        out, self.left = self.left[:rows], self.left[rows:]
+        return out
+
+
+@register_method(
+    "sscam",
+    needs=("activations", "images", "targets", "model_scorer"),
+    summary="SS-CAM: Score-CAM with Gaussian noise on the masks, scores averaged over samples",
+    options={"num_samples": 35, "std": 2.0, "seed": 0},
+)
+def sscam(
+    activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor],
+    num_samples: int = 35, std: float = 2.0, seed: int = 0,
+) -> Tensor:  # fmt: skip
+    """SS-CAM (Wang, Naidu et al. 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization"):
+    ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(1/S sum_s y_c(X * (M_k + delta_s)))``, ``delta_s ~ N(0, std^2)``.
+
+    As torchcam 0.5.0's ``SSCAM`` (defaults ``num_samples=35``, ``std=2.0``): the noise is drawn per pixel at input
+    resolution for every (sample, image, channel), added to the normalised mask ``M_k`` of :func:`scorecam`, and the
+    image is multiplied by the noisy mask; ``y_c`` is the target logit. (torchcam also subtracts the logit of the
+    unmodified image, a per-image constant that the softmax cancels.) ``S * N * K`` forward passes in all.
+
+    The noise comes from a private ``torch.Generator`` on the images' device seeded with ``seed`` (the global RNG is
+    untouched), drawn in the order sample, image, channel, row by row: on the CPU the same numbers as
+    ``torch.manual_seed(seed)`` followed by torchcam's draws.
+    """
+    samples = _check_samples("sscam", num_samples)
+    if not float(std) >= 0:
+        raise ValueError(f"sscam: std must be >= 0, got {std!r}")
+    n, k = activations.shape[:2]
+    size = (images.shape[-2], images.shape[-1])
+    noise = NoiseRows(size, int(seed), images.device, images.dtype)
+    per_sample = n * k
+    channel_maps = activations.flatten(0, 1)  # (N*K, h, w), row = image * K + channel
+
+    def noisy_images(start: int, stop: int) -> Tensor:
+        rows = torch.arange(start, stop, device=images.device) % per_sample
+        masks = upsample_and_normalize(channel_maps[rows], size).to(images.dtype)
+        return images[rows // k] * (masks + float(std) * noise.take(stop - start)).unsqueeze(1)
+
+    logits = model_scorer(samples * per_sample, noisy_images)  # (S * N * K, classes)
+    picked = logits.gather(1, targets.repeat_interleave(k).repeat(samples)[:, None]).squeeze(1).float()
+    scores = picked.reshape(samples, n, k).mean(0)
+    weights = torch.softmax(scores, dim=1).to(activations.dtype)
+    return torch.relu(weighted_sum(weights, activations))
+
+
+def integration_scales(num_samples: int) -> List[float]:
+    """IS-CAM's mask factors as the paper's Algorithm 1 and torchcam 0.5.0 apply them: ``c_i = sum_{j<=i} j/N``.
+
+    Example::
+
+        >>> integration_scales(4)
+        [0.25, 0.75, 1.5, 2.5]
+    """
+    scales, total = [], 0.0
+    for i in range(1, num_samples + 1):
+        total += i / num_samples
+        scales.append(total)
+    return scales
+
+
+@register_method(
+    "iscam",
+    needs=("activations", "images", "targets", "model_scorer"),
+    summary="IS-CAM: Score-CAM with masks integrated over increasing factors",
+    options={"num_samples": 10},
+)
+def iscam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor], num_samples: int = 10) -> Tensor:
+    """IS-CAM (Naidu et al. 2020, "IS-CAM: Integrated Score-CAM for axiomatic-based explanations"):
+    ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(1/N sum_i y_c(X * c_i M_k))``.
+
+    ``M_k`` is the mask of :func:`scorecam` and ``c_i`` (:func:`integration_scales`) accumulates ``j/N`` as the
+    paper's Algorithm 1 and torchcam 0.5.0's ``ISCAM`` do (``M <- M + (i/N) M_k`` before each score:
+    ``c = 0.1, 0.3, 0.6, ..., 5.5`` for the default ``num_samples=10``), not the plain ``i/N`` of integrated gradients.
+    Channels with equal masks are scored once per factor, constant channels by one blank-image pass.
+    """
+    scales = integration_scales(_check_samples("iscam", num_samples))
+    scores = _score_distinct_masks(activations, images, targets, model_scorer, scales)
     weights = torch.softmax(scores, dim=1).to(activations.dtype)
     return torch.relu(weighted_sum(weights, activations))
 

@@ -12,7 +12,7 @@ from _lightning_models import TinyNet, loaders, read_events, trainer
 
 METRICS = ["average_drop", "increase_in_confidence", "coherency", "complexity", "adcc"]
 EVERY_METHOD = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "eigencam",
-                "scorecam", "ablationcam", "reciprocam", "saliency", "guidedbackprop", "guidedgradcam"]  # fmt: skip
+                "scorecam", "sscam", "iscam", "ablationcam", "reciprocam", "saliency", "guidedbackprop", "guidedgradcam"]  # fmt: skip
 
 
 def _fit(tmp_path, callbacks, max_epochs=2, seed=7):
