@@ -7,8 +7,7 @@ output. Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks
 
 from __future__ import annotations
 
-import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +16,11 @@ from torch import Tensor
 from cam_callbacks.methods.common import weighted_sum
 from cam_callbacks.methods.registry import register_method
 from cam_callbacks.utils.maps import upsample_and_normalize
+from cam_callbacks.utils.noise import NoiseRows
 from cam_callbacks.utils.numeric import safe_divide
 from cam_callbacks.utils.targets import probabilities
 
-__all__ = ["scorecam", "sscam", "iscam", "integration_scales", "NoiseRows", "ablationcam", "reciprocam", "position_masks", "GAUSSIAN_KERNEL"]
+__all__ = ["scorecam", "sscam", "iscam", "integration_scales", "ablationcam", "reciprocam", "position_masks", "GAUSSIAN_KERNEL"]
 
 
 def _check_samples(method: str, num_samples: object) -> int:
@@ -91,40 +91,6 @@ def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer:
     scores = _score_distinct_masks(activations, images, targets, model_scorer, (1.0,))
     weights = torch.softmax(scores, dim=1).to(activations.dtype)
     return torch.relu(weighted_sum(weights, activations))
-
-
-class NoiseRows:
-    """Standard normal ``(rows, H, W)`` noise from a private generator, the same numbers however the rows are chunked.
-
-    ``take(r)`` returns the next ``r`` rows of one long sequence. torch's CPU normal sampler transforms uniforms in blocks
-    of 16 values, so the generator is always asked for a multiple of 16 values (whole rows, the surplus kept for the next
-    call): the rows equal one ``torch.randn`` of all of them, whatever the chunk sizes. The global RNG is not used.
-
-    Example::
-
-        >>> a, b = NoiseRows((1, 3), seed=0), NoiseRows((1, 3), seed=0)
-        >>> torch.equal(torch.cat([a.take(2), a.take(5)]), b.take(7))
-        True
-    """
-
-    def __init__(self, size: Tuple[int, int], seed: int, device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32) -> None:
-        self.size = (int(size[0]), int(size[1]))
-        self.generator = torch.Generator(device=device or "cpu")
-        self.generator.manual_seed(int(seed))
-        self.device, self.dtype = device, dtype
-        per_row = self.size[0] * self.size[1]
-        self.block = 16 // math.gcd(16, per_row)  # rows whose values are a multiple of 16
-        self.left = torch.empty(0, *self.size, device=device, dtype=dtype)
-
-    def take(self, rows: int) -> Tensor:
-        """The next ``rows`` rows, ``(rows, H, W)``."""
-        missing = rows - self.left.shape[0]
-        if missing > 0:
-            drawn = -(-missing // self.block) * self.block
-            fresh = torch.randn(drawn, *self.size, generator=self.generator, device=self.device, dtype=self.dtype)
-            self.left = torch.cat([self.left, fresh])
-        out, self.left = self.left[:rows], self.left[rows:]
-        return out
 
 
 @register_method(
