@@ -20,9 +20,10 @@ from cam_callbacks.capture.tail import Tail, derive_tail
 from cam_callbacks.engine.caches import cache_info, clear_caches
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
-from cam_callbacks.functional import explain, faithfulness
+from cam_callbacks.functional import explain, faithfulness, perturbation_scores
 from cam_callbacks.methods.registry import available_methods, get_method, register_method, unregister_method
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
+from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
 from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.render.notebook import plot_maps, show_maps
 from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
@@ -59,6 +60,7 @@ __all__ = [
     "unregister_method",
     "upsample_and_normalize",
 ]
+__all__ += ["CURVE_METRICS", "perturbation_scores"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing the core does not import Lightning

@@ -20,17 +20,19 @@ from typing_extensions import Literal, TypedDict, Unpack
 from cam_callbacks.capture.layers import LayersLike, resolve_layers
 from cam_callbacks.capture.layouts import ReshapeLike
 from cam_callbacks.engine.compute import compute_explanations, compute_faithfulness
+from cam_callbacks.engine.curves import CurveSettings, compute_perturbation_scores
 from cam_callbacks.engine.finite import FiniteRows, explain_finite_rows, nonfinite_images
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import ScoredExplanation
 from cam_callbacks.methods.registry import get_method
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
+from cam_callbacks.metrics.perturbation_curves import ROAD_PERCENTILES, Baseline
 from cam_callbacks.utils.outputs import OutputTransform
 from cam_callbacks.utils.targets import TargetsLike, as_targets, expand_multilabel
 from cam_callbacks.utils.types import Probability, Reduction, Smooth
 
-__all__ = ["ExplainKwargs", "check_images", "explain", "faithfulness"]
+__all__ = ["ExplainKwargs", "check_images", "explain", "faithfulness", "perturbation_scores"]
 
 
 class ExplainKwargs(TypedDict, total=False):
@@ -310,5 +312,65 @@ def faithfulness(
     return {metric: float(value.double().nanmean()) for metric, value in per_image.items()}
 
 
-for _function in (explain, faithfulness):
+def perturbation_scores(
+    model: nn.Module,
+    images: Tensor,
+    method: str = "gradcam",
+    target_layer: LayersLike = "auto",
+    targets: TargetsLike = None,
+    batch_size: int = 32,
+    metrics: Sequence[str] = ("deletion_auc", "insertion_auc", "road"),
+    reduction: Reduction = "mean",
+    steps: int = 20,
+    baseline: Baseline = "zero",
+    percentiles: Sequence[float] = ROAD_PERCENTILES,
+    road_noise: float = 0.01,
+    **options: Unpack[ExplainKwargs],
+) -> Union[Dict[str, float], Dict[str, Tensor]]:
+    """Deletion/insertion AUC (RISE) and ROAD of ``method``'s maps (:mod:`cam_callbacks.metrics.perturbation_curves`).
+
+    Args:
+        model, images, method, target_layer, batch_size: As in :func:`explain`.
+        targets: As in :func:`explain`, class indices only (one class per image; not multi-hot).
+        metrics: Any of ``"deletion_auc"`` (lower is better), ``"insertion_auc"`` (higher is better), ``"road_morf"``,
+            ``"road_lerf"`` and ``"road"`` (``(lerf - morf) / 2``, higher is better).
+        reduction: ``"mean"`` (Python floats, NaN-skipping mean over the images) or ``"none"`` (``(N,)`` tensors).
+        steps: Deletion/insertion intervals (torchcam's default 20: ``ceil(H*W / steps)`` pixels each).
+        baseline: What deletion puts in and insertion starts from: ``"zero"``, ``"blur"`` or a tensor.
+        percentiles: ROAD's percentiles (pytorch-grad-cam's 10, 20, ..., 90).
+        road_noise: Standard deviation of ROAD's imputation noise (seeded with ``seed``).
+{options}
+
+    Returns:
+        Dict metric -> value, as fractions (AUCs of target probabilities in [0, 1]; ROAD in [-1, 1]), not percent.
+        Images that cannot be explained get NaN and are left out of the means (as in :func:`faithfulness`).
+
+    Example::
+
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18(num_classes=3)
+        >>> scores = perturbation_scores(net, torch.randn(2, 3, 64, 64), target_layer="layer4", steps=4, percentiles=[50])
+        >>> sorted(scores)
+        ['deletion_auc', 'insertion_auc', 'road']
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction={reduction!r} is not valid; choose from ['mean', 'none']")
+    settings = CurveSettings(tuple(metrics) if not isinstance(metrics, str) else (metrics,), steps, baseline, tuple(percentiles), road_noise)
+    built = _options(method, batch_size, options)
+    layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, options.get("probability"))
+    if target_tensor is not None and target_tensor.dim() == 2:
+        raise ValueError("perturbation_scores takes one class per image (an int, N indices or an (N,) tensor), not multi-hot targets")
+
+    def run(x: Tensor, t: Optional[Tensor]) -> ScoredExplanation:
+        return compute_perturbation_scores(model, x, [method], layers, t, built, settings)
+
+    rows = explain_finite_rows(run, images, target_tensor)
+    _warn_left_out(rows, None, images.shape[0], "their per-image scores are NaN and the means leave them out")
+    per_image = {metric: rows.scatter(rows.result.scores[method][metric]) for metric in settings.metrics}
+    if reduction == "none":
+        return {metric: value.to(images.device) for metric, value in per_image.items()}
+    return {metric: float(value.double().nanmean()) for metric, value in per_image.items()}
+
+
+for _function in (explain, faithfulness, perturbation_scores):
     _function.__doc__ = (_function.__doc__ or "").replace("{options}", _OPTIONS_DOC)

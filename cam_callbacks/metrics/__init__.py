@@ -1,4 +1,4 @@
-"""Scores of maps: pure functions with per-image outputs (faithfulness, localisation, drift, shortcut score)."""
+"""Scores of maps: pure functions with per-image outputs (faithfulness, perturbation curves, localisation, drift, shortcut score)."""
 
 from cam_callbacks.metrics.drift import class_mean_maps, map_correlation, mean_map, shortcut_score, shortcut_scores_by_class
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, adcc, average_drop, coherency, complexity, faithfulness_scores, increase_in_confidence
@@ -11,6 +11,7 @@ from cam_callbacks.metrics.localization import (
     localization_summary,
     pointing_game,
 )  # fmt: skip
+from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS, deletion_insertion, linear_imputation, road
 from cam_callbacks.metrics.watch import WATCH_METRICS, MethodAnalysis, analyze_maps
 
 __all__ = [
@@ -19,3 +20,4 @@ __all__ = [
     "increase_in_confidence", "localization_scores", "localization_summary", "map_correlation", "mean_map", "pointing_game",
     "shortcut_score", "shortcut_scores_by_class",
 ]  # fmt: skip
+__all__ += ["CURVE_METRICS", "deletion_insertion", "linear_imputation", "road"]

@@ -29,7 +29,7 @@ positive definite whenever a pixel is known, and the stopping rule (relative res
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Union
 
 import torch
 import torch.nn.functional as F

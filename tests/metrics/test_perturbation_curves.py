@@ -9,7 +9,7 @@ must not change the results).
 
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 import pytest
@@ -38,7 +38,7 @@ def linear_model(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def chunked_scorer(model: nn.Module, rows: int = 3, calls: List[int] = None):
+def chunked_scorer(model: nn.Module, rows: int = 3, calls: Optional[List[int]] = None):
     def scorer(count: int, build: Callable[[int, int], Tensor]) -> Tensor:
         if calls is not None:
             calls.append(count)
@@ -121,9 +121,9 @@ def test_deletion_insertion_by_hand():
         model[1].bias.zero_()
     x = torch.tensor([[[[3.0, 1.0]]]])
     got = deletion_insertion(x, torch.tensor([[[0.9, 0.1]]]), torch.tensor([0]), chunked_scorer(model), steps=2)
-    s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    s = lambda v: 1 / (1 + np.exp(-v))
     dele, ins = [s(31), s(1), 0.5], [0.5, s(30), s(31)]
-    auc = lambda a, b, c: (a + b) / 4 + (b + c) / 4  # noqa: E731
+    auc = lambda a, b, c: (a + b) / 4 + (b + c) / 4
     assert float(got["deletion_auc"][0]) == pytest.approx(auc(*dele), abs=1e-6)
     assert float(got["insertion_auc"][0]) == pytest.approx(auc(*ins), abs=1e-6)
     np.testing.assert_allclose(got["deletion"][0].numpy(), dele, atol=1e-6)
