@@ -18,6 +18,7 @@ without autograd keeps alive).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
@@ -30,7 +31,7 @@ from cam_callbacks.utils.outputs import OutputTransform, logits_of
 if TYPE_CHECKING:
     from cam_callbacks.capture.tail import Tail
 
-__all__ = ["ForwardCost", "ModelScorer", "TailScorer", "available_memory", "rows_per_pass", "MEMORY_FRACTION", "MAX_ROWS", "CPU_MAX_ROWS"]
+__all__ = ["ForwardCost", "ModelScorer", "TailScorer", "available_memory", "rows_per_pass", "MEMORY_FRACTION", "MAX_ROWS", "CPU_MAX_ROWS", "CHANNELS_LAST_REFUSED"]
 
 #: Share of the free memory of the model's device that one perturbation pass may use.
 MEMORY_FRACTION = 0.25
@@ -41,6 +42,10 @@ MAX_ROWS = 1024
 #: activation is freshly mapped), 1.3-2x the time of 64-row passes. Large passes pay off on GPUs only.
 CPU_MAX_ROWS = 64
 _CPU_FALLBACK_BYTES = 4 << 30
+#: Models whose forward failed on a channels-last input (held weakly); :class:`ModelScorer` gives them plain inputs.
+#: Channels-last inputs make the CPU's convolutions faster (measured on resnet18 at 224 px, 1 thread: ~1.3x per
+#: pass) with the same weights and the same maths (float32 rounding differences ~1e-6 in the logits).
+CHANNELS_LAST_REFUSED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 def available_memory(device: torch.device) -> int:
@@ -134,18 +139,30 @@ class ModelScorer:
         torch.Size([5, 2])
     """
 
-    def __init__(self, model: nn.Module, rows: int, output_transform: OutputTransform = None) -> None:
+    def __init__(self, model: nn.Module, rows: int, output_transform: OutputTransform = None, channels_last: Optional[bool] = None) -> None:
         self.model = model
         self.rows = max(1, int(rows))
         self.output_transform = output_transform
+        self.channels_last = channels_last
 
     def __call__(self, count: int, build: Callable[[int, int], Tensor]) -> Tensor:
         outputs = []
         with torch.no_grad():
             for start in range(0, count, self.rows):
                 x = build(start, min(count, start + self.rows))
-                outputs.append(logits_of(self.model(x), self.output_transform, x.shape[0]))
+                outputs.append(logits_of(self._forward(x), self.output_transform, x.shape[0]))
         return torch.cat(outputs)
+
+    def _forward(self, x: Tensor) -> Any:
+        """The model on ``x``, handed over in channels-last memory order on the CPU (see :data:`CHANNELS_LAST_REFUSED`)."""
+        wanted = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
+        if not wanted or x.dim() != 4 or self.model in CHANNELS_LAST_REFUSED:
+            return self.model(x)
+        try:
+            return self.model(x.contiguous(memory_format=torch.channels_last))
+        except RuntimeError:  # e.g. a forward that calls .view() on a feature map: run it as before, from now on
+            CHANNELS_LAST_REFUSED.add(self.model)
+            return self.model(x)
 
 
 class TailScorer:
