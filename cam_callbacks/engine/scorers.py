@@ -31,7 +31,10 @@ from cam_callbacks.utils.outputs import OutputTransform, logits_of
 if TYPE_CHECKING:
     from cam_callbacks.capture.tail import Tail
 
-__all__ = ["ForwardCost", "ModelScorer", "TailScorer", "available_memory", "rows_per_pass", "MEMORY_FRACTION", "MAX_ROWS", "CPU_MAX_ROWS", "CHANNELS_LAST_REFUSED"]
+__all__ = [
+    "ForwardCost", "ModelScorer", "TailScorer", "available_memory", "rows_per_pass", "MEMORY_FRACTION", "MAX_ROWS", "CPU_MAX_ROWS",
+    "CHANNELS_LAST_REFUSED",
+]  # fmt: skip
 
 #: Share of the free memory of the model's device that one perturbation pass may use.
 MEMORY_FRACTION = 0.25
