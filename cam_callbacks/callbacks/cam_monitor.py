@@ -28,6 +28,7 @@ from cam_callbacks.callbacks.probe import Probe, ProbeLike, early_probe, make_pr
 from cam_callbacks.callbacks.runner import ProbeRunner
 from cam_callbacks.capture.layers import LayersLike
 from cam_callbacks.capture.layouts import ReshapeLike
+from cam_callbacks.engine.curves import check_curves
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, AlarmState
@@ -74,6 +75,8 @@ class CAMMonitor(_Callback):
         batch_size: Images per forward/backward pass.
         max_images: Probe images shown in each grid.
         faithfulness: Compute and log the faithfulness metrics (one extra pass per method).
+        curves: Also log ``<prefix>/<method>/<name>`` in percent for these names of ``cc.CURVE_METRICS`` (``"deletion_auc"``,
+            ``"insertion_auc"``, ``"road"``, ...; see ``cc.perturbation_scores``). Default ``()``: off (each costs many passes).
         colormap: Matplotlib colormap of the overlays.
         overlay_alpha: Heatmap opacity in the overlays, in [0, 1].
         method_options: Options per method, e.g. ``{"reciprocam": {"gaussian": True}}``.
@@ -125,6 +128,7 @@ class CAMMonitor(_Callback):
         batch_size: int = 32,
         max_images: int = 16,
         faithfulness: bool = True,
+        curves: Sequence[str] = (),
         colormap: str = "jet",
         overlay_alpha: float = 0.5,
         method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -156,6 +160,7 @@ class CAMMonitor(_Callback):
         self.max_images = check_positive_int("max_images", max_images)
         self.max_labels = check_positive_int("max_labels", max_labels)
         self.faithfulness = check_bool("faithfulness", faithfulness)
+        self.curves = check_curves(curves)
         self.colormap, self.overlay_alpha = colormap, float(overlay_alpha)
         self.options = make_explain_options(
             self.methods, batch_size=self.batch_size, method_options=method_options, reshape=reshape, tail=tail, smooth=smooth,
@@ -178,7 +183,7 @@ class CAMMonitor(_Callback):
         """The parts that do the work (runner, history, alarm state, budget, logger) and the run state."""
         self._runner = ProbeRunner(
             self.methods, self.target_layer, self.target == "label", self.options, self.faithfulness, self.precision, self._warn_once,
-            display_mean=self.mean, display_std=self.std,
+            display_mean=self.mean, display_std=self.std, curves=self.curves,
         )  # fmt: skip
         self._runner.probe = make_probe(probe, self.num_probe) if probe is not None else None
         self._budget = CostBudget(self._budget_share, expensive=[m for m in self.methods if is_expensive(m, self_smooth=smooth)])

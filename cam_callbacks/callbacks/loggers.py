@@ -39,7 +39,8 @@ _LAYOUTS: "weakref.WeakKeyDictionary[Any, Dict[str, Dict[str, List[Any]]]]" = we
 def run_scalars(
     scores: Mapping[str, Mapping[str, Tensor]], methods: Sequence[str], analyses: Mapping[str, MethodAnalysis], prefix: str = "cam"
 ) -> Dict[str, float]:
-    """The scalars of one run, by tag: each method's mean faithfulness in percent (NaN rows left out), then its watch values.
+    """The scalars of one run, by tag: each method's mean scores in percent (faithfulness, and the deletion/insertion and
+    ROAD scores of ``CAMMonitor(curves=...)``; NaN rows left out), then its watch values.
 
     Example::
 
@@ -49,9 +50,9 @@ def run_scalars(
         50.0
     """
     scalars = {
-        f"{prefix}/{method}/{metric}": float(100.0 * scores[method][metric].double().nanmean())
+        f"{prefix}/{method}/{metric}": float(100.0 * values.double().nanmean())
         for method in methods
-        for metric in (FAITHFULNESS_METRICS if scores else ())
+        for metric, values in scores.get(method, {}).items()
     }
     for method, analysis in analyses.items():
         scalars.update({f"{prefix}/{method}/{metric}": value for metric, value in analysis.scalars.items()})

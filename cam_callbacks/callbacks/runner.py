@@ -24,6 +24,7 @@ from cam_callbacks.capture.hooks import OneByOneMapError
 from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer, spatial_layer_hint
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
 from cam_callbacks.engine.compute import compute_explanations, compute_faithfulness
+from cam_callbacks.engine.curves import CurveSettings, curve_scores
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
@@ -98,18 +99,21 @@ class ProbeRunner:
         warn: Called with a key and a message for warnings given once (e.g. a probe without labels).
         display_mean: ``CAMMonitor(mean=...)``: checked against the probe images' channels by :meth:`prepare` (None: no check).
         display_std: ``CAMMonitor(std=...)``, likewise.
+        curves: ``CAMMonitor(curves=...)``: deletion/insertion and ROAD scores added to each method's scores (None: off).
     """
 
     def __init__(
         self, methods: Sequence[str], target_layer: LayersLike, explain_labels: bool, options: ExplainOptions,
         faithfulness: bool, precision: str, warn: Callable[[str, str], None], *,
         display_mean: Optional[Sequence[float]] = None, display_std: Optional[Sequence[float]] = None,
+        curves: Optional[CurveSettings] = None,
     ) -> None:  # fmt: skip
         self.methods = list(methods)
         self.target_layer = target_layer
         self.explain_labels = explain_labels
         self.options = options
         self.faithfulness = faithfulness
+        self.curves = curves
         self.precision = precision
         self.warn = warn
         #: the images' per-channel mean and std for display (``CAMMonitor(mean=..., std=...)``), checked by :meth:`prepare`
@@ -237,8 +241,13 @@ class ProbeRunner:
         def explain_rows(x: Tensor, t: Optional[Tensor]) -> ScoredExplanation:
             with preserved_rng_state(), context():
                 if self.faithfulness:
-                    return compute_faithfulness(model, x, methods, layers, t, options)
-                return ScoredExplanation(compute_explanations(model, x, methods, layers, t, options), {})
+                    result = compute_faithfulness(model, x, methods, layers, t, options)
+                else:
+                    result = ScoredExplanation(compute_explanations(model, x, methods, layers, t, options), {})
+                if self.curves is None:
+                    return result
+                extra = curve_scores(model, x, result.explanation, methods, options, self.curves)
+                return ScoredExplanation(result.explanation, {m: {**result.scores.get(m, {}), **extra[m]} for m in methods})
 
         result, skipped = explain_skipping_bad_images(explain_rows, model, images, targets, context, options.output_transform)
         global_rows = list(range(images.shape[0])) if rows is None else rows.tolist()

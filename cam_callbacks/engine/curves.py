@@ -9,7 +9,7 @@ one image costs, measured once per model and input shape and cached).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,11 +19,11 @@ from cam_callbacks.engine.caches import cached_cost, store_cost
 from cam_callbacks.engine.compute import compute_explanations
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import Layers
-from cam_callbacks.engine.result import ScoredExplanation
+from cam_callbacks.engine.result import Explanation, ScoredExplanation, Scores
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, rows_per_pass
 from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS, ROAD_PERCENTILES, Baseline, deletion_insertion, road
 
-__all__ = ["CurveSettings", "compute_perturbation_scores", "curve_scorer"]
+__all__ = ["CurveSettings", "check_curves", "compute_perturbation_scores", "curve_scorer", "curve_scores"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,29 @@ class CurveSettings:
             raise ValueError(f"road_noise must be >= 0, got {self.road_noise!r}")
 
 
+def check_curves(curves: object) -> Optional[CurveSettings]:
+    """``CAMMonitor(curves=...)``: None or an empty sequence (off), or metric names of :data:`CURVE_METRICS`.
+
+    Example::
+
+        >>> check_curves(["deletion_auc", "road"]).metrics
+        ('deletion_auc', 'road')
+        >>> check_curves("roads")
+        Traceback (most recent call last):
+        ...
+        ValueError: curves: 'roads' is not valid; choose from ['deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road']
+    """
+    if curves is None:
+        return None
+    names = (curves,) if isinstance(curves, str) else curves
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"curves must be a sequence of metric names from {list(CURVE_METRICS)}, got {curves!r}")
+    for name in names:
+        if name not in CURVE_METRICS:
+            raise ValueError(f"curves: {name!r} is not valid; choose from {list(CURVE_METRICS)}")
+    return CurveSettings(metrics=tuple(names)) if names else None
+
+
 def curve_scorer(model: nn.Module, x: Tensor, options: ExplainOptions) -> ModelScorer:
     """A :class:`ModelScorer` for ``model`` on rows shaped like ``x``'s, sized by the measured bytes per image (cached)."""
     key = ("<whole model>", tuple(x.shape[1:]), x.dtype, x.device)
@@ -76,19 +99,13 @@ def curve_scorer(model: nn.Module, x: Tensor, options: ExplainOptions) -> ModelS
     return ModelScorer(model, rows_per_pass(cost.model, x.device, options.perturbation_batch), options.output_transform)
 
 
-def compute_perturbation_scores(
-    model: nn.Module, images: Tensor, methods: Sequence[str], layers: Layers, targets: Optional[Tensor] = None,
-    options: Optional[ExplainOptions] = None, settings: Optional[CurveSettings] = None,
-) -> ScoredExplanation:  # fmt: skip
-    """Maps of ``methods`` and their per-image perturbation scores (fractions; ROAD differences of probabilities).
-
-    ROAD's noise is seeded with ``options.seed`` (a private generator). Returns ``scores[method][metric]`` ``(N,)``.
-    """
-    options = options or ExplainOptions()
-    settings = settings or CurveSettings()
-    explanation = compute_explanations(model, images, methods, layers, targets, options)
+def curve_scores(
+    model: nn.Module, images: Tensor, explanation: Explanation, methods: Sequence[str], options: ExplainOptions, settings: CurveSettings
+) -> Scores:
+    """``scores[method][metric]`` ``(N,)`` of the maps in ``explanation`` (computed for ``images``), in batched passes of
+    ``model`` (eval mode for the call, every flag restored). ROAD's noise is seeded with ``options.seed``."""
     wanted = set(settings.metrics)
-    scores: Dict[str, Dict[str, Tensor]] = {}
+    scores: Scores = {}
     with torch.inference_mode(False), preserved_model_state(model), eager():
         x = images.to(explanation.logits.device)
         scorer = curve_scorer(model, x, options)
@@ -99,4 +116,18 @@ def compute_perturbation_scores(
             if wanted & {"road_morf", "road_lerf", "road"}:
                 per_image.update(road(x, maps, explanation.targets, scorer, settings.percentiles, settings.road_noise, options.seed, options.probability))
             scores[name] = {metric: per_image[metric] for metric in settings.metrics}
-    return ScoredExplanation(explanation, scores)
+    return scores
+
+
+def compute_perturbation_scores(
+    model: nn.Module, images: Tensor, methods: Sequence[str], layers: Layers, targets: Optional[Tensor] = None,
+    options: Optional[ExplainOptions] = None, settings: Optional[CurveSettings] = None,
+) -> ScoredExplanation:  # fmt: skip
+    """Maps of ``methods`` and their per-image perturbation scores (fractions; ROAD differences of probabilities).
+
+    Returns ``scores[method][metric]`` ``(N,)`` with the metrics of ``settings`` (:func:`curve_scores`).
+    """
+    options = options or ExplainOptions()
+    settings = settings or CurveSettings()
+    explanation = compute_explanations(model, images, methods, layers, targets, options)
+    return ScoredExplanation(explanation, curve_scores(model, images, explanation, methods, options, settings))
