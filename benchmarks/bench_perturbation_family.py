@@ -42,7 +42,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from bench_gradient_methods import fmt_diff, fmt_ratio, fmt_s, machine_facts, make_timer, max_abs_diff, prepare_model, render, time_group, torch_postprocess, version
+from bench_gradient_methods import (  # isort: skip
+    fmt_diff, fmt_ratio, fmt_s, machine_facts, make_timer, max_abs_diff, prepare_model, render, time_group, torch_postprocess, version,
+)  # fmt: skip
 
 import cam_callbacks as cc
 from cam_callbacks.engine.scorers import ModelScorer
@@ -127,7 +129,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:  # noqa: C901 - one linear script
+def main(argv: Optional[Sequence[str]] = None) -> None:
     start_time = time.perf_counter()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -199,12 +201,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:  # noqa: C901 - one line
                 fmt_diff(diffs["pgc"]), fmt_diff(diffs["torchcam"]),
             ]
         )  # fmt: skip
-    header = ["row", "ours (s)", "pytorch-grad-cam (s)", "torchcam (s)", "floor (s)", "ours / floor", "pgc / ours", "torchcam / ours", "max |diff| vs pgc", "vs torchcam"]
+    header = ["row", "ours (s)", "pytorch-grad-cam (s)", "torchcam (s)", "floor (s)", "ours / floor", "pgc / ours", "torchcam / ours"]
+    header += ["max |diff| vs pgc", "vs torchcam"]
     facts = [
         f"torch {torch.__version__}, grad-cam {version('grad-cam')}, torchcam {version('torchcam')}; {machine_facts(torch.device('cpu'), args.threads)}",
         f"model {args.model} (random weights, BN calibrated), layer {args.layer}: {k} channels x {tuple(acts['a'].shape[-2:])}, "
         f"{n} images of {args.size} px, SS-CAM/IS-CAM num_samples {args.samples}, min of {args.repeats} timed calls after 1 warm-up",
-        f"1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores): above the core count, times are inflated and noisy",
+        f"1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores): "
+        "above the core count, times are inflated and noisy",
         f"total wall time {time.perf_counter() - start_time:.0f} s",
     ]
     table = render(results, header, args.markdown)

@@ -222,10 +222,12 @@ def test_scorecam_exact_without_upsampling():
 def test_scorecam_resnet18_layer3_vs_torchcam_exact_and_pytorch_grad_cam_by_convention(get_model):
     """resnet18 ``layer3`` at 32 px: 2x2 feature maps, 256 channels.
 
-    - torchcam: 1e-5 (see the module docstring: its masks equal ours for 2x2 maps). Measured 1.8e-7.
+    - torchcam: 1e-5 (see the module docstring: its masks equal ours for 2x2 maps). Measured 7.5e-6 (1.8e-7 before our
+      passes used channels-last inputs).
     - pytorch-grad-cam: its align_corners=True masks differ (measured max diff of the maps ~0.4), so the check is:
-      the loop with its conventions reproduces it to 1e-5 (measured 3.6e-7), the loop with ours reproduces ours to 1e-5
-      (measured 2.0e-6), and the two loops differ as much as the libraries do (direct difference measured 0.39).
+      the loop with its conventions reproduces it to 1e-5 (measured 3.6e-7), the loop with ours reproduces ours to 5e-5
+      (measured 1.4e-5 with channels-last passes), and the two loops differ as much as the libraries do
+      (direct difference measured 0.39).
     """
     model = get_model("resnet18", 32, 10.0)
     x = images(2, 32)
@@ -239,7 +241,9 @@ def test_scorecam_resnet18_layer3_vs_torchcam_exact_and_pytorch_grad_cam_by_conv
     pgc_loop = scorecam_loop(model, "layer3", x, targets, "pytorch_grad_cam")
     assert max_diff(pgc, pgc_loop) <= 1e-5, max_diff(pgc, pgc_loop)
     ours_loop = scorecam_loop(model, "layer3", x, targets, "ours")
-    assert max_diff(ours, ours_loop) <= 1e-5, max_diff(ours, ours_loop)
+    # 5e-5: our passes give the CPU convolutions channels-last inputs (another summation order, logits ~1e-6 relative
+    # apart), which the softmax over logits x10 amplifies; measured 1.4e-5 (2.0e-6 with plain inputs).
+    assert max_diff(ours, ours_loop) <= 5e-5, max_diff(ours, ours_loop)
     direct = max_diff(ours, pgc)
     assert direct > 0.05 and abs(direct - max_diff(ours_loop, pgc_loop)) <= 1e-4  # the convention explains it all
 
