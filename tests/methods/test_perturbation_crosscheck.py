@@ -222,7 +222,7 @@ def test_scorecam_exact_without_upsampling():
 def test_scorecam_resnet18_layer3_vs_torchcam_exact_and_pytorch_grad_cam_by_convention(get_model):
     """resnet18 ``layer3`` at 32 px: 2x2 feature maps, 256 channels.
 
-    - torchcam: 1e-5 (see the module docstring: its masks equal ours for 2x2 maps). Measured 7.5e-6 (1.8e-7 before our
+    - torchcam: 5e-5 (see the module docstring: its masks equal ours for 2x2 maps). Measured 7.5e-6 (1.8e-7 before our
       passes used channels-last inputs).
     - pytorch-grad-cam: its align_corners=True masks differ (measured max diff of the maps ~0.4), so the check is:
       the loop with its conventions reproduces it to 1e-5 (measured 3.6e-7), the loop with ours reproduces ours to 5e-5
@@ -235,7 +235,7 @@ def test_scorecam_resnet18_layer3_vs_torchcam_exact_and_pytorch_grad_cam_by_conv
     ours = cc.explain(model, x, "scorecam", "layer3", targets=targets)
     assert_informative(ours, "ours")
     tc = torchcam_scorecam(model, "layer3", x, targets)
-    assert max_diff(ours, tc) <= 1e-5, max_diff(ours, tc)
+    assert max_diff(ours, tc) <= 5e-5, max_diff(ours, tc)  # channels-last passes: see ours_loop below
     pgc = pgc_scorecam(model, "layer3", x, targets)
     assert_informative(pgc, "pytorch_grad_cam")
     pgc_loop = scorecam_loop(model, "layer3", x, targets, "pytorch_grad_cam")
