@@ -157,10 +157,8 @@ class CAMMonitor(_Callback):
         self.num_probe = check_positive_int("num_probe", num_probe)
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.max_images = check_positive_int("max_images", max_images)
-        self.max_labels = check_positive_int("max_labels", max_labels)
-        self.faithfulness = check_bool("faithfulness", faithfulness)
-        self.curves = check_curves(curves)
+        self.max_images, self.max_labels = check_positive_int("max_images", max_images), check_positive_int("max_labels", max_labels)
+        self.faithfulness, self.curves = check_bool("faithfulness", faithfulness), check_curves(curves)
         self.colormap, self.overlay_alpha = colormap, float(overlay_alpha)
         self.options = make_explain_options(
             self.methods, batch_size=self.batch_size, method_options=method_options, reshape=reshape, tail=tail, smooth=smooth,
