@@ -159,7 +159,8 @@ def linear_imputation(images: Tensor, known: Tensor, tol: float = 1e-5, max_iter
     Solves ``D x_i - sum_j w_ij x_j = 0`` for the unknown pixels (``D`` the sum of the in-image neighbours' weights,
     known neighbours on the right-hand side) per channel, for all images at once, with Jacobi-preconditioned
     conjugate gradients until ``|r| <= tol |b|`` for every system (the matrix is symmetric, and positive definite when
-    the image has a known pixel). An image without any known pixel is filled with zeros.
+    the image has a known pixel). An image without any known pixel is filled with zeros. Half-precision images are
+    solved in float32.
 
     Args:
         images: ``(B, C, H, W)``.
@@ -173,6 +174,8 @@ def linear_imputation(images: Tensor, known: Tensor, tol: float = 1e-5, max_iter
     """
     b_, c, h, w = images.shape
     values = images.reshape(b_ * c, h, w)
+    if values.dtype in (torch.float16, torch.bfloat16):  # half precision cannot reach the tolerance: solve in float32
+        return linear_imputation(images.float(), known, tol, max_iter).to(images.dtype)
     unknown = (~known).to(values.dtype).repeat_interleave(c, dim=0)
     kept = values * (1 - unknown)
     degree = _neighbour_sum(torch.ones_like(values[:1]))

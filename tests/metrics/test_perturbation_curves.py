@@ -186,6 +186,20 @@ def test_linear_imputation_vs_dense_numpy_solve():
     assert torch.equal(got[known[:, None].expand_as(got)], images[known[:, None].expand_as(images)])  # kept pixels untouched
 
 
+def test_linear_imputation_keeps_the_dtype_and_solves_half_precision_in_float32():
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(2, 3, 6, 7, generator=g)
+    known = torch.rand(2, 6, 7, generator=g) < 0.4
+    reference = linear_imputation(images.double(), known, tol=1e-10)
+    assert reference.dtype == torch.float64
+    for dtype, atol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
+        got = linear_imputation(images.to(dtype), known)
+        assert got.dtype == dtype
+        want = linear_imputation(images.to(dtype).double(), known, tol=1e-10)  # the same (rounded) inputs, solved exactly
+        torch.testing.assert_close(got.double(), want, atol=atol, rtol=0)
+    torch.testing.assert_close(linear_imputation(images, known).double(), reference, atol=1e-4, rtol=0)
+
+
 def test_road_masks_vs_numpy_percentile(data):
     _, maps, _ = data
     for most in (True, False):
