@@ -25,6 +25,20 @@ The inputs a method may ask for (by naming them in ``needs``):
   probabilities (:func:`cam_callbacks.utils.targets.probabilities`).
 - ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
   through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
+- ``hessian_vector``: ``(N, K, h, w)``, the Hessian of the score w.r.t. the activations applied to the
+  activations, ``H A`` (Shapley-CAM); 0 where the tail is piecewise linear in them.
+- ``bias_gradients``: a list of ``(N, K_l, h_l, w_l)`` tensors, ``bias_l * d score / d output_l`` for every
+  ``Conv2d``/``BatchNorm2d`` with a bias (a BatchNorm's folded bias ``beta - mean * gamma / sqrt(var + eps)``),
+  in forward order, from one forward/backward pass of the whole model (FullGrad); with it ``input_gradients``
+  comes from the same pass.
+- ``attention_gradients``: ``(N, layers, patches)`` LeGrad relevances of a vision transformer's blocks (the
+  positive gradients of each block's class score w.r.t. its attention probabilities, averaged over heads and
+  queries, prefix keys dropped), with ``patch_grid`` ``(h, w)``.
+
+A method may also name a *score* (``score=``): a function ``(logits, targets, **options) -> (N,)`` whose
+gradients replace those of the target logit in ``gradients`` and ``hessian_vector`` for that method only
+(Finer-CAM's contrast with similar classes, Shapley-CAM's ReST). Options go to the function that names them
+(``fn``, ``score`` or both).
 
 A method may also take keyword *options* with defaults (``options={"gaussian": False}``), which
 callers set with ``method_options``.
@@ -41,20 +55,24 @@ for a built-in method, with a reference test)::
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import Tensor
 
-__all__ = ["CAMMethod", "KNOWN_INPUTS", "LAYER_INPUTS", "available_methods", "get_method", "register_method", "unregister_method"]
+__all__ = ["CAMMethod", "KNOWN_INPUTS", "LAYER_INPUTS", "OWN_PASS_INPUTS", "available_methods", "get_method", "register_method", "unregister_method"]
 
 #: Every input a method may name in ``needs`` (see the module docstring).
 KNOWN_INPUTS = (
     "activations", "gradients", "class_weights", "images", "logits", "targets",
     "model_scorer", "tail_scorer", "input_gradients", "guided_gradients", "probability",
+    "hessian_vector", "bias_gradients", "attention_gradients", "patch_grid",
 )  # fmt: skip
 #: Inputs that come from the target layer: a method needing none of them ignores ``target_layer``.
-LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer")
+LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer", "hessian_vector")
+#: Inputs computed by a pass of their own over the whole model (no target layer).
+OWN_PASS_INPUTS = ("input_gradients", "guided_gradients", "bias_gradients", "attention_gradients")
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,9 @@ class CAMMethod:
         fn: Pure function returning the raw ``(N, h, w)`` map.
         needs: Names of the captured tensors ``fn`` takes as keyword arguments.
         summary: One line for documentation and error messages.
-        options: Keyword options of ``fn`` and their defaults.
+        options: Keyword options of ``fn`` (and ``score``) and their defaults.
+        score: None (the target logit) or ``(logits, targets, **options) -> (N,)``, the score whose gradients
+            this method's ``gradients`` and ``hessian_vector`` are.
     """
 
     name: str
@@ -74,6 +94,7 @@ class CAMMethod:
     needs: Tuple[str, ...]
     summary: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    score: Optional[Callable[..., Tensor]] = None
 
     @property
     def needs_gradients(self) -> bool:
@@ -97,20 +118,38 @@ class CAMMethod:
                 raise ValueError(f"method {self.name!r} option {key!r} must be True or False, got {value!r}")
         return {**self.options, **given}
 
+    def fn_options(self, resolved: Mapping[str, Any]) -> Dict[str, Any]:
+        """The options among ``resolved`` that :attr:`fn` takes (all of them when it has ``**kwargs``)."""
+        return _accepted(self.fn, resolved)
+
+    def score_options(self, resolved: Mapping[str, Any]) -> Dict[str, Any]:
+        """The options among ``resolved`` that :attr:`score` takes."""
+        return {} if self.score is None else _accepted(self.score, resolved)
+
+
+def _accepted(fn: Callable[..., Any], options: Mapping[str, Any]) -> Dict[str, Any]:
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    return {key: value for key, value in options.items() if key in parameters}
+
 
 _REGISTRY: Dict[str, CAMMethod] = {}
 
 
 def register_method(
-    name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None,
+    score: Optional[Callable[..., Tensor]] = None,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:  # fmt: skip
     """Decorator registering ``fn`` as CAM method ``name``.
 
     Args:
         name: Registry name, lower case.
         needs: Which captured tensors the function takes (see module docstring).
         summary: One-line description.
-        options: Keyword options of ``fn`` with their defaults.
+        options: Keyword options of ``fn`` (or ``score``) with their defaults.
+        score: The score differentiated for ``gradients``/``hessian_vector`` instead of the target logit:
+            ``(logits, targets, **options) -> (N,)`` (see the module docstring).
 
     Raises:
         ValueError: If the name is taken or ``needs`` names an unknown input.
@@ -122,7 +161,9 @@ def register_method(
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
-        _REGISTRY[name] = CAMMethod(name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}))
+        _REGISTRY[name] = CAMMethod(
+            name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score
+        )
         return fn
 
     return decorator

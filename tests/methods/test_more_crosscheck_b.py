@@ -1,0 +1,139 @@
+"""Cross-checks of Shapley-CAM, Finer-CAM, FullGrad and LeGrad against pytorch_grad_cam 1.5.7 and torchcam 0.5.0.
+
+Models: torchvision with random weights whose BatchNorm statistics come from one training-mode batch
+(``momentum=None``, ``reset_running_stats()``, one forward, ``eval()``). With the stock statistics (mean 0,
+variance 1) a deep random network gives logits of ~1e-10, where each library's epsilon (1e-7 in pytorch_grad_cam's
+min-max, 1e-9 in its Finer-CAM weights) decides the map instead of the method. Conventions applied to the references
+(GUIDE.md section 2) are said where they are used; maximum differences are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchcam.methods
+import torchvision
+from pytorch_grad_cam import GradCAM, ShapleyCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget
+from torch import nn
+
+import cam_callbacks as cc
+
+pytestmark = pytest.mark.crosscheck
+
+SIZE = 64
+TOL = 1e-3
+TARGETS = [0, 5]
+
+
+def calibrated(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics from one random training-mode batch, then eval mode."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        model.train()
+        model(torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    """(model for cam_callbacks, deep copy for the references)."""
+    torch.manual_seed(0)
+    model = calibrated(torchvision.models.resnet18(weights=None, num_classes=10))
+    return model, copy.deepcopy(model)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(123))
+
+
+def assert_agree(ours: torch.Tensor, ref, label: str, tol: float = TOL) -> float:
+    ours_np = ours.detach().double().numpy()
+    ref_np = np.asarray(ref.detach() if isinstance(ref, torch.Tensor) else ref, dtype=np.float64)
+    assert ours_np.shape == ref_np.shape == (2, SIZE, SIZE)
+    for n in range(2):  # guard against trivial agreement
+        assert ours_np[n].std() > 0.05, f"{label}: our map {n} is (near) constant"
+        assert ref_np[n].std() > 0.05, f"{label}: reference map {n} is (near) constant"
+    diff = float(np.abs(ours_np - ref_np).max())
+    print(f"{label}: max abs diff {diff:.3g}")
+    assert diff <= tol, f"{label}: max abs diff {diff:.3g} > {tol}"
+    return diff
+
+
+def torch_convention(raw: torch.Tensor) -> torch.Tensor:
+    """Raw (N, h, w) reference maps -> bilinear (align_corners=False) to the input size, min-max per image."""
+    up = F.interpolate(raw.detach().float()[:, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[:, 0]
+    low, high = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+    return (up - low) / (high - low)
+
+
+# --- Shapley-CAM -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_shapleycam_rest_against_pytorch_grad_cam(resnet18, images, layer):
+    """The paper's ReST score (z_t - CE): its Hessian through the softmax is not zero, so H A matters here."""
+    model, ref = resnet18
+    ours = cc.explain(model, images, method="shapleycam", target_layer=layer, targets=TARGETS, method_options={"objective": "rest"})
+    with ShapleyCAM(ref, [dict(ref.named_modules())[layer]]) as cam:
+        expected = cam(images, targets=[ClassifierOutputReST(c) for c in TARGETS])
+    assert all(p.grad is None for p in model.parameters())
+    assert_agree(ours, expected, f"resnet18/{layer}/shapleycam(rest) vs pytorch_grad_cam")
+    # Guard: the Hessian term changes the map (else this would only re-check Grad-CAM of the ReST score).
+    with GradCAM(ref, [dict(ref.named_modules())[layer]]) as cam:
+        first_order = cam(images, targets=[ClassifierOutputReST(c) for c in TARGETS])
+    assert np.abs(first_order - expected).max() > 0.01
+
+
+def test_shapleycam_logit_against_pytorch_grad_cam(resnet18, images):
+    """pytorch_grad_cam's default target (the logit). resnet18's tail after layer4 (pool, fc) is linear: H A = 0 and
+    both equal Grad-CAM, which the test also checks."""
+    model, ref = resnet18
+    ours = cc.explain(model, images, method="shapleycam", target_layer="layer4", targets=TARGETS)
+    with ShapleyCAM(ref, [ref.layer4]) as cam:
+        expected = cam(images, targets=[ClassifierOutputTarget(c) for c in TARGETS])
+    assert_agree(ours, expected, "resnet18/layer4/shapleycam(logit) vs pytorch_grad_cam")
+    gradcam = cc.explain(model, images, method="gradcam", target_layer="layer4", targets=TARGETS)
+    assert float((ours - gradcam).abs().max()) < 1e-5
+
+
+# --- Finer-CAM ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha, k", [(0.6, 3), (1.0, 1)])
+def test_finercam_against_torchcam(resnet18, images, alpha, k):
+    """torchcam's FinerCAM on GradCAM: the same score z_t - gamma * mean of the k closest logits."""
+    model, ref = resnet18
+    ours = cc.explain(model, images, method="finercam", target_layer="layer4", targets=TARGETS, method_options={"alpha": alpha, "k": k})
+    with torchcam.methods.FinerCAM(ref, "layer4", input_shape=(3, SIZE, SIZE), gamma=alpha, num_references=k) as extractor:
+        scores = ref(images)
+        (raw,) = extractor(class_idx=TARGETS, scores=scores, normalized=False)
+    assert_agree(ours, torch_convention(torch.relu(raw)), f"resnet18/layer4/finercam(alpha={alpha}, k={k}) vs torchcam")
+    gradcam = cc.explain(model, images, method="gradcam", target_layer="layer4", targets=TARGETS)
+    assert float((ours - gradcam).abs().max()) > 0.05  # guard: the contrast changes the map
+
+
+def test_finercam_against_pytorch_grad_cam_target(resnet18, images):
+    """pytorch_grad_cam's FinerCAM differentiates another score, sum_j p_j (z_t - alpha z_j) / sum_j p_j. With one
+    similar class (k=1) that score is z_t - alpha z_j (times p_j / (p_j + 1e-9)), so its GradCAM with FinerWeightedTarget(t, [j], alpha)
+    equals ours with k=1, the same j (the closest logit) and alpha."""
+    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
+    model, ref = resnet18
+    with torch.no_grad():
+        logits = model(images)
+    distances = (logits - logits[range(2), TARGETS][:, None]).abs()
+    distances[range(2), TARGETS] = float("inf")
+    closest = distances.argmin(dim=1).tolist()
+    ours = cc.explain(model, images, method="finercam", target_layer="layer4", targets=TARGETS, method_options={"alpha": 1.0, "k": 1})
+    with GradCAM(ref, [ref.layer4]) as cam:
+        expected = cam(images, targets=[FinerWeightedTarget(t, [j], 1.0) for t, j in zip(TARGETS, closest)])
+    assert_agree(ours, expected, "resnet18/layer4/finercam(k=1) vs pytorch_grad_cam FinerWeightedTarget")
