@@ -161,9 +161,7 @@ def register_method(
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
-        _REGISTRY[name] = CAMMethod(
-            name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score
-        )
+        _REGISTRY[name] = CAMMethod(name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score)
         return fn
 
     return decorator
