@@ -1,0 +1,198 @@
+"""Shapley-CAM, Finer-CAM, FullGrad and LeGrad against values worked out by hand on tiny hand-set models.
+
+Shapley-CAM, ``QuadraticNet``: the target layer is an identity on the input ``A`` (N, 2, 2, 2); with
+``S_k = sum_ij A_kij`` the logits are ``z0 = S0^2 / 2 + S1`` and ``z1 = S0 * S1``. For class 0:
+``g_0ij = S0``, ``g_1ij = 1``; the Hessian has ``d g_0ij / d A_0ab = 1`` and zeros elsewhere, so ``(H A)_0ij = S0``,
+``(H A)_1ij = 0`` and the Shapley weights are ``w0 = S0 - S0/2 = S0/2``, ``w1 = 1`` (Grad-CAM's: ``S0`` and 1).
+With ``A0 = [[1, 3], [0, 2]]`` (S0 = 6) and ``A1 = [[2, -1], [4, 0]]`` (S1 = 5)::
+
+    Shapley-CAM raw = 3 A0 + A1 = [[5, 8], [4, 6]]  -> min-max [[0.25, 1], [0, 0.5]]
+    Grad-CAM    raw = 6 A0 + A1 = [[8, 17], [4, 12]] -> min-max [[4/13, 1], [0, 8/13]]
+
+For class 1: ``g_0 = S1``, ``g_1 = S0``, ``(H A)_0 = S1``, ``(H A)_1 = S0``: ``w = (S1/2, S0/2) = (2.5, 3)``.
+
+Finer-CAM, ``MeanLinear``: ``z = W mean_ij(A)`` with ``W = [[1, 2], [-1, 3], [2, -1], [0.5, 0.5]]`` (4 classes, no
+bias). With ``A0 = [[1, 3], [0, 4]]`` (mean 2), ``A1 = [[2, 0], [1, 1]]`` (mean 1): ``z = (4, 1, 3, 1.5)``. For
+target 0 the distances ``|z_j - 4|`` are ``(-, 3, 1, 2.5)``: the closest class is 2, the two closest 2 and 3.
+``d score / d A_k = (W[0, k] - alpha mean_j W[j, k]) / 4`` at every pixel::
+
+    k=2, alpha=1: weights ([1, 2] - [1.25, -0.25]) / 4 ∝ (-0.25, 2.25): -0.25 A0 + 2.25 A1 = [[4.25, -0.75], [2.25, 1.25]]
+                  ReLU, min-max -> [[1, 0], [9/17, 5/17]]
+    k=1, alpha=1: weights ∝ (1 - 2, 2 + 1) = (-1, 3): -A0 + 3 A1 = [[5, -3], [3, -1]] -> [[1, 0], [0.6, 0]]
+    Grad-CAM:     weights ∝ (1, 2): A0 + 2 A1 = [[5, 3], [2, 6]] -> [[0.75, 0.25], [0, 1]]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cam_callbacks as cc
+from cam_callbacks.engine.scored import method_gradients
+from cam_callbacks.methods.scored import contrast_score, shapley_score
+
+A_SHAPLEY = torch.tensor([[[[1.0, 3.0], [0.0, 2.0]], [[2.0, -1.0], [4.0, 0.0]]]])
+A_FINER = torch.tensor([[[[1.0, 3.0], [0.0, 4.0]], [[2.0, 0.0], [1.0, 1.0]]]])
+W_FINER = torch.tensor([[1.0, 2.0], [-1.0, 3.0], [2.0, -1.0], [0.5, 0.5]])
+
+
+class QuadraticNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.features(x).sum(dim=(2, 3))
+        return torch.stack([s[:, 0] ** 2 / 2 + s[:, 1], s[:, 0] * s[:, 1]], dim=1)
+
+
+class MeanLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.fc = nn.Linear(2, 4, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(W_FINER)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def _close(a: torch.Tensor, b, atol: float = 1e-6) -> None:
+    torch.testing.assert_close(a.double(), torch.as_tensor(b, dtype=torch.float64).expand_as(a.double()), atol=atol, rtol=0)
+
+
+# --- Shapley-CAM -------------------------------------------------------------------------------------------
+
+
+def test_engine_gradients_and_hessian_vector_by_hand():
+    leaf = A_SHAPLEY.clone().requires_grad_(True)
+    logits = QuadraticNet()(leaf)
+    method = cc.get_method("shapleycam")
+    got = method_gradients([method], {"shapleycam": {"objective": "logit"}}, logits, torch.tensor([0]), leaf)["shapleycam"]
+    _close(got["gradients"][0, 0], 6.0)
+    _close(got["gradients"][0, 1], 1.0)
+    _close(got["hessian_vector"][0, 0], 6.0)  # (H A)_0 = S0
+    _close(got["hessian_vector"][0, 1], 0.0)
+    leaf = A_SHAPLEY.clone().requires_grad_(True)
+    got = method_gradients([method], {"shapleycam": {"objective": "logit"}}, QuadraticNet()(leaf), torch.tensor([1]), leaf)["shapleycam"]
+    _close(got["gradients"][0, 0], 5.0)
+    _close(got["gradients"][0, 1], 6.0)
+    _close(got["hessian_vector"][0, 0], 5.0)  # (H A)_0 = S1
+    _close(got["hessian_vector"][0, 1], 6.0)  # (H A)_1 = S0
+
+
+def test_shapleycam_pure_function_by_hand():
+    g = torch.stack([torch.full((2, 2), 6.0), torch.ones(2, 2)])[None]
+    hv = torch.stack([torch.full((2, 2), 6.0), torch.zeros(2, 2)])[None]
+    _close(cc.get_method("shapleycam").fn(A_SHAPLEY, g, hv), [[[5.0, 8.0], [4.0, 6.0]]])
+
+
+@pytest.mark.parametrize("grad_context", [torch.enable_grad, torch.no_grad, torch.inference_mode])
+def test_shapleycam_end_to_end_by_hand(grad_context):
+    net = QuadraticNet()
+    with grad_context():
+        maps = cc.explain(net, A_SHAPLEY, method="shapleycam", target_layer="features", targets=0)
+        gradcam = cc.explain(net, A_SHAPLEY, method="gradcam", target_layer="features", targets=0)
+        class1 = cc.explain(net, A_SHAPLEY, method="shapleycam", target_layer="features", targets=1)
+    _close(maps, [[[0.25, 1.0], [0.0, 0.5]]])
+    _close(gradcam, [[[4 / 13, 1.0], [0.0, 8 / 13]]])
+    raw1 = 2.5 * A_SHAPLEY[0, 0] + 3.0 * A_SHAPLEY[0, 1]  # [[8.5, 4.5], [12, 5]]
+    _close(class1, ((raw1 - raw1.min()) / (raw1.max() - raw1.min()))[None])
+
+
+def _numpy_rest_reference(a: np.ndarray, target: int, eps: float = 1e-4):
+    """Gradient and H A of ReST = z_t + log softmax(z)_t for QuadraticNet by central differences, in float64."""
+
+    def score(x):
+        s = x.sum(axis=(1, 2))
+        z = np.array([s[0] ** 2 / 2 + s[1], s[0] * s[1]])
+        return z[target] + z[target] - np.log(np.exp(z - z.max()).sum()) - z.max()
+
+    def grad(x):
+        out = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            step = np.zeros_like(x)
+            step[idx] = eps
+            out[idx] = (score(x + step) - score(x - step)) / (2 * eps)
+        return out
+
+    return grad(a), (grad(a + eps * a) - grad(a - eps * a)) / (2 * eps)
+
+
+def test_shapleycam_rest_objective_against_finite_differences():
+    small = A_SHAPLEY / 4  # logits of order 1, so the softmax is not saturated and ReST's Hessian is far from 0
+    leaf = small.clone().requires_grad_(True)
+    got = method_gradients([cc.get_method("shapleycam")], {"shapleycam": {"objective": "rest"}}, QuadraticNet()(leaf), torch.tensor([1]), leaf)
+    want_g, want_hv = _numpy_rest_reference(small[0].double().numpy(), target=1)
+    np.testing.assert_allclose(got["shapleycam"]["gradients"][0].double().numpy(), want_g, atol=1e-5)
+    np.testing.assert_allclose(got["shapleycam"]["hessian_vector"][0].double().numpy(), want_hv, atol=1e-4)
+    assert np.abs(want_hv - want_g).max() > 0.05  # guard: ReST is not homogeneous, H A is not the gradient
+
+
+def test_shapley_score_rejects_unknown_objective():
+    with pytest.raises(ValueError, match=r"objective='soft'.*\['logit', 'rest'\]"):
+        cc.explain(QuadraticNet(), A_SHAPLEY, method="shapleycam", target_layer="features", method_options={"objective": "soft"})
+    torch.testing.assert_close(shapley_score(torch.tensor([[2.0, 0.0]]), torch.tensor([0]), "rest"), torch.tensor([2.0 - float(np.log1p(np.exp(-2.0)))]))
+
+
+# --- Finer-CAM ---------------------------------------------------------------------------------------------
+
+
+def test_contrast_score_by_hand():
+    logits = torch.tensor([[4.0, 1.0, 3.0, 1.5], [0.0, 5.0, 4.0, -1.0]])
+    targets = torch.tensor([0, 1])
+    _close(contrast_score(logits, targets, alpha=1.0, k=2), [4 - 2.25, 5 - (4 + 0) / 2])
+    _close(contrast_score(logits, targets, alpha=0.5, k=1), [4 - 1.5, 5 - 2.0])
+    _close(contrast_score(logits, targets, alpha=1.0, k=10), [4 - 5.5 / 3, 5 - 3.0 / 3])  # k capped at classes - 1
+
+
+@pytest.mark.parametrize(
+    "options, want",
+    [
+        ({"alpha": 1.0, "k": 2}, [[1.0, 0.0], [9 / 17, 5 / 17]]),
+        ({"alpha": 1.0, "k": 1}, [[1.0, 0.0], [0.6, 0.0]]),
+        ({"alpha": 0.0, "k": 3}, [[0.75, 0.25], [0.0, 1.0]]),  # alpha 0: Grad-CAM of the target logit
+    ],
+)
+def test_finercam_end_to_end_by_hand(options, want):
+    maps = cc.explain(MeanLinear(), A_FINER, method="finercam", target_layer="features", targets=0, method_options=options)
+    _close(maps, [want])
+
+
+def test_finercam_default_options_and_gradcam_differ():
+    net = MeanLinear()
+    assert cc.get_method("finercam").options == {"alpha": 0.6, "k": 3}
+    # alpha 0.6, k 3 (classes 2, 3, 1): weights ∝ W0 - 0.6 * mean(W1, W2, W3) = (1 - 0.3, 2 - 0.5) = (0.7, 1.5)
+    raw = 0.7 * A_FINER[0, 0] + 1.5 * A_FINER[0, 1]
+    _close(cc.explain(net, A_FINER, method="finercam", target_layer="features", targets=0), ((raw - raw.min()) / (raw.max() - raw.min()))[None])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"alpha": float("nan")}, "alpha must be a finite number"), ({"k": 0}, "k must be a positive int"), ({"k": 1.5}, "k must be a positive int")],
+)
+def test_finercam_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        cc.explain(MeanLinear(), A_FINER, method="finercam", target_layer="features", method_options=options)
+
+
+def test_finercam_refuses_one_class_models():
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        cc.explain(net, A_FINER, method="finercam", target_layer="0")
+
+
+def test_methods_with_own_scores_share_one_call():
+    """Grad-CAM (target logit), Finer-CAM (contrast) and Shapley-CAM in one engine call each get their own gradients."""
+    from cam_callbacks.engine.compute import compute_explanations
+    from cam_callbacks.engine.options import ExplainOptions
+
+    net = MeanLinear()
+    options = ExplainOptions(method_options={"finercam": {"alpha": 1.0, "k": 1}})
+    together = compute_explanations(net, A_FINER, ["gradcam", "finercam", "shapleycam"], [("features", net.features)], torch.tensor([0]), options)
+    _close(together.maps["finercam"], [[[1.0, 0.0], [0.6, 0.0]]])
+    _close(together.maps["gradcam"], [[[0.75, 0.25], [0.0, 1.0]]])
+    _close(together.maps["shapleycam"], [[[0.75, 0.25], [0.0, 1.0]]])  # linear tail: H A = 0
