@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor, nn
 
+from cam_callbacks.capture.bias_gradients import bias_gradients
 from cam_callbacks.capture.guided import input_gradients
 from cam_callbacks.capture.hooks import LayerCapture
 from cam_callbacks.capture.layers import cam_class_weights
@@ -144,6 +145,13 @@ def _input_gradients(
     return gradients, logits, targets
 
 
+def _bias_gradients(model: nn.Module, x: Tensor, targets: Optional[Tensor], options: ExplainOptions) -> Tuple[Tensor, List[Tensor], Tensor, Tensor]:
+    """:func:`bias_gradients` with the multi-hot width checked."""
+    input_grads, terms, logits, targets = bias_gradients(model, x, targets, options.output_transform)
+    check_target_classes(options.target_classes, logits.shape[1])
+    return input_grads, terms, logits, targets
+
+
 def run_chunk(
     model: nn.Module, layer_name: str, layer: nn.Module, methods: Sequence[CAMMethod], x: Tensor, targets: Optional[Tensor],
     options: ExplainOptions,
@@ -157,8 +165,11 @@ def run_chunk(
     if any(m.uses_layer for m in methods) or not needs & set(OWN_PASS_INPUTS):
         captured = _main_pass(model, layer_name, layer, methods, x, targets, options, inputs, own)
         logits, targets = captured.logits, captured.targets
+    if "bias_gradients" in needs:  # FullGrad: the input gradient comes from the same pass
+        inputs["input_gradients"], inputs["bias_gradients"], pass_logits, targets = _bias_gradients(model, x, targets, options)
+        logits = pass_logits if logits is None else logits
     for kind in ("input_gradients", "guided_gradients"):
-        if kind in needs:
+        if kind in needs and kind not in inputs:
             inputs[kind], pass_logits, targets = _input_gradients(model, x, targets, kind == "guided_gradients", options)
             logits = pass_logits if logits is None else logits
     assert logits is not None and targets is not None

@@ -22,6 +22,7 @@ from cam_callbacks.methods.decomposition import eigencam
 from cam_callbacks.methods.perturbation import GAUSSIAN_KERNEL, ablationcam, position_masks, reciprocam, scorecam
 from cam_callbacks.methods.input_gradient import guidedbackprop, guidedgradcam, saliency
 from cam_callbacks.methods.scored import finercam, shapleycam
+from cam_callbacks.methods.full_gradient import fullgrad
 
 # isort: on
 
@@ -29,5 +30,5 @@ __all__ = [
     "CAMMethod", "GAUSSIAN_KERNEL", "KNOWN_INPUTS", "LAYER_INPUTS", "ablationcam", "available_methods", "cam", "eigencam",
     "get_method", "gradcam", "gradcampp", "guidedbackprop", "guidedgradcam", "hirescam", "layercam", "position_masks",
     "reciprocam", "register_method", "saliency", "scorecam", "unregister_method", "xgradcam",
-    "finercam", "shapleycam",
+    "finercam", "fullgrad", "shapleycam",
 ]  # fmt: skip

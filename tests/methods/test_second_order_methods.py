@@ -196,3 +196,71 @@ def test_methods_with_own_scores_share_one_call():
     _close(together.maps["finercam"], [[[1.0, 0.0], [0.6, 0.0]]])
     _close(together.maps["gradcam"], [[[0.75, 0.25], [0.0, 1.0]]])
     _close(together.maps["shapleycam"], [[[0.75, 0.25], [0.0, 1.0]]])  # linear tail: H A = 0
+
+
+# --- FullGrad ----------------------------------------------------------------------------------------------
+#
+# ``BiasNet``: x (1, 2, 2, 2) -> conv1 1x1, weight (2, 1), bias 1 -> BatchNorm (gamma 2, beta 1, running mean 0.5,
+# running var 4 - eps: y = z + 0.5, folded bias 1 - 0.5 * 2 / 2 = 0.5) -> ReLU(inplace) -> conv2 1x1, weight 3, bias -2
+# -> mean over the 4 pixels = the only logit. With x0 = [[1, -1], [0, 2]], x1 = [[0, 0.5], [1, 1]]:
+# z1 = [[3, -0.5], [2, 6]], y = [[3.5, 0], [2.5, 6.5]], ReLU mask M = [[1, 0], [1, 1]] (relu'(0) = 0).
+# d logit / d y = 3/4 M = d logit / d z1; d logit / d x0 = 2 * 3/4 M, d logit / d x1 = 3/4 M; at conv2's output 1/4.
+# Terms: |x0 g0| = [[1.5, 0], [0, 3]], |x1 g1| = [[0, 0], [0.75, 0.75]]; conv1: 1 * 3/4 M; BN: 0.5 * 3/4 M;
+# conv2: -2 * 1/4 (constant: normalises to 0).
+#   normalize="layer":   input (/3 over both channels) [[0.5, 0], [0.25, 1.25]] + M + M = [[2.5, 0], [2.25, 3.25]]
+#                        -> min-max [[10/13, 0], [9/13, 1]]
+#   normalize="channel": input [[0.5, 0], [0, 1]] + [[0, 0], [1, 1]] + M + M = [[2.5, 0], [3, 4]] -> [[5/8, 0], [3/4, 1]]
+X_BIAS = torch.tensor([[[[1.0, -1.0], [0.0, 2.0]], [[0.0, 0.5], [1.0, 1.0]]]])
+M_BIAS = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+
+
+class BiasNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 1, 1)
+        self.bn = nn.BatchNorm2d(1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.tensor([2.0, 1.0]).view(1, 2, 1, 1))
+            self.conv1.bias.fill_(1.0)
+            self.bn.weight.fill_(2.0)
+            self.bn.bias.fill_(1.0)
+            self.bn.running_mean.fill_(0.5)
+            self.bn.running_var.fill_(4.0 - self.bn.eps)
+            self.conv2.weight.fill_(3.0)
+            self.conv2.bias.fill_(-2.0)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.bn(self.conv1(x)))).mean(dim=(2, 3))
+
+
+def test_bias_gradients_by_hand():
+    from cam_callbacks.capture.bias_gradients import bias_gradients, bias_layers
+
+    net = BiasNet()
+    assert [name for name, _ in bias_layers(net)] == ["conv1", "bn", "conv2"]
+    input_grads, terms, logits, targets = bias_gradients(net, X_BIAS, None)
+    _close(logits, [[59 / 8]])  # conv2 output [[8.5, -2], [5.5, 17.5]], mean 7.375
+    assert targets.tolist() == [0]
+    _close(input_grads[0, 0], 1.5 * M_BIAS)
+    _close(input_grads[0, 1], 0.75 * M_BIAS)
+    assert [tuple(t.shape) for t in terms] == [(1, 1, 2, 2)] * 3
+    _close(terms[0][0, 0], 0.75 * M_BIAS)  # conv1: bias 1, gradient at its output
+    _close(terms[1][0, 0], 0.375 * M_BIAS)  # BN: folded bias 0.5, gradient at its output (before the in-place ReLU)
+    _close(terms[2][0, 0], -0.5)  # conv2: bias -2, gradient 1/4
+
+
+@pytest.mark.parametrize("normalize, want", [("layer", [[10 / 13, 0.0], [9 / 13, 1.0]]), ("channel", [[5 / 8, 0.0], [3 / 4, 1.0]])])
+def test_fullgrad_end_to_end_by_hand(normalize, want):
+    net = BiasNet()
+    maps = cc.explain(net, X_BIAS, method="fullgrad", method_options={"normalize": normalize})
+    _close(maps, [want])
+    # the target layer is not used: naming one changes nothing
+    _close(cc.explain(net, X_BIAS, method="fullgrad", target_layer="conv1", method_options={"normalize": normalize}), [want])
+
+
+def test_fullgrad_rejects_unknown_normalization():
+    with pytest.raises(ValueError, match=r"normalize='image'.*\['layer', 'channel'\]"):
+        cc.explain(BiasNet(), X_BIAS, method="fullgrad", method_options={"normalize": "image"})
