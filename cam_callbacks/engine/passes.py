@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor, nn
 
+from cam_callbacks.capture.attention import attention_gradients
 from cam_callbacks.capture.bias_gradients import bias_gradients
 from cam_callbacks.capture.guided import input_gradients
 from cam_callbacks.capture.hooks import LayerCapture
@@ -165,6 +166,12 @@ def run_chunk(
     if any(m.uses_layer for m in methods) or not needs & set(OWN_PASS_INPUTS):
         captured = _main_pass(model, layer_name, layer, methods, x, targets, options, inputs, own)
         logits, targets = captured.logits, captured.targets
+    if "attention_gradients" in needs:  # LeGrad
+        inputs["attention_gradients"], inputs["patch_grid"], pass_logits, targets = attention_gradients(
+            model, x, targets, options.output_transform
+        )
+        check_target_classes(options.target_classes, pass_logits.shape[1])
+        logits = pass_logits if logits is None else logits
     if "bias_gradients" in needs:  # FullGrad: the input gradient comes from the same pass
         inputs["input_gradients"], inputs["bias_gradients"], pass_logits, targets = _bias_gradients(model, x, targets, options)
         logits = pass_logits if logits is None else logits

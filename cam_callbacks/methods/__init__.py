@@ -23,6 +23,7 @@ from cam_callbacks.methods.perturbation import GAUSSIAN_KERNEL, ablationcam, pos
 from cam_callbacks.methods.input_gradient import guidedbackprop, guidedgradcam, saliency
 from cam_callbacks.methods.scored import finercam, shapleycam
 from cam_callbacks.methods.full_gradient import fullgrad
+from cam_callbacks.methods.transformer import legrad
 
 # isort: on
 
@@ -30,5 +31,5 @@ __all__ = [
     "CAMMethod", "GAUSSIAN_KERNEL", "KNOWN_INPUTS", "LAYER_INPUTS", "ablationcam", "available_methods", "cam", "eigencam",
     "get_method", "gradcam", "gradcampp", "guidedbackprop", "guidedgradcam", "hirescam", "layercam", "position_masks",
     "reciprocam", "register_method", "saliency", "scorecam", "unregister_method", "xgradcam",
-    "finercam", "fullgrad", "shapleycam",
+    "finercam", "fullgrad", "legrad", "shapleycam",
 ]  # fmt: skip
