@@ -50,7 +50,7 @@ def _pair(value: Any) -> Tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
 
 
-def _timm_parts(vit: nn.Module) -> Optional[VisionTransformerParts]:
+def _timm_parts(vit: Any) -> Optional[VisionTransformerParts]:
     blocks = list(getattr(vit, "blocks", []))
     if not blocks or not all(hasattr(getattr(b, "attn", None), "attn_drop") and hasattr(b.attn, "fused_attn") for b in blocks):
         return None
@@ -61,12 +61,12 @@ def _timm_parts(vit: nn.Module) -> Optional[VisionTransformerParts]:
     )  # fmt: skip
 
 
-def _torchvision_parts(vit: nn.Module) -> Optional[VisionTransformerParts]:
+def _torchvision_parts(vit: Any) -> Optional[VisionTransformerParts]:
     encoder = getattr(vit, "encoder", None)
     blocks = list(getattr(encoder, "layers", []))
     if not blocks or not all(isinstance(getattr(b, "self_attention", None), nn.MultiheadAttention) for b in blocks):
         return None
-    ln, heads = encoder.ln, vit.heads  # type: ignore[union-attr]
+    ln, heads = encoder.ln, vit.heads
     return VisionTransformerParts(
         "torchvision", blocks, [b.self_attention for b in blocks], lambda tokens: heads(ln(tokens)[:, 0]), 1, _pair(vit.patch_size)
     )
@@ -127,6 +127,7 @@ def _captured_attention(parts: VisionTransformerParts) -> Iterator[Tuple[List[Te
         return _replayed_attention(module, args[2], leaf(output[1])), None
 
     with ExitStack() as stack:
+        attention: Any
         for block, attention in zip(parts.blocks, parts.attentions):
             stack.callback(block.register_forward_hook(keep_tokens).remove)
             if parts.kind == "timm":
