@@ -62,7 +62,7 @@ def _timm_parts(vit: Any) -> Optional[VisionTransformerParts]:
 
 
 def _torchvision_parts(vit: Any) -> Optional[VisionTransformerParts]:
-    encoder = getattr(vit, "encoder", None)
+    encoder: Any = getattr(vit, "encoder", None)
     blocks = list(getattr(encoder, "layers", []))
     if not blocks or not all(isinstance(getattr(b, "self_attention", None), nn.MultiheadAttention) for b in blocks):
         return None
