@@ -180,3 +180,83 @@ def test_fullgrad_against_pytorch_grad_cam(resnet18, images, fullgrad_reference,
     if normalize == "channel":
         assert_agree(ours, output, "resnet18/fullgrad(channel) vs pytorch_grad_cam output", tol=2e-3)
     assert all(p.grad is None for p in model.parameters())
+
+
+# --- LeGrad ------------------------------------------------------------------------------------------------
+# Vision transformers have no BatchNorm: built with random weights (torchvision's zero-initialised head re-drawn, else
+# every gradient is 0), no calibration needed.
+
+VIT_SIZE = 32
+
+
+def _vit_images() -> torch.Tensor:
+    return torch.randn(2, 3, VIT_SIZE, VIT_SIZE, generator=torch.Generator().manual_seed(7))
+
+
+def _upsampled(raw: torch.Tensor) -> torch.Tensor:
+    up = F.interpolate(raw.detach().float()[:, None], size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)[:, 0]
+    low, high = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+    return (up - low) / (high - low)
+
+
+def _assert_vit_agree(ours: torch.Tensor, want: torch.Tensor, label: str, tol: float = 1e-5) -> None:
+    assert ours.shape == want.shape == (2, VIT_SIZE, VIT_SIZE)
+    assert float(ours.std()) > 0.05 and float(want.std()) > 0.05, label
+    diff = float((ours - want).abs().max())
+    print(f"{label}: max abs diff {diff:.3g}")
+    assert diff <= tol, f"{label}: max abs diff {diff:.3g} > {tol}"
+
+
+@pytest.mark.parametrize("blocks", [None, 2])
+def test_legrad_against_torchcam_torchvision_vit(blocks):
+    """torchcam's LeGrad on every block (or the last two), given our block score: the model's own head on the block's
+    class token, ``heads(encoder.ln(tokens)[:, 0])`` (torchcam's default projection averages the tokens instead)."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=VIT_SIZE, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.5)
+    ref = copy.deepcopy(model)
+    images = _vit_images()
+    ours = cc.explain(model, images, method="legrad", targets=TARGETS, method_options={"blocks": blocks})
+    layers = list(ref.encoder.layers)[-(blocks or 3) :]
+    with torchcam.methods.LeGrad(ref, layers, score_projection=lambda t: ref.heads(ref.encoder.ln(t)[:, 0])) as extractor:
+        ref(images)
+        (raw,) = extractor(class_idx=TARGETS, normalized=False)
+    _assert_vit_agree(ours, _upsampled(raw), f"torchvision vit/legrad(blocks={blocks}) vs torchcam")
+
+
+@pytest.mark.slow  # importing timm takes ~4.6 s cold on the 2-core machine; the test itself ~0.2 s
+def test_legrad_timm_against_manual_attention():
+    """timm (torchcam supports only nn.MultiheadAttention): a reference loop written here runs the blocks by hand,
+    computing each block's attention softmax(q k^T * scale) as an autograd leaf, and differentiates the block score
+    ``forward_head(norm(tokens))`` w.r.t. it; ReLU, mean over heads and queries, class key dropped, mean over blocks."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=VIT_SIZE, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10
+    ).eval()
+    images = _vit_images()
+    ours = cc.explain(model, images, method="legrad", targets=TARGETS)
+    target = torch.tensor(TARGETS)
+    relevance = []
+    with torch.no_grad():
+        x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    for block in model.blocks:
+        attn_module = block.attn
+        h = block.norm1(x)
+        n, t, c = h.shape
+        q, k, v = attn_module.qkv(h).reshape(n, t, 3, attn_module.num_heads, c // attn_module.num_heads).permute(2, 0, 3, 1, 4)
+        attention = torch.softmax((q * attn_module.scale) @ k.transpose(-2, -1), dim=-1).detach().requires_grad_(True)
+        out = attn_module.proj(attn_module.norm((attention @ v).transpose(1, 2).reshape(n, t, c)))
+        y = x + block.ls1(out)
+        y = y + block.ls2(block.mlp(block.norm2(y)))
+        score = model.forward_head(model.norm(y)).gather(1, target[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, attention)
+        relevance.append(torch.relu(grad).mean(dim=(1, 2))[:, 1:])
+        x = y.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.norm(x)), model(images))  # the hand loop is the model
+    raw = torch.stack(relevance).mean(dim=0).reshape(2, 4, 4)
+    _assert_vit_agree(ours, _upsampled(raw), "timm vit/legrad vs manual attention loop")

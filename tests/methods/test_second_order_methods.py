@@ -264,3 +264,60 @@ def test_fullgrad_end_to_end_by_hand(normalize, want):
 def test_fullgrad_rejects_unknown_normalization():
     with pytest.raises(ValueError, match=r"normalize='image'.*\['layer', 'channel'\]"):
         cc.explain(BiasNet(), X_BIAS, method="fullgrad", method_options={"normalize": "image"})
+
+
+# --- LeGrad ------------------------------------------------------------------------------------------------
+
+
+def test_legrad_pure_function_by_hand():
+    """Relevance (N=1, 3 blocks, 4 patches) -> mean over the chosen blocks, laid out on the 2x2 grid."""
+    relevance = torch.tensor([[[1.0, 0.0, 2.0, 4.0], [3.0, 2.0, 0.0, 0.0], [2.0, 4.0, 1.0, 2.0]]])
+    legrad = cc.get_method("legrad").fn
+    _close(legrad(relevance, (2, 2)), [[[2.0, 2.0], [1.0, 2.0]]])
+    _close(legrad(relevance, (2, 2), blocks=2), [[[2.5, 3.0], [0.5, 1.0]]])
+    _close(legrad(relevance, (2, 2), blocks=1), [[[2.0, 4.0], [1.0, 2.0]]])
+    for bad in (0, 4, True, 1.5):
+        with pytest.raises(ValueError, match=r"blocks must be None \(all\) or an int in 1..3"):
+            legrad(relevance, (2, 2), blocks=bad)
+
+
+def _tiny_vit(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "timm":
+        import timm
+
+        return timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+    import torchvision
+
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3)
+    nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision initialises the head to zeros: every gradient would be 0
+    return model
+
+
+# timm: slow only because importing it takes ~4.6 s cold on the 2-core machine (the test itself ~0.2 s)
+@pytest.mark.parametrize("kind", ["torchvision", pytest.param("timm", marks=pytest.mark.slow)])
+def test_legrad_through_explain_leaves_the_model_as_found(kind):
+    model = _tiny_vit(kind)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model.train()
+    for p in list(model.parameters())[:3]:
+        p.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    fused = [getattr(getattr(b, "attn", None), "fused_attn", None) for b in getattr(model, "blocks", [])]
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    maps = cc.explain(model, x, method="legrad", target_layer="auto")
+    assert maps.shape == (2, 32, 32) and float(maps.std()) > 0.05
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags and all(p.grad is None for p in model.parameters())
+    assert [getattr(getattr(b, "attn", None), "fused_attn", None) for b in getattr(model, "blocks", [])] == fused
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+    # every parameter frozen: the attention maps are autograd leaves of their own, so the map is the same
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.testing.assert_close(cc.explain(model, x, method="legrad"), maps)
+
+
+@pytest.mark.parametrize("model", [nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))])
+def test_legrad_refuses_cnns(model):
+    with pytest.raises(ValueError, match=r"legrad needs a vision transformer.*timm.*torchvision.*method='gradcam'"):
+        cc.explain(model, torch.randn(1, 3, 16, 16), method="legrad")
