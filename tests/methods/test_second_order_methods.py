@@ -321,3 +321,70 @@ def test_legrad_through_explain_leaves_the_model_as_found(kind):
 def test_legrad_refuses_cnns(model):
     with pytest.raises(ValueError, match=r"legrad needs a vision transformer.*timm.*torchvision.*method='gradcam'"):
         cc.explain(model, torch.randn(1, 3, 16, 16), method="legrad")
+
+
+# --- model state, faithfulness -----------------------------------------------------------------------------
+
+
+class StatefulNet(nn.Module):
+    """Conv + BatchNorm + in-place ReLU + Dropout, then a tail quadratic in 'block' (so Shapley-CAM's H A is not 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.Dropout2d(0.3))
+        self.block = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.block(self.features(x))
+        return self.fc(h.mean(dim=(2, 3)) + (h**2).mean(dim=(2, 3)))
+
+
+def _stateful_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = StatefulNet()
+    with torch.no_grad():
+        model.train()
+        model(torch.randn(8, 3, 12, 12) * 2 + 0.5)  # BN statistics away from (0, 1)
+    model.block[1].eval()
+    model.features[0].bias.requires_grad_(False)
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.25)  # as if mid gradient accumulation
+    return model
+
+
+@pytest.mark.parametrize("method, options", [("shapleycam", {"objective": "rest"}), ("shapleycam", None), ("finercam", None), ("fullgrad", None)])
+def test_explain_leaves_the_model_as_found(method, options):
+    import copy
+
+    model = _stateful_model()
+    x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    want = cc.explain(copy.deepcopy(model).eval(), x, method=method, target_layer="block", method_options=options)
+    calls = []
+    handle = model.block.register_forward_hook(lambda m, i, o: calls.append(1))
+    training = {name: m.training for name, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    hooks = {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks)) for name, m in model.named_modules()}
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        maps = cc.explain(model, x, method=method, target_layer="block", method_options=options)
+    assert {name: m.training for name, m in model.named_modules()} == training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is grads[name] for name, p in model.named_parameters())
+    assert torch.equal(model.fc.weight.grad, torch.full_like(model.fc.weight, 0.25))
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks)) for name, m in model.named_modules()} == hooks
+    assert torch.equal(torch.get_rng_state(), rng) and calls
+    handle.remove()
+    torch.testing.assert_close(maps, want, atol=1e-6, rtol=0)  # eval mode inside: the eval copy's maps
+    assert float(maps.std()) > 0.01
+
+
+@pytest.mark.parametrize("method", ["shapleycam", "finercam", "fullgrad"])
+def test_faithfulness_of_the_new_methods(method):
+    model = _stateful_model().eval()
+    x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    scores = cc.faithfulness(model, x, method=method, target_layer="block")
+    assert sorted(scores) == ["adcc", "average_drop", "coherency", "complexity", "increase_in_confidence"]
+    assert all(0.0 <= value <= 100.0 for value in scores.values()), scores
