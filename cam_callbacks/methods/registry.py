@@ -6,7 +6,9 @@ feature resolution ``(N, h, w)``; upsampling and normalisation happen in
 built-in methods live in one module per family: :mod:`~cam_callbacks.methods.activation` (CAM,
 Eigen-CAM), :mod:`~cam_callbacks.methods.gradient` (Grad-CAM and its variants),
 :mod:`~cam_callbacks.methods.perturbation` (Score-CAM, Ablation-CAM, Recipro-CAM) and
-:mod:`~cam_callbacks.methods.input_gradient` (saliency, guided backpropagation, Guided Grad-CAM).
+:mod:`~cam_callbacks.methods.input_gradient` (saliency, guided backpropagation, Guided Grad-CAM),
+:mod:`~cam_callbacks.methods.scored` (Shapley-CAM, Finer-CAM: scores of their own, second-order gradients),
+:mod:`~cam_callbacks.methods.full_gradient` (FullGrad) and :mod:`~cam_callbacks.methods.transformer` (LeGrad).
 
 The inputs a method may ask for (by naming them in ``needs``):
 
