@@ -87,14 +87,14 @@ def smoothgradcampp(
     """
     _check_smoothing(num_samples, std, seed)
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    first = torch.zeros_like(activations)
-    second = torch.zeros_like(activations)
-    third = torch.zeros_like(activations)
+    dtype = torch.promote_types(activations.dtype, torch.float32)  # g^3 of half-precision gradients would underflow
+    first, second, third = (torch.zeros(activations.shape, dtype=dtype, device=activations.device) for _ in range(3))
     for _ in range(num_samples):
         noise = torch.randn(images.shape[1:], generator=generator, device=images.device, dtype=torch.float32)
-        g = layer_gradients(images + (noise * float(std)).to(images.dtype), targets).to(activations.dtype)
+        g = layer_gradients(images + (noise * float(std)).to(images.dtype), targets).to(dtype)
         first += g
         second += g * g
         third += g * g * g
     first, second, third = first / num_samples, second / num_samples, third / num_samples
-    return torch.relu(weighted_sum(gradcampp_weights(activations, second, third, first), activations))
+    clean = activations.to(dtype)
+    return torch.relu(weighted_sum(gradcampp_weights(clean, second, third, first), clean)).to(activations.dtype)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchvision
 from sklearn.decomposition import KernelPCA
 from torch import nn
 
@@ -264,6 +265,36 @@ def test_smoothgradcampp_through_explain_equals_gradcampp_when_gradients_do_not_
     plain = cc.explain(net, x, method="gradcampp", target_layer="conv", targets=[0, 1, 2, 1])
     assert torch.equal(smooth, plain)
     assert float(smooth.std()) > 0.1
+
+
+def test_smoothgradcampp_on_transformer_tokens_and_dict_outputs():
+    """``layer_gradients`` takes the layout (``reshape="vit"``) and ``output_transform`` of the call: without noise the
+    maps are Grad-CAM++'s, computed by the main pass with the same settings; with noise they differ."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4)
+    with torch.no_grad():  # torchvision zero-initialises the head
+        vit.heads.head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    vit.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    layer, targets = "encoder.layers.encoder_layer_0.ln_1", [1, 3]
+    plain = cc.explain(vit, x, method="gradcampp", target_layer=layer, targets=targets, reshape="vit")
+    quiet = cc.explain(vit, x, method="smoothgradcampp", target_layer=layer, targets=targets, reshape="vit", method_options={"std": 0.0})
+    noisy = cc.explain(vit, x, method="smoothgradcampp", target_layer=layer, targets=targets, reshape="vit")
+    torch.testing.assert_close(quiet, plain, atol=1e-6, rtol=0)
+    assert float(plain.std()) > 0.05 and float((noisy - plain).abs().max()) > 1e-3
+
+    class DictOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, x):
+            return {"logits": self.net(x)}
+
+    model, images = DictOutput().eval(), torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    want = cc.explain(model, images, method="gradcampp", target_layer="net.1", output_transform="logits")
+    got = cc.explain(model, images, method="smoothgradcampp", target_layer="net.1", output_transform="logits", method_options={"std": 0.0})
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
 # --- every new method through the public entry points ----------------------------------------------------
