@@ -77,7 +77,7 @@ def _check_kpca_options(kernel: str, gamma: Optional[float], degree: int) -> Non
     options={"kernel": "sigmoid", "gamma": None, "coef0": 1.0, "degree": 3},
 )
 def kpcacam(activations: Tensor, kernel: str = "sigmoid", gamma: Optional[float] = None, coef0: float = 1.0, degree: int = 3) -> Tensor:
-    """KPCA-CAM (Karmani, Gildenblat et al. 2024, "KPCA-CAM: Visual Explainability of Deep Computer Vision
+    """KPCA-CAM (Karmani et al. 2024, "KPCA-CAM: Visual Explainability of Deep Computer Vision
     Models using Kernel PCA"): Eigen-CAM with kernel PCA, as pytorch-grad-cam's ``KPCA_CAM``.
 
     Per image, the ``h*w`` samples of ``K`` channels are centred per channel (as Eigen-CAM), the kernel

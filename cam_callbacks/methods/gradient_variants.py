@@ -22,7 +22,7 @@ __all__ = ["gradcamelementwise", "smoothgradcampp", "gradcampp_weights"]
     "gradcamelementwise", needs=("activations", "gradients"), summary="Grad-CAM element-wise: sum_k relu(g_k * A_k)"
 )
 def gradcamelementwise(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM element-wise (pytorch-grad-cam's ``GradCAMElementWise``, Gildenblat et al. 2021): ``sum_k relu(g_k * A_k)``.
+    """Grad-CAM element-wise (``GradCAMElementWise`` of pytorch-grad-cam, Gildenblat and contributors 2021): ``sum_k relu(g_k * A_k)``.
 
     HiResCAM (Draelos & Carin 2020) with the ReLU applied to every product ``g_kij A_kij`` before the sum
     over channels instead of after it, so no channel's negative evidence cancels another's positive
