@@ -25,6 +25,8 @@ The inputs a method may ask for (by naming them in ``needs``):
   probabilities (:func:`cam_callbacks.utils.targets.probabilities`).
 - ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
   through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
+- ``layer_gradients``: a :class:`~cam_callbacks.engine.layer_gradients.LayerGradients`, ``(images, targets) -> (M, K, h, w)``
+  gradients of the target logits at the target layer for images the method builds (Smooth Grad-CAM++'s noisy copies).
 
 A method may also take keyword *options* with defaults (``options={"gaussian": False}``), which
 callers set with ``method_options``.
@@ -52,9 +54,10 @@ __all__ = ["CAMMethod", "KNOWN_INPUTS", "LAYER_INPUTS", "available_methods", "ge
 KNOWN_INPUTS = (
     "activations", "gradients", "class_weights", "images", "logits", "targets",
     "model_scorer", "tail_scorer", "input_gradients", "guided_gradients", "probability",
+    "layer_gradients",
 )  # fmt: skip
 #: Inputs that come from the target layer: a method needing none of them ignores ``target_layer``.
-LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer")
+LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer", "layer_gradients")
 
 
 @dataclass(frozen=True)
