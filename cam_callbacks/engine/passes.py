@@ -29,6 +29,7 @@ from cam_callbacks.capture.hooks import LayerCapture
 from cam_callbacks.capture.layers import cam_class_weights
 from cam_callbacks.capture.layouts import remembered_layout
 from cam_callbacks.engine.caches import cached_cost, store_cost, tail_for
+from cam_callbacks.engine.layer_gradients import LayerGradients
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation
 from cam_callbacks.engine.scored import has_own_gradients, method_gradients, target_logit
@@ -184,6 +185,8 @@ def run_chunk(
     if needs & {"model_scorer", "tail_scorer"}:
         assert captured is not None
         inputs.update(_scorers(model, layer_name, layer, needs, x, captured, options))
+    if "layer_gradients" in needs:
+        inputs["layer_gradients"] = LayerGradients(model, layer_name, layer, options.token_grid or remembered_layout(layer), options.output_transform)
     raw = {}
     for m in methods:
         available = {**inputs, **own.get(m.name, {})}

@@ -21,6 +21,10 @@ from cam_callbacks.methods.gradient import gradcam, gradcampp, hirescam, layerca
 from cam_callbacks.methods.decomposition import eigencam
 from cam_callbacks.methods.perturbation import GAUSSIAN_KERNEL, ablationcam, position_masks, reciprocam, scorecam
 from cam_callbacks.methods.input_gradient import guidedbackprop, guidedgradcam, saliency
+from cam_callbacks.methods.gradient_variants import gradcamelementwise, smoothgradcampp
+from cam_callbacks.methods.decomposition_variants import eigengradcam, kpcacam
+from cam_callbacks.methods.activation_variants import fem
+from cam_callbacks.methods.baselines import randomcam, sobelcam
 from cam_callbacks.methods.scored import finercam, shapleycam
 from cam_callbacks.methods.full_gradient import fullgrad
 from cam_callbacks.methods.transformer import legrad
@@ -31,5 +35,6 @@ __all__ = [
     "CAMMethod", "GAUSSIAN_KERNEL", "KNOWN_INPUTS", "LAYER_INPUTS", "ablationcam", "available_methods", "cam", "eigencam",
     "get_method", "gradcam", "gradcampp", "guidedbackprop", "guidedgradcam", "hirescam", "layercam", "position_masks",
     "reciprocam", "register_method", "saliency", "scorecam", "unregister_method", "xgradcam",
+    "eigengradcam", "fem", "gradcamelementwise", "kpcacam", "randomcam", "smoothgradcampp", "sobelcam",
     "finercam", "fullgrad", "legrad", "shapleycam",
 ]  # fmt: skip

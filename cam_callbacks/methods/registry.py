@@ -27,6 +27,8 @@ The inputs a method may ask for (by naming them in ``needs``):
   probabilities (:func:`cam_callbacks.utils.targets.probabilities`).
 - ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
   through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
+- ``layer_gradients``: a :class:`~cam_callbacks.engine.layer_gradients.LayerGradients`, ``(images, targets) -> (M, K, h, w)``
+  gradients of the target logits at the target layer for images the method builds (Smooth Grad-CAM++'s noisy copies).
 - ``hessian_vector``: ``(N, K, h, w)``, the Hessian of the score w.r.t. the activations applied to the
   activations, ``H A`` (Shapley-CAM); 0 where the tail is piecewise linear in them.
 - ``bias_gradients``: a list of ``(N, K_l, h_l, w_l)`` tensors, ``bias_l * d score / d output_l`` for every
@@ -69,10 +71,10 @@ __all__ = ["CAMMethod", "KNOWN_INPUTS", "LAYER_INPUTS", "OWN_PASS_INPUTS", "avai
 KNOWN_INPUTS = (
     "activations", "gradients", "class_weights", "images", "logits", "targets",
     "model_scorer", "tail_scorer", "input_gradients", "guided_gradients", "probability",
-    "hessian_vector", "bias_gradients", "attention_gradients", "patch_grid",
+    "layer_gradients", "hessian_vector", "bias_gradients", "attention_gradients", "patch_grid",
 )  # fmt: skip
 #: Inputs that come from the target layer: a method needing none of them ignores ``target_layer``.
-LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer", "hessian_vector")
+LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer", "layer_gradients", "hessian_vector")
 #: Inputs computed by a pass of their own over the whole model (no target layer).
 OWN_PASS_INPUTS = ("input_gradients", "guided_gradients", "bias_gradients", "attention_gradients")
 
