@@ -6,7 +6,7 @@ not from a target layer: like saliency it ignores ``target_layer``. The map is a
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,8 +34,14 @@ def _post_processed(term: Tensor, size: Tuple[int, int], normalize: str) -> Tens
     return summed[:, 0]
 
 
+def _check_normalize(normalize: Any) -> None:
+    if normalize not in FULLGRAD_NORMALIZATIONS:
+        raise ValueError(f"fullgrad option normalize={normalize!r} is not valid; choose from {list(FULLGRAD_NORMALIZATIONS)}")
+
+
 @register_method(
     "fullgrad", needs=("images", "input_gradients", "bias_gradients"), options={"normalize": "layer"},
+    check_options=lambda options: _check_normalize(options["normalize"]),
     summary="FullGrad: |input-gradient x input| plus the |bias-gradients| of every conv/BatchNorm layer",
 )  # fmt: skip
 def fullgrad(images: Tensor, input_gradients: Tensor, bias_gradients: Sequence[Tensor], normalize: str = "layer") -> Tensor:
@@ -47,8 +53,7 @@ def fullgrad(images: Tensor, input_gradients: Tensor, bias_gradients: Sequence[T
     summed over channels. ``b_l`` is each conv's bias or BatchNorm's folded bias
     (:func:`~cam_callbacks.capture.bias_gradients.folded_bias`); the target layer is not used.
     """
-    if normalize not in FULLGRAD_NORMALIZATIONS:
-        raise ValueError(f"fullgrad option normalize={normalize!r} is not valid; choose from {list(FULLGRAD_NORMALIZATIONS)}")
+    _check_normalize(normalize)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     total = _post_processed(input_gradients * images, size, normalize)
     for term in bias_gradients:

@@ -91,6 +91,8 @@ class CAMMethod:
         options: Keyword options of ``fn`` (and ``score``) and their defaults.
         score: None (the target logit) or ``(logits, targets, **options) -> (N,)``, the score whose gradients
             this method's ``gradients`` and ``hessian_vector`` are.
+        check_options: None, or a function of the resolved options that raises a ValueError for invalid values
+            (run by :meth:`resolve_options`, so bad values fail when the options are built, before any work).
     """
 
     name: str
@@ -99,6 +101,7 @@ class CAMMethod:
     summary: str
     options: Mapping[str, Any] = field(default_factory=dict)
     score: Optional[Callable[..., Tensor]] = None
+    check_options: Optional[Callable[[Mapping[str, Any]], None]] = None
 
     @property
     def needs_gradients(self) -> bool:
@@ -120,7 +123,10 @@ class CAMMethod:
             default = self.options[key]
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise ValueError(f"method {self.name!r} option {key!r} must be True or False, got {value!r}")
-        return {**self.options, **given}
+        resolved = {**self.options, **given}
+        if self.check_options is not None:
+            self.check_options(resolved)
+        return resolved
 
     def fn_options(self, resolved: Mapping[str, Any]) -> Dict[str, Any]:
         """The options among ``resolved`` that :attr:`fn` takes (all of them when it has ``**kwargs``)."""
@@ -143,7 +149,7 @@ _REGISTRY: Dict[str, CAMMethod] = {}
 
 def register_method(
     name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None,
-    score: Optional[Callable[..., Tensor]] = None,
+    score: Optional[Callable[..., Tensor]] = None, check_options: Optional[Callable[[Mapping[str, Any]], None]] = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:  # fmt: skip
     """Decorator registering ``fn`` as CAM method ``name``.
 
@@ -154,6 +160,7 @@ def register_method(
         options: Keyword options of ``fn`` (or ``score``) with their defaults.
         score: The score differentiated for ``gradients``/``hessian_vector`` instead of the target logit:
             ``(logits, targets, **options) -> (N,)`` (see the module docstring).
+        check_options: Raises a ValueError for invalid option values (given the resolved options).
 
     Raises:
         ValueError: If the name is taken or ``needs`` names an unknown input.
@@ -165,7 +172,10 @@ def register_method(
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
-        _REGISTRY[name] = CAMMethod(name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score)
+        _REGISTRY[name] = CAMMethod(
+            name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score,
+            check_options=check_options,
+        )
         return fn
 
     return decorator

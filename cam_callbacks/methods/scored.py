@@ -8,6 +8,7 @@ layer's activations (:mod:`cam_callbacks.engine.scored`). The map functions belo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,15 +35,19 @@ def shapley_score(logits: Tensor, targets: Tensor, objective: str = "logit") -> 
         >>> shapley_score(torch.tensor([[1.0, 1.0]]), torch.tensor([0]), "rest")  # 1 + log(1/2)
         tensor([0.3069])
     """
-    if objective == "logit":
-        return _chosen(logits, targets)
-    if objective == "rest":
-        return _chosen(logits, targets) + _chosen(torch.log_softmax(logits, dim=1), targets)
-    raise ValueError(f"shapleycam option objective={objective!r} is not valid; choose from {list(SHAPLEY_OBJECTIVES)}")
+    _check_objective(objective)
+    chosen = _chosen(logits, targets)
+    return chosen if objective == "logit" else chosen + _chosen(torch.log_softmax(logits, dim=1), targets)
+
+
+def _check_objective(objective: Any) -> None:
+    if objective not in SHAPLEY_OBJECTIVES:
+        raise ValueError(f"shapleycam option objective={objective!r} is not valid; choose from {list(SHAPLEY_OBJECTIVES)}")
 
 
 @register_method(
     "shapleycam", needs=("activations", "gradients", "hessian_vector"), score=shapley_score, options={"objective": "logit"},
+    check_options=lambda options: _check_objective(options["objective"]),
     summary="Shapley-CAM: gradient minus half the Hessian-vector product, averaged per channel",
 )  # fmt: skip
 def shapleycam(activations: Tensor, gradients: Tensor, hessian_vector: Tensor) -> Tensor:
@@ -88,6 +93,7 @@ def contrast_score(logits: Tensor, targets: Tensor, alpha: float = 0.6, k: int =
 
 @register_method(
     "finercam", needs=("activations", "gradients"), score=contrast_score, options={"alpha": 0.6, "k": 3},
+    check_options=lambda options: _check_contrast_options(options["alpha"], options["k"]),
     summary="Finer-CAM: Grad-CAM of the target logit minus alpha x the mean of the k most similar classes' logits",
 )  # fmt: skip
 def finercam(activations: Tensor, gradients: Tensor) -> Tensor:

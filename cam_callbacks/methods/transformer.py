@@ -6,7 +6,7 @@ not from a target layer: ``target_layer`` is ignored. The map is at patch-grid r
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from torch import Tensor
 
@@ -15,8 +15,16 @@ from cam_callbacks.methods.registry import register_method
 __all__ = ["legrad"]
 
 
+def _check_blocks(blocks: Any, layers: Optional[int] = None) -> None:
+    valid = blocks is None or (isinstance(blocks, int) and not isinstance(blocks, bool) and 1 <= blocks <= (layers or blocks))
+    if not valid:
+        upper = layers if layers is not None else "the model's number of blocks"
+        raise ValueError(f"legrad option blocks must be None (all) or an int in 1..{upper}, got {blocks!r}")
+
+
 @register_method(
     "legrad", needs=("attention_gradients", "patch_grid"), options={"blocks": None},
+    check_options=lambda options: _check_blocks(options["blocks"]),
     summary="LeGrad (ViTs): positive gradients of each block's class score w.r.t. its attention, averaged",
 )  # fmt: skip
 def legrad(attention_gradients: Tensor, patch_grid: Tuple[int, int], blocks: Optional[int] = None) -> Tensor:
@@ -29,7 +37,6 @@ def legrad(attention_gradients: Tensor, patch_grid: Tuple[int, int], blocks: Opt
     timm or torchvision vision transformer (:func:`~cam_callbacks.capture.attention.vision_transformer_parts`).
     """
     layers = attention_gradients.shape[1]
-    if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= layers):
-        raise ValueError(f"legrad option blocks must be None (all) or an int in 1..{layers} (the model's blocks), got {blocks!r}")
+    _check_blocks(blocks, layers)
     chosen = attention_gradients if blocks is None else attention_gradients[:, layers - blocks :]
     return chosen.mean(dim=1).reshape(attention_gradients.shape[0], patch_grid[0], patch_grid[1])

@@ -388,3 +388,23 @@ def test_faithfulness_of_the_new_methods(method):
     scores = cc.faithfulness(model, x, method=method, target_layer="block")
     assert sorted(scores) == ["adcc", "average_drop", "coherency", "complexity", "increase_in_confidence"]
     assert all(0.0 <= value <= 100.0 for value in scores.values()), scores
+
+
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("shapleycam", {"objective": "soft"}, r"objective='soft' is not valid; choose from \['logit', 'rest'\]"),
+        ("finercam", {"k": 0}, "k must be a positive int"),
+        ("finercam", {"alpha": "big"}, "alpha must be a finite number"),
+        ("fullgrad", {"normalize": "image"}, r"normalize='image' is not valid; choose from \['layer', 'channel'\]"),
+        ("legrad", {"blocks": 0}, r"blocks must be None \(all\) or an int in 1"),
+    ],
+)
+def test_bad_option_values_fail_when_the_options_are_built(method, options, message):
+    """Before any work: ExplainOptions (what explain, faithfulness and CAMMonitor build first) checks the values."""
+    from cam_callbacks.engine.options import ExplainOptions
+
+    with pytest.raises(ValueError, match=message):
+        ExplainOptions(method_options={method: options})
+    with pytest.raises(ValueError, match=message):
+        cc.CAMMonitor(methods=[method], method_options={method: options})
