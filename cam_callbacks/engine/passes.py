@@ -32,7 +32,7 @@ from cam_callbacks.engine.caches import cached_cost, store_cost, tail_for
 from cam_callbacks.engine.layer_gradients import LayerGradients
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation
-from cam_callbacks.engine.scored import has_own_gradients, method_gradients, target_logit
+from cam_callbacks.engine.scored import has_own_gradients, method_gradients, target_logit, twice_differentiable
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, RowBytes, TailScorer, rows_per_pass
 from cam_callbacks.methods.registry import OWN_PASS_INPUTS, CAMMethod
 from cam_callbacks.utils.maps import fuse_layer_maps, upsample_and_normalize
@@ -83,7 +83,8 @@ def _main_pass(
     meter = ForwardCost(model, layer, x.shape[0]) if perturbs and cost is None else None
     layout = options.token_grid or remembered_layout(layer)  # the layout "auto" chose for a transformer layer
     with LayerCapture(layer, layer_name, grad_tail=bool(needs & {"gradients", "hessian_vector"}), reshape=layout, input_shape=tuple(x.shape)) as capture:
-        with torch.no_grad(), meter if meter is not None else nullcontext():  # the capture hook turns autograd on for the tail only
+        second_order = twice_differentiable() if "hessian_vector" in needs else nullcontext()
+        with torch.no_grad(), meter if meter is not None else nullcontext(), second_order:  # the hook turns autograd on for the tail
             logits = check_logits(model(x), x.shape[0], options.output_transform)
     if capture.activation is None or capture.raw is None:
         raise RuntimeError(f"target_layer={layer_name!r} was not called during the forward pass")

@@ -8,14 +8,15 @@ ReST) or ``hessian_vector`` in its ``needs`` (Shapley-CAM) gets its inputs from 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from cam_callbacks.methods.registry import CAMMethod
 
-__all__ = ["has_own_gradients", "method_gradients", "target_logit"]
+__all__ = ["has_own_gradients", "method_gradients", "target_logit", "twice_differentiable"]
 
 
 def target_logit(logits: Tensor, targets: Tensor) -> Tensor:
@@ -26,6 +27,20 @@ def target_logit(logits: Tensor, targets: Tensor) -> Tensor:
 def has_own_gradients(method: CAMMethod) -> bool:
     """Whether ``method``'s gradients are not the shared d(target logit) / d(activations)."""
     return method.score is not None or "hessian_vector" in method.needs
+
+
+@contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Inside the block, ``F.scaled_dot_product_attention`` uses its math kernel: the fused kernels (flash,
+    memory-efficient: transformers' attention on CPU and GPU) have no double backward, so a Hessian-vector product
+    through them fails. The previous kernel choice is restored on exit. No-op on torch without ``torch.nn.attention``."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 def _hessian_vector(gradients: Tensor, activations: Tensor) -> Tensor:

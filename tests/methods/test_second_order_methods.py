@@ -408,3 +408,50 @@ def test_bad_option_values_fail_when_the_options_are_built(method, options, mess
         ExplainOptions(method_options={method: options})
     with pytest.raises(ValueError, match=message):
         cc.CAMMonitor(methods=[method], method_options={method: options})
+
+
+def test_shapleycam_through_fused_attention_against_finite_differences():
+    """A torchvision ViT's tail runs F.scaled_dot_product_attention, whose fused CPU/GPU kernels have no double
+    backward (RuntimeError before the engine switched to the math kernel for the pass). The engine's H A at
+    'encoder.layers.encoder_layer_0' (reshape='vit') against central differences of the autograd gradient of the tail
+    written here (class token fixed, patch tokens from the grid), in float64."""
+    import copy
+
+    import torchvision
+
+    from cam_callbacks.methods import register_method, unregister_method
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.5)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    seen = {}
+
+    @register_method("test_probe_hessian", needs=("activations", "gradients", "hessian_vector"))
+    def probe(activations, gradients, hessian_vector):
+        seen.update(a=activations, g=gradients, hv=hessian_vector)
+        return activations.sum(1)
+
+    try:
+        cc.explain(model, x, method="test_probe_hessian", target_layer="encoder.layers.encoder_layer_0", reshape="vit", targets=[0, 2])
+        maps = cc.explain(model, x, method="shapleycam", target_layer="encoder.layers.encoder_layer_0", reshape="vit", targets=[0, 2])
+    finally:
+        unregister_method("test_probe_hessian")
+    assert maps.shape == (2, 16, 16)
+    ref = copy.deepcopy(model).double()
+    with torch.no_grad():
+        n = x.shape[0]
+        tokens = torch.cat([ref.class_token.expand(n, -1, -1), ref._process_input(x.double())], dim=1) + ref.encoder.pos_embedding
+        prefix = ref.encoder.layers[0](tokens)[:, :1]
+
+    def gradient(grid):
+        grid = grid.detach().requires_grad_(True)
+        out = ref.encoder.layers[1](torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1))
+        score = ref.heads(ref.encoder.ln(out)[:, 0]).gather(1, torch.tensor([[0], [2]])).sum()
+        return torch.autograd.grad(score, grid)[0]
+
+    a = seen["a"].double()
+    eps = 1e-4
+    torch.testing.assert_close(seen["g"].double(), gradient(a), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(seen["hv"].double(), (gradient(a + eps * a) - gradient(a - eps * a)) / (2 * eps), atol=1e-5, rtol=1e-3)
+    assert float(seen["hv"].abs().max()) > 1e-3  # guard: H A is not 0 here
