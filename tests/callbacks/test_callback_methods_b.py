@@ -40,3 +40,17 @@ def test_new_methods_through_the_callback_are_logged_and_invisible_to_training(t
         for metric, value in direct.items():
             assert 0.0 <= value <= 100.0, (method, metric, value)
             assert float(t.callback_metrics[f"cam/{method}/{metric}"]) == pytest.approx(value, abs=1e-3), (method, metric)
+
+
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("shapleycam", {"objective": "soft"}, r"objective='soft' is not valid; choose from \['logit', 'rest'\]"),
+        ("finercam", {"k": 0}, "k must be a positive int"),
+        ("fullgrad", {"normalize": "image"}, r"normalize='image' is not valid; choose from \['layer', 'channel'\]"),
+        ("legrad", {"blocks": -1}, r"blocks must be None \(all\) or an int in 1"),
+    ],
+)
+def test_bad_option_values_are_refused_at_construction(method, options, message):
+    with pytest.raises(ValueError, match=message):
+        cc.CAMMonitor(methods=[method], method_options={method: options})

@@ -401,13 +401,14 @@ def test_faithfulness_of_the_new_methods(method):
     ],
 )
 def test_bad_option_values_fail_when_the_options_are_built(method, options, message):
-    """Before any work: ExplainOptions (what explain, faithfulness and CAMMonitor build first) checks the values."""
+    """Before any work: ExplainOptions (what explain, faithfulness and CAMMonitor build first) checks the values
+    (CAMMonitor: tests/callbacks/test_callback_methods_b.py)."""
     from cam_callbacks.engine.options import ExplainOptions
 
     with pytest.raises(ValueError, match=message):
         ExplainOptions(method_options={method: options})
     with pytest.raises(ValueError, match=message):
-        cc.CAMMonitor(methods=[method], method_options={method: options})
+        cc.explain(QuadraticNet(), A_SHAPLEY, method=method, target_layer="features", method_options=options)
 
 
 def test_shapleycam_through_fused_attention_against_finite_differences():
