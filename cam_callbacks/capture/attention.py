@@ -109,6 +109,7 @@ def _captured_attention(parts: VisionTransformerParts) -> Iterator[Tuple[List[Te
     """Inside the block: ``(attention leaves, block outputs)`` appended per forward call; all undone on exit."""
     attentions: List[Tensor] = []
     tokens: List[Tensor] = []
+    requested: Dict[nn.Module, Tuple[bool, bool]] = {}
 
     def leaf(attention: Tensor) -> Tensor:
         attentions.append(attention.detach().requires_grad_(True))
@@ -120,11 +121,15 @@ def _captured_attention(parts: VisionTransformerParts) -> Iterator[Tuple[List[Te
     def ask_weights(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
         if len(args) > 3 or not module.batch_first:
             raise ValueError("legrad: torchvision attention must be batch-first and called as (q, k, v, **kwargs)")
+        requested[module] = (bool(kwargs.get("need_weights", True)), bool(kwargs.get("average_attn_weights", True)))
         return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
 
-    def replay(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Tuple[Tensor, None]:
+    def replay(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Tuple[Tensor, Optional[Tensor]]:
         assert isinstance(module, nn.MultiheadAttention)
-        return _replayed_attention(module, args[2], leaf(output[1])), None
+        attention = leaf(output[1])
+        need_weights, average = requested.pop(module)  # what the caller asked for, before ask_weights changed it
+        weights = (attention.mean(dim=1) if average else attention) if need_weights else None
+        return _replayed_attention(module, args[2], attention), weights
 
     with ExitStack() as stack:
         attention: Any
