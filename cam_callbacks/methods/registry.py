@@ -172,10 +172,14 @@ def register_method(
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
-        _REGISTRY[name] = CAMMethod(
+        method = CAMMethod(
             name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score,
             check_options=check_options,
         )
+        taken = set(method.fn_options(method.options)) | set(method.score_options(method.options))
+        if set(method.options) - taken:
+            raise ValueError(f"register_method: option(s) {sorted(set(method.options) - taken)} of {name!r} are taken by neither fn nor score")
+        _REGISTRY[name] = method
         return fn
 
     return decorator

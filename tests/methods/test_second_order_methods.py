@@ -456,3 +456,28 @@ def test_shapleycam_through_fused_attention_against_finite_differences():
     torch.testing.assert_close(seen["g"].double(), gradient(a), atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(seen["hv"].double(), (gradient(a + eps * a) - gradient(a - eps * a)) / (2 * eps), atol=1e-5, rtol=1e-3)
     assert float(seen["hv"].abs().max()) > 1e-3  # guard: H A is not 0 here
+
+
+def test_register_method_score_and_option_routing():
+    """Options go to the function that names them; an option neither takes is refused at registration."""
+    from cam_callbacks.methods import register_method, unregister_method
+
+    def half_logit(logits, targets, factor=1.0):
+        return factor * logits.gather(1, targets[:, None]).squeeze(1)
+
+    @register_method("test_scored", needs=("activations", "gradients"), score=half_logit, options={"factor": 0.5, "power": 1})
+    def scored(activations, gradients, power=1):
+        return (gradients.mean(dim=(2, 3))[:, :, None, None] * activations).sum(1) ** power
+
+    try:
+        method = cc.get_method("test_scored")
+        assert method.fn_options(method.options) == {"power": 1} and method.score_options(method.options) == {"factor": 0.5}
+        leaf = A_FINER.clone().requires_grad_(True)
+        got = method_gradients([method], {"test_scored": {"factor": 0.5, "power": 1}}, MeanLinear()(leaf), torch.tensor([0]), leaf)
+        _close(got["test_scored"]["gradients"][0, 0], 0.5 * 1.0 / 4)  # d(0.5 z_0) / d A_0ij = 0.5 W[0, 0] / 4
+        _close(got["test_scored"]["gradients"][0, 1], 0.5 * 2.0 / 4)
+    finally:
+        unregister_method("test_scored")
+    with pytest.raises(ValueError, match=r"option\(s\) \['sigma'\] of 'test_orphan' are taken by neither fn nor score"):
+        register_method("test_orphan", needs=("activations",), options={"sigma": 1.0})(lambda activations: activations.sum(1))
+    assert "test_orphan" not in cc.available_methods()
