@@ -481,3 +481,19 @@ def test_register_method_score_and_option_routing():
     with pytest.raises(ValueError, match=r"option\(s\) \['sigma'\] of 'test_orphan' are taken by neither fn nor score"):
         register_method("test_orphan", needs=("activations",), options={"sigma": 1.0})(lambda activations: activations.sum(1))
     assert "test_orphan" not in cc.available_methods()
+
+
+@pytest.mark.parametrize("method, model, x", [
+    ("shapleycam", QuadraticNet, A_SHAPLEY), ("finercam", MeanLinear, A_FINER), ("fullgrad", BiasNet, X_BIAS),
+    ("legrad", lambda: _tiny_vit("torchvision").eval(), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))),
+])  # fmt: skip
+def test_under_inference_mode_with_inference_tensors(method, model, x):
+    """As in validation (trainer.validate): inference mode on, the images inference tensors."""
+    net = model()
+    layer = "features" if method in ("shapleycam", "finercam") else "auto"
+    want = cc.explain(net, x, method=method, target_layer=layer, targets=0)
+    with torch.inference_mode():
+        images = x.clone()
+        got = cc.explain(net, images, method=method, target_layer=layer, targets=0)
+    assert images.is_inference()
+    torch.testing.assert_close(got, want)
