@@ -22,15 +22,19 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor, nn
 
+from cam_callbacks.capture.attention import attention_gradients
+from cam_callbacks.capture.bias_gradients import bias_gradients
 from cam_callbacks.capture.guided import input_gradients
 from cam_callbacks.capture.hooks import LayerCapture
 from cam_callbacks.capture.layers import cam_class_weights
 from cam_callbacks.capture.layouts import remembered_layout
 from cam_callbacks.engine.caches import cached_cost, store_cost, tail_for
+from cam_callbacks.engine.layer_gradients import LayerGradients
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation
+from cam_callbacks.engine.scored import has_own_gradients, method_gradients, target_logit, twice_differentiable
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, RowBytes, TailScorer, rows_per_pass
-from cam_callbacks.methods.registry import CAMMethod
+from cam_callbacks.methods.registry import OWN_PASS_INPUTS, CAMMethod
 from cam_callbacks.utils.maps import fuse_layer_maps, upsample_and_normalize
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_classes, check_target_range
@@ -67,17 +71,20 @@ class _LayerPass:
 
 
 def _main_pass(
-    model: nn.Module, layer_name: str, layer: nn.Module, needs: Set[str], x: Tensor, targets: Optional[Tensor],
-    options: ExplainOptions, inputs: Dict[str, Any],
+    model: nn.Module, layer_name: str, layer: nn.Module, methods: Sequence[CAMMethod], x: Tensor, targets: Optional[Tensor],
+    options: ExplainOptions, inputs: Dict[str, Any], own: Dict[str, Dict[str, Tensor]],
 ) -> _LayerPass:  # fmt: skip
-    """Forward pass capturing the layer (and gradients of the target logits through the tail); fills ``inputs``."""
+    """Forward pass capturing the layer (and gradients of the target logits through the tail); fills ``inputs``, and
+    ``own`` with the gradients of methods that have a score of their own (:mod:`cam_callbacks.engine.scored`)."""
+    needs: Set[str] = set().union(*(m.needs for m in methods))
     perturbs = bool(needs & {"model_scorer", "tail_scorer"})
     cost_key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device)
     cost = cached_cost(model, cost_key) if perturbs else None
     meter = ForwardCost(model, layer, x.shape[0]) if perturbs and cost is None else None
     layout = options.token_grid or remembered_layout(layer)  # the layout "auto" chose for a transformer layer
-    with LayerCapture(layer, layer_name, grad_tail="gradients" in needs, reshape=layout, input_shape=tuple(x.shape)) as capture:
-        with torch.no_grad(), meter if meter is not None else nullcontext():  # the capture hook turns autograd on for the tail only
+    with LayerCapture(layer, layer_name, grad_tail=bool(needs & {"gradients", "hessian_vector"}), reshape=layout, input_shape=tuple(x.shape)) as capture:
+        second_order = twice_differentiable() if "hessian_vector" in needs else nullcontext()
+        with torch.no_grad(), meter if meter is not None else nullcontext(), second_order:  # the hook turns autograd on for the tail
             logits = check_logits(model(x), x.shape[0], options.output_transform)
     if capture.activation is None or capture.raw is None:
         raise RuntimeError(f"target_layer={layer_name!r} was not called during the forward pass")
@@ -90,10 +97,16 @@ def _main_pass(
     else:
         check_target_range(targets, logits.shape[1])
     inputs["activations"] = capture.activation.detach()
-    if "gradients" in needs:
-        if not logits.requires_grad:
-            raise RuntimeError(f"the logits do not depend on target_layer={layer_name!r}; no gradient can be taken")
-        (inputs["gradients"],) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), capture.activation)
+    shared = any("gradients" in m.needs and not has_own_gradients(m) for m in methods)
+    own_methods = [m for m in methods if has_own_gradients(m)]
+    if (shared or own_methods) and not logits.requires_grad:
+        raise RuntimeError(f"the logits do not depend on target_layer={layer_name!r}; no gradient can be taken")
+    if shared:
+        score = target_logit(logits, targets).sum()
+        (inputs["gradients"],) = torch.autograd.grad(score, capture.activation, retain_graph=bool(own_methods))
+    if own_methods:
+        resolved = {m.name: options.options_for(m) for m in own_methods}
+        own.update(method_gradients(own_methods, resolved, logits, targets, capture.activation))
     logits = logits.detach()
     if "class_weights" in needs:
         inputs["class_weights"] = cam_class_weights(model, layer_name, inputs["activations"], logits, targets)
@@ -135,6 +148,13 @@ def _input_gradients(
     return gradients, logits, targets
 
 
+def _bias_gradients(model: nn.Module, x: Tensor, targets: Optional[Tensor], options: ExplainOptions) -> Tuple[Tensor, List[Tensor], Tensor, Tensor]:
+    """:func:`bias_gradients` with the multi-hot width checked."""
+    input_grads, terms, logits, targets = bias_gradients(model, x, targets, options.output_transform)
+    check_target_classes(options.target_classes, logits.shape[1])
+    return input_grads, terms, logits, targets
+
+
 def run_chunk(
     model: nn.Module, layer_name: str, layer: nn.Module, methods: Sequence[CAMMethod], x: Tensor, targets: Optional[Tensor],
     options: ExplainOptions,
@@ -142,13 +162,23 @@ def run_chunk(
     """Raw maps of every method for one chunk: ``({name: (n, h, w) or (n, H, W)}, logits, targets)``."""
     needs: Set[str] = set().union(*(m.needs for m in methods))
     inputs: Dict[str, Any] = {}
+    own: Dict[str, Dict[str, Tensor]] = {}
     logits: Optional[Tensor] = None
     captured: Optional[_LayerPass] = None
-    if any(m.uses_layer for m in methods) or not needs & {"input_gradients", "guided_gradients"}:
-        captured = _main_pass(model, layer_name, layer, needs, x, targets, options, inputs)
+    if any(m.uses_layer for m in methods) or not needs & set(OWN_PASS_INPUTS):
+        captured = _main_pass(model, layer_name, layer, methods, x, targets, options, inputs, own)
         logits, targets = captured.logits, captured.targets
+    if "attention_gradients" in needs:  # LeGrad
+        inputs["attention_gradients"], inputs["patch_grid"], pass_logits, targets = attention_gradients(
+            model, x, targets, options.output_transform
+        )
+        check_target_classes(options.target_classes, pass_logits.shape[1])
+        logits = pass_logits if logits is None else logits
+    if "bias_gradients" in needs:  # FullGrad: the input gradient comes from the same pass
+        inputs["input_gradients"], inputs["bias_gradients"], pass_logits, targets = _bias_gradients(model, x, targets, options)
+        logits = pass_logits if logits is None else logits
     for kind in ("input_gradients", "guided_gradients"):
-        if kind in needs:
+        if kind in needs and kind not in inputs:
             inputs[kind], pass_logits, targets = _input_gradients(model, x, targets, kind == "guided_gradients", options)
             logits = pass_logits if logits is None else logits
     assert logits is not None and targets is not None
@@ -156,7 +186,12 @@ def run_chunk(
     if needs & {"model_scorer", "tail_scorer"}:
         assert captured is not None
         inputs.update(_scorers(model, layer_name, layer, needs, x, captured, options))
-    raw = {m.name: m.fn(**{key: inputs[key] for key in m.needs}, **options.options_for(m)) for m in methods}
+    if "layer_gradients" in needs:
+        inputs["layer_gradients"] = LayerGradients(model, layer_name, layer, options.token_grid or remembered_layout(layer), options.output_transform)
+    raw = {}
+    for m in methods:
+        available = {**inputs, **own.get(m.name, {})}
+        raw[m.name] = m.fn(**{key: available[key] for key in m.needs}, **m.fn_options(options.options_for(m)))
     return raw, logits, targets
 
 

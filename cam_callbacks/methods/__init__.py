@@ -22,6 +22,13 @@ from cam_callbacks.methods.decomposition import eigencam
 from cam_callbacks.methods.perturbation import GAUSSIAN_KERNEL, ablationcam, position_masks, reciprocam, scorecam
 from cam_callbacks.methods.perturbation import integration_scales, iscam, sscam
 from cam_callbacks.methods.input_gradient import guidedbackprop, guidedgradcam, saliency
+from cam_callbacks.methods.gradient_variants import gradcamelementwise, smoothgradcampp
+from cam_callbacks.methods.decomposition_variants import eigengradcam, kpcacam
+from cam_callbacks.methods.activation_variants import fem
+from cam_callbacks.methods.baselines import randomcam, sobelcam
+from cam_callbacks.methods.scored import finercam, shapleycam
+from cam_callbacks.methods.full_gradient import fullgrad
+from cam_callbacks.methods.transformer import legrad
 
 # isort: on
 
@@ -29,5 +36,7 @@ __all__ = [
     "CAMMethod", "GAUSSIAN_KERNEL", "KNOWN_INPUTS", "LAYER_INPUTS", "ablationcam", "available_methods", "cam", "eigencam",
     "get_method", "gradcam", "gradcampp", "guidedbackprop", "guidedgradcam", "hirescam", "layercam", "position_masks",
     "reciprocam", "register_method", "saliency", "scorecam", "unregister_method", "xgradcam",
+    "eigengradcam", "fem", "gradcamelementwise", "kpcacam", "randomcam", "smoothgradcampp", "sobelcam",
+    "finercam", "fullgrad", "legrad", "shapleycam",
 ]  # fmt: skip
 __all__ += ["integration_scales", "iscam", "sscam"]

@@ -6,7 +6,9 @@ feature resolution ``(N, h, w)``; upsampling and normalisation happen in
 built-in methods live in one module per family: :mod:`~cam_callbacks.methods.activation` (CAM,
 Eigen-CAM), :mod:`~cam_callbacks.methods.gradient` (Grad-CAM and its variants),
 :mod:`~cam_callbacks.methods.perturbation` (Score-CAM, Ablation-CAM, Recipro-CAM) and
-:mod:`~cam_callbacks.methods.input_gradient` (saliency, guided backpropagation, Guided Grad-CAM).
+:mod:`~cam_callbacks.methods.input_gradient` (saliency, guided backpropagation, Guided Grad-CAM),
+:mod:`~cam_callbacks.methods.scored` (Shapley-CAM, Finer-CAM: scores of their own, second-order gradients),
+:mod:`~cam_callbacks.methods.full_gradient` (FullGrad) and :mod:`~cam_callbacks.methods.transformer` (LeGrad).
 
 The inputs a method may ask for (by naming them in ``needs``):
 
@@ -25,6 +27,22 @@ The inputs a method may ask for (by naming them in ``needs``):
   probabilities (:func:`cam_callbacks.utils.targets.probabilities`).
 - ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
   through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
+- ``layer_gradients``: a :class:`~cam_callbacks.engine.layer_gradients.LayerGradients`, ``(images, targets) -> (M, K, h, w)``
+  gradients of the target logits at the target layer for images the method builds (Smooth Grad-CAM++'s noisy copies).
+- ``hessian_vector``: ``(N, K, h, w)``, the Hessian of the score w.r.t. the activations applied to the
+  activations, ``H A`` (Shapley-CAM); 0 where the tail is piecewise linear in them.
+- ``bias_gradients``: a list of ``(N, K_l, h_l, w_l)`` tensors, ``bias_l * d score / d output_l`` for every
+  ``Conv2d``/``BatchNorm2d`` with a bias (a BatchNorm's folded bias ``beta - mean * gamma / sqrt(var + eps)``),
+  in forward order, from one forward/backward pass of the whole model (FullGrad); with it ``input_gradients``
+  comes from the same pass.
+- ``attention_gradients``: ``(N, layers, patches)`` LeGrad relevances of a vision transformer's blocks (the
+  positive gradients of each block's class score w.r.t. its attention probabilities, averaged over heads and
+  queries, prefix keys dropped), with ``patch_grid`` ``(h, w)``.
+
+A method may also name a *score* (``score=``): a function ``(logits, targets, **options) -> (N,)`` whose
+gradients replace those of the target logit in ``gradients`` and ``hessian_vector`` for that method only
+(Finer-CAM's contrast with similar classes, Shapley-CAM's ReST). Options go to the function that names them
+(``fn``, ``score`` or both).
 
 A method may also take keyword *options* with defaults (``options={"gaussian": False}``), which
 callers set with ``method_options``.
@@ -41,20 +59,24 @@ for a built-in method, with a reference test)::
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import Tensor
 
-__all__ = ["CAMMethod", "KNOWN_INPUTS", "LAYER_INPUTS", "available_methods", "get_method", "register_method", "unregister_method"]
+__all__ = ["CAMMethod", "KNOWN_INPUTS", "LAYER_INPUTS", "OWN_PASS_INPUTS", "available_methods", "get_method", "register_method", "unregister_method"]
 
 #: Every input a method may name in ``needs`` (see the module docstring).
 KNOWN_INPUTS = (
     "activations", "gradients", "class_weights", "images", "logits", "targets",
     "model_scorer", "tail_scorer", "input_gradients", "guided_gradients", "probability",
+    "layer_gradients", "hessian_vector", "bias_gradients", "attention_gradients", "patch_grid",
 )  # fmt: skip
 #: Inputs that come from the target layer: a method needing none of them ignores ``target_layer``.
-LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer")
+LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer", "layer_gradients", "hessian_vector")
+#: Inputs computed by a pass of their own over the whole model (no target layer).
+OWN_PASS_INPUTS = ("input_gradients", "guided_gradients", "bias_gradients", "attention_gradients")
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,11 @@ class CAMMethod:
         fn: Pure function returning the raw ``(N, h, w)`` map.
         needs: Names of the captured tensors ``fn`` takes as keyword arguments.
         summary: One line for documentation and error messages.
-        options: Keyword options of ``fn`` and their defaults.
+        options: Keyword options of ``fn`` (and ``score``) and their defaults.
+        score: None (the target logit) or ``(logits, targets, **options) -> (N,)``, the score whose gradients
+            this method's ``gradients`` and ``hessian_vector`` are.
+        check_options: None, or a function of the resolved options that raises a ValueError for invalid values
+            (run by :meth:`resolve_options`, so bad values fail when the options are built, before any work).
     """
 
     name: str
@@ -74,6 +100,8 @@ class CAMMethod:
     needs: Tuple[str, ...]
     summary: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    score: Optional[Callable[..., Tensor]] = None
+    check_options: Optional[Callable[[Mapping[str, Any]], None]] = None
 
     @property
     def needs_gradients(self) -> bool:
@@ -95,22 +123,44 @@ class CAMMethod:
             default = self.options[key]
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise ValueError(f"method {self.name!r} option {key!r} must be True or False, got {value!r}")
-        return {**self.options, **given}
+        resolved = {**self.options, **given}
+        if self.check_options is not None:
+            self.check_options(resolved)
+        return resolved
+
+    def fn_options(self, resolved: Mapping[str, Any]) -> Dict[str, Any]:
+        """The options among ``resolved`` that :attr:`fn` takes (all of them when it has ``**kwargs``)."""
+        return _accepted(self.fn, resolved)
+
+    def score_options(self, resolved: Mapping[str, Any]) -> Dict[str, Any]:
+        """The options among ``resolved`` that :attr:`score` takes."""
+        return {} if self.score is None else _accepted(self.score, resolved)
+
+
+def _accepted(fn: Callable[..., Any], options: Mapping[str, Any]) -> Dict[str, Any]:
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    return {key: value for key, value in options.items() if key in parameters}
 
 
 _REGISTRY: Dict[str, CAMMethod] = {}
 
 
 def register_method(
-    name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None,
+    score: Optional[Callable[..., Tensor]] = None, check_options: Optional[Callable[[Mapping[str, Any]], None]] = None,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:  # fmt: skip
     """Decorator registering ``fn`` as CAM method ``name``.
 
     Args:
         name: Registry name, lower case.
         needs: Which captured tensors the function takes (see module docstring).
         summary: One-line description.
-        options: Keyword options of ``fn`` with their defaults.
+        options: Keyword options of ``fn`` (or ``score``) with their defaults.
+        score: The score differentiated for ``gradients``/``hessian_vector`` instead of the target logit:
+            ``(logits, targets, **options) -> (N,)`` (see the module docstring).
+        check_options: Raises a ValueError for invalid option values (given the resolved options).
 
     Raises:
         ValueError: If the name is taken or ``needs`` names an unknown input.
@@ -122,7 +172,14 @@ def register_method(
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
-        _REGISTRY[name] = CAMMethod(name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}))
+        method = CAMMethod(
+            name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score,
+            check_options=check_options,
+        )
+        taken = set(method.fn_options(method.options)) | set(method.score_options(method.options))
+        if set(method.options) - taken:
+            raise ValueError(f"register_method: option(s) {sorted(set(method.options) - taken)} of {name!r} are taken by neither fn nor score")
+        _REGISTRY[name] = method
         return fn
 
     return decorator

@@ -25,7 +25,7 @@ def _fit(tmp_path, callbacks, max_epochs=2, seed=7):
 
 
 def test_registry_holds_every_method_of_the_seeds():
-    assert cc.available_methods() == EVERY_METHOD
+    assert cc.available_methods()[: len(EVERY_METHOD)] == EVERY_METHOD  # methods added later (issue 14) follow them
 
 
 @pytest.mark.slow

@@ -253,7 +253,7 @@ def test_a_monitor_reused_in_a_new_trainer_starts_afresh(tmp_path: Any) -> None:
     train, val = loaders(n_train=16, n_val=8)
     second = pl.Trainer(
         max_epochs=1, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
-        enable_checkpointing=False, callbacks=[monitor], num_sanity_val_steps=0,
+        enable_checkpointing=False, callbacks=[monitor], num_sanity_val_steps=0, default_root_dir=str(tmp_path / "b"),
     )  # fmt: skip
     second.fit(second_model, train, val)
     assert "cam/gradcam/shortcut_score" in second.callback_metrics  # epoch 0 of the new fit ran
