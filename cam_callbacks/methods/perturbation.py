@@ -7,7 +7,7 @@ output. Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,19 @@ def _check_samples(method: str, num_samples: object) -> int:
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"{method}: num_samples must be a positive int, got {num_samples!r}")
     return num_samples
+
+
+def _check_iscam(options: Mapping[str, Any]) -> None:
+    _check_samples("iscam", options["num_samples"])
+
+
+def _check_sscam(options: Mapping[str, Any]) -> None:
+    _check_samples("sscam", options["num_samples"])
+    std = options["std"]
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not float(std) >= 0:
+        raise ValueError(f"sscam: std must be a number >= 0, got {std!r}")
+    if not isinstance(options["seed"], int) or isinstance(options["seed"], bool):
+        raise ValueError(f"sscam: seed must be an int, got {options['seed']!r}")
 
 
 def _score_distinct_masks(
@@ -98,6 +111,7 @@ def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer:
     needs=("activations", "images", "targets", "model_scorer"),
     summary="SS-CAM: Score-CAM with Gaussian noise on the masks, scores averaged over samples",
     options={"num_samples": 35, "std": 2.0, "seed": 0},
+    check_options=_check_sscam,
 )
 def sscam(
     activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor],
@@ -115,9 +129,8 @@ def sscam(
     untouched), drawn in the order sample, image, channel, row by row: on the CPU the same numbers as
     ``torch.manual_seed(seed)`` followed by torchcam's draws.
     """
-    samples = _check_samples("sscam", num_samples)
-    if not float(std) >= 0:
-        raise ValueError(f"sscam: std must be >= 0, got {std!r}")
+    _check_sscam({"num_samples": num_samples, "std": std, "seed": seed})
+    samples = int(num_samples)
     n, k = activations.shape[:2]
     size = (images.shape[-2], images.shape[-1])
     noise = NoiseRows(size, int(seed), images.device, images.dtype)
@@ -156,6 +169,7 @@ def integration_scales(num_samples: int) -> List[float]:
     needs=("activations", "images", "targets", "model_scorer"),
     summary="IS-CAM: Score-CAM with masks integrated over increasing factors",
     options={"num_samples": 10},
+    check_options=_check_iscam,
 )
 def iscam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor], num_samples: int = 10) -> Tensor:
     """IS-CAM (Naidu et al. 2020, "IS-CAM: Integrated Score-CAM for axiomatic-based explanations"):

@@ -175,11 +175,16 @@ def test_registry_entries_and_option_checks():
     for method, options, message in [
         ("sscam", {"num_samples": 0}, "num_samples must be a positive int"),
         ("iscam", {"num_samples": 2.5}, "num_samples must be a positive int"),
-        ("sscam", {"std": -1.0}, "std must be >= 0"),
+        ("sscam", {"std": -1.0}, "std must be a number >= 0"),
+        ("sscam", {"seed": "a"}, "seed must be an int"),
         ("iscam", {"std": 1.0}, "its options are"),
     ]:
         with pytest.raises(ValueError, match=message):
             cc.explain(net, IMAGE, method, "feat", targets=0, method_options=options)
+        with pytest.raises(ValueError, match=message):  # checked when the options are built, before any work
+            cc.ExplainOptions(method_options={method: options})
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        sscam(IMAGE.clone(), IMAGE, torch.tensor([0]), recording_scorer(net), num_samples=-1)  # the pure function too
 
 
 @pytest.mark.parametrize("method", ["sscam", "iscam"])
