@@ -26,6 +26,7 @@ from cam_callbacks.callbacks.errors import ON_ERROR_CHOICES, ErrorReporter
 from cam_callbacks.callbacks.loggers import RunLogger, run_scalars
 from cam_callbacks.callbacks.probe import Probe, ProbeLike, early_probe, make_probe, probe_from_loaders
 from cam_callbacks.callbacks.runner import ProbeRunner
+from cam_callbacks.callbacks.shortcut_watch import probe_outcome, shortcut_hits
 from cam_callbacks.capture.layers import LayersLike
 from cam_callbacks.capture.layouts import ReshapeLike
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
@@ -301,7 +302,8 @@ class CAMMonitor(_Callback):
         order refer to probe rows, with NaN for skipped ones.
         """
         view = self._runner.view()
-        return self._history.analyze(explanation.maps, view.masks, view.nuisance, self._runner.skipped)
+        outcome = probe_outcome(explanation, view, self.alarm)  # explained classes, right or wrong, confidence
+        return self._history.analyze(explanation.maps, view.masks, view.nuisance, self._runner.skipped, **outcome)
 
     def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
         """Compute, check the alarm rule and log once for the current epoch; returns the logged scalars."""
@@ -322,6 +324,7 @@ class CAMMonitor(_Callback):
             scalars = run_scalars(scores, list(explanation.maps), analyses, p)
             per_image = {f"{p}/{m}/{metric}": values for m, a in analyses.items() for metric, values in a.per_image.items()}
             hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
+            hits += shortcut_hits(self.alarm, analyses, pl_module, self._runner.view(), scalars, p)  # per class, confirmed by occlusion
             if self.alarm is not None:
                 scalars[f"{p}/alarm"] = 1.0 if hits else 0.0
         scalars[f"{p}/skipped_images"] = float(len(self._runner.skipped))
