@@ -4,7 +4,8 @@ A region where the maps gather may be a cue the model uses, or an incidental pla
 to share. :func:`occlusion_effect` fills the region with each image's own per-channel mean and
 measures the drop of the target class's probability; as a control it fills a region of the same
 shape and area shifted by half the image in both directions (``torch.roll``, wrapping around).
-A shortcut region moves the prediction, an incidental one no more than the control.
+A shortcut region moves the prediction of most images, an incidental one no more than the control
+(the effect is the median over images of the difference).
 
 Batched forward passes on the model's device under ``torch.no_grad``, in eval mode, with the
 model's modes, ``requires_grad`` flags and the global RNG restored afterwards (invisible to training).
@@ -42,7 +43,9 @@ class OcclusionResult(NamedTuple):
     Attributes:
         drop: ``(N,)`` target probability of the intact image minus that with the region occluded.
         control: ``(N,)`` the same with the shifted control region occluded.
-        effect: 0-dim, ``mean(drop) - mean(control)``: how much more the region moves the prediction than chance placement.
+        effect: 0-dim, the median over images of ``drop - control``: how much more the region moves the
+            prediction than the same area elsewhere, in a typical image (a cue that the model reads in
+            every image moves most of them; an object that only sometimes lies in the region does not).
     """
 
     drop: Tensor
@@ -109,4 +112,4 @@ def occlusion_effect(
             drops.append((intact - hidden).double().cpu())
             controls.append((intact - shifted).double().cpu())
     drop, control = torch.cat(drops), torch.cat(controls)
-    return OcclusionResult(drop, control, drop.mean() - control.mean())
+    return OcclusionResult(drop, control, (drop - control).median())
