@@ -151,14 +151,23 @@ def train_run(
     return {"kind": kind, "classes": classes, "seed": seed, "epochs": epochs_out}
 
 
-def _fires(epoch: Dict[str, Any], regime: str, score: float, accuracy: float, effect: Optional[float], old: bool) -> bool:
-    """The per-class rule with these thresholds, as AlarmRule.shortcut_suspects / evaluate_shortcuts apply it, or the old rule."""
+def _learned(cand: Dict[str, float], accuracy: float, confidence: float) -> bool:
+    """AlarmRule.learned on a recorded candidate (NaN != NaN)."""
+    acc, conf = cand["accuracy"], cand["confidence"]
+    if acc != acc and conf != conf:
+        return True
+    return (acc == acc and acc >= accuracy) or (conf == conf and conf >= confidence)
+
+
+def _fires(
+    epoch: Dict[str, Any], regime: str, score: float, accuracy: float, effect: Optional[float], old: bool, confidence: float = 0.9
+) -> bool:
+    """The per-class rule with these thresholds, as AlarmRule.shortcut_suspects / evaluate_shortcuts apply it, plus the old rule."""
     if old:
         return bool(epoch[regime]["old"])
     suspects: Dict[int, Dict[str, float]] = {}
     for cand in epoch[regime]["candidates"]:  # highest score first
-        known = cand["accuracy"] if cand["accuracy"] == cand["accuracy"] else cand["confidence"]
-        if cand["score"] > score and (known != known or known >= accuracy):
+        if cand["score"] > score and _learned(cand, accuracy, confidence):
             suspects.setdefault(int(cand["class"]), cand)
     fired = any(effect is None or c["effect"] >= effect for c in suspects.values())
     return fired or bool(epoch[regime]["old"])
@@ -180,18 +189,19 @@ def rates(runs: Sequence[Dict[str, Any]], regime: str, rule: Any) -> Dict[str, A
     }  # fmt: skip
 
 
-def sweep(runs: Sequence[Dict[str, Any]]) -> Tuple[Tuple[float, float, Optional[float]], Dict[str, Any]]:
+def sweep(runs: Sequence[Dict[str, Any]]) -> Tuple[Tuple[float, float, Optional[float], float], Dict[str, Any]]:
     """The thresholds with the best worst-regime (detection - 4 x false alarms) on ``runs``."""
-    best: Tuple[float, Tuple[float, float, Optional[float]]] = (-1e9, (0.3, 0.9, 0.1))
-    for score, accuracy, effect in itertools.product((0.1, 0.15, 0.2, 0.25, 0.3, 0.4), (0.7, 0.8, 0.9, 0.95), (None, 0.0, 0.02, 0.05, 0.1, 0.2)):
+    best: Tuple[float, Tuple[float, float, Optional[float], float]] = (-1e9, (0.3, 0.9, 0.1, 0.9))
+    grid = itertools.product((0.1, 0.15, 0.2, 0.25, 0.3, 0.4), (0.8, 0.9, 0.95, 1.01), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.7, 0.8, 0.9, 1.01))
+    for score, accuracy, effect, confidence in grid:
         worst = min(
             (lambda r: r["detected"] / max(r["shortcut_runs"], 1) - 4 * r["false"] / max(r["clean_runs"], 1))(
-                rates(runs, regime, lambda e, g: _fires(e, g, score, accuracy, effect, False))
+                rates(runs, regime, lambda e, g: _fires(e, g, score, accuracy, effect, False, confidence))
             )
             for regime in REGIMES
         )
         if worst > best[0]:
-            best = (worst, (score, accuracy, effect))
+            best = (worst, (score, accuracy, effect, confidence))
     return best[1], {"objective": best[0]}
 
 
@@ -209,14 +219,15 @@ def table(runs: Sequence[Dict[str, Any]], rule: AlarmRule) -> str:
     table can be rebuilt from ``--json`` records for other thresholds without training again.
     """
     limits = (float(rule.max_class_shortcut_score or 1.0), rule.min_class_accuracy, rule.min_occlusion_effect)
-    new = lambda e, g: _fires(e, g, *limits, False)  # noqa: E731
+    confidence = rule.min_class_confidence
+    new = lambda e, g: _fires(e, g, *limits, False, confidence)  # noqa: E731
     old = lambda e, g: bool(e[g]["old"])  # noqa: E731
     bar = max((r["epochs"][-1]["val_acc"] for r in runs if r["kind"] == "clean"), default=1.0)
     val = lambda e, g: e["val_acc"] > bar  # noqa: E731
     lines = ["| regime | rule | detection | false alarms | epochs to detection |", "|---|---|---|---|---|"]
     for regime in REGIMES:
-        for name, rule in (("new (AlarmRule())", new), ("old (no per-class rule)", old), ("validation accuracy alone", val)):
-            r = rates(runs, regime, rule)
+        for name, fires in (("new (AlarmRule())", new), ("old (no per-class rule)", old), ("validation accuracy alone", val)):
+            r = rates(runs, regime, fires)
             det = f"{r['detected']}/{r['shortcut_runs']} ({100 * r['detected'] / max(r['shortcut_runs'], 1):.0f}%)"
             fa = f"{r['false']}/{r['clean_runs']} ({100 * r['false'] / max(r['clean_runs'], 1):.0f}%)"
             lines.append(f"| {regime} | {name} | {det} | {fa} | {r['epochs']:.1f} |")
@@ -262,9 +273,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         chosen, info = sweep([r for r in runs if r["seed"] <= half])
         held = [r for r in runs if r["seed"] > half]
         lines = [f"\nSweep on seeds 1..{half}: max_class_shortcut_score={chosen[0]}, min_class_accuracy={chosen[1]}, "
-                 f"min_occlusion_effect={chosen[2]} (objective {info['objective']:.3f}); on seeds {half + 1}..{args.seeds}:"]  # fmt: skip
+                 f"min_occlusion_effect={chosen[2]}, min_class_confidence={chosen[3]} (objective {info['objective']:.3f}); on seeds {half + 1}..{args.seeds}:"]  # fmt: skip
         for regime in REGIMES:
-            r = rates(held, regime, lambda e, g: _fires(e, g, *chosen, False))
+            r = rates(held, regime, lambda e, g: _fires(e, g, *chosen[:3], False, chosen[3]))
             lines.append(f"- {regime}: detection {r['detected']}/{r['shortcut_runs']}, false alarms {r['false']}/{r['clean_runs']}, epochs {r['epochs']:.1f}")
         text += "\n".join(lines)
     print(text)

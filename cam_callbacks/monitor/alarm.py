@@ -142,9 +142,9 @@ class AlarmRule:
       ``shortcut_clusters``: the per-class rule, which needs no mask (see :meth:`shortcut_suspects`
       and :meth:`evaluate_shortcuts`). It fires for a class (or a cluster of a class's maps,
       :func:`cam_callbacks.metrics.shortcuts.find_shortcuts`) whose maps gather on one small region
-      (score above ``max_class_shortcut_score``), only when the model has learned that class on the
-      probe (accuracy, or mean confidence without labels, at least ``min_class_accuracy``: a model
-      that is still guessing is not flagged) and, when the callback can run the model, when
+      (score above ``max_class_shortcut_score``), only when the model is past guessing on that class
+      (probe accuracy at least ``min_class_accuracy`` or mean confidence at least
+      ``min_class_confidence``: a model that is still guessing is not flagged) and, when the callback can run the model, when
       occluding the region lowers the class's probability by at least ``min_occlusion_effect``
       more than occluding the same area elsewhere. The values come from
       ``benchmarks/bench_shortcut_detection.py`` (see ``benchmarks/README.md``).
@@ -159,8 +159,8 @@ class AlarmRule:
             for any logged metric (e.g. ``{"adcc": ("min", 50.0)}``).
         top_k: Number of worst probe images reported per hit (``>= 0``).
         max_class_shortcut_score: Upper bound of a class's (or cluster's) shortcut score, in ``[0, 1]`` (None: rule off).
-        min_class_accuracy: The per-class rule considers only classes with at least this probe accuracy
-            (mean confidence when the probe has no labels), in ``[0, 1]``.
+        min_class_accuracy: The per-class rule considers a class whose probe accuracy is at least this, in ``[0, 1]`` ...
+        min_class_confidence: ... or whose mean probability of the explained class is at least this (see :meth:`learned`).
         min_occlusion_effect: Least occlusion effect (drop of the class's probability, region minus
             control) that confirms a suspect; None: no confirmation needed.
         shortcut_clusters: Clusters of maps per class (0 or 1: whole classes only).
@@ -184,6 +184,7 @@ class AlarmRule:
     top_k: int = 4
     max_class_shortcut_score: Optional[float] = 0.3
     min_class_accuracy: float = 0.9
+    min_class_confidence: float = 0.9
     min_occlusion_effect: Optional[float] = 0.1
     shortcut_clusters: int = 2
 
@@ -206,8 +207,10 @@ class AlarmRule:
             raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
         _check_threshold("max_class_shortcut_score", self.max_class_shortcut_score, 0.0, 1.0)
         _check_threshold("min_class_accuracy", self.min_class_accuracy, 0.0, 1.0)
-        if self.min_class_accuracy is None:
-            raise ValueError("min_class_accuracy must be a number in [0, 1] (0 considers every class)")
+        _check_threshold("min_class_confidence", self.min_class_confidence, 0.0, 1.0)
+        for name in ("min_class_accuracy", "min_class_confidence"):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} must be a number in [0, 1] (0 considers every class)")
         _check_threshold("min_occlusion_effect", self.min_occlusion_effect, -1.0, 1.0)
         if isinstance(self.shortcut_clusters, bool) or not isinstance(self.shortcut_clusters, int) or self.shortcut_clusters < 0:
             raise ValueError(f"shortcut_clusters must be an int >= 0, got {self.shortcut_clusters!r}")
@@ -281,10 +284,18 @@ class AlarmRule:
 
 
     def learned(self, candidate: ShortcutCandidate) -> bool:
-        """Whether the model has learned the candidate's class on the probe: accuracy (else mean confidence) at
-        least ``min_class_accuracy``; True when neither is known."""
-        known = candidate.accuracy if not math.isnan(candidate.accuracy) else candidate.confidence
-        return math.isnan(known) or known >= self.min_class_accuracy
+        """Whether the model is past guessing on the candidate's class: its probe accuracy is at least
+        ``min_class_accuracy`` or its mean confidence at least ``min_class_confidence`` (True when neither is known).
+
+        Confidence alone counts too, because a probe on which the cue does not follow the label makes a
+        shortcut model confidently wrong.
+        """
+        accuracy, confidence = candidate.accuracy, candidate.confidence
+        if math.isnan(accuracy) and math.isnan(confidence):
+            return True
+        return (not math.isnan(accuracy) and accuracy >= self.min_class_accuracy) or (
+            not math.isnan(confidence) and confidence >= self.min_class_confidence
+        )
 
     def shortcut_suspects(self, findings: ShortcutFindings) -> List[int]:
         """Indices into ``findings.candidates`` of the best candidate of each class whose score is above
