@@ -27,7 +27,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -76,7 +76,16 @@ COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("energy_in_nuisance_ratio", "nuis"),
     ("energy_in_mask_ratio", "mask"),
     ("shortcut_score", "short"),
+    ("class_shortcut_score", "class"),
 )
+#: ``--probe-masks``: the masks the probe set carries. "objects" (the default) is the usual case: object masks
+#: (or none, "none") but no nuisance mask, since nobody told you where the shortcut is; the per-class rule
+#: finds it. "nuisance" adds the patch masks (the energy_in_nuisance_ratio rule).
+PROBE_MASKS: Dict[str, Callable[[Any], Tuple[Any, ...]]] = {
+    "nuisance": lambda batch: (batch.masks, batch.nuisance_masks),
+    "objects": lambda batch: (batch.masks,),
+    "none": lambda batch: (),
+}
 #: The validation loaders, in order: the cue-randomised set (the first: CAMMonitor's probe source) and the ordinary split.
 VAL_STAGES: Tuple[str, ...] = ("randcue", "val")
 
@@ -96,8 +105,10 @@ def _train(args: argparse.Namespace, variant: str) -> Dict[str, Any]:
     )
     data.setup("fit")
     model = ShortcutClassifier(num_classes=data.hparams.num_classes, lr=args.lr)
+    randcue = data.randcue_set.batch  # identical for both variants; --probe-masks: which masks CAMMonitor gets
+    probe = tuple(t[: args.num_probe] for t in (randcue.images, randcue.labels, *PROBE_MASKS[args.probe_masks](randcue)))
     monitor = make_monitor(
-        probe=data.randcue_set,  # identical for both variants; with object and nuisance masks
+        probe=probe,
         methods=args.methods,
         num_probe=args.num_probe,
         target=args.target,
@@ -311,11 +322,13 @@ class EpochTable(pl.Callback):
         for method in self.monitor.methods:
             for metric, _ in COLUMNS:
                 row[f"{method}/{metric}"] = metrics.get(f"cam/{method}/{metric}", math.nan)
-        rule = self.monitor.alarm
-        cam = {k: v for k, v in metrics.items() if k.startswith("cam/") and k != "cam/alarm"}
-        hits = rule.evaluate(cam) if rule is not None else []
         short = dict(COLUMNS)
-        row["fired"] = [f"{h.method} {short.get(h.metric, h.metric)}{'>' if h.direction == 'above' else '<'}{h.threshold:g}" for h in hits]
+        row["fired"] = [
+            f"{h.method} {'' if h.class_index is None else f'class{h.class_index} '}{short.get(h.metric, h.metric)}"
+            f"{'>' if h.direction == 'above' else '<'}{h.threshold:g}"
+            for h in self.monitor.last_hits
+        ]
+        row["hits"] = [h.message for h in self.monitor.last_hits]
         self.rows.append(row)
         if self.verbose:
             print(self.format_row(row), flush=True)
@@ -347,6 +360,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-probe", type=int, default=MONITOR["num_probe"], help="probe images (the first cue-randomised images)")
     parser.add_argument(
         "--target", default=MONITOR["target"], choices=["prediction", "label"], help="class the maps explain (default: prediction)"
+    )
+    parser.add_argument(
+        "--probe-masks", default="objects", choices=list(PROBE_MASKS), help="masks given to CAMMonitor's probe (default: objects)"
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="runs to train (default: both)")
     parser.add_argument("--stop-on-alarm", action="store_true", help="stop a run when its alarm fires")

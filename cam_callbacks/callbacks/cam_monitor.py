@@ -174,6 +174,7 @@ class CAMMonitor(_Callback):
         self._build_parts(probe, smooth)
         #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
         self.last_timings: Dict[str, float] = {}
+        self.last_hits: List[AlarmHit] = []  #: The alarm hits of the last run (with class, region and evidence for per-class hits).
 
     def _build_parts(self, probe: Optional[ProbeLike], smooth: Optional[Smooth]) -> None:
         """The parts that do the work (runner, history, alarm state, budget, logger) and the run state."""
@@ -333,6 +334,7 @@ class CAMMonitor(_Callback):
         for message in self._budget.after_run(scalars[f"{p}/time_s"], trainer.state.fn == TrainerFn.FITTING):
             rank_zero_info(f"CAMMonitor: {message}")
         scalars.update({f"{p}/{m}/every_n_runs": float(self._budget.stride(m)) for m in self.methods if self._budget.stride(m) > 1})
+        self.last_hits = hits
         self._log_everywhere(trainer, pl_module, explanation, scalars, analyses, hits)
         end = time.perf_counter()
         self.last_timings = {"compute": computed - start, "analyze": analyzed - computed, "log": end - analyzed, "total": end - start}
