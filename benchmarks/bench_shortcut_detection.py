@@ -192,7 +192,7 @@ def rates(runs: Sequence[Dict[str, Any]], regime: str, rule: Any) -> Dict[str, A
 def sweep(runs: Sequence[Dict[str, Any]]) -> Tuple[Tuple[float, float, Optional[float], float], Dict[str, Any]]:
     """The thresholds with the best worst-regime (detection - 4 x false alarms) on ``runs``."""
     best: Tuple[float, Tuple[float, float, Optional[float], float]] = (-1e9, (0.3, 0.9, 0.1, 0.9))
-    grid = itertools.product((0.1, 0.15, 0.2, 0.25, 0.3, 0.4), (0.8, 0.9, 0.95, 1.01), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.7, 0.8, 0.9, 1.01))
+    grid = itertools.product((0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), (0.8, 0.9, 0.95, 1.01), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.6, 0.7, 0.8, 0.9, 1.01))
     for score, accuracy, effect, confidence in grid:
         worst = min(
             (lambda r: r["detected"] / max(r["shortcut_runs"], 1) - 4 * r["false"] / max(r["clean_runs"], 1))(

@@ -25,8 +25,8 @@ only the saliency *outside* the objects is compared, as in :func:`cam_callbacks.
   ``S`` (a constant map correlates 0 with anything); 0 for fewer than 2 images.
 - ``concentration``: ``1 - exp(entropy(m)) / cells`` of the mean map ``m = mean_i p_i``
   (0: uniform, near 1: one cell).
-- ``region``: the smallest set of grid cells holding half of the common map's mass (see
-  :func:`~cam_callbacks.metrics.drift.shortcut_score`), at full resolution; ``box`` its bounding box.
+- ``region``: the grid cells where the common map of :func:`~cam_callbacks.metrics.drift.shortcut_score`
+  reaches half its maximum, at full resolution; ``box`` its bounding box.
 
 Clusters: cosine k-means on the pooled maps of each class with a deterministic farthest-point
 start (no random draws), ``clusters`` clusters per class with at least ``min_cluster_share`` of it.
@@ -240,7 +240,7 @@ def _set_score(p: Tensor, outside: Tensor, with_masks: bool) -> Tuple[float, Ten
     score = float(report.score)
     if with_masks:
         score *= float(outside.mean())
-    return score, report.region.flatten()
+    return score, report.common_map.flatten() >= 0.5  # all False when nothing is shared (the common map is 0)
 
 
 def _region_box(region: Tensor) -> Tuple[int, int, int, int]:
