@@ -189,19 +189,21 @@ def rates(runs: Sequence[Dict[str, Any]], regime: str, rule: Any) -> Dict[str, A
     }  # fmt: skip
 
 
-def sweep(runs: Sequence[Dict[str, Any]]) -> Tuple[Tuple[float, float, Optional[float], float], Dict[str, Any]]:
+def sweep(runs: Sequence[Dict[str, Any]]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The thresholds with the best worst-regime (detection - 4 x false alarms) on ``runs``."""
-    best: Tuple[float, Tuple[float, float, Optional[float], float]] = (-1e9, (0.3, 0.9, 0.1, 0.9))
-    grid = itertools.product((0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), (0.8, 0.9, 0.95, 1.01), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.6, 0.7, 0.8, 0.9, 1.01))
-    for score, accuracy, effect, confidence in grid:
-        worst = min(
-            (lambda r: r["detected"] / max(r["shortcut_runs"], 1) - 4 * r["false"] / max(r["clean_runs"], 1))(
-                rates(runs, regime, lambda e, g: _fires(e, g, score, accuracy, effect, False, confidence))
-            )
-            for regime in REGIMES
-        )
+    best: Tuple[float, Tuple[Any, ...]] = (-1e9, (0.3, 0.9, 0.1, 0.9))
+    grid = itertools.product(
+        (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), (0.8, 0.9, 0.95, 1.01), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.6, 0.7, 0.8, 0.9, 1.01)
+    )  # fmt: skip
+    for limits in grid:
+
+        def fires(e: Dict[str, Any], g: str, limits: Tuple[Any, ...] = limits) -> bool:
+            return _fires(e, g, limits[0], limits[1], limits[2], False, limits[3])
+
+        results = [rates(runs, regime, fires) for regime in REGIMES]
+        worst = min(r["detected"] / max(r["shortcut_runs"], 1) - 4 * r["false"] / max(r["clean_runs"], 1) for r in results)
         if worst > best[0]:
-            best = (worst, (score, accuracy, effect, confidence))
+            best = (worst, limits)
     return best[1], {"objective": best[0]}
 
 
@@ -220,10 +222,10 @@ def table(runs: Sequence[Dict[str, Any]], rule: AlarmRule) -> str:
     """
     limits = (float(rule.max_class_shortcut_score or 1.0), rule.min_class_accuracy, rule.min_occlusion_effect)
     confidence = rule.min_class_confidence
-    new = lambda e, g: _fires(e, g, *limits, False, confidence)  # noqa: E731
-    old = lambda e, g: bool(e[g]["old"])  # noqa: E731
+    new = lambda e, g: _fires(e, g, *limits, False, confidence)
+    old = lambda e, g: bool(e[g]["old"])
     bar = max((r["epochs"][-1]["val_acc"] for r in runs if r["kind"] == "clean"), default=1.0)
-    val = lambda e, g: e["val_acc"] > bar  # noqa: E731
+    val = lambda e, g: e["val_acc"] > bar
     lines = ["| regime | rule | detection | false alarms | epochs to detection |", "|---|---|---|---|---|"]
     for regime in REGIMES:
         for name, fires in (("new (AlarmRule())", new), ("old (no per-class rule)", old), ("validation accuracy alone", val)):
@@ -265,15 +267,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         began = time.perf_counter()
         runs.append(train_run(kind, classes, seed, data_seed, args.epochs, args.num_train, args.num_probe, rule))
         flags = {g: [int(e[g]["new"]) for e in runs[-1]["epochs"]] for g in REGIMES}
-        print(f"seed {seed} {kind:10s} {classes:3s} val_acc {runs[-1]['epochs'][-1]['val_acc']:.3f} new {flags} ({time.perf_counter() - began:.1f} s)", flush=True)
+        took = time.perf_counter() - began
+        print(f"seed {seed} {kind:10s} {classes:3s} val_acc {runs[-1]['epochs'][-1]['val_acc']:.3f} new {flags} ({took:.1f} s)", flush=True)
     elapsed = time.perf_counter() - start
     text = f"{len(runs)} runs ({args.seeds} seed(s); clean x{CLEAN_RUNS}), {args.epochs} epochs, {elapsed / 60:.1f} min\n\n" + table(runs, rule)
     if args.sweep and args.seeds >= 2:
         half = args.seeds // 2
         chosen, info = sweep([r for r in runs if r["seed"] <= half])
         held = [r for r in runs if r["seed"] > half]
-        lines = [f"\nSweep on seeds 1..{half}: max_class_shortcut_score={chosen[0]}, min_class_accuracy={chosen[1]}, "
-                 f"min_occlusion_effect={chosen[2]}, min_class_confidence={chosen[3]} (objective {info['objective']:.3f}); on seeds {half + 1}..{args.seeds}:"]  # fmt: skip
+        lines = [
+            f"\nSweep on seeds 1..{half}: max_class_shortcut_score={chosen[0]}, min_class_accuracy={chosen[1]}, "
+            f"min_occlusion_effect={chosen[2]}, min_class_confidence={chosen[3]} (objective {info['objective']:.3f}); "
+            f"on seeds {half + 1}..{args.seeds}:"
+        ]
         for regime in REGIMES:
             r = rates(held, regime, lambda e, g: _fires(e, g, *chosen[:3], False, chosen[3]))
             lines.append(f"- {regime}: detection {r['detected']}/{r['shortcut_runs']}, false alarms {r['false']}/{r['clean_runs']}, epochs {r['epochs']:.1f}")

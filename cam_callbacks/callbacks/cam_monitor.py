@@ -174,7 +174,6 @@ class CAMMonitor(_Callback):
         self._build_parts(probe, smooth)
         #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
         self.last_timings: Dict[str, float] = {}
-        self.last_hits: List[AlarmHit] = []  #: The alarm hits of the last run (with class, region and evidence for per-class hits).
 
     def _build_parts(self, probe: Optional[ProbeLike], smooth: Optional[Smooth]) -> None:
         """The parts that do the work (runner, history, alarm state, budget, logger) and the run state."""
@@ -193,6 +192,7 @@ class CAMMonitor(_Callback):
         self._pending_state: Optional[Dict[str, Any]] = None
         self._last_run: Optional[tuple] = None
         self._warned: Set[str] = set()
+        self.last_hits: List[AlarmHit] = []  #: The alarm hits of the last run (per-class ones with class, region and evidence).
 
     def _start_afresh(self) -> None:
         """A new Trainer: nothing of the previous one's runs (last epoch, drift history, alarm, budget, failed parts) carries over."""
