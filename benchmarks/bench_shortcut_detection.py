@@ -151,17 +151,19 @@ def train_run(
     return {"kind": kind, "classes": classes, "seed": seed, "epochs": epochs_out}
 
 
-def _learned(cand: Dict[str, float], accuracy: float, confidence: float) -> bool:
-    """AlarmRule.learned on a recorded candidate (NaN != NaN)."""
-    acc, conf = cand["accuracy"], cand["confidence"]
+def _learned(cand: Dict[str, float], accuracy: Optional[float], confidence: Optional[float]) -> bool:
+    """AlarmRule.learned on a recorded candidate (NaN != NaN; a None threshold is not used)."""
+    acc = float("nan") if accuracy is None else cand["accuracy"]
+    conf = float("nan") if confidence is None else cand["confidence"]
     if acc != acc and conf != conf:
         return True
-    return (acc == acc and acc >= accuracy) or (conf == conf and conf >= confidence)
+    return (acc == acc and acc >= (accuracy or 0.0)) or (conf == conf and conf >= (confidence or 0.0))
 
 
 def _fires(
-    epoch: Dict[str, Any], regime: str, score: float, accuracy: float, effect: Optional[float], old: bool, confidence: float = 0.9
-) -> bool:
+    epoch: Dict[str, Any], regime: str, score: float, accuracy: Optional[float], effect: Optional[float], old: bool,
+    confidence: Optional[float] = 0.8,
+) -> bool:  # fmt: skip
     """The per-class rule with these thresholds, as AlarmRule.shortcut_suspects / evaluate_shortcuts apply it, plus the old rule."""
     if old:
         return bool(epoch[regime]["old"])
@@ -193,7 +195,7 @@ def sweep(runs: Sequence[Dict[str, Any]]) -> Tuple[Tuple[Any, ...], Dict[str, An
     """The thresholds with the best worst-regime (detection - 4 x false alarms) on ``runs``."""
     best: Tuple[float, Tuple[Any, ...]] = (-1e9, (0.3, 0.9, 0.1, 0.9))
     grid = itertools.product(
-        (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), (0.8, 0.9, 0.95, 1.01), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.6, 0.7, 0.8, 0.9, 1.01)
+        (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), (0.8, 0.9, 0.95, None), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.6, 0.7, 0.8, 0.9, None)
     )  # fmt: skip
     for limits in grid:
 
@@ -270,7 +272,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         took = time.perf_counter() - began
         print(f"seed {seed} {kind:10s} {classes:3s} val_acc {runs[-1]['epochs'][-1]['val_acc']:.3f} new {flags} ({took:.1f} s)", flush=True)
     elapsed = time.perf_counter() - start
-    text = f"{len(runs)} runs ({args.seeds} seed(s); clean x{CLEAN_RUNS}), {args.epochs} epochs, {elapsed / 60:.1f} min\n\n" + table(runs, rule)
+    took = "rebuilt from records" if args.from_json else f"{elapsed / 60:.1f} min"
+    epochs = len(runs[0]["epochs"]) if runs else args.epochs
+    text = f"{len(runs)} runs ({args.seeds} seed(s); clean x{CLEAN_RUNS}), {epochs} epochs, {took}\n\n" + table(runs, rule)
     if args.sweep and args.seeds >= 2:
         half = args.seeds // 2
         chosen, info = sweep([r for r in runs if r["seed"] <= half])

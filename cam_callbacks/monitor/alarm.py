@@ -146,8 +146,17 @@ class AlarmRule:
       (probe accuracy at least ``min_class_accuracy`` or mean confidence at least
       ``min_class_confidence``: a model that is still guessing is not flagged) and, when the callback can run the model, when
       occluding the region lowers the class's probability by at least ``min_occlusion_effect``
-      more than occluding the same area elsewhere. The values come from
-      ``benchmarks/bench_shortcut_detection.py`` (see ``benchmarks/README.md``).
+      more than occluding the same area elsewhere. Defaults: score above 0.15, mean confidence at
+      least 0.8 (accuracy not used: on a probe where the cue does not follow the label a shortcut
+      model is confidently wrong), occlusion effect at least 0.1. From
+      ``benchmarks/bench_shortcut_detection.py`` (39 runs, seeds 1-3; see ``benchmarks/README.md``):
+      the best setting there (score 0.1, no occlusion check) flags 90/80/70% of the shortcut runs
+      (nuisance masks / object masks / no masks) with no false alarm in 9 clean runs, but the clean
+      run of ``examples/catch_shortcut.py`` (longer training, validation accuracy 0.94-0.97, which the
+      benchmark's clean runs never reach) raised it from epoch 3 (a cluster of 5 images, score 0.12,
+      confidence 0.93, occlusion effect 0.004-0.06). The occlusion check at 0.1 and the score at 0.15
+      keep that run quiet (the shortcut run: score 0.51-0.53, effect 0.80-0.87) and flag 67/57/50%
+      of the benchmark's shortcut runs with no false alarm.
 
     Args:
         max_energy_in_nuisance_ratio: Upper bound of ``energy_in_nuisance_ratio``.
@@ -159,8 +168,10 @@ class AlarmRule:
             for any logged metric (e.g. ``{"adcc": ("min", 50.0)}``).
         top_k: Number of worst probe images reported per hit (``>= 0``).
         max_class_shortcut_score: Upper bound of a class's (or cluster's) shortcut score, in ``[0, 1]`` (None: rule off).
-        min_class_accuracy: The per-class rule considers a class whose probe accuracy is at least this, in ``[0, 1]`` ...
-        min_class_confidence: ... or whose mean probability of the explained class is at least this (see :meth:`learned`).
+        min_class_accuracy: The per-class rule considers a class whose probe accuracy is at least this, in ``[0, 1]``
+            (None: accuracy is not used) ...
+        min_class_confidence: ... or whose mean probability of the explained class is at least this (None: not used;
+            both None: every class; see :meth:`learned`).
         min_occlusion_effect: Least occlusion effect (drop of the class's probability, region minus
             control) that confirms a suspect; None: no confirmation needed.
         shortcut_clusters: Clusters of maps per class (0 or 1: whole classes only).
@@ -182,9 +193,9 @@ class AlarmRule:
     max_energy_in_nuisance: Optional[float] = None
     extra: Mapping[str, Tuple[str, float]] = field(default_factory=dict)
     top_k: int = 4
-    max_class_shortcut_score: Optional[float] = 0.3
-    min_class_accuracy: float = 0.9
-    min_class_confidence: float = 0.9
+    max_class_shortcut_score: Optional[float] = 0.15
+    min_class_accuracy: Optional[float] = None
+    min_class_confidence: Optional[float] = 0.8
     min_occlusion_effect: Optional[float] = 0.1
     shortcut_clusters: int = 2
 
@@ -208,9 +219,6 @@ class AlarmRule:
         _check_threshold("max_class_shortcut_score", self.max_class_shortcut_score, 0.0, 1.0)
         _check_threshold("min_class_accuracy", self.min_class_accuracy, 0.0, 1.0)
         _check_threshold("min_class_confidence", self.min_class_confidence, 0.0, 1.0)
-        for name in ("min_class_accuracy", "min_class_confidence"):
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} must be a number in [0, 1] (0 considers every class)")
         _check_threshold("min_occlusion_effect", self.min_occlusion_effect, -1.0, 1.0)
         if isinstance(self.shortcut_clusters, bool) or not isinstance(self.shortcut_clusters, int) or self.shortcut_clusters < 0:
             raise ValueError(f"shortcut_clusters must be an int >= 0, got {self.shortcut_clusters!r}")
@@ -290,11 +298,12 @@ class AlarmRule:
         Confidence alone counts too, because a probe on which the cue does not follow the label makes a
         shortcut model confidently wrong.
         """
-        accuracy, confidence = candidate.accuracy, candidate.confidence
+        accuracy = math.nan if self.min_class_accuracy is None else candidate.accuracy
+        confidence = math.nan if self.min_class_confidence is None else candidate.confidence
         if math.isnan(accuracy) and math.isnan(confidence):
             return True
-        return (not math.isnan(accuracy) and accuracy >= self.min_class_accuracy) or (
-            not math.isnan(confidence) and confidence >= self.min_class_confidence
+        return (not math.isnan(accuracy) and accuracy >= float(self.min_class_accuracy or 0.0)) or (
+            not math.isnan(confidence) and confidence >= float(self.min_class_confidence or 0.0)
         )
 
     def shortcut_suspects(self, findings: ShortcutFindings) -> List[int]:

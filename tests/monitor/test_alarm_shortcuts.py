@@ -49,6 +49,10 @@ def test_a_class_still_guessed_does_not_fire():
     assert rule.evaluate_shortcuts("gradcam", findings(0.5, confidence=0.5)) == []  # neither accurate nor confident
     assert len(rule.evaluate_shortcuts("gradcam", findings(0.5, confidence=0.95))) == 1  # confidently wrong: past guessing
     assert len(rule.evaluate_shortcuts("gradcam", findings(1.0, confidence=0.3))) == 1  # right
+    assert AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=None).evaluate_shortcuts("m", findings(1.0, confidence=0.5)) == []
+    assert len(AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=None, min_class_confidence=None).evaluate_shortcuts(
+        "m", findings(0.0, confidence=0.1)
+    )) == 1  # no gate at all
     unknown = findings(0.0, confidence=float("nan"), with_correct=False)
     assert math.isnan(unknown.candidates[0].accuracy) and len(rule.evaluate_shortcuts("gradcam", unknown)) == 1
 
@@ -68,11 +72,17 @@ def test_rule_off_and_threshold():
     assert AlarmRule(max_class_shortcut_score=0.99).shortcut_suspects(found) == []
 
 
+def test_defaults_from_the_benchmark():
+    rule = AlarmRule()
+    assert (rule.max_class_shortcut_score, rule.min_class_accuracy, rule.min_class_confidence, rule.min_occlusion_effect) == (0.15, None, 0.8, 0.1)
+    assert rule.shortcut_clusters == 2 and "class_shortcut_score" not in rule.rules()  # not a name-based rule
+
+
 def test_validation():
     with pytest.raises(ValueError, match="max_class_shortcut_score"):
         AlarmRule(max_class_shortcut_score=1.5)
-    with pytest.raises(ValueError, match="min_class_accuracy"):
-        AlarmRule(min_class_accuracy=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_class_confidence"):
+        AlarmRule(min_class_confidence=1.5)
     with pytest.raises(ValueError, match="shortcut_clusters"):
         AlarmRule(shortcut_clusters=-1)
 
