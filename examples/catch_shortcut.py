@@ -5,7 +5,9 @@ Each image shows one coloured shape on a textured background (scenario ``"large"
 top-left corner whose colour is the label in every training image, so a model can read one corner
 instead of learning shapes; the *clean* variant has no patch. Both runs train :class:`ShapesClassifier`
 (from ``train_shapes.py``) with the same seeds. CAMMonitor (settings: :data:`MONITOR`) probes both on the
-same images, whose patch colour is random, and the script prints per epoch ``val_acc`` (a split drawn
+same images, whose patch colour is random, with object masks but no patch mask by default (``--probe-masks``:
+nobody told the callback where the shortcut is; the per-class rule of :class:`~cam_callbacks.AlarmRule` finds it),
+and the script prints per epoch ``val_acc`` (a split drawn
 like the training data: it does not reveal the shortcut), ``randcue_acc`` (the random-colour images:
 ground truth a user normally lacks), the watch metrics, the alarm and the rules that fired, then the
 epoch at which each run's alarm first fired. The README ("Catching a shortcut") shows its output::
@@ -56,7 +58,10 @@ MONITOR: Dict[str, Any] = dict(
     mean=SHAPES_MEAN,  # how the images are normalised: the grids show them in their real colours
     std=SHAPES_STD,
     # The default rules: energy_in_nuisance_ratio (share of the map on the patch, in multiples of the
-    # patch's area share; 1 = chance) above 2, or shortcut_score above 0.5. It sets cam/alarm to 1.
+    # patch's area share; 1 = chance) above 2 (only with --probe-masks nuisance), shortcut_score above 0.5,
+    # and the per-class rule, which needs no mask: a class whose maps gather on one region (class_shortcut_score
+    # above 0.15) while the model is confident on it (0.8) and hiding the region moves its predictions
+    # (occlusion effect 0.1). It sets cam/alarm to 1.
     alarm=cc.AlarmRule(),
     stop_on_alarm=False,  # --stop-on-alarm
 )
