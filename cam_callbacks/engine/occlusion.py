@@ -97,11 +97,13 @@ def occlusion_effect(
     if images.dim() != 4 or region.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"region {tuple(region.shape)} must be (H, W) or (N, H, W) at the images' size {tuple(images.shape[-2:])}")
     device = model_device(model, images.device)
+    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    dtype = floating[0] if floating else images.dtype  # a half or bfloat16 model gets its own dtype
     region = region.to(device=device, dtype=torch.bool).expand(images.shape[0], *images.shape[-2:])
     drops, controls = [], []
     with preserved_rng_state(), preserved_model_state(model), torch.no_grad(), forward_context():  # type: ignore[attr-defined]
         for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].to(device)
+            x = images[start : start + batch_size].to(device=device, dtype=dtype)
             t = targets[start : start + batch_size].to(device).long()
             r = region[start : start + batch_size].unsqueeze(1)
             fill = x.mean(dim=(2, 3), keepdim=True).expand_as(x)

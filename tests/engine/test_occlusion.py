@@ -75,3 +75,11 @@ def test_bad_arguments():
         occlusion_effect(model, torch.zeros(1, 3, 8, 8), torch.tensor([0]), torch.zeros(8, 8, dtype=torch.bool), probability="logit")
     with pytest.raises(ValueError, match="region"):
         occlusion_effect(model, torch.zeros(1, 3, 8, 8), torch.tensor([0]), torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_a_bfloat16_model_gets_bfloat16_images():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).to(torch.bfloat16)
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[:2, :2] = True
+    result = occlusion_effect(model, torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 0]), region)
+    assert result.drop.dtype == torch.float64 and torch.isfinite(result.drop).all()
