@@ -18,8 +18,8 @@ validation accuracy, on a split drawn like training, is above every clean run's)
 it also searches the per-class thresholds on the first half of the seeds and reports the best
 choice on the second half (how the defaults were chosen).
 
-    python benchmarks/bench_shortcut_detection.py --quick            # CI-size: 1 seed, 3 epochs, ~2 min on 2 cores
-    python benchmarks/bench_shortcut_detection.py --out table.md    # 3 seeds, 5 epochs: the README table (~20 min on 2 cores)
+    python benchmarks/bench_shortcut_detection.py --quick            # CI-size: 1 seed, 3 epochs, 13 runs: 1 min on 2 idle cores
+    python benchmarks/bench_shortcut_detection.py --out table.md    # 3 seeds, 5 epochs, 39 runs: the README table (20 min on 2 shared cores)
     python benchmarks/bench_shortcut_detection.py --sweep           # also choose the thresholds (first seeds) and test them (last seeds)
 """
 
