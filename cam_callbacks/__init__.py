@@ -24,6 +24,7 @@ from cam_callbacks.functional import explain, faithfulness, perturbation_scores
 from cam_callbacks.methods.registry import available_methods, get_method, register_method, unregister_method
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
 from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
+from cam_callbacks.metrics.shortcuts import find_shortcuts
 from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.render.notebook import plot_maps, show_maps
 from cam_callbacks.utils.maps import fuse_layer_maps, minmax_normalize, upsample_and_normalize
@@ -49,6 +50,7 @@ __all__ = [
     "explain",
     "faithfulness",
     "faithfulness_scores",
+    "find_shortcuts",
     "fuse_layer_maps",
     "get_method",
     "guided_relus",

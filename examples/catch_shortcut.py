@@ -5,7 +5,9 @@ Each image shows one coloured shape on a textured background (scenario ``"large"
 top-left corner whose colour is the label in every training image, so a model can read one corner
 instead of learning shapes; the *clean* variant has no patch. Both runs train :class:`ShapesClassifier`
 (from ``train_shapes.py``) with the same seeds. CAMMonitor (settings: :data:`MONITOR`) probes both on the
-same images, whose patch colour is random, and the script prints per epoch ``val_acc`` (a split drawn
+same images, whose patch colour is random, with object masks but no patch mask by default (``--probe-masks``:
+nobody told the callback where the shortcut is; the per-class rule of :class:`~cam_callbacks.AlarmRule` finds it),
+and the script prints per epoch ``val_acc`` (a split drawn
 like the training data: it does not reveal the shortcut), ``randcue_acc`` (the random-colour images:
 ground truth a user normally lacks), the watch metrics, the alarm and the rules that fired, then the
 epoch at which each run's alarm first fired. The README ("Catching a shortcut") shows its output::
@@ -27,7 +29,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -56,7 +58,10 @@ MONITOR: Dict[str, Any] = dict(
     mean=SHAPES_MEAN,  # how the images are normalised: the grids show them in their real colours
     std=SHAPES_STD,
     # The default rules: energy_in_nuisance_ratio (share of the map on the patch, in multiples of the
-    # patch's area share; 1 = chance) above 2, or shortcut_score above 0.5. It sets cam/alarm to 1.
+    # patch's area share; 1 = chance) above 2 (only with --probe-masks nuisance), shortcut_score above 0.5,
+    # and the per-class rule, which needs no mask: a class whose maps gather on one region (class_shortcut_score
+    # above 0.15) while the model is confident on it (0.8) and hiding the region moves its predictions
+    # (occlusion effect 0.1). It sets cam/alarm to 1.
     alarm=cc.AlarmRule(),
     stop_on_alarm=False,  # --stop-on-alarm
 )
@@ -76,7 +81,16 @@ COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("energy_in_nuisance_ratio", "nuis"),
     ("energy_in_mask_ratio", "mask"),
     ("shortcut_score", "short"),
+    ("class_shortcut_score", "class"),
 )
+#: ``--probe-masks``: the masks the probe set carries. "objects" (the default) is the usual case: object masks
+#: (or none, "none") but no nuisance mask, since nobody told you where the shortcut is; the per-class rule
+#: finds it. "nuisance" adds the patch masks (the energy_in_nuisance_ratio rule).
+PROBE_MASKS: Dict[str, Callable[[Any], Tuple[Any, ...]]] = {
+    "nuisance": lambda batch: (batch.masks, batch.nuisance_masks),
+    "objects": lambda batch: (batch.masks,),
+    "none": lambda batch: (),
+}
 #: The validation loaders, in order: the cue-randomised set (the first: CAMMonitor's probe source) and the ordinary split.
 VAL_STAGES: Tuple[str, ...] = ("randcue", "val")
 
@@ -96,8 +110,10 @@ def _train(args: argparse.Namespace, variant: str) -> Dict[str, Any]:
     )
     data.setup("fit")
     model = ShortcutClassifier(num_classes=data.hparams.num_classes, lr=args.lr)
+    randcue = data.randcue_set.batch  # identical for both variants; --probe-masks: which masks CAMMonitor gets
+    probe = tuple(t[: args.num_probe] for t in (randcue.images, randcue.labels, *PROBE_MASKS[args.probe_masks](randcue)))
     monitor = make_monitor(
-        probe=data.randcue_set,  # identical for both variants; with object and nuisance masks
+        probe=probe,
         methods=args.methods,
         num_probe=args.num_probe,
         target=args.target,
@@ -311,11 +327,13 @@ class EpochTable(pl.Callback):
         for method in self.monitor.methods:
             for metric, _ in COLUMNS:
                 row[f"{method}/{metric}"] = metrics.get(f"cam/{method}/{metric}", math.nan)
-        rule = self.monitor.alarm
-        cam = {k: v for k, v in metrics.items() if k.startswith("cam/") and k != "cam/alarm"}
-        hits = rule.evaluate(cam) if rule is not None else []
         short = dict(COLUMNS)
-        row["fired"] = [f"{h.method} {short.get(h.metric, h.metric)}{'>' if h.direction == 'above' else '<'}{h.threshold:g}" for h in hits]
+        row["fired"] = [
+            f"{h.method} {'' if h.class_index is None else f'class{h.class_index} '}{short.get(h.metric, h.metric)}"
+            f"{'>' if h.direction == 'above' else '<'}{h.threshold:g}"
+            for h in self.monitor.last_hits
+        ]
+        row["hits"] = [h.message for h in self.monitor.last_hits]
         self.rows.append(row)
         if self.verbose:
             print(self.format_row(row), flush=True)
@@ -347,6 +365,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-probe", type=int, default=MONITOR["num_probe"], help="probe images (the first cue-randomised images)")
     parser.add_argument(
         "--target", default=MONITOR["target"], choices=["prediction", "label"], help="class the maps explain (default: prediction)"
+    )
+    parser.add_argument(
+        "--probe-masks", default="objects", choices=list(PROBE_MASKS), help="masks given to CAMMonitor's probe (default: objects)"
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="runs to train (default: both)")
     parser.add_argument("--stop-on-alarm", action="store_true", help="stop a run when its alarm fires")

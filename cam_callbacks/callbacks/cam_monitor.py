@@ -26,6 +26,7 @@ from cam_callbacks.callbacks.errors import ON_ERROR_CHOICES, ErrorReporter
 from cam_callbacks.callbacks.loggers import RunLogger, run_scalars
 from cam_callbacks.callbacks.probe import Probe, ProbeLike, early_probe, make_probe, probe_from_loaders
 from cam_callbacks.callbacks.runner import ProbeRunner
+from cam_callbacks.callbacks.shortcut_watch import probe_outcome, shortcut_hits
 from cam_callbacks.capture.layers import LayersLike
 from cam_callbacks.capture.layouts import ReshapeLike
 from cam_callbacks.engine.curves import check_curves
@@ -194,6 +195,7 @@ class CAMMonitor(_Callback):
         self._pending_state: Optional[Dict[str, Any]] = None
         self._last_run: Optional[tuple] = None
         self._warned: Set[str] = set()
+        self.last_hits: List[AlarmHit] = []  #: The alarm hits of the last run (per-class ones with class, region and evidence).
 
     def _start_afresh(self) -> None:
         """A new Trainer: nothing of the previous one's runs (last epoch, drift history, alarm, budget, failed parts) carries over."""
@@ -304,7 +306,8 @@ class CAMMonitor(_Callback):
         order refer to probe rows, with NaN for skipped ones.
         """
         view = self._runner.view()
-        return self._history.analyze(explanation.maps, view.masks, view.nuisance, self._runner.skipped)
+        outcome = probe_outcome(explanation, view, self.alarm)  # explained classes, right or wrong, confidence
+        return self._history.analyze(explanation.maps, view.masks, view.nuisance, self._runner.skipped, **outcome)
 
     def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
         """Compute, check the alarm rule and log once for the current epoch; returns the logged scalars."""
@@ -325,6 +328,7 @@ class CAMMonitor(_Callback):
             scalars = run_scalars(scores, list(explanation.maps), analyses, p)
             per_image = {f"{p}/{m}/{metric}": values for m, a in analyses.items() for metric, values in a.per_image.items()}
             hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
+            hits += shortcut_hits(self.alarm, analyses, pl_module, self._runner.view(), scalars, p)  # per class, confirmed by occlusion
             if self.alarm is not None:
                 scalars[f"{p}/alarm"] = 1.0 if hits else 0.0
         scalars[f"{p}/skipped_images"] = float(len(self._runner.skipped))
@@ -333,6 +337,7 @@ class CAMMonitor(_Callback):
         for message in self._budget.after_run(scalars[f"{p}/time_s"], trainer.state.fn == TrainerFn.FITTING):
             rank_zero_info(f"CAMMonitor: {message}")
         scalars.update({f"{p}/{m}/every_n_runs": float(self._budget.stride(m)) for m in self.methods if self._budget.stride(m) > 1})
+        self.last_hits = hits
         self._log_everywhere(trainer, pl_module, explanation, scalars, analyses, hits)
         end = time.perf_counter()
         self.last_timings = {"compute": computed - start, "analyze": analyzed - computed, "log": end - analyzed, "total": end - start}

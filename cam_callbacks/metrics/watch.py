@@ -11,12 +11,15 @@ after every run and only logs what it returns. Scalars (all fractions, ratios in
   looks only at the saliency *outside* the objects, so objects that sit at the same place in every
   image, as in centred datasets, are not mistaken for a shortcut); from the second run on
   ``drift_prev`` and ``drift_first``, the mean per-image correlation with the previous and the first
-  run's maps of the same probe images (1.0: unchanged).
+  run's maps of the same probe images (1.0: unchanged);
+- with the explained classes (``targets``): ``class_shortcut_score``, the highest score of a class or
+  a cluster of a class's maps (:func:`cam_callbacks.metrics.shortcuts.find_shortcuts`, whose
+  findings are kept in :attr:`MethodAnalysis.findings`), and ``class_shortcut_class``, its class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from cam_callbacks.metrics.drift import ShortcutReport, map_correlation, shortcut_score
 from cam_callbacks.metrics.localization import localization_scores, localization_summary
+from cam_callbacks.metrics.shortcuts import ShortcutFindings, find_shortcuts
 from cam_callbacks.utils.numeric import safe_divide
 
 __all__ = ["MethodAnalysis", "analyze_maps", "WATCH_METRICS"]
@@ -31,7 +35,7 @@ __all__ = ["MethodAnalysis", "analyze_maps", "WATCH_METRICS"]
 #: Every scalar :func:`analyze_maps` may return, in logging order.
 WATCH_METRICS = (
     "energy_in_mask", "pointing_game", "energy_in_mask_ratio", "energy_in_nuisance", "energy_in_nuisance_ratio",
-    "shortcut_score", "drift_prev", "drift_first",
+    "shortcut_score", "drift_prev", "drift_first", "class_shortcut_score", "class_shortcut_class",
 )  # fmt: skip
 
 
@@ -47,12 +51,15 @@ class MethodAnalysis:
         order: ``(N,)`` probe indices, worst first: by nuisance share (highest first) when nuisance
             masks are given, else by object share (lowest first) when object masks are given; in probe
             order without masks (so grids of successive runs show the same images in the same places).
+        findings: The per-class shortcut findings (None without ``targets``); their probe indices are
+            those of the analysed rows.
     """
 
     scalars: Dict[str, float]
     per_image: Dict[str, Tensor]
     shortcut: ShortcutReport
     order: Tensor
+    findings: Optional[ShortcutFindings] = field(default=None)
 
 
 def _mask_or_nan(values: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -90,6 +97,10 @@ def analyze_maps(
     nuisance: Optional[Tensor] = None,
     previous: Optional[Tensor] = None,
     first: Optional[Tensor] = None,
+    targets: Optional[Tensor] = None,
+    correct: Optional[Tensor] = None,
+    confidence: Optional[Tensor] = None,
+    clusters: int = 2,
 ) -> MethodAnalysis:
     """Localisation, shortcut and drift scalars of one method's ``(N, H, W)`` maps on the probe set.
 
@@ -99,6 +110,10 @@ def analyze_maps(
         nuisance: ``(N, H, W)`` bool nuisance masks, or None.
         previous: The previous run's maps of the same images (same shape), or None.
         first: The first run's maps, or None.
+        targets: ``(N,)`` class each map explains, for the per-class findings (None: none).
+        correct: ``(N,)`` bool, whether the model predicts each image right (None: unknown).
+        confidence: ``(N,)`` probability of the explained class (None: unknown).
+        clusters: Clusters per class in the findings (:func:`~cam_callbacks.metrics.shortcuts.find_shortcuts`).
 
     Example::
 
@@ -131,5 +146,11 @@ def analyze_maps(
         order = _worst_first(per_image["energy_in_mask_ratio"], descending=False)
     else:
         order = torch.arange(maps.shape[0])
+    findings = None
+    if targets is not None and targets.dim() == 1 and maps.shape[0] > 0:
+        findings = find_shortcuts(maps, targets, masks, correct=correct, confidence=confidence, clusters=clusters)
+        if findings.best is not None:
+            scalars["class_shortcut_score"] = findings.best.score
+            scalars["class_shortcut_class"] = float(findings.best.class_index)
     ordered = {name: scalars[name] for name in WATCH_METRICS if name in scalars}
-    return MethodAnalysis(ordered, per_image, report, order)
+    return MethodAnalysis(ordered, per_image, report, order, findings)

@@ -37,6 +37,8 @@ from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from cam_callbacks.metrics.shortcuts import ShortcutCandidate, ShortcutFindings
+
 __all__ = ["AlarmHit", "AlarmRule", "AlarmState", "DIRECTIONS", "format_alarm"]
 
 #: Valid rule kinds: ``"max"`` fires when a value goes above its threshold, ``"min"`` below.
@@ -55,6 +57,11 @@ class AlarmHit:
         direction: ``"above"`` (a ``max`` rule fired) or ``"below"`` (a ``min`` rule fired).
         worst: Indices of the worst probe images, worst first (largest per-image values for a
             ``max`` rule, smallest for a ``min`` rule); empty when no per-image values were given.
+        class_index: For a per-class rule (``class_shortcut_score``): the class whose maps gather; else None.
+        box: For a per-class rule: ``(top, left, bottom, right)`` pixel bounds of the region to look at
+            (bottom and right exclusive); else None.
+        evidence: ``(name, value)`` pairs that back the hit (e.g. the class's probe accuracy, the
+            occlusion effect), shown by :attr:`message` and :func:`format_alarm`.
     """
 
     method: str
@@ -63,13 +70,30 @@ class AlarmHit:
     threshold: float
     direction: str
     worst: Tuple[int, ...] = ()
+    class_index: Optional[int] = None
+    box: Optional[Tuple[int, int, int, int]] = None
+    evidence: Tuple[Tuple[str, float], ...] = ()
+
+    @property
+    def where(self) -> str:
+        """``"class 2, rows 0-5, columns 0-5"`` for a per-class hit, else ``""``."""
+        if self.class_index is None:
+            return ""
+        place = ""
+        if self.box is not None:
+            top, left, bottom, right = self.box
+            place = f", rows {top}-{bottom - 1}, columns {left}-{right - 1}"
+        return f"class {self.class_index}{place}"
 
     @property
     def message(self) -> str:
         """One sentence, e.g. ``"gradcam: energy_in_nuisance_ratio = 6.5 is above 2 (worst probe images: 1, 3)"``."""
         who = f"{self.method}: " if self.method else ""
+        where = f" [{self.where}]" if self.where else ""
+        evidence = "; ".join(f"{name} {_fmt(value)}" for name, value in self.evidence)
+        evidence = f" ({evidence})" if evidence else ""
         worst = f" (worst probe images: {', '.join(map(str, self.worst))})" if self.worst else ""
-        return f"{who}{self.metric} = {_fmt(self.value)} is {self.direction} {_fmt(self.threshold)}{worst}"
+        return f"{who}{self.metric} = {_fmt(self.value)} is {self.direction} {_fmt(self.threshold)}{where}{evidence}{worst}"
 
 
 def _fmt(value: float) -> str:
@@ -114,6 +138,25 @@ class AlarmRule:
       (shortcut model 0.14-0.43 from the third epoch on, clean at most 0.12): that model keeps much
       of its saliency on the object, and the nuisance rule fires instead.
     - ``min_pointing_game=None``: off by default; a per-image hit/miss is noisy on small probe sets.
+    - ``max_class_shortcut_score``, ``min_class_accuracy``, ``min_occlusion_effect``,
+      ``shortcut_clusters``: the per-class rule, which needs no mask (see :meth:`shortcut_suspects`
+      and :meth:`evaluate_shortcuts`). It fires for a class (or a cluster of a class's maps,
+      :func:`cam_callbacks.metrics.shortcuts.find_shortcuts`) whose maps gather on one small region
+      (score above ``max_class_shortcut_score``), only when the model is past guessing on that class
+      (probe accuracy at least ``min_class_accuracy`` or mean confidence at least
+      ``min_class_confidence``: a model that is still guessing is not flagged) and, when the callback can run the model, when
+      occluding the region lowers the class's probability by at least ``min_occlusion_effect``
+      more than occluding the same area elsewhere. Defaults: score above 0.15, mean confidence at
+      least 0.8 (accuracy not used: on a probe where the cue does not follow the label a shortcut
+      model is confidently wrong), occlusion effect at least 0.1. From
+      ``benchmarks/bench_shortcut_detection.py`` (39 runs, seeds 1-3; see ``benchmarks/README.md``):
+      the best setting there (score 0.1, no occlusion check) flags 90/80/70% of the shortcut runs
+      (nuisance masks / object masks / no masks) with no false alarm in 9 clean runs, but the clean
+      run of ``examples/catch_shortcut.py`` (longer training, validation accuracy 0.94-0.97, which the
+      benchmark's clean runs never reach) raised it from epoch 3 (a cluster of 5 images, score 0.12,
+      confidence 0.93, occlusion effect 0.004-0.06). The occlusion check at 0.1 and the score at 0.15
+      keep that run quiet (the shortcut run: score 0.51-0.53, effect 0.80-0.87) and flag 67/57/50%
+      of the benchmark's shortcut runs with no false alarm.
 
     Args:
         max_energy_in_nuisance_ratio: Upper bound of ``energy_in_nuisance_ratio``.
@@ -124,6 +167,14 @@ class AlarmRule:
         extra: More rules, ``{metric: (direction, threshold)}`` with direction in :data:`DIRECTIONS`,
             for any logged metric (e.g. ``{"adcc": ("min", 50.0)}``).
         top_k: Number of worst probe images reported per hit (``>= 0``).
+        max_class_shortcut_score: Upper bound of a class's (or cluster's) shortcut score, in ``[0, 1]`` (None: rule off).
+        min_class_accuracy: The per-class rule considers a class whose probe accuracy is at least this, in ``[0, 1]``
+            (None: accuracy is not used) ...
+        min_class_confidence: ... or whose mean probability of the explained class is at least this (None: not used;
+            both None: every class; see :meth:`learned`).
+        min_occlusion_effect: Least occlusion effect (drop of the class's probability, region minus
+            control) that confirms a suspect; None: no confirmation needed.
+        shortcut_clusters: Clusters of maps per class (0 or 1: whole classes only).
 
     Example::
 
@@ -142,6 +193,11 @@ class AlarmRule:
     max_energy_in_nuisance: Optional[float] = None
     extra: Mapping[str, Tuple[str, float]] = field(default_factory=dict)
     top_k: int = 4
+    max_class_shortcut_score: Optional[float] = 0.15
+    min_class_accuracy: Optional[float] = None
+    min_class_confidence: Optional[float] = 0.8
+    min_occlusion_effect: Optional[float] = 0.1
+    shortcut_clusters: int = 2
 
     #: Built-in rules: field name -> (metric, direction).
     _FIELDS: ClassVar[Dict[str, Tuple[str, str]]] = {
@@ -160,6 +216,12 @@ class AlarmRule:
         _check_threshold("max_energy_in_nuisance", self.max_energy_in_nuisance, 0.0, 1.0)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
+        _check_threshold("max_class_shortcut_score", self.max_class_shortcut_score, 0.0, 1.0)
+        _check_threshold("min_class_accuracy", self.min_class_accuracy, 0.0, 1.0)
+        _check_threshold("min_class_confidence", self.min_class_confidence, 0.0, 1.0)
+        _check_threshold("min_occlusion_effect", self.min_occlusion_effect, -1.0, 1.0)
+        if isinstance(self.shortcut_clusters, bool) or not isinstance(self.shortcut_clusters, int) or self.shortcut_clusters < 0:
+            raise ValueError(f"shortcut_clusters must be an int >= 0, got {self.shortcut_clusters!r}")
         if not isinstance(self.extra, Mapping):
             raise ValueError(f"extra must be a mapping {{metric: (direction, threshold)}}, got {type(self.extra).__name__}")
         builtin = {metric: name for name, (metric, _) in self._FIELDS.items()}
@@ -229,6 +291,67 @@ class AlarmRule:
         return hits
 
 
+    def learned(self, candidate: ShortcutCandidate) -> bool:
+        """Whether the model is past guessing on the candidate's class: its probe accuracy is at least
+        ``min_class_accuracy`` or its mean confidence at least ``min_class_confidence`` (True when neither is known).
+
+        Confidence alone counts too, because a probe on which the cue does not follow the label makes a
+        shortcut model confidently wrong.
+        """
+        accuracy = math.nan if self.min_class_accuracy is None else candidate.accuracy
+        confidence = math.nan if self.min_class_confidence is None else candidate.confidence
+        if math.isnan(accuracy) and math.isnan(confidence):
+            return True
+        return (not math.isnan(accuracy) and accuracy >= float(self.min_class_accuracy or 0.0)) or (
+            not math.isnan(confidence) and confidence >= float(self.min_class_confidence or 0.0)
+        )
+
+    def shortcut_suspects(self, findings: ShortcutFindings) -> List[int]:
+        """Indices into ``findings.candidates`` of the best candidate of each class whose score is above
+        ``max_class_shortcut_score`` and whose class the model has learned (empty when the rule is off)."""
+        if self.max_class_shortcut_score is None:
+            return []
+        suspects: Dict[int, int] = {}
+        for index, candidate in enumerate(findings.candidates):  # highest score first
+            if candidate.score > self.max_class_shortcut_score and self.learned(candidate):
+                suspects.setdefault(candidate.class_index, index)
+        return list(suspects.values())
+
+    def evaluate_shortcuts(
+        self, method: str, findings: ShortcutFindings, effects: Optional[Mapping[int, float]] = None
+    ) -> List[AlarmHit]:
+        """Hits of the per-class rule: one per suspect class (see :meth:`shortcut_suspects`).
+
+        Args:
+            method: The method name the hits carry.
+            findings: :func:`cam_callbacks.metrics.shortcuts.find_shortcuts` of the method's maps.
+            effects: ``{candidate index: occlusion effect}``
+                (:func:`cam_callbacks.engine.occlusion.occlusion_effect`) for the suspects; a suspect
+                without an effect (None: the model was not run) fires on its score alone; with
+                ``min_occlusion_effect`` set, one with a smaller effect does not fire.
+        """
+        hits: List[AlarmHit] = []
+        for index in self.shortcut_suspects(findings):
+            candidate = findings.candidates[index]
+            evidence = [("class size", float(candidate.class_size)), ("cluster size", float(candidate.size))]
+            evidence += [(name, value) for name, value in (
+                ("accuracy", candidate.accuracy), ("confidence", candidate.confidence),
+                ("consistency", candidate.consistency), ("outside objects", candidate.outside_share),
+            ) if not math.isnan(value)]  # fmt: skip
+            effect = None if effects is None else effects.get(index)
+            if effect is not None:
+                if self.min_occlusion_effect is not None and not effect >= self.min_occlusion_effect:
+                    continue
+                evidence.append(("occlusion effect", float(effect)))
+            worst = tuple(int(i) for i in candidate.members[: self.top_k].tolist())
+            assert self.max_class_shortcut_score is not None
+            hits.append(AlarmHit(
+                method, "class_shortcut_score", candidate.score, float(self.max_class_shortcut_score), "above", worst,
+                candidate.class_index, candidate.box, tuple(evidence),
+            ))  # fmt: skip
+        return hits
+
+
 def _split_name(name: str) -> Tuple[str, str]:
     parts = str(name).split("/")
     return (parts[-2] if len(parts) >= 2 else ""), parts[-1]
@@ -276,6 +399,12 @@ def format_alarm(hits: Sequence[AlarmHit], title: str = "CAM alarm") -> str:
         worst = ", ".join(map(str, hit.worst)) if hit.worst else "-"
         method = hit.method or "-"
         lines.append(f"| {method} | {hit.metric} | {_fmt(hit.value)} | {rule} | {worst} |")
+    details = [hit for hit in hits if hit.where or hit.evidence]
+    if details:
+        lines.append("")
+        for hit in details:
+            evidence = ", ".join(f"{name} {_fmt(value)}" for name, value in hit.evidence)
+            lines.append(f"- {hit.method or '-'}, {hit.where or hit.metric}: {evidence or 'no further evidence'}")
     return "\n".join(lines)
 
 

@@ -7,13 +7,20 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from cam_callbacks.metrics.shortcuts import ShortcutFindings
 from cam_callbacks.metrics.watch import MethodAnalysis, analyze_maps
 
 __all__ = ["MapHistory"]
 
 
 def _rows(tensor: Optional[Tensor], keep: Tensor) -> Optional[Tensor]:
-    return None if tensor is None else tensor[keep]
+    return None if tensor is None else tensor[keep.to(tensor.device)]
+
+
+def _to_rows(findings: ShortcutFindings, keep: Tensor) -> ShortcutFindings:
+    """The findings with member indices mapped from analysed rows back to probe rows."""
+    moved = [c._replace(members=keep[c.members.cpu()]) for c in findings.candidates]
+    return ShortcutFindings(findings.stats, moved)
 
 
 class MapHistory:
@@ -40,14 +47,16 @@ class MapHistory:
 
     def analyze(
         self, maps: Mapping[str, Tensor], masks: Optional[Tensor] = None, nuisance: Optional[Tensor] = None,
-        skipped: Iterable[int] = (),
+        skipped: Iterable[int] = (), targets: Optional[Tensor] = None, correct: Optional[Tensor] = None,
+        confidence: Optional[Tensor] = None, clusters: int = 2,
     ) -> Dict[str, MethodAnalysis]:  # fmt: skip
         """Localisation, shortcut and drift of each method's ``(N, H, W)`` maps (:func:`~cam_callbacks.metrics.watch.analyze_maps`);
         then these maps become the previous run's (and the first run's, for a method seen for the first time).
 
         Rows in ``skipped`` (images the model cannot handle) are left out; per-image values and the
         grid order refer to all rows, with NaN for skipped ones. A history of another shape (a changed
-        probe set) starts again.
+        probe set) starts again. ``targets``, ``correct``, ``confidence`` (``(N,)`` per row) and ``clusters``
+        feed the per-class shortcut findings, whose probe indices are rows (skipped ones never appear).
         """
         analyses = {}
         for method, method_maps in maps.items():
@@ -58,8 +67,13 @@ class MapHistory:
             first, previous = self.first.get(method), self.previous.get(method)
             if first is not None and first.shape != current.shape:
                 first = previous = None
-            analysis = analyze_maps(current[keep], _rows(masks, keep), _rows(nuisance, keep), _rows(previous, keep), _rows(first, keep))
+            analysis = analyze_maps(
+                current[keep], _rows(masks, keep), _rows(nuisance, keep), _rows(previous, keep), _rows(first, keep),
+                _rows(targets, keep), _rows(correct, keep), _rows(confidence, keep), clusters,
+            )  # fmt: skip
             analysis.order = keep[analysis.order]
+            if analysis.findings is not None:
+                analysis.findings = _to_rows(analysis.findings, keep)
             for name, values in analysis.per_image.items():
                 full = torch.full((rows,), float("nan"), dtype=values.dtype)
                 full[keep] = values.cpu()

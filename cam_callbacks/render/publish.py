@@ -15,6 +15,7 @@ from cam_callbacks.engine.result import Explanation
 from cam_callbacks.metrics.drift import class_mean_maps
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.render.images import heatmap_grid, map_tiles, mask_outline, to_display
+from cam_callbacks.render.shortcuts import shortcut_tiles
 from cam_callbacks.utils.numeric import safe_divide
 from cam_callbacks.utils.types import Probability
 
@@ -64,7 +65,7 @@ def method_grids(view: ProbeView, explanation: Explanation, method: str, analysi
 
 
 def run_images(view: ProbeView, explanation: Explanation, analyses: Dict[str, MethodAnalysis], style: ImageStyle) -> Dict[str, Dict[str, Tensor]]:
-    """``{method: {"grid" | "label_<c>/grid" | "class_means" | "mean_map": (3, H, W) image}}`` for one run."""
+    """``{method: {"grid" | "label_<c>/grid" | "class_means" | "mean_map" | "shortcut_prototypes": (3, H, W) image}}`` for one run."""
     num_classes = explanation.logits.shape[1]
     images = {}
     for method, analysis in analyses.items():
@@ -73,6 +74,8 @@ def run_images(view: ProbeView, explanation: Explanation, analyses: Dict[str, Me
         means = class_mean_maps(maps, explanation.targets.cpu(), num_classes).means
         named["class_means"] = map_tiles(_scaled(means), style.colormap)
         named["mean_map"] = map_tiles(analysis.shortcut.mean_map[None].float(), style.colormap)
+        if analysis.findings is not None and analysis.findings.candidates:  # each class's best candidate, region boxed
+            named["shortcut_prototypes"] = shortcut_tiles(analysis.findings, style.colormap)
         images[method] = named
     return images
 

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import importlib.util
 import io
+import math
 import os
 import re
 import subprocess
@@ -32,6 +33,11 @@ SCRIPT = ROOT / "examples" / "catch_shortcut.py"
 CONFIG = ROOT / "configs" / "shortcut.yaml"
 #: About 6 s of training for both runs on one core: 3 epochs of 640 images of 48x48.
 SHORT = ["--max-epochs", "3", "--num-train", "640", "--num-val", "160", "--num-probe", "32", "--batch-size", "32", "--seed", "0"]
+#: The example's default probe (object masks, no nuisance mask), trained long enough for the shortcut model to be
+#: confident (the per-class rule needs a mean confidence of 0.8): about 25 s per run on one busy core.
+UNMASKED = ["--max-epochs", "3", "--num-train", "1500", "--num-val", "160", "--num-probe", "64", "--batch-size", "64", "--seed", "0"]
+#: The runs with the patch (nuisance) masks: the energy_in_nuisance_ratio rule.
+WITH_NUISANCE = [*SHORT, "--probe-masks", "nuisance"]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +58,20 @@ def short_runs(example, tmp_path_factory):
             patch.delenv(name, raising=False)
         threads = torch.get_num_threads()
         with contextlib.redirect_stdout(out):
-            result = example.main(["--logdir", str(logdir), *SHORT])
+            result = example.main(["--logdir", str(logdir), *WITH_NUISANCE])
         assert torch.get_num_threads() == threads  # --threads is undone on return
     return {"result": result, "stdout": out.getvalue(), "logdir": logdir}
+
+
+@pytest.fixture(scope="module")
+def unmasked_runs(example, tmp_path_factory):
+    """Both variants with the example's default probe: object masks, no nuisance mask (nobody told us about the patch)."""
+    logdir = tmp_path_factory.mktemp("unmasked")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+            patch.delenv(name, raising=False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return example.main(["--logdir", str(logdir), *UNMASKED])
 
 
 def column(rows: List[Dict], key: str) -> List[float]:
@@ -90,6 +107,22 @@ def test_shortcut_run_is_flagged(short_runs):
         key = f"{method}/energy_in_nuisance_ratio"
         assert rows[-1][key] > 2.5  # measured 3.60 (gradcam), 3.25 (layercam)
         assert rows[-1][key] > 4.0 * max(column(clean, key))  # clean: at most 0.63
+
+
+@pytest.mark.slow
+def test_the_per_class_rule_finds_the_patch_without_nuisance_masks(unmasked_runs):
+    shortcut, clean = unmasked_runs["runs"]["shortcut"], unmasked_runs["runs"]["clean"]
+    assert clean["first_alarm"] is None and all(row["fired"] == [] for row in clean["rows"])
+    assert shortcut["first_alarm"] is not None and shortcut["first_alarm"] <= 2  # measured: epoch 1
+    last = shortcut["rows"][-1]
+    assert math.isnan(last["gradcam/energy_in_nuisance_ratio"])  # no nuisance mask, no nuisance metric
+    assert any("class_shortcut_score" in message for message in last["hits"])
+    message = next(m for m in last["hits"] if "class_shortcut_score" in m)
+    # the region is the top-left corner where the patch is (7x7 pixels of 48x48) and hiding it moves the predictions
+    assert "rows 0-" in message and "columns 0-" in message and "occlusion effect" in message
+    effect = float(re.search(r"occlusion effect ([0-9.]+)", message).group(1))
+    assert effect > 0.3  # measured 0.8
+    assert last["gradcam/class_shortcut_score"] > 2 * max(column(clean["rows"], "gradcam/class_shortcut_score"))
 
 
 @pytest.mark.slow
