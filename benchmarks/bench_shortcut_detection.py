@@ -95,14 +95,17 @@ def _regime_masks(regime: str, probe: Any, clean: bool) -> Tuple[Optional[torch.
 
 
 def _candidates(findings: Any, model: nn.Module, images: torch.Tensor) -> List[Dict[str, float]]:
-    """Raw candidates (for the sweep): score, class, accuracy, confidence and occlusion effect of those scoring over 0.05."""
+    """Raw candidates (for the sweep): score, class, accuracy, confidence, consistency and occlusion effect of those scoring over 0.05."""
     rows = []
     for cand in findings.candidates:
         if cand.score <= 0.05:
             continue
         targets = torch.full((cand.members.numel(),), cand.class_index, dtype=torch.long)
         effect = float(occlusion_effect(model, images[cand.members], targets, cand.region).effect)
-        rows.append({"class": cand.class_index, "score": cand.score, "accuracy": cand.accuracy, "confidence": cand.confidence, "effect": effect})
+        rows.append({
+            "class": cand.class_index, "score": cand.score, "accuracy": cand.accuracy, "confidence": cand.confidence,
+            "effect": effect, "consistency": cand.consistency,
+        })  # fmt: skip
     return rows
 
 
@@ -162,14 +165,15 @@ def _learned(cand: Dict[str, float], accuracy: Optional[float], confidence: Opti
 
 def _fires(
     epoch: Dict[str, Any], regime: str, score: float, accuracy: Optional[float], effect: Optional[float], old: bool,
-    confidence: Optional[float] = 0.8,
+    confidence: Optional[float] = 0.8, consistency: Optional[float] = None,
 ) -> bool:  # fmt: skip
     """The per-class rule with these thresholds, as AlarmRule.shortcut_suspects / evaluate_shortcuts apply it, plus the old rule."""
     if old:
         return bool(epoch[regime]["old"])
     suspects: Dict[int, Dict[str, float]] = {}
     for cand in epoch[regime]["candidates"]:  # highest score first
-        if cand["score"] > score and _learned(cand, accuracy, confidence):
+        consistent = consistency is None or cand.get("consistency", float("nan")) >= consistency
+        if cand["score"] > score and consistent and _learned(cand, accuracy, confidence):
             suspects.setdefault(int(cand["class"]), cand)
     fired = any(effect is None or c["effect"] >= effect for c in suspects.values())
     return fired or bool(epoch[regime]["old"])
@@ -193,14 +197,15 @@ def rates(runs: Sequence[Dict[str, Any]], regime: str, rule: Any) -> Dict[str, A
 
 def sweep(runs: Sequence[Dict[str, Any]]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The thresholds with the best worst-regime (detection - 4 x false alarms) on ``runs``."""
-    best: Tuple[float, Tuple[Any, ...]] = (-1e9, (0.3, 0.9, 0.1, 0.9))
+    best: Tuple[float, Tuple[Any, ...]] = (-1e9, (0.3, 0.9, 0.1, 0.9, None))
     grid = itertools.product(
-        (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), (0.8, 0.9, 0.95, None), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.6, 0.7, 0.8, 0.9, None)
+        (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), (0.8, 0.9, 0.95, None), (None, 0.0, 0.02, 0.05, 0.1, 0.2), (0.6, 0.7, 0.8, 0.9, None),
+        (None, 0.8, 0.85, 0.9, 0.95),
     )  # fmt: skip
     for limits in grid:
 
         def fires(e: Dict[str, Any], g: str, limits: Tuple[Any, ...] = limits) -> bool:
-            return _fires(e, g, limits[0], limits[1], limits[2], False, limits[3])
+            return _fires(e, g, limits[0], limits[1], limits[2], False, limits[3], limits[4])
 
         results = [rates(runs, regime, fires) for regime in REGIMES]
         worst = min(r["detected"] / max(r["shortcut_runs"], 1) - 4 * r["false"] / max(r["clean_runs"], 1) for r in results)
@@ -223,8 +228,8 @@ def table(runs: Sequence[Dict[str, Any]], rule: AlarmRule) -> str:
     table can be rebuilt from ``--json`` records for other thresholds without training again.
     """
     limits = (float(rule.max_class_shortcut_score or 1.0), rule.min_class_accuracy, rule.min_occlusion_effect)
-    confidence = rule.min_class_confidence
-    new = lambda e, g: _fires(e, g, *limits, False, confidence)
+    confidence, consistency = rule.min_class_confidence, rule.min_class_consistency
+    new = lambda e, g: _fires(e, g, *limits, False, confidence, consistency)
     old = lambda e, g: bool(e[g]["old"])
     bar = max((r["epochs"][-1]["val_acc"] for r in runs if r["kind"] == "clean"), default=1.0)
     val = lambda e, g: e["val_acc"] > bar
@@ -281,11 +286,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         held = [r for r in runs if r["seed"] > half]
         lines = [
             f"\nSweep on seeds 1..{half}: max_class_shortcut_score={chosen[0]}, min_class_accuracy={chosen[1]}, "
-            f"min_occlusion_effect={chosen[2]}, min_class_confidence={chosen[3]} (objective {info['objective']:.3f}); "
+            f"min_occlusion_effect={chosen[2]}, min_class_confidence={chosen[3]}, min_class_consistency={chosen[4]} "
+            f"(objective {info['objective']:.3f}); "
             f"on seeds {half + 1}..{args.seeds}:"
         ]
         for regime in REGIMES:
-            r = rates(held, regime, lambda e, g: _fires(e, g, *chosen[:3], False, chosen[3]))
+            r = rates(held, regime, lambda e, g: _fires(e, g, *chosen[:3], False, chosen[3], chosen[4]))
             lines.append(f"- {regime}: detection {r['detected']}/{r['shortcut_runs']}, false alarms {r['false']}/{r['clean_runs']}, epochs {r['epochs']:.1f}")
         text += "\n".join(lines)
     print(text)

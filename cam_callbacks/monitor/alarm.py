@@ -175,6 +175,9 @@ class AlarmRule:
         min_occlusion_effect: Least occlusion effect (drop of the class's probability, region minus
             control) that confirms a suspect; None: no confirmation needed.
         shortcut_clusters: Clusters of maps per class (0 or 1: whole classes only).
+        min_class_consistency: A suspect's maps must agree with each other at least this much (mean pairwise
+            Pearson correlation of its images' pooled maps, in ``[-1, 1]``; None: not used): maps that follow
+            objects of varying shape agree less than maps sitting on one fixed cue.
 
     Example::
 
@@ -198,6 +201,7 @@ class AlarmRule:
     min_class_confidence: Optional[float] = 0.8
     min_occlusion_effect: Optional[float] = 0.1
     shortcut_clusters: int = 2
+    min_class_consistency: Optional[float] = None
 
     #: Built-in rules: field name -> (metric, direction).
     _FIELDS: ClassVar[Dict[str, Tuple[str, str]]] = {
@@ -219,6 +223,7 @@ class AlarmRule:
         _check_threshold("max_class_shortcut_score", self.max_class_shortcut_score, 0.0, 1.0)
         _check_threshold("min_class_accuracy", self.min_class_accuracy, 0.0, 1.0)
         _check_threshold("min_class_confidence", self.min_class_confidence, 0.0, 1.0)
+        _check_threshold("min_class_consistency", self.min_class_consistency, -1.0, 1.0)
         _check_threshold("min_occlusion_effect", self.min_occlusion_effect, -1.0, 1.0)
         if isinstance(self.shortcut_clusters, bool) or not isinstance(self.shortcut_clusters, int) or self.shortcut_clusters < 0:
             raise ValueError(f"shortcut_clusters must be an int >= 0, got {self.shortcut_clusters!r}")
@@ -313,7 +318,8 @@ class AlarmRule:
             return []
         suspects: Dict[int, int] = {}
         for index, candidate in enumerate(findings.candidates):  # highest score first
-            if candidate.score > self.max_class_shortcut_score and self.learned(candidate):
+            consistent = self.min_class_consistency is None or candidate.consistency >= self.min_class_consistency
+            if candidate.score > self.max_class_shortcut_score and consistent and self.learned(candidate):
                 suspects.setdefault(candidate.class_index, index)
         return list(suspects.values())
 
