@@ -25,14 +25,14 @@ def _file_store(monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
-NAMES = ["class_means", "grid", "mean_map"]
+NAMES = ["class_means", "evolution", "grid", "mean_map"]
 
 
 def _fit(tmp_path, logger, max_epochs=2, methods=("gradcam",)):
     pl.seed_everything(7)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=list(methods), num_probe=4)
+    monitor = cc.CAMMonitor(methods=list(methods), num_probe=4, step="epoch")
     t = trainer(tmp_path, [monitor], max_epochs=max_epochs, logger=logger)
     t.fit(model, train, val)
     return t
