@@ -201,7 +201,7 @@ class RunReport:
         parts.append("<h2>Evolution of the explanations</h2>")
         for method, named in self.last_images.items():
             if "evolution" in named:
-                parts += [f"<h3>{html.escape(method)}</h3>", _img(encode_png(named["evolution"]), f"{method} evolution")]
+                parts += [f"<h3>{html.escape(f'{prefix}/{method}/evolution')}</h3>", _img(encode_png(named["evolution"]), f"{method} evolution")]
         parts.append("<h2>Alarm history</h2>")
         if not self.alarms:
             parts.append("<p>The alarm never fired.</p>")

@@ -63,7 +63,7 @@ def test_smoothing_and_fused_layers_through_the_callback(tmp_path):
     model, t = _fit(tmp_path, [monitor], max_epochs=1)
     assert monitor.layer_name == "features.2+features.6"
     direct = cc.faithfulness(
-        model, monitor.probe.images, "gradcam", ["features.2", "features.6"], targets=monitor.probe.labels, smooth="aug", smooth_scales=(1.0,), step="epoch"
+        model, monitor.probe.images, "gradcam", ["features.2", "features.6"], targets=monitor.probe.labels, smooth="aug", smooth_scales=(1.0,)
     )
     assert float(t.callback_metrics["cam/gradcam/adcc"]) == pytest.approx(direct["adcc"], abs=1e-3)
     assert sorted(read_events(tmp_path)["images"]["cam/saliency/grid"]) == [0]
