@@ -369,7 +369,7 @@ class CAMMonitor(_Callback):
         self._raise_alarm(trainer, hits)
         if trainer.is_global_zero:
             config = f"target layer `{self.layer_name}`, methods {self.methods}, {len(self.probe or ())} probe images, target={self.target!r}"
-            self._logger.log_run(trainer, self._runner.view(), explanation, scalars, analyses, hits, config, scores)
+            self._logger.log_run(trainer, self._runner.view(), explanation, scalars, analyses, hits, config, scores, self.probe)
 
     def _raise_alarm(self, trainer: "pl.Trainer", hits: List[AlarmHit]) -> None:
         change = self._alarm_state.update(hits)

@@ -137,9 +137,13 @@ class RunLogger:
 
     def log_run(
         self, trainer: Any, view: ProbeView, explanation: Optional[Explanation], scalars: Dict[str, float],
-        analyses: Mapping[str, MethodAnalysis], hits: List[AlarmHit], config: str, scores: Optional[Scores] = None,
+        analyses: Mapping[str, MethodAnalysis], hits: List[AlarmHit], config: str, scores: Optional[Scores] = None, probe: Any = None,
     ) -> None:  # fmt: skip
-        """Log one run of the monitor at the global step (or epoch): its scalars, and its images when it has an explanation."""
+        """Log one run of the monitor at the global step (or epoch): its scalars, and its images when it has an explanation.
+        The captions show ``probe.labels`` also when the predictions are explained (``target="prediction"``)."""
+        labels = getattr(probe, "labels", None)
+        if view.targets is None and view.probability == "softmax" and labels is not None and labels.dim() == 1:
+            view = view._replace(targets=labels)
         epoch = trainer.current_epoch
         step = lightning_step(trainer) if self.step_mode == "global_step" else epoch
         x_axis = "global step" if self.step_mode == "global_step" else "epoch"

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 from torch import Tensor
 
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
 from cam_callbacks.monitor.alarm import AlarmHit
 from cam_callbacks.render.png import encode_png
 
@@ -62,7 +63,7 @@ def how_to_read(prefix: str, methods: Sequence[str], config: str, x_axis: str, m
         "masks: outside the objects) on the maps' absolute 0-1 scale: an evenly spread map stays dim; a bright spot "
         "at the same place in every class is the signature of a shortcut.",
         f"- **`{prefix}/<method>/evolution`**: the first probe images (rows) at every run so far (columns, original "
-        "first; long runs are thinned evenly), so the whole history shows without the slider.",
+        "first; at most 8 runs, long runs are thinned evenly), so the whole history shows without the slider.",
         f"- **Scalars**: {_FAITHFULNESS_HELP}. Watch: {_WATCH_HELP}.",
         f"- **`{prefix}/alarm`** (text): which rule fired, its value and threshold, and the worst probe images (the `#` in the captions).",
     ])  # fmt: skip
@@ -164,6 +165,8 @@ class RunReport:
         for tag in tags:
             parts = tag[len(prefix) + 1 :].split("/")
             group = parts[0] if len(parts) > 1 else "monitor"
+            if len(parts) > 1:  # one chart per scale: percent, fractions, ratios (multiples of chance)
+                group += " (ratios)" if parts[-1].endswith("_ratio") else "" if parts[-1] in FAITHFULNESS_METRICS else " (fractions)"
             groups.setdefault(group, []).append(tag)
         charts = []
         for group, members in groups.items():

@@ -31,7 +31,7 @@ class MapStrip:
         torch.Size([2, 8, 8])
     """
 
-    def __init__(self, max_columns: int = 12, size: int = 32) -> None:
+    def __init__(self, max_columns: int = 8, size: int = 32) -> None:
         if max_columns < 2:
             raise ValueError(f"max_columns must be at least 2 (the first and the latest run), got {max_columns}")
         self.max_columns, self.size = max_columns, size

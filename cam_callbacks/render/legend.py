@@ -19,8 +19,8 @@ __all__ = ["OBJECT_COLOR", "NUISANCE_COLOR", "LEGEND_FONT", "BAR_WIDTH", "legend
 OBJECT_COLOR: Tuple[float, float, float] = (1.0, 1.0, 1.0)
 #: Outline of the nuisance region (where it must not be): magenta, in no offered colormap either.
 NUISANCE_COLOR: Tuple[float, float, float] = (1.0, 0.0, 1.0)
-#: Font size of legends and captions (pixels): legible when TensorBoard scales a card to ~70 %.
-LEGEND_FONT = 13
+#: Font size of legends and captions (pixels): about 10 px on screen where TensorBoard scales a 2-cell-wide grid to its card.
+LEGEND_FONT = 14
 #: Length of the colour bar in pixels (shorter when the image is narrow).
 BAR_WIDTH = 200
 _BAR_HEIGHT = 12

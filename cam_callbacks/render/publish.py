@@ -46,7 +46,7 @@ class ImageStyle(NamedTuple):
     std: Optional[Sequence[float]] = None
     overlay_alpha: float = 0.5
     colormap: str = "jet"
-    per_row: int = 4
+    per_row: int = 2
 
 
 #: Rows of the evolution strip (the first probe rows).

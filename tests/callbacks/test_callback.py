@@ -89,8 +89,8 @@ def test_grid_cells_show_originals_in_real_colours_beside_overlays_in_probe_orde
     for event in read_events(tmp_path)["image_data"]["cam/gradcam/grid"]:  # the same image in the same place at every step
         grid = mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")[..., :3]
         tile = 16 * 6  # 16 px images are enlarged 6x (nearest) to reach the 96 px minimum tile
-        boxes = cell_boxes(4, 4, tile, tile)
-        assert grid.shape[1] == boxes[-1][2] + tile + GAP  # one row of 4 cells
+        boxes = cell_boxes(4, 2, tile, tile)
+        assert grid.shape[1] == boxes[-1][2] + tile + GAP  # rows of 2 cells
         for i, (top, left, overlay_left) in enumerate(boxes):
             original = grid[top : top + tile : 6, left : left + tile : 6]
             np.testing.assert_allclose(original, originals[i].permute(1, 2, 0).numpy(), atol=1.0 / 255 + 1e-6)
@@ -171,7 +171,7 @@ def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
     ]  # fmt: skip
     grid = mpimg.imread(os.path.join(logger.log_dir, "cam", "gradcam", "grid_epoch=0001.png"))[..., :3]
     tile = 16 * 6
-    top, left, _ = cell_boxes(4, 4, tile, tile)[0]
+    top, left, _ = cell_boxes(4, 2, tile, tile)[0]
     top = grid[top : top + tile : 6, left : left + tile : 6]  # first original, un-normalised
     np.testing.assert_allclose(top, originals[0].permute(1, 2, 0).numpy(), atol=1.0 / 255 + 1e-6)
 

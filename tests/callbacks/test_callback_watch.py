@@ -188,7 +188,7 @@ def test_grid_keeps_probe_order_worst_puts_worst_first_and_both_outline_the_regi
     t.fit(model, _train_loader(), DataLoader(TensorDataset(images, labels), batch_size=4))
     events = read_events(tmp_path)["image_data"]
     tile_side = SIZE * 6
-    boxes = cell_boxes(4, 4, tile_side, tile_side)
+    boxes = cell_boxes(4, 2, tile_side, tile_side)
 
     def tile(tag, cell, overlay=True):
         pixels = mpimg.imread(io.BytesIO(events[tag][-1].encoded_image_string), format="png")[..., :3]

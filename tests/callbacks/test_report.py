@@ -69,7 +69,7 @@ def test_report_is_self_contained_and_lists_the_alarm_with_its_evidence():
     assert parsed.links == [] and parsed.scripts == 0  # no external file, no script, no network
     sizes = [_decoded(source).size for source in parsed.sources]
     assert (30, 20) in sizes and (10, 10) in sizes and (8, 8) in sizes  # evidence, final grid, evolution strip
-    assert len(sizes) == 2 + 3  # two curve charts (gradcam, monitor) and the three images
+    assert len(sizes) == 3 + 3  # three curve charts (gradcam in percent, its fractions, the monitor) and the three images
     assert "gradcam: energy_in_nuisance_ratio = 6.5 is above 2 (worst probe images: 9, 14)" in page
     assert "<li><b>rows</b>: images</li>" in page
 

@@ -22,7 +22,7 @@ from cam_callbacks.render.grids import (
     labelled_tiles,
     weighted_overlay,
 )  # fmt: skip
-from cam_callbacks.render.legend import BAR_WIDTH, NUISANCE_COLOR, OBJECT_COLOR, legend_band
+from cam_callbacks.render.legend import BAR_WIDTH, LEGEND_FONT, NUISANCE_COLOR, OBJECT_COLOR, legend_band
 from cam_callbacks.render.publish import ImageStyle, ProbeView, RunInfo, probe_captions, run_images, summary_maps
 from cam_callbacks.render.text import glyph, line_height, paint_text, text_mask, text_width
 
@@ -33,7 +33,7 @@ def _lut(name):
 
 def test_text_is_the_concatenation_of_cached_glyphs_and_paints_only_its_box():
     mask = text_mask("Ag1", 13)
-    assert mask.shape == (line_height(13), text_width("Ag1", 13))
+    assert mask.shape == (line_height(LEGEND_FONT), text_width("Ag1", 13))
     assert torch.equal(mask[:, : glyph("A", 13).shape[1]], glyph("A", 13))
     assert glyph("A", 13) is glyph("A", 13)  # rendered once
     canvas = torch.ones(3, 30, 80)
@@ -61,7 +61,7 @@ def test_legend_bar_is_the_colormap_low_to_high_with_ticks_under_their_values():
 
 def test_legend_of_a_narrow_image_puts_the_label_on_its_own_line():
     wide, narrow = legend_band(900, "jet", label="a long label " * 3), legend_band(200, "jet", label="a long label " * 3)
-    assert narrow.shape[1] == wide.shape[1] + line_height(13)
+    assert narrow.shape[1] == wide.shape[1] + line_height(LEGEND_FONT)
 
 
 def test_weighted_overlay_opacity_follows_the_map():
@@ -139,7 +139,7 @@ def test_class_means_and_mean_map_use_the_absolute_scale():
     top = GAP + caption_height() - 1 + 20
     colour_b = images["class_means"][:, top, GAP + (96 + GAP) + 50]  # class b: uniform 0.2
     assert torch.allclose(colour_b, lut[round(0.2 * 255)], atol=1e-6)
-    mean_tile = images["mean_map"][:, GAP + line_height(13) + 2 + 150, GAP + 150]  # far from the corner: mean 0.2
+    mean_tile = images["mean_map"][:, GAP + line_height(LEGEND_FONT) + 2 + 150, GAP + 150]  # far from the corner: mean 0.2
     assert torch.allclose(mean_tile, lut[round(0.2 * 255)], atol=1e-6)
 
 
@@ -160,9 +160,9 @@ def test_evolution_grid_has_one_column_per_run_after_the_original():
     images = torch.rand(2, 3, 8, 8)
     history = [("ep 0", torch.zeros(2, 4, 4)), ("ep 1", torch.ones(2, 4, 4))]
     out = evolution_grid(images, history, ["#0", "#1"], tile=32, colormap="gray", alpha=0.4)
-    label_w = text_width("#0", 13) + 8
-    assert out.shape == (3, line_height(13) + 4 + 2 * 34, label_w + 3 * 34)
-    top = line_height(13) + 4
+    label_w = text_width("#0", LEGEND_FONT) + 8
+    assert out.shape == (3, line_height(LEGEND_FONT) + 4 + 2 * 34, label_w + 3 * 34)
+    top = line_height(LEGEND_FONT) + 4
     last = out[:, top : top + 32, label_w + 2 * 34 : label_w + 2 * 34 + 32]  # map 1 in gray: white at 60 % opacity
     original = out[:, top : top + 32, label_w : label_w + 32]
     assert torch.allclose(last, original + 0.6 * (1 - original), atol=1e-5)
