@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from cam_callbacks.render.images import colormap_lut
-from cam_callbacks.render.text import fit_text, line_height, paint_text, text_width
+from cam_callbacks.render.text import line_height, paint_text, text_width, wrap_text
 
 __all__ = ["OBJECT_COLOR", "NUISANCE_COLOR", "LEGEND_FONT", "BAR_WIDTH", "legend_band", "with_legend"]
 
@@ -30,8 +30,9 @@ _GREY = (0.35, 0.35, 0.35)
 def _swatch(band: Tensor, x: int, y: int, color: Sequence[float], label: str) -> int:
     """A small dark square outlined in ``color`` followed by ``label``; returns the x after it."""
     side = line_height(LEGEND_FONT) - 4
-    band[:, y : y + side, x : x + side] = torch.as_tensor(color, dtype=band.dtype).view(3, 1, 1)
-    band[:, y + 2 : y + side - 2, x + 2 : x + side - 2] = 0.25
+    band[:, y : y + side, x : x + side] = 0.25  # a dark square with a ring of the outline colour inside (white shows on it)
+    band[:, y + 2 : y + side - 2, x + 2 : x + side - 2] = torch.as_tensor(color, dtype=band.dtype).view(3, 1, 1)
+    band[:, y + 4 : y + side - 4, x + 4 : x + side - 4] = 0.25
     return paint_text(band, label, x + side + 4, y - 2, LEGEND_FONT) + 14
 
 
@@ -57,8 +58,9 @@ def legend_band(
     line = line_height(LEGEND_FONT)
     left, bar = 8, max(40, min(BAR_WIDTH, width // 3))
     x = left + bar + 12
-    beside = text_width(label, LEGEND_FONT) <= width - x - 4  # else the label goes on its own line under the ticks
-    band = torch.ones(3, _BAR_HEIGHT + (2 if beside else 3) * line + 10, width)
+    beside = text_width(label, LEGEND_FONT) <= width - x - 4  # else the label goes on its own lines under the ticks
+    lines = [label] if beside else wrap_text(label, LEGEND_FONT, width - left - 4)
+    band = torch.ones(3, _BAR_HEIGHT + (2 if beside else 2 + len(lines)) * line + 10, width)
     lut = colormap_lut(colormap)
     index = torch.linspace(0, 255, bar).round().long()
     band[:, 4 : 4 + _BAR_HEIGHT, left : left + bar] = lut[index].t().unsqueeze(1)
@@ -70,8 +72,8 @@ def legend_band(
         paint_text(band, label, x, 2, LEGEND_FONT)
         y = 4 + line
     else:
-        x, y = left, 9 + _BAR_HEIGHT + line
-        paint_text(band, fit_text(label, LEGEND_FONT, width - x - 4), x, y, LEGEND_FONT)
+        for k, text in enumerate(lines):
+            paint_text(band, text, left, 9 + _BAR_HEIGHT + (k + 1) * line, LEGEND_FONT)
         x, y = left + bar + 12, 4
     for color, name in outlines:
         if x + text_width(name, LEGEND_FONT) + 30 > width:

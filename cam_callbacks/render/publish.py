@@ -52,7 +52,7 @@ class ImageStyle(NamedTuple):
 #: Rows of the evolution strip (the first probe rows).
 EVOLUTION_ROWS = 6
 GRID_LABEL = "map value, min-max per image (0 = least, 1 = most used)"
-MEAN_LABEL = "mean map value, absolute (same 0-1 scale as the maps)"
+MEAN_LABEL = "absolute scale: the maps' own 0-1 values (an evenly spread map stays dim)"
 
 
 class RunInfo(NamedTuple):
@@ -159,8 +159,8 @@ def summary_maps(view: ProbeView, explanation: Explanation, method: str, style: 
     where = "over all probe images" if view.masks is None else "outside the objects"
     mean_map = labelled_tiles(outside.mean(0, keepdim=True).clamp(0, 1), [f"mean {where}"], style.colormap, min_tile=192)
     return {
-        "class_means": with_legend(class_means, style.colormap, "mean map per class (images), " + MEAN_LABEL),
-        "mean_map": with_legend(mean_map, style.colormap, MEAN_LABEL),
+        "class_means": with_legend(class_means, style.colormap, "mean map per class (number of images); " + MEAN_LABEL),
+        "mean_map": with_legend(mean_map, style.colormap, "mean map; " + MEAN_LABEL),
     }
 
 

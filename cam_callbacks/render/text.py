@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["font_path", "glyph", "text_mask", "text_width", "line_height", "paint_text", "fit_text"]
+__all__ = ["font_path", "glyph", "text_mask", "text_width", "line_height", "paint_text", "fit_text", "wrap_text"]
 
 Color = Tuple[float, float, float]
 
@@ -71,6 +71,23 @@ def fit_text(text: str, size: int, width: int) -> str:
     while text and text_width(text + "…", size) > width:
         text = text[:-1]
     return text + "…" if text else ""
+
+
+def wrap_text(text: str, size: int, width: int) -> List[str]:
+    """``text`` broken at spaces into lines of at most ``width`` pixels (a word longer than a line is shortened).
+
+    Example::
+
+        >>> wrap_text("one two three", 12, 60)
+        ['one two', 'three']
+    """
+    lines: List[str] = []
+    for word in text.split():
+        if lines and text_width(lines[-1] + " " + word, size) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(fit_text(word, size, width))
+    return lines
 
 
 def paint_text(canvas: Tensor, text: str, x: int, y: int, size: int, color: Sequence[float] = (0.0, 0.0, 0.0)) -> int:

@@ -143,6 +143,13 @@ def test_report_loads_every_image_in_a_real_browser(tmp_path):
         "document.title = 'loaded ' + images.filter(i => i.complete && i.naturalWidth > 0).length + ' of ' + images.length; });</script>"
     )
     page = _report_page().replace("</body>", check + "</body>")
+    broken = page.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1)  # the check can fail: a broken image
+    assert "<title>loaded 6 of 6</title>" in _dom(tmp_path, page)  # 3 charts, evolution, evidence, final grid
+    assert "<title>loaded 5 of 6</title>" in _dom(tmp_path, broken)
+
+
+def _dom(tmp_path, page: str) -> str:
+    """The page's DOM after its scripts ran in headless Chromium."""
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
     profile = tempfile.mkdtemp(dir=tmp_path)
@@ -152,7 +159,6 @@ def test_report_loads_every_image_in_a_real_browser(tmp_path):
         path.as_uri(),
     ]  # fmt: skip
     try:
-        dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+        return subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
     finally:
         shutil.rmtree(profile, ignore_errors=True)
-    assert "<title>loaded 5 of 5</title>" in dom, dom[:500]

@@ -24,7 +24,7 @@ from cam_callbacks.render.grids import (
 )  # fmt: skip
 from cam_callbacks.render.legend import BAR_WIDTH, LEGEND_FONT, NUISANCE_COLOR, OBJECT_COLOR, legend_band
 from cam_callbacks.render.publish import ImageStyle, ProbeView, RunInfo, probe_captions, run_images, summary_maps
-from cam_callbacks.render.text import glyph, line_height, paint_text, text_mask, text_width
+from cam_callbacks.render.text import glyph, line_height, paint_text, text_mask, text_width, wrap_text
 
 
 def _lut(name):
@@ -60,8 +60,11 @@ def test_legend_bar_is_the_colormap_low_to_high_with_ticks_under_their_values():
 
 
 def test_legend_of_a_narrow_image_puts_the_label_on_its_own_line():
-    wide, narrow = legend_band(900, "jet", label="a long label " * 3), legend_band(200, "jet", label="a long label " * 3)
-    assert narrow.shape[1] == wide.shape[1] + line_height(LEGEND_FONT)
+    label = "a long label " * 3
+    wide, narrow = legend_band(900, "jet", label=label), legend_band(200, "jet", label=label)
+    lines = wrap_text(label, LEGEND_FONT, 200 - 12)
+    assert len(lines) == 2 and " ".join(lines) == label.strip()  # wrapped at spaces, nothing lost
+    assert narrow.shape[1] == wide.shape[1] + 2 * line_height(LEGEND_FONT)
 
 
 def test_weighted_overlay_opacity_follows_the_map():
