@@ -77,7 +77,8 @@ def fit(args: argparse.Namespace, with_callback: bool, logdir: str) -> Dict[str,
 
 def render_timing(repeats: int = 10, num_probe: int = 32, image_size: int = 48, methods: Sequence[str] = ("gradcam", "gradcampp")) -> Dict[str, float]:
     """Median milliseconds per run of drawing the images of ``num_probe`` probe images and ``methods`` (with masks: grid,
-    worst, class means, mean map, evolution), on the training thread, and of PNG-encoding them (on the writer thread)."""
+    worst, class means, mean map, evolution), on the training thread, and of PNG-encoding them (on the writer thread).
+    CPU time of this thread (``time.thread_time``), so that other processes on a shared machine do not count."""
     from cam_callbacks.engine.result import Explanation
     from cam_callbacks.metrics.watch import analyze_maps
     from cam_callbacks.render.evolution import MapStrip
@@ -96,15 +97,15 @@ def render_timing(repeats: int = 10, num_probe: int = 32, image_size: int = 48, 
         explanation = Explanation(maps, torch.randn(n, 4, generator=g), labels, "layer")
         analyses = {m: analyze_maps(v, masks) for m, v in maps.items()}
         info = RunInfo({m: {"adcc": torch.rand(n, generator=g)} for m in methods}, ["disc", "square", "triangle", "cross"], f"ep {run}", strip)
-        start = time.perf_counter()
+        start = time.thread_time()
         built = {m: {k: to_uint8(v) for k, v in named.items()} for m, named in run_images(view, explanation, analyses, ImageStyle(), info).items()}
-        drawn = time.perf_counter()
+        drawn = time.thread_time()
         for named in built.values():
             for image in named.values():
                 encode_png(image)
         if run:  # the first run loads fonts and colormaps
             draw.append(1000 * (drawn - start))
-            encode.append(1000 * (time.perf_counter() - drawn))
+            encode.append(1000 * (time.thread_time() - drawn))
     return {"draw_ms": sorted(draw)[len(draw) // 2], "encode_ms": sorted(encode)[len(encode) // 2]}
 
 
@@ -123,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     timing = render_timing()
     print(f"images of one run (32 probe images 48 px, 2 methods, masks): drawing {timing['draw_ms']:.1f} ms (training thread), "
-          f"PNG encoding {timing['encode_ms']:.1f} ms (writer thread), median of 10")  # fmt: skip
+          f"PNG encoding {timing['encode_ms']:.1f} ms (writer thread); CPU time, median of 10")  # fmt: skip
     if args.render_only:
         return
     without: List[float] = []

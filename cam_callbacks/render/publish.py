@@ -195,4 +195,4 @@ def run_images(view: ProbeView, explanation: Explanation, analyses: Dict[str, Me
 
 def to_uint8(image: Tensor) -> Tensor:
     """A ``(3, H, W)`` image in [0, 1] as uint8 (what TensorBoard stores), detached from later changes."""
-    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    return image.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu()  # rounds half up

@@ -52,8 +52,10 @@ def glyph(char: str, size: int) -> Tensor:
     return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(canvas.height, canvas.width).float() / 255.0
 
 
+@lru_cache(maxsize=4096)
 def text_mask(text: str, size: int) -> Tensor:
-    """Coverage ``(line_height, width)`` of ``text`` at font ``size``; width 0 for an empty string."""
+    """Coverage ``(line_height, width)`` of ``text`` at font ``size``; width 0 for an empty string (cached: captions
+    and legends repeat across methods and runs). Do not modify the result."""
     if not text:
         return torch.zeros(line_height(size), 0)
     return torch.cat([glyph(char, size) for char in text], dim=1)
@@ -107,8 +109,8 @@ def paint_text(canvas: Tensor, text: str, x: int, y: int, size: int, color: Sequ
     bottom, right = min(canvas.shape[1], y + height), min(canvas.shape[2], x + width)
     if bottom <= top or right <= left:
         return x + width
-    alpha = mask[top - y : bottom - y, left - x : right - x].to(canvas.device, canvas.dtype)
-    paint = torch.as_tensor(color, dtype=canvas.dtype, device=canvas.device).view(3, 1, 1)
+    alpha = mask[top - y : bottom - y, left - x : right - x]
     region = canvas[:, top:bottom, left:right]
-    canvas[:, top:bottom, left:right] = region + alpha * (paint - region)
+    for channel, value in enumerate(color):  # in place: region += alpha * (value - region)
+        region[channel].addcmul_(alpha, value - region[channel])
     return x + width
