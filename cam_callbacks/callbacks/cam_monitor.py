@@ -146,9 +146,7 @@ class CAMMonitor(_Callback):
         max_labels: int = 4,
         prefix: str = "cam",
         on_error: OnError = "warn",
-        class_names: Optional[Sequence[str]] = None,
-        step: str = "global_step",
-        report: bool = True,
+        class_names: Optional[Sequence[str]] = None, step: str = "global_step", report: bool = True,
     ) -> None:
         super().__init__()
         self.methods: List[str] = check_methods(methods)
@@ -156,11 +154,9 @@ class CAMMonitor(_Callback):
         self.target = check_choice("target", target, TARGET_CHOICES)
         self.mean, self.std = check_display(mean, std, overlay_alpha, colormap)
         self.target_layer = target_layer
-        self.num_probe = check_positive_int("num_probe", num_probe)
-        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+        self.num_probe, self.every_n_epochs = check_positive_int("num_probe", num_probe), check_positive_int("every_n_epochs", every_n_epochs)
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.max_images = check_positive_int("max_images", max_images)
-        self.max_labels = check_positive_int("max_labels", max_labels)
+        self.max_images, self.max_labels = check_positive_int("max_images", max_images), check_positive_int("max_labels", max_labels)
         self.faithfulness = check_bool("faithfulness", faithfulness)
         self.colormap, self.overlay_alpha = colormap, float(overlay_alpha)
         self.options = make_explain_options(
@@ -175,8 +171,7 @@ class CAMMonitor(_Callback):
         checked = check_alarm(alarm)
         self.alarm = None if checked is None else copy.deepcopy(checked)  # a deep copy: monitors never share a rule (nor its extra)
         self.stop_on_alarm = check_bool("stop_on_alarm", stop_on_alarm)
-        self.class_names, self.step = check_class_names(class_names), check_choice("step", step, STEP_CHOICES)
-        self.report = check_bool("report", report)
+        self.class_names, self.step, self.report = check_class_names(class_names), check_choice("step", step, STEP_CHOICES), check_bool("report", report)
         self._probe_source = probe
         self._build_parts(probe, smooth)
         #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
