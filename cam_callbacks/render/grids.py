@@ -87,17 +87,6 @@ def cell_boxes(n: int, per_row: int, tile_h: int, tile_w: int) -> List[Tuple[int
     return boxes
 
 
-def _caption_band(captions: Sequence[Caption], width: int) -> Tensor:
-    """``(N, 3, 2 lines, width)`` white bands with each caption's title and detail."""
-    line = line_height(LEGEND_FONT)
-    bands = torch.ones(len(captions), 3, caption_height(), width)
-    for i, caption in enumerate(captions):
-        color = WRONG_COLOR if caption.wrong else (0.0, 0.0, 0.0)
-        paint_text(bands[i], fit_text(caption.title, LEGEND_FONT, width - 2), 1, 0, LEGEND_FONT, color)
-        paint_text(bands[i], fit_text(caption.detail, LEGEND_FONT, width - 2), 1, line, LEGEND_FONT, color)
-    return bands
-
-
 def captioned_grid(
     display_images: Tensor, maps: Tensor, captions: Sequence[Caption], alpha: float = 0.5, colormap: str = "jet", per_row: int = 4,
     min_tile: int = 96, masks: Optional[Tensor] = None, nuisance: Optional[Tensor] = None,
@@ -123,10 +112,18 @@ def captioned_grid(
         if regions is not None:
             outline = mask_outline(enlarge(regions.float().unsqueeze(1), min_tile).squeeze(1) > 0.5)
             big, overlays = draw_outline(big, outline, color), draw_outline(overlays, outline, color)
-    spacer = torch.ones(big.shape[0], 3, big.shape[2], 2)
-    pairs = torch.cat([big, spacer, overlays], dim=-1)
-    cells = torch.cat([_caption_band(captions, pairs.shape[-1]), pairs], dim=2)
-    return tile_rows(cells, per_row)
+    n, _, tile_h, tile_w = big.shape
+    per_row = max(1, min(per_row, n))
+    cell_h, cell_w, band = caption_height() + tile_h, 2 * tile_w + 2, caption_height()
+    out = torch.ones(3, -(-n // per_row) * (cell_h + GAP) + GAP, per_row * (cell_w + GAP) + GAP)
+    line = line_height(LEGEND_FONT)
+    for i, (top, left, overlay_left) in enumerate(cell_boxes(n, per_row, tile_h, tile_w)):  # written in place: no copies
+        out[:, top : top + tile_h, left : left + tile_w] = big[i]
+        out[:, top : top + tile_h, overlay_left : overlay_left + tile_w] = overlays[i]
+        color = WRONG_COLOR if captions[i].wrong else (0.0, 0.0, 0.0)
+        paint_text(out, fit_text(captions[i].title, LEGEND_FONT, cell_w - 2), left + 1, top - band, LEGEND_FONT, color)
+        paint_text(out, fit_text(captions[i].detail, LEGEND_FONT, cell_w - 2), left + 1, top - band + line, LEGEND_FONT, color)
+    return out
 
 
 def labelled_tiles(maps: Tensor, names: Sequence[str], colormap: str = "jet", per_row: int = 8, min_tile: int = 96) -> Tensor:

@@ -61,6 +61,7 @@ def text_mask(text: str, size: int) -> Tensor:
     return torch.cat([glyph(char, size) for char in text], dim=1)
 
 
+@lru_cache(maxsize=4096)
 def text_width(text: str, size: int) -> int:
     """Width in pixels of ``text`` as :func:`text_mask` draws it."""
     return sum(glyph(char, size).shape[1] for char in text)
@@ -70,7 +71,7 @@ def fit_text(text: str, size: int, width: int) -> str:
     """``text``, shortened with an ellipsis until it is at most ``width`` pixels wide."""
     if text_width(text, size) <= width:
         return text
-    while text and text_width(text + "…", size) > width:
+    while text and text_width(text, size) + text_width("…", size) > width:
         text = text[:-1]
     return text + "…" if text else ""
 
