@@ -216,7 +216,7 @@ class RunLogger:
             built = images()
             # PNG encoding is the slow part: it runs on a worker thread while training goes on
             as_bytes = {method: {name: to_uint8(image) for name, image in named.items()} for method, named in built.items()}
-            if self.report is not None:
+            if self.report is not None and as_bytes:  # a run without maps keeps the last images that had them
                 self.report.last_images = as_bytes
         except Exception as error:  # noqa: BLE001 - reported; scalars are logged, images resume next run
             self.errors.report("drawing the images", error, "no images for this run", step)
