@@ -181,17 +181,34 @@ class RunLogger:
         return names
 
     def write_report(self, trainer: Any) -> Optional[str]:
-        """Write ``<log_dir>/<prefix>/report.html`` (the first TensorBoard logger's or other run directory, else
-        ``default_root_dir``) after :meth:`flush`; returns its path, or None when the report is off or nothing ran."""
+        """Write ``<log_dir>/<prefix>/report.html`` (the first TensorBoard logger's or other run directory; with only
+        MLflow / W&B loggers an artifact of the MLflow run, or a file of the W&B run) after :meth:`flush`; returns its
+        path, or None when the report is off, nothing ran, or writing failed (reported)."""
         if self.report is None or not self.report.runs:
             return None
         found = destinations(trainer)
         directories = [str(logger.log_dir) for logger in found.tensorboards] + found.directories
-        directory = directories[0] if directories else str(trainer.default_root_dir)
         x_axis = "global step" if self.step_mode == "global_step" else "epoch"
-        path = self.report.write(directory, self.prefix, self._config, self._how_to, x_axis)
-        self._say_once("report", f"CAMMonitor: report written to {path}")
-        return path
+        written: List[str] = []
+
+        def write() -> None:
+            if directories:
+                written.append(self.report.write(directories[0], self.prefix, self._config, self._how_to, x_axis))  # type: ignore[union-attr]
+            elif found.mlflows:
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as folder:
+                    path = self.report.write(folder, self.prefix, self._config, self._how_to, x_axis)  # type: ignore[union-attr]
+                    logger = found.mlflows[0]
+                    logger.experiment.log_artifact(logger.run_id, path, artifact_path=self.prefix)
+                    written.append(f"{self.prefix}/report.html (artifact of MLflow run {logger.run_id})")
+            elif found.wandbs:
+                written.append(self.report.write(found.wandbs[0].experiment.dir, self.prefix, self._config, self._how_to, x_axis))  # type: ignore[union-attr]
+
+        self._safely("report", "writing the HTML report", write)
+        if written:
+            self._say_once("report", f"CAMMonitor: report written to {written[0]}")
+        return written[0] if written else None
 
     def log(
         self, trainer: Any, step: int, scalars: Dict[str, float], images: Callable[[], Dict[str, Dict[str, Tensor]]],
