@@ -52,19 +52,22 @@ def glyph(char: str, size: int) -> Tensor:
     return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(canvas.height, canvas.width).float() / 255.0
 
 
-@lru_cache(maxsize=4096)
 def text_mask(text: str, size: int) -> Tensor:
-    """Coverage ``(line_height, width)`` of ``text`` at font ``size``; width 0 for an empty string (cached: captions
-    and legends repeat across methods and runs). Do not modify the result."""
+    """Coverage ``(line_height, width)`` of ``text`` at font ``size``; width 0 for an empty string. Only glyphs are
+    cached (captions change every run: a cache of whole strings would grow with the run)."""
     if not text:
         return torch.zeros(line_height(size), 0)
     return torch.cat([glyph(char, size) for char in text], dim=1)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=2048)
+def _advance(char: str, size: int) -> int:
+    return int(glyph(char, size).shape[1])
+
+
 def text_width(text: str, size: int) -> int:
     """Width in pixels of ``text`` as :func:`text_mask` draws it."""
-    return sum(glyph(char, size).shape[1] for char in text)
+    return sum(_advance(char, size) for char in text)
 
 
 def fit_text(text: str, size: int, width: int) -> str:
