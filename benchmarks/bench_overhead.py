@@ -75,6 +75,40 @@ def fit(args: argparse.Namespace, with_callback: bool, logdir: str) -> Dict[str,
     return totals
 
 
+def render_timing(repeats: int = 10, num_probe: int = 32, image_size: int = 48, methods: Sequence[str] = ("gradcam", "gradcampp")) -> Dict[str, float]:
+    """Median milliseconds per run of drawing the images of ``num_probe`` probe images and ``methods`` (with masks: grid,
+    worst, class means, mean map, evolution), on the training thread, and of PNG-encoding them (on the writer thread).
+    CPU time of this thread (``time.thread_time``), so that other processes on a shared machine do not count."""
+    from cam_callbacks.engine.result import Explanation
+    from cam_callbacks.metrics.watch import analyze_maps
+    from cam_callbacks.render.evolution import MapStrip
+    from cam_callbacks.render.png import encode_png
+    from cam_callbacks.render.publish import ImageStyle, ProbeView, RunInfo, run_images, to_uint8
+
+    g = torch.Generator().manual_seed(0)
+    n, size = num_probe, image_size
+    images, labels = torch.rand(n, 3, size, size, generator=g), torch.randint(0, 4, (n,), generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    masks[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = True
+    view = ProbeView(images, labels, masks, None, torch.arange(n), "softmax")
+    strip, draw, encode = MapStrip(), [], []
+    for run in range(repeats + 1):
+        maps = {m: torch.rand(n, size, size, generator=g) for m in methods}
+        explanation = Explanation(maps, torch.randn(n, 4, generator=g), labels, "layer")
+        analyses = {m: analyze_maps(v, masks) for m, v in maps.items()}
+        info = RunInfo({m: {"adcc": torch.rand(n, generator=g)} for m in methods}, ["disc", "square", "triangle", "cross"], f"ep {run}", strip)
+        start = time.thread_time()
+        built = {m: {k: to_uint8(v) for k, v in named.items()} for m, named in run_images(view, explanation, analyses, ImageStyle(), info).items()}
+        drawn = time.thread_time()
+        for named in built.values():
+            for image in named.values():
+                encode_png(image)
+        if run:  # the first run loads fonts and colormaps
+            draw.append(1000 * (drawn - start))
+            encode.append(1000 * (time.thread_time() - drawn))
+    return {"draw_ms": sorted(draw)[len(draw) // 2], "encode_ms": sorted(encode)[len(encode) // 2]}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-epochs", type=int, default=10)
@@ -85,8 +119,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="pairs of fits (order alternates); the minimum is reported")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--render-only", action="store_true", help="only time drawing + PNG encoding of one run's images (32 probe images, 2 methods)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    timing = render_timing()
+    print(f"images of one run (32 probe images 48 px, 2 methods, masks): drawing {timing['draw_ms']:.1f} ms (training thread), "
+          f"PNG encoding {timing['encode_ms']:.1f} ms (writer thread); CPU time, median of 10")  # fmt: skip
+    if args.render_only:
+        return
     without: List[float] = []
     with_runs: List[Dict[str, float]] = []
     with tempfile.TemporaryDirectory() as logdir:

@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 import cam_callbacks as cc
-from cam_callbacks.datasets import SCENARIOS, SHAPES_MEAN, SHAPES_STD, ScenarioDataset
+from cam_callbacks.datasets import SCENARIOS, SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ScenarioDataset
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the model of the neighbouring example
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -216,6 +216,11 @@ class ShortcutDataModule(pl.LightningDataModule):
         self.train_set: Optional[ScenarioDataset] = None
         self.val_set: Optional[ScenarioDataset] = None
         self.randcue_set: Optional[ScenarioDataset] = None
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        """The shape names, for CAMMonitor's captions (it looks for ``class_names`` on the datamodule)."""
+        return SHAPE_NAMES[: self.hparams.num_classes]
 
     def _dataset(self, num: int, split: str, shortcut: bool, seed: int) -> ScenarioDataset:
         h = self.hparams

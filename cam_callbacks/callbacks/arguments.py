@@ -17,7 +17,7 @@ from cam_callbacks.render.images import colormap_lut
 __all__ = [
     "TARGET_CHOICES", "PRECISION_CHOICES", "check_alarm", "check_bool", "check_budget", "check_choice", "check_display",
     "check_method_options", "check_methods", "check_named_layers", "check_number", "check_positive_int", "check_prefix",
-    "check_target_layer", "check_unique_prefix", "make_explain_options",
+    "check_target_layer", "check_unique_prefix", "make_explain_options", "check_class_names",
 ]  # fmt: skip
 
 TARGET_CHOICES = ("label", "prediction")
@@ -201,3 +201,12 @@ def check_named_layers(model: nn.Module, target_layer: Any) -> None:
     for layer in layers:
         if isinstance(layer, nn.Module) or layer != "auto":
             resolve_named_layer(model, layer)
+
+
+def check_class_names(class_names: Any) -> Optional[List[str]]:
+    """None, or a non-empty list of strings (one per class; the length is checked against the model at the first run)."""
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, bytes, Mapping)) or not _iterable(class_names) or not list(class_names):
+        raise ValueError(f"class_names must be a list of class names, one per model output, got {class_names!r}")
+    return [str(name) for name in class_names]

@@ -17,20 +17,20 @@ from typing_extensions import override
 
 from cam_callbacks.callbacks.arguments import (  # isort: skip (one import, four lines: the module is near its size limit)
     PRECISION_CHOICES, TARGET_CHOICES, check_alarm, check_bool, check_budget, check_choice, check_display, check_methods,
-    check_named_layers, check_positive_int, check_prefix, check_target_layer, check_unique_prefix, make_explain_options,
+    check_named_layers, check_positive_int, check_prefix, check_target_layer, check_unique_prefix, make_explain_options, check_class_names,
 )  # fmt: skip
 from cam_callbacks.callbacks.checkpoint import STATE_VERSION, history_mismatch, state_problem
 from cam_callbacks.callbacks.compat import callback_base
 from cam_callbacks.callbacks.distributed import check_strategy
 from cam_callbacks.callbacks.errors import ON_ERROR_CHOICES, ErrorReporter
-from cam_callbacks.callbacks.loggers import RunLogger, run_scalars
+from cam_callbacks.callbacks.loggers import STEP_CHOICES, RunLogger, run_scalars
 from cam_callbacks.callbacks.probe import Probe, ProbeLike, early_probe, make_probe, probe_from_loaders
 from cam_callbacks.callbacks.runner import ProbeRunner
 from cam_callbacks.callbacks.shortcut_watch import probe_outcome, shortcut_hits
 from cam_callbacks.capture.layers import LayersLike
 from cam_callbacks.capture.layouts import ReshapeLike
 from cam_callbacks.engine.curves import check_curves
-from cam_callbacks.engine.result import Explanation, ScoredExplanation
+from cam_callbacks.engine.result import Explanation, ScoredExplanation, Scores
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, AlarmState
 from cam_callbacks.monitor.budget import CostBudget, is_expensive
@@ -103,6 +103,9 @@ class CAMMonitor(_Callback):
         on_error: A failure *during* training (a method or the model raising, every probe image failing, a
             write failing): ``"warn"`` reports it (warning, ``<prefix>/errors``), switches the failing part off
             and training goes on; ``"raise"`` raises it. Bad arguments always raise before training starts.
+        class_names: One name per class for the captions (default: ``classes``/``class_names`` of the datamodule or dataset).
+        step: The x-axis of everything logged: ``"global_step"`` (as Lightning logs ``val_loss``) or ``"epoch"``.
+        report: Write ``<log_dir>/<prefix>/report.html`` (self-contained: curves, evolution, alarms, images) at the end of fit/validate.
 
     Raises:
         ValueError: At construction for bad arguments; at ``setup``/first validation for a model,
@@ -148,6 +151,7 @@ class CAMMonitor(_Callback):
         max_labels: int = 4,
         prefix: str = "cam",
         on_error: OnError = "warn",
+        class_names: Optional[Sequence[str]] = None, step: str = "global_step", report: bool = True,
     ) -> None:
         super().__init__()
         self.methods: List[str] = check_methods(methods)
@@ -155,8 +159,7 @@ class CAMMonitor(_Callback):
         self.target = check_choice("target", target, TARGET_CHOICES)
         self.mean, self.std = check_display(mean, std, overlay_alpha, colormap)
         self.target_layer = target_layer
-        self.num_probe = check_positive_int("num_probe", num_probe)
-        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+        self.num_probe, self.every_n_epochs = check_positive_int("num_probe", num_probe), check_positive_int("every_n_epochs", every_n_epochs)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.max_images, self.max_labels = check_positive_int("max_images", max_images), check_positive_int("max_labels", max_labels)
         self.faithfulness, self.curves = check_bool("faithfulness", faithfulness), check_curves(curves)
@@ -173,6 +176,7 @@ class CAMMonitor(_Callback):
         checked = check_alarm(alarm)
         self.alarm = None if checked is None else copy.deepcopy(checked)  # a deep copy: monitors never share a rule (nor its extra)
         self.stop_on_alarm = check_bool("stop_on_alarm", stop_on_alarm)
+        self.class_names, self.step, self.report = check_class_names(class_names), check_choice("step", step, STEP_CHOICES), check_bool("report", report)
         self._probe_source = probe
         self._build_parts(probe, smooth)
         #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
@@ -190,7 +194,7 @@ class CAMMonitor(_Callback):
         self._alarm_state = AlarmState()
         self._errors = ErrorReporter(self.on_error, self.prefix)
         style = ImageStyle(self.max_images, self.max_labels, self.mean, self.std, self.overlay_alpha, self.colormap)
-        self._logger = RunLogger(self._errors, self.prefix, style, self.methods, self.faithfulness)
+        self._logger = RunLogger(self._errors, self.prefix, style, self.methods, self.faithfulness, self.step, self.class_names, self.report)
         self._trainer_ref: Optional["weakref.ReferenceType[pl.Trainer]"] = None
         self._pending_state: Optional[Dict[str, Any]] = None
         self._last_run: Optional[tuple] = None
@@ -320,7 +324,7 @@ class CAMMonitor(_Callback):
         message = self._runner.new_skips_message(trainer.current_epoch)
         if message:
             rank_zero_warn(message)
-        explanation, analyses, hits = None, {}, []
+        explanation, analyses, hits, scores = None, {}, [], None
         scalars: Dict[str, float] = {}
         if result is not None:
             explanation, scores = result
@@ -338,7 +342,7 @@ class CAMMonitor(_Callback):
             rank_zero_info(f"CAMMonitor: {message}")
         scalars.update({f"{p}/{m}/every_n_runs": float(self._budget.stride(m)) for m in self.methods if self._budget.stride(m) > 1})
         self.last_hits = hits
-        self._log_everywhere(trainer, pl_module, explanation, scalars, analyses, hits)
+        self._log_everywhere(trainer, pl_module, explanation, scalars, analyses, hits, scores)
         end = time.perf_counter()
         self.last_timings = {"compute": computed - start, "analyze": analyzed - computed, "log": end - analyzed, "total": end - start}
         rank_zero_debug(f"CAMMonitor: epoch {trainer.current_epoch} explained in {end - start:.2f}s")
@@ -355,7 +359,7 @@ class CAMMonitor(_Callback):
 
     def _log_everywhere(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", explanation: Optional[Explanation], scalars: Dict[str, float],
-        analyses: Dict[str, MethodAnalysis], hits: List[AlarmHit],
+        analyses: Dict[str, MethodAnalysis], hits: List[AlarmHit], scores: Optional[Scores] = None,
     ) -> None:  # fmt: skip
         """``callback_metrics`` on every process (for EarlyStopping/ModelCheckpoint), the alarm, the loggers on rank zero."""
         if trainer.is_global_zero:
@@ -369,7 +373,7 @@ class CAMMonitor(_Callback):
         self._raise_alarm(trainer, hits)
         if trainer.is_global_zero:
             config = f"target layer `{self.layer_name}`, methods {self.methods}, {len(self.probe or ())} probe images, target={self.target!r}"
-            self._logger.log_run(trainer, self._runner.view(), explanation, scalars, analyses, hits, config)
+            self._logger.log_run(trainer, self._runner.view(), explanation, scalars, analyses, hits, config, scores, self.probe)
 
     def _raise_alarm(self, trainer: "pl.Trainer", hits: List[AlarmHit]) -> None:
         change = self._alarm_state.update(hits)
@@ -391,11 +395,12 @@ class CAMMonitor(_Callback):
     @override
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._logger.flush()  # failed writes are reported, never raised (unless on_error="raise")
+        self._logger.write_report(trainer) if trainer.is_global_zero else None
 
     @override
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate(): the images are complete when it returns
-            self._logger.flush()
+            self.on_fit_end(trainer, pl_module)
 
     @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:

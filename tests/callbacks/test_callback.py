@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import cam_callbacks as cc
 from cam_callbacks.methods import register_method, unregister_method
+from cam_callbacks.render.grids import GAP, caption_height, cell_boxes
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, read_events, trainer
 
@@ -39,15 +40,18 @@ def test_fit_logs_grids_scalars_layout_and_callback_metrics(tmp_path):
     monitor = cc.CAMMonitor(methods=methods, num_probe=8, every_n_epochs=1)
     model, t = _fit(tmp_path, monitor, max_epochs=3)
     events = read_events(tmp_path)
+    # x-axis: the step Lightning logs val_loss at (6 training batches per epoch: 5, 11, 17), so the curves line up
+    val_steps = sorted(step for step, _ in events["scalars"]["val_loss"])
+    assert val_steps == [5, 11, 17]
     for method in methods:
         # one grid per method per epoch, no image from the sanity check
-        assert sorted(events["images"][f"cam/{method}/grid"]) == [0, 1, 2]
+        assert sorted(events["images"][f"cam/{method}/grid"]) == val_steps
         for metric in METRICS:
             tag = f"cam/{method}/{metric}"
             steps = [step for step, _ in events["scalars"][tag]]
-            assert sorted(steps) == [0, 1, 2], tag
+            assert sorted(steps) == val_steps, tag
             assert tag in t.callback_metrics
-            logged_last = [v for s, v in events["scalars"][tag] if s == 2][0]
+            logged_last = [v for s, v in events["scalars"][tag] if s == 17][0]
             assert logged_last == pytest.approx(float(t.callback_metrics[tag]), rel=1e-6)
             assert 0.0 <= logged_last <= 100.0
     assert monitor.layer_name == "features"
@@ -59,7 +63,7 @@ def test_fit_logs_grids_scalars_layout_and_callback_metrics(tmp_path):
     layout_events = events["tensors"]["custom_scalars__config__"]
     layout = layout_pb2.Layout.FromString(layout_events[-1].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    assert charts["ADCC (all methods)"] == [f"cam/{m}/adcc" for m in methods]
+    assert charts["ADCC: gradcam, gradcampp, cam"] == [f"cam/{m}/adcc" for m in methods]  # titled with the method set
     for method in methods:
         component_chart = [tags for title, tags in charts.items() if title.startswith(method + ":")]
         assert component_chart == [[f"cam/{method}/{k}" for k in METRICS if k != "adcc"]]
@@ -74,23 +78,25 @@ def test_probe_is_first_samples_of_val_dataset_and_fixed(tmp_path):
     assert not monitor.probe.images.is_inference()
 
 
-def test_grid_shows_originals_in_real_colours_above_overlays(tmp_path):
+def test_grid_cells_show_originals_in_real_colours_beside_overlays_in_probe_order(tmp_path):
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     g = torch.Generator().manual_seed(3)
     originals = torch.rand(4, 3, 16, 16, generator=g)
     normalised = (originals - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     labels = torch.tensor([0, 1, 2, 0])
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, labels), mean=mean, std=std, max_images=4)
-    _fit(tmp_path, monitor, max_epochs=1)
-    event = read_events(tmp_path)["image_data"]["cam/gradcam/grid"][-1]
-    grid = mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")[..., :3]
-    tile = 16 * 6  # 16 px images are enlarged 6x (nearest) to reach the 96 px minimum tile
-    assert grid.shape == (2 + 2 * (tile + 2), 2 + 4 * (tile + 2), 3)
-    for i in range(4):
-        top = grid[2 : 2 + tile : 6, 2 + i * (tile + 2) : 2 + i * (tile + 2) + tile : 6]
-        np.testing.assert_allclose(top, originals[i].permute(1, 2, 0).numpy(), atol=1.0 / 255 + 1e-6)
-        bottom = grid[4 + tile : 4 + 2 * tile : 6, 2 + i * (tile + 2) : 2 + i * (tile + 2) + tile : 6]
-        assert np.abs(bottom - top).max() > 0.05  # overlay row is coloured by the heatmap
+    _fit(tmp_path, monitor, max_epochs=2)
+    for event in read_events(tmp_path)["image_data"]["cam/gradcam/grid"]:  # the same image in the same place at every step
+        grid = mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")[..., :3]
+        tile = 16 * 6  # 16 px images are enlarged 6x (nearest) to reach the 96 px minimum tile
+        boxes = cell_boxes(4, 2, tile, tile)
+        assert grid.shape[1] == boxes[-1][2] + tile + GAP  # rows of 2 cells
+        for i, (top, left, overlay_left) in enumerate(boxes):
+            original = grid[top : top + tile : 6, left : left + tile : 6]
+            np.testing.assert_allclose(original, originals[i].permute(1, 2, 0).numpy(), atol=1.0 / 255 + 1e-6)
+            overlay = grid[top : top + tile : 6, overlay_left : overlay_left + tile : 6]
+            assert np.abs(overlay - original).max() > 0.05  # the overlay is coloured by the heatmap
+            assert grid[top - caption_height() : top, left : left + 2 * tile].min() < 0.3  # a caption is written above
 
 
 def test_invisible_to_training_bit_identical_weights(tmp_path):
@@ -110,8 +116,10 @@ def test_invisible_with_gradient_accumulation_and_mid_epoch_validation(tmp_path)
     watched, t = _fit(tmp_path / "b", monitor, max_epochs=2, **options)
     for (name, a), (_, b) in zip(baseline.state_dict().items(), watched.state_dict().items()):
         assert torch.equal(a, b), name
-    # it ran once per epoch (x-axis is the epoch), not once per validation
-    assert sorted(read_events(tmp_path / "b")["images"]["cam/gradcam/grid"]) == [0, 1]
+    # it ran once per epoch (at the end of the epoch's last validation), not once per validation
+    events = read_events(tmp_path / "b")
+    assert sorted(events["images"]["cam/gradcam/grid"]) == [1, 4]  # after batch 3 (1 optimizer step), then 3 + 1
+    assert set(events["images"]["cam/gradcam/grid"]) <= {s for s, _ in events["scalars"]["val_loss"]}
 
 
 def test_validate_runs_in_inference_mode(tmp_path):
@@ -127,7 +135,7 @@ def test_validate_runs_in_inference_mode(tmp_path):
 
 
 def test_every_n_epochs(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4, every_n_epochs=2)
+    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4, every_n_epochs=2, step="epoch")
     _fit(tmp_path, monitor, max_epochs=4)
     events = read_events(tmp_path)
     assert sorted(events["images"]["cam/gradcam/grid"]) == [1, 3]
@@ -151,7 +159,7 @@ def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     originals = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     normalised = (originals - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, torch.tensor([0, 1, 2, 0])), mean=mean, std=std)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, torch.tensor([0, 1, 2, 0])), mean=mean, std=std, step="epoch")
     logger = CSVLogger(str(tmp_path), name="csv")
     _fit(tmp_path, monitor, max_epochs=2, logger=logger)
     with open(glob.glob(os.path.join(str(tmp_path), "csv", "**", "metrics.csv"), recursive=True)[0]) as handle:
@@ -159,11 +167,12 @@ def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
     assert sorted(int(row["step"]) for row in rows) == [0, 1]
     names = sorted(os.path.relpath(p, logger.log_dir) for p in glob.glob(os.path.join(logger.log_dir, "cam", "**", "*.png"), recursive=True))
     assert names == [
-        f"cam/gradcam/{kind}_epoch={epoch:04d}.png" for kind in ["class_means", "grid", "mean_map"] for epoch in (0, 1)
+        f"cam/gradcam/{kind}_epoch={epoch:04d}.png" for kind in ["class_means", "evolution", "grid", "mean_map"] for epoch in (0, 1)
     ]  # fmt: skip
     grid = mpimg.imread(os.path.join(logger.log_dir, "cam", "gradcam", "grid_epoch=0001.png"))[..., :3]
     tile = 16 * 6
-    top = grid[2 : 2 + tile : 6, 2 : 2 + tile : 6]  # first original, un-normalised
+    top, left, _ = cell_boxes(4, 2, tile, tile)[0]
+    top = grid[top : top + tile : 6, left : left + tile : 6]  # first original, un-normalised
     np.testing.assert_allclose(top, originals[0].permute(1, 2, 0).numpy(), atol=1.0 / 255 + 1e-6)
 
 
@@ -175,7 +184,7 @@ def test_without_any_logger_pngs_go_to_the_root_dir_and_tensorboard_beside_csv_g
 
     loggers = [TensorBoardLogger(str(tmp_path / "both"), name="tb"), CSVLogger(str(tmp_path / "both"), name="csv")]
     _fit(tmp_path / "both", cc.CAMMonitor(methods=["gradcam"], num_probe=4), max_epochs=1, logger=loggers)
-    assert read_events(tmp_path / "both" / "tb")["images"]["cam/gradcam/grid"] == [0]
+    assert read_events(tmp_path / "both" / "tb")["images"]["cam/gradcam/grid"] == [5]  # 6 batches: Lightning's step 5
     assert os.path.exists(os.path.join(loggers[1].log_dir, "cam", "gradcam", "grid_epoch=0000.png"))
     assert not glob.glob(os.path.join(str(tmp_path / "both" / "tb"), "**", "*.png"), recursive=True)
 
@@ -328,7 +337,7 @@ def test_every_tensorboard_logger_gets_grids_and_scalars(tmp_path):
 
     first = TensorBoardLogger(str(tmp_path), name="first")
     second = TensorBoardLogger(str(tmp_path), name="second")
-    _fit(tmp_path, cc.CAMMonitor(methods=["layercam"], num_probe=4), max_epochs=2, logger=[first, second])
+    _fit(tmp_path, cc.CAMMonitor(methods=["layercam"], num_probe=4, step="epoch"), max_epochs=2, logger=[first, second])
     for name in ("first", "second"):
         events = read_events(tmp_path / name)
         assert sorted(events["images"]["cam/layercam/grid"]) == [0, 1]

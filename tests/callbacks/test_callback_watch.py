@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import cam_callbacks as cc
 from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.render.grids import cell_boxes
 
 from _lightning_models import TinyNet, loaders, read_events, trainer
 
@@ -83,7 +84,7 @@ def _np_energy(maps, masks):
 
 def test_localisation_metrics_logged_and_equal_to_numpy_on_explain_maps(tmp_path):
     images, labels, masks, nuisance = corner_probe()
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, alarm=None, step="epoch")
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, _train_loader(), DataLoader(TensorDataset(images, labels), batch_size=3))
@@ -104,13 +105,13 @@ def test_localisation_metrics_logged_and_equal_to_numpy_on_explain_maps(tmp_path
     assert float(t.callback_metrics["cam/gradcam/energy_in_nuisance"]) > 0.8
     assert "cam/gradcam/drift_prev" not in t.callback_metrics  # nothing to compare with at the first run
     events = read_events(tmp_path)
-    for tag in ["cam/gradcam/grid", "cam/gradcam/mean_map", "cam/gradcam/class_means"]:
+    for tag in ["cam/gradcam/grid", "cam/gradcam/worst", "cam/gradcam/mean_map", "cam/gradcam/class_means", "cam/gradcam/evolution"]:
         assert events["images"][tag] == [0], tag
 
 
 def test_alarm_fires_warns_writes_text_and_can_stop_training(tmp_path):
     images, labels, masks, nuisance = corner_probe()
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, stop_on_alarm=True)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, stop_on_alarm=True, step="epoch")
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=5)
     with pytest.warns(UserWarning, match=r"CAMMonitor alarm at epoch 0: .*gradcam.*energy_in_nuisance_ratio"):
@@ -159,7 +160,7 @@ def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
             if not trainer.sanity_checking:
                 saved.append(cc.explain(pl_module, monitor.probe.images, "gradcam", "features", targets=monitor.probe.labels))
 
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=8, faithfulness=False)
+    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=8, faithfulness=False, step="epoch")
     t = trainer(tmp_path, [monitor, Save()], max_epochs=3)
     t.fit(model, train, val)
 
@@ -178,24 +179,36 @@ def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
     assert prev[2] < 1.0 - 1e-4  # the model learned, so the maps moved
 
 
-def test_grid_puts_worst_images_first_and_outlines_the_object(tmp_path):
+def test_grid_keeps_probe_order_worst_puts_worst_first_and_both_outline_the_regions(tmp_path):
     images, labels, masks, nuisance = corner_probe(4)
     images[:, 0, :4, :4] = torch.tensor([0.2, 5.0, 0.2, 0.2]).view(4, 1, 1)  # only image 1 shows the bright cue
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, alarm=None, max_images=4)
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, _train_loader(), DataLoader(TensorDataset(images, labels), batch_size=4))
-    grid = read_events(tmp_path)["image_data"]["cam/gradcam/grid"][-1]
-    pixels = mpimg.imread(io.BytesIO(grid.encoded_image_string), format="png")[..., :3]
-    tile = SIZE * 6
-    first_tile = pixels[2 : 2 + tile, 2 : 2 + tile]
-    # image 1 (the only one with the bright cue) comes first: its red corner is in the first tile
-    assert first_tile[6 * 1 + 2, 6 * 1 + 2, 0] > 0.9  # inside the cue (rows/cols 0..3), red channel saturated
-    # the object mask (rows/cols 8..13) is outlined in white on the first tile: its top edge at row 8
-    edge = first_tile[6 * 8 + 3, 6 * 10 + 3]
-    inside = first_tile[6 * 10 + 3, 6 * 10 + 3]
-    np.testing.assert_allclose(edge, [1.0, 1.0, 1.0], atol=1 / 255)
-    assert not np.allclose(inside, [1.0, 1.0, 1.0], atol=1 / 255)
+    events = read_events(tmp_path)["image_data"]
+    tile_side = SIZE * 6
+    boxes = cell_boxes(4, 2, tile_side, tile_side)
+
+    def tile(tag, cell, overlay=True):
+        pixels = mpimg.imread(io.BytesIO(events[tag][-1].encoded_image_string), format="png")[..., :3]
+        top, left, overlay_left = boxes[cell]
+        left = overlay_left if overlay else left
+        return pixels[top : top + tile_side, left : left + tile_side]
+
+    # image 1 (the only one with the bright cue) comes first in "worst", second (probe order) in "grid"
+    assert np.array_equal(tile("cam/gradcam/worst", 0, False), tile("cam/gradcam/grid", 1, False))
+    for cell in (0, 2, 3):
+        assert not np.array_equal(tile("cam/gradcam/worst", 0, False), tile("cam/gradcam/grid", cell, False))
+    cue = tile("cam/gradcam/worst", 0)[6 * 1 + 2, 6 * 1 + 2]
+    assert cue[0] > 0.55 and cue[2] < 0.1  # the map's top colour (jet's dark red at 75 % opacity) on the cue
+    first = tile("cam/gradcam/worst", 0)
+    # the object mask (rows/cols 8..13) is outlined in white, one pixel thin: the first enlarged row 6 * 8
+    np.testing.assert_allclose(first[6 * 8, 6 * 10 + 3], [1.0, 1.0, 1.0], atol=1 / 255)
+    assert not np.allclose(first[6 * 8 + 1, 6 * 10 + 3], [1.0, 1.0, 1.0], atol=1 / 255)
+    # the nuisance region (rows/cols 0..3) in magenta: its top row and its right column (enlarged column 23)
+    np.testing.assert_allclose(first[0, 10], [1.0, 0.0, 1.0], atol=1 / 255)
+    np.testing.assert_allclose(first[10, 6 * 4 - 1], [1.0, 0.0, 1.0], atol=1 / 255)
 
 
 class SigmoidNet(pl.LightningModule):

@@ -50,10 +50,12 @@ def test_lightning_tensorboard_logger_gets_the_images_and_checkpoints_monitor_ca
     )  # fmt: skip
     trainer.fit(Net(), *_loaders())
     events = read_events(tmp_path / "tb")
-    assert events["images"]["cam/gradcam/grid"] == [0, 1]  # the heatmaps reached TensorBoard, one per epoch
-    assert [step for step, _ in events["scalars"]["cam/gradcam/adcc"]] == [0, 1]
+    val_steps = [step for step, _ in events["scalars"]["val_loss"]]
+    assert len(val_steps) == 2  # at Lightning's step, like val_loss: one grid per epoch
+    assert events["images"]["cam/gradcam/grid"] == val_steps  # the heatmaps reached TensorBoard, one per epoch
+    assert [step for step, _ in events["scalars"]["cam/gradcam/adcc"]] == val_steps
     tensorboard_dir = trainer.loggers[0].log_dir
-    assert not os.path.exists(os.path.join(tensorboard_dir, "cam"))  # no PNG files beside the event files
+    assert os.listdir(os.path.join(tensorboard_dir, "cam")) == ["report.html"]  # no PNG files beside the event files
     csv_dir = trainer.loggers[1].log_dir
     assert os.path.exists(os.path.join(csv_dir, "cam", "gradcam", "grid_epoch=0001.png"))  # CSV users get the PNGs
     assert checkpoint.best_model_path and "cam/gradcam/adcc" in trainer.callback_metrics

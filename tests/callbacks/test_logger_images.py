@@ -25,14 +25,14 @@ def _file_store(monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
-NAMES = ["class_means", "grid", "mean_map"]
+NAMES = ["class_means", "evolution", "grid", "mean_map"]
 
 
 def _fit(tmp_path, logger, max_epochs=2, methods=("gradcam",)):
     pl.seed_everything(7)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=list(methods), num_probe=4)
+    monitor = cc.CAMMonitor(methods=list(methods), num_probe=4, step="epoch")
     t = trainer(tmp_path, [monitor], max_epochs=max_epochs, logger=logger)
     t.fit(model, train, val)
     return t
@@ -87,7 +87,8 @@ def test_mlflow_two_runs_each_get_their_grids_as_artifacts_and_the_store_stays_v
         runs.append(logger.run_id)
     assert runs[0] != runs[1]
     for run_id in runs:
-        assert _artifacts(store, run_id, "cam") == [f"cam/gradcam/{n}_epoch={e:04d}.png" for n in NAMES for e in (0, 1)]
+        pngs = [f"cam/gradcam/{n}_epoch={e:04d}.png" for n in NAMES for e in (0, 1)]
+        assert _artifacts(store, run_id, "cam") == pngs + ["cam/report.html"]  # the HTML report is an artifact of the run too
         metrics = MlflowClient(store).get_run(run_id).data.metrics
         assert "cam/gradcam/adcc" in metrics
     # nothing of ours in the store's root: only MLflow's own folders (experiments by id, .trash, models)
@@ -120,8 +121,9 @@ def test_wandb_offline_run_holds_the_images(tmp_path, monkeypatch):
     for name in NAMES:
         logged = [path for path in images if path.startswith(f"cam/gradcam/{name}_")]
         assert len(logged) == 2, (name, images)  # one per epoch
-    # nothing written beside the run (the old behaviour: PNG files under save_dir/cam)
+    # nothing written beside the run (the old behaviour: PNG files under save_dir/cam); the report is a file of the run
     assert not os.path.exists(tmp_path / "cam")
+    assert glob.glob(os.path.join(str(tmp_path), "**", "files", "cam", "report.html"), recursive=True)
 
 
 def test_csv_two_runs_write_into_their_own_version_folders(tmp_path):

@@ -52,16 +52,18 @@ def read_tensorboard(root) -> Dict[str, Dict[str, List]]:
 
 def check_cam_logs(events, methods=("gradcam", "gradcampp"), epochs=1):
     scalars, images = events["scalars"], events["images"]
+    val_steps = [step for step, _ in scalars["val_loss"]]  # the CAM entries share Lightning's x-axis (the global step)
+    assert len(val_steps) == epochs
     for method in methods:
         for metric in METRICS:
             tag = f"cam/{method}/{metric}"
             assert tag in scalars, f"{tag} missing; scalars: {sorted(scalars)}"
             steps = [step for step, _ in scalars[tag]]
-            assert steps == list(range(epochs)), (tag, steps)
+            assert steps == val_steps, (tag, steps)
             assert all(0.0 <= value <= 100.0 for _, value in scalars[tag]), (tag, scalars[tag])
         grid = f"cam/{method}/grid"
         assert grid in images, f"{grid} missing; images: {sorted(images)}"
-        assert [step for step, _, _ in images[grid]] == list(range(epochs))
+        assert [step for step, _, _ in images[grid]] == val_steps
         assert all(width > 64 and height > 64 for _, width, height in images[grid])
     assert "val_acc" in scalars and "val_loss" in scalars
 
@@ -74,6 +76,8 @@ def test_default_example_end_to_end(example, tmp_path, monkeypatch):
     assert torch.get_num_threads() == threads  # --threads is undone on return
     assert Path(result["log_dir"]).is_dir() and str(tmp_path) in result["log_dir"]
     check_cam_logs(read_tensorboard(tmp_path))
+    report = (Path(result["log_dir"]) / "cam" / "report.html").read_text(encoding="utf-8")  # the page a person can send
+    assert "cam/gradcam/grid" in report and "cam/gradcampp/evolution" in report  # the final grids and the evolution strips
     metrics = result["metrics"]
     assert 0.0 <= metrics["val_acc"] <= 1.0
     assert 0.0 <= metrics["cam/gradcam/adcc"] <= 100.0  # reaches callback_metrics (EarlyStopping can monitor it)
@@ -164,10 +168,10 @@ def test_quickstart_runs_and_logs_maps(tmp_path):
     for method in ("gradcam", "gradcampp"):
         grid = f"cam/{method}/grid"
         assert grid in images, f"{grid} missing; images: {sorted(images)}"
-        assert [step for step, _, _ in images[grid]] == [0]
+        assert [step for step, _, _ in images[grid]] == [step for step, _ in scalars["val_acc"]]
         assert all(width > 64 and height > 64 for _, width, height in images[grid])
     adcc = scalars.get("cam/gradcam/adcc")
     assert adcc, f"cam/gradcam/adcc missing; scalars: {sorted(scalars)}"
-    assert [step for step, _ in adcc] == [0] and all(0.0 <= value <= 100.0 for _, value in adcc), adcc
+    assert [step for step, _ in adcc] == [step for step, _ in scalars["val_acc"]] and all(0.0 <= value <= 100.0 for _, value in adcc), adcc
     assert "val_acc" in scalars
     assert not (tmp_path / "lightning_logs").exists()  # everything went to --logdir
