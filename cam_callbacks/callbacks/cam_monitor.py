@@ -173,8 +173,7 @@ class CAMMonitor(_Callback):
         self.on_error = check_choice("on_error", on_error, ON_ERROR_CHOICES)
         self.precision = check_choice("precision", precision, PRECISION_CHOICES)
         self._budget_share = check_budget(budget)
-        checked = check_alarm(alarm)
-        self.alarm = None if checked is None else copy.deepcopy(checked)  # a deep copy: monitors never share a rule (nor its extra)
+        self.alarm = copy.deepcopy(check_alarm(alarm))  # a deep copy (None stays None): monitors never share a rule (nor its extra)
         self.stop_on_alarm = check_bool("stop_on_alarm", stop_on_alarm)
         self.class_names, self.step, self.report = check_class_names(class_names), check_choice("step", step, STEP_CHOICES), check_bool("report", report)
         self._probe_source = probe
