@@ -165,12 +165,14 @@ def _learned(cand: Dict[str, float], accuracy: Optional[float], confidence: Opti
 
 def _fires(
     epoch: Dict[str, Any], regime: str, score: float, accuracy: Optional[float], effect: Optional[float], old: bool,
-    confidence: Optional[float] = 0.8, consistency: Optional[float] = None,
+    confidence: Optional[float] = 0.8, consistency: Optional[float] = None, unmasked_score: Optional[float] = None,
 ) -> bool:  # fmt: skip
     """The per-class rule with these thresholds, as AlarmRule.shortcut_suspects / evaluate_shortcuts apply it, plus the old rule."""
     if old:
         return bool(epoch[regime]["old"])
     suspects: Dict[int, Dict[str, float]] = {}
+    if regime == "none" and unmasked_score is not None:  # AlarmRule.class_score_limit: maps found without object masks
+        score = unmasked_score
     for cand in epoch[regime]["candidates"]:  # highest score first
         consistent = consistency is None or cand.get("consistency", float("nan")) >= consistency
         if cand["score"] > score and consistent and _learned(cand, accuracy, confidence):
@@ -228,8 +230,8 @@ def table(runs: Sequence[Dict[str, Any]], rule: AlarmRule) -> str:
     table can be rebuilt from ``--json`` records for other thresholds without training again.
     """
     limits = (float(rule.max_class_shortcut_score or 1.0), rule.min_class_accuracy, rule.min_occlusion_effect)
-    confidence, consistency = rule.min_class_confidence, rule.min_class_consistency
-    new = lambda e, g: _fires(e, g, *limits, False, confidence, consistency)
+    confidence, consistency, unmasked = rule.min_class_confidence, rule.min_class_consistency, rule.max_unmasked_class_shortcut_score
+    new = lambda e, g: _fires(e, g, *limits, False, confidence, consistency, unmasked)
     old = lambda e, g: bool(e[g]["old"])
     bar = max((r["epochs"][-1]["val_acc"] for r in runs if r["kind"] == "clean"), default=1.0)
     val = lambda e, g: e["val_acc"] > bar

@@ -155,8 +155,17 @@ class AlarmRule:
       run of ``examples/catch_shortcut.py`` (longer training, validation accuracy 0.94-0.97, which the
       benchmark's clean runs never reach) raised it from epoch 3 (a cluster of 5 images, score 0.12,
       confidence 0.93, occlusion effect 0.004-0.06). The occlusion check at 0.1 and the score at 0.15
-      keep that run quiet (the shortcut run: score 0.51-0.53, effect 0.80-0.87) and flag 67/57/50%
-      of the benchmark's shortcut runs with no false alarm.
+      keep that run quiet (the shortcut run: score 0.51-0.53, effect 0.80-0.87).
+    - ``max_unmasked_class_shortcut_score=0.4``: maps found without object masks count the saliency on
+      the objects too, and where objects sit at similar places (centred photos, the example's shapes)
+      a well-trained clean model's class maps gather there: ``examples/catch_shortcut.py --probe-masks
+      none`` raised the per-class rule on its clean run at epochs 1, 3, 4 and 5 (class scores up to
+      0.38 at confidence above 0.8, and hiding the objects moves predictions: occlusion effect 0.84).
+      At 0.4 that run stays quiet and its shortcut run is flagged from epoch 1 (score 0.64); the
+      benchmark's no-mask detection falls from 50% to 37% (with 0.15 / 0.15 / 0.4 it flags 67/57/37%
+      of the shortcut runs, nuisance / object masks / no masks, with no false alarm).
+    - ``min_class_consistency=None``: off. At 0.9 it lowers the benchmark's detection (57/47/47%)
+      and does not keep that clean run quiet (its maps agree at 0.63-0.86, the shortcut's at 0.97-0.99).
 
     Args:
         max_energy_in_nuisance_ratio: Upper bound of ``energy_in_nuisance_ratio``.
@@ -175,6 +184,9 @@ class AlarmRule:
         min_occlusion_effect: Least occlusion effect (drop of the class's probability, region minus
             control) that confirms a suspect; None: no confirmation needed.
         shortcut_clusters: Clusters of maps per class (0 or 1: whole classes only).
+        max_unmasked_class_shortcut_score: The bound of ``max_class_shortcut_score`` for maps found without object
+            masks (None: the same bound). Without masks the score also counts saliency on the objects, which sit
+            at similar places in many datasets.
         min_class_consistency: A suspect's maps must agree with each other at least this much (mean pairwise
             Pearson correlation of its images' pooled maps, in ``[-1, 1]``; None: not used): maps that follow
             objects of varying shape agree less than maps sitting on one fixed cue.
@@ -202,6 +214,7 @@ class AlarmRule:
     min_occlusion_effect: Optional[float] = 0.1
     shortcut_clusters: int = 2
     min_class_consistency: Optional[float] = None
+    max_unmasked_class_shortcut_score: Optional[float] = 0.4
 
     #: Built-in rules: field name -> (metric, direction).
     _FIELDS: ClassVar[Dict[str, Tuple[str, str]]] = {
@@ -224,6 +237,7 @@ class AlarmRule:
         _check_threshold("min_class_accuracy", self.min_class_accuracy, 0.0, 1.0)
         _check_threshold("min_class_confidence", self.min_class_confidence, 0.0, 1.0)
         _check_threshold("min_class_consistency", self.min_class_consistency, -1.0, 1.0)
+        _check_threshold("max_unmasked_class_shortcut_score", self.max_unmasked_class_shortcut_score, 0.0, 1.0)
         _check_threshold("min_occlusion_effect", self.min_occlusion_effect, -1.0, 1.0)
         if isinstance(self.shortcut_clusters, bool) or not isinstance(self.shortcut_clusters, int) or self.shortcut_clusters < 0:
             raise ValueError(f"shortcut_clusters must be an int >= 0, got {self.shortcut_clusters!r}")
@@ -311,6 +325,13 @@ class AlarmRule:
             not math.isnan(confidence) and confidence >= float(self.min_class_confidence or 0.0)
         )
 
+    def class_score_limit(self, candidate: ShortcutCandidate) -> float:
+        """The score a candidate must exceed: ``max_unmasked_class_shortcut_score`` for maps found without object
+        masks (when set), else ``max_class_shortcut_score`` (1.0 when that is None)."""
+        unmasked = math.isnan(candidate.outside_share) and self.max_unmasked_class_shortcut_score is not None
+        limit = self.max_unmasked_class_shortcut_score if unmasked else self.max_class_shortcut_score
+        return 1.0 if limit is None else float(limit)
+
     def shortcut_suspects(self, findings: ShortcutFindings) -> List[int]:
         """Indices into ``findings.candidates`` of the best candidate of each class whose score is above
         ``max_class_shortcut_score`` and whose class the model has learned (empty when the rule is off)."""
@@ -319,7 +340,7 @@ class AlarmRule:
         suspects: Dict[int, int] = {}
         for index, candidate in enumerate(findings.candidates):  # highest score first
             consistent = self.min_class_consistency is None or candidate.consistency >= self.min_class_consistency
-            if candidate.score > self.max_class_shortcut_score and consistent and self.learned(candidate):
+            if candidate.score > self.class_score_limit(candidate) and consistent and self.learned(candidate):
                 suspects.setdefault(candidate.class_index, index)
         return list(suspects.values())
 
@@ -350,9 +371,8 @@ class AlarmRule:
                     continue
                 evidence.append(("occlusion effect", float(effect)))
             worst = tuple(int(i) for i in candidate.members[: self.top_k].tolist())
-            assert self.max_class_shortcut_score is not None
             hits.append(AlarmHit(
-                method, "class_shortcut_score", candidate.score, float(self.max_class_shortcut_score), "above", worst,
+                method, "class_shortcut_score", candidate.score, self.class_score_limit(candidate), "above", worst,
                 candidate.class_index, candidate.box, tuple(evidence),
             ))  # fmt: skip
         return hits

@@ -35,7 +35,8 @@ def test_a_learned_class_with_a_shared_region_fires_with_its_evidence():
     assert len(hits) == 1
     hit = hits[0]
     assert (hit.method, hit.metric, hit.class_index, hit.box, hit.direction) == ("gradcam", "class_shortcut_score", 0, (0, 0, 4, 4), "above")
-    assert hit.value == pytest.approx(found.candidates[suspects[0]].score) and hit.threshold == 0.3
+    # the maps come without object masks: the bound is max_unmasked_class_shortcut_score (default 0.4), said in the hit
+    assert hit.value == pytest.approx(found.candidates[suspects[0]].score) and hit.threshold == 0.4
     evidence = dict(hit.evidence)
     assert evidence["accuracy"] == 1.0 and evidence["occlusion effect"] == 0.4 and evidence["class size"] == 8
     assert len(hit.worst) == 4 and all(i % 3 == 0 for i in hit.worst)
@@ -69,13 +70,15 @@ def test_occlusion_decides_when_measured():
 def test_rule_off_and_threshold():
     found = findings(1.0)
     assert AlarmRule(max_class_shortcut_score=None).shortcut_suspects(found) == []
-    assert AlarmRule(max_class_shortcut_score=0.99).shortcut_suspects(found) == []
+    assert AlarmRule(max_class_shortcut_score=0.99, max_unmasked_class_shortcut_score=0.99).shortcut_suspects(found) == []
+    assert AlarmRule(max_class_shortcut_score=None, max_unmasked_class_shortcut_score=0.1).shortcut_suspects(found) == []  # off
 
 
 def test_defaults_from_the_benchmark():
     rule = AlarmRule()
     assert (rule.max_class_shortcut_score, rule.min_class_accuracy, rule.min_class_confidence, rule.min_occlusion_effect) == (0.15, None, 0.8, 0.1)
     assert rule.shortcut_clusters == 2 and "class_shortcut_score" not in rule.rules()  # not a name-based rule
+    assert (rule.max_unmasked_class_shortcut_score, rule.min_class_consistency) == (0.4, None)
 
 
 def test_validation():
@@ -91,3 +94,46 @@ def test_plain_hits_read_as_before():
     hit = AlarmHit("gradcam", "shortcut_score", 0.9, 0.5, "above", (1,))
     assert hit.where == "" and hit.message == "gradcam: shortcut_score = 0.9 is above 0.5 (worst probe images: 1)"
     assert "\n- " not in format_alarm([hit])
+
+
+def _corner_and_moving(corner_strength: float, masks: bool):
+    """Class 0's maps: a fixed 4x4 top-left corner of height ``corner_strength`` over a moving 4x4 spot of height 1;
+    class 1: the moving spot only. With ``masks``, each image's object is its moving spot."""
+    maps, labels = torch.zeros(16, 16, 16), torch.arange(16) % 2
+    objects = torch.zeros(16, 16, 16, dtype=torch.bool)
+    for i in range(16):
+        y, x = 4 + (3 * i) % 8, 4 + (5 * i) % 8
+        maps[i, y : y + 4, x : x + 4] = 1.0
+        objects[i, y : y + 4, x : x + 4] = True
+    maps[labels == 0, :4, :4] = corner_strength
+    return find_shortcuts(maps, labels, masks=objects if masks else None, confidence=torch.full((16,), 0.95), clusters=0)
+
+
+def test_maps_without_object_masks_are_held_to_the_unmasked_bound():
+    rule = AlarmRule()  # max_class_shortcut_score 0.15 with masks, max_unmasked_class_shortcut_score 0.4 without
+    unmasked, masked = _corner_and_moving(0.5, masks=False), _corner_and_moving(0.5, masks=True)
+    score = next(c.score for c in unmasked.candidates if c.class_index == 0)
+    assert 0.15 < score < 0.4, score  # the case the two bounds decide differently
+    assert rule.class_score_limit(unmasked.candidates[0]) == 0.4 and rule.evaluate_shortcuts("m", unmasked) == []
+    masked_class0 = next(c for c in masked.candidates if c.class_index == 0)
+    assert masked_class0.score > 0.15 and rule.class_score_limit(masked_class0) == 0.15
+    hits = rule.evaluate_shortcuts("m", masked)
+    assert [(h.class_index, h.threshold) for h in hits] == [(0, 0.15)]
+    same = AlarmRule(max_unmasked_class_shortcut_score=None)  # one bound for both
+    assert [(h.class_index, h.threshold) for h in same.evaluate_shortcuts("m", unmasked)] == [(0, 0.15)]
+    with pytest.raises(ValueError, match="max_unmasked_class_shortcut_score must be None"):
+        AlarmRule(max_unmasked_class_shortcut_score=1.5)
+
+
+def test_the_consistency_gate_keeps_maps_that_disagree_quiet():
+    found = findings(1.0)  # class 0: identical corner maps (consistency 1); classes 1, 2: moving spots
+    class0 = next(c for c in found.candidates if c.class_index == 0)
+    assert class0.consistency == pytest.approx(1.0)
+    assert len(AlarmRule(max_unmasked_class_shortcut_score=0.3, min_class_consistency=0.99).evaluate_shortcuts("m", found)) == 1
+    mixed = _corner_and_moving(1.0, masks=False)  # class 0: the corner plus a spot that moves: a high score, maps agree less
+    best = mixed.candidates[0]
+    assert best.class_index == 0 and best.score > 0.4 and 0.3 < best.consistency < 0.8
+    assert len(AlarmRule().evaluate_shortcuts("m", mixed)) == 1
+    assert AlarmRule(min_class_consistency=0.8).evaluate_shortcuts("m", mixed) == []
+    with pytest.raises(ValueError, match="min_class_consistency must be None"):
+        AlarmRule(min_class_consistency=2.0)
