@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 from torch import Tensor
 
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
+from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
 from cam_callbacks.monitor.alarm import AlarmHit
 from cam_callbacks.render.png import encode_png
 
@@ -38,8 +39,16 @@ _WATCH_HELP = (
     "`*_ratio`: the same divided by the region's share of the image (1.0 = no better than a uniform map); "
     "`pointing_game`: share of images whose map peaks inside the object; `shortcut_score`: how much the maps "
     "of all images gather on the same small place (a fixed cue); `drift_prev` / `drift_first`: correlation with "
-    "the previous / first run's maps (1.0 = unchanged); `alarm`: 1 when the alarm rule fired"
+    "the previous / first run's maps (1.0 = unchanged); `class_shortcut_score`: the highest score of one class's "
+    "maps (or a cluster of them) gathering on one region, `class_shortcut_class` that class, `occlusion_effect`: how "
+    "much hiding that region lowers the class's probability more than hiding the same area elsewhere; "
+    "`deletion_auc` / `insertion_auc` / `road` (with `curves=`, in percent): the target's probability as the most "
+    "relevant pixels are removed / added (lower / higher is better); `alarm`: 1 when the alarm rule fired"
 )
+#: Scalars that are not curves of a scale (a class index, a stride): left out of the report's charts.
+_NOT_CHARTED = ("class_shortcut_class", "every_n_runs")
+#: Scalars in percent, charted together.
+_PERCENT = tuple(FAITHFULNESS_METRICS) + tuple(CURVE_METRICS)
 
 
 def how_to_read(prefix: str, methods: Sequence[str], config: str, x_axis: str, masks: bool, nuisance: bool) -> str:
@@ -164,9 +173,11 @@ class RunReport:
         groups: Dict[str, List[str]] = {}
         for tag in tags:
             parts = tag[len(prefix) + 1 :].split("/")
+            if parts[-1] in _NOT_CHARTED:
+                continue
             group = parts[0] if len(parts) > 1 else "monitor"
             if len(parts) > 1:  # one chart per scale: percent, fractions, ratios (multiples of chance)
-                group += " (ratios)" if parts[-1].endswith("_ratio") else "" if parts[-1] in FAITHFULNESS_METRICS else " (fractions)"
+                group += " (ratios)" if parts[-1].endswith("_ratio") else "" if parts[-1] in _PERCENT else " (fractions)"
             groups.setdefault(group, []).append(tag)
         charts = []
         for group, members in groups.items():
