@@ -52,6 +52,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from _calibration import calibrate_batchnorm
 from captum.attr import GuidedBackprop, GuidedGradCam, Saliency
 from torch import nn
 from torch.nn.modules import module as module_globals
@@ -558,14 +559,7 @@ def captum_map(model: nn.Module, method: str, x: torch.Tensor, layer: str = "") 
 
 def prepare_bn(model: nn.Module) -> nn.Module:
     """BatchNorm statistics of one random batch (as in test_crosscheck.py), eval mode."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()
-        model(torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
-    return model.eval()
+    return calibrate_batchnorm(model, SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import torchcam.methods
 import torchvision
+from _calibration import calibrate_batchnorm
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -66,17 +67,7 @@ _MODELS: dict = {}
 
 
 def prepare(model: nn.Module, name: str) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one batch gives its statistics
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        model.train()
-        model(torch.randn(8, 3, SIZE, SIZE, generator=gen))
-        last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        last_linear.weight.mul_(LOGIT_SCALE[name])
-    return model.eval()
+    return calibrate_batchnorm(model, SIZE, LOGIT_SCALE[name])
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import torchcam.methods
 import torchvision
+from _calibration import calibrate_batchnorm
 from pytorch_grad_cam import FEM, KPCA_CAM, EigenGradCAM, GradCAMElementWise, RandomCAM
 from pytorch_grad_cam.sobel_cam import sobel_cam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -46,15 +47,7 @@ TARGETS = [0, 5]
 
 def calibrated_resnet18() -> nn.Module:
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=10)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one batch gives its statistics
-    with torch.no_grad():
-        model.train()
-        model(torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
-    return model.eval()
+    return calibrate_batchnorm(torchvision.models.resnet18(weights=None, num_classes=10), SIZE)
 
 
 @pytest.fixture(scope="module")

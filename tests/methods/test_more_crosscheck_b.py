@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import torchcam.methods
 import torchvision
+from _calibration import calibrate_batchnorm
 from pytorch_grad_cam import FullGrad, GradCAM, ShapleyCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget
 from torch import nn
@@ -32,14 +33,7 @@ TARGETS = [0, 5]
 
 def calibrated(model: nn.Module) -> nn.Module:
     """BatchNorm statistics from one random training-mode batch, then eval mode."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()
-        model(torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
-    return model.eval()
+    return calibrate_batchnorm(model, SIZE)
 
 
 @pytest.fixture(scope="module")

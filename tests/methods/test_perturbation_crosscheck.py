@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 import torchcam.methods
 import torchvision
+from _calibration import calibrate_batchnorm
 from pytorch_grad_cam import AblationCAM, EigenCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
@@ -59,15 +60,7 @@ _MODELS: Dict[Tuple[str, int, float], nn.Module] = {}
 
 def prepare(model: nn.Module, size: int, logit_scale: float) -> nn.Module:
     """BN statistics of one random batch (``momentum=None``: the batch's own statistics), last linear layer scaled."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()
-        model(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(1)))
-        [m for m in model.modules() if isinstance(m, nn.Linear)][-1].weight.mul_(logit_scale)
-    return model.eval()
+    return calibrate_batchnorm(model, size, logit_scale)
 
 
 @pytest.fixture(scope="module")
