@@ -5,6 +5,7 @@ Pure torch (text through :mod:`cam_callbacks.render.text`); the band is as wide 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -84,6 +85,15 @@ def legend_band(
 
 def with_legend(image: Tensor, colormap: str, label: str, ticks: Optional[Sequence[Tuple[float, str]]] = None,
                 outlines: Sequence[Tuple[Tuple[float, float, float], str]] = ()) -> Tensor:  # fmt: skip
-    """``image`` ``(3, H, W)`` with a :func:`legend_band` appended under it."""
-    band = legend_band(image.shape[-1], colormap, ticks if ticks is not None else ((0.0, "0"), (0.5, "0.5"), (1.0, "1")), label, outlines)
+    """``image`` ``(3, H, W)`` with a :func:`legend_band` appended under it (bands are drawn once per layout and reused)."""
+    ticks = tuple(ticks) if ticks is not None else ((0.0, "0"), (0.5, "0.5"), (1.0, "1"))
+    band = _shared_band(image.shape[-1], colormap, ticks, label, tuple(outlines))
     return torch.cat([image.float().cpu(), band], dim=1)
+
+
+@lru_cache(maxsize=64)
+def _shared_band(
+    width: int, colormap: str, ticks: Tuple[Tuple[float, str], ...], label: str, outlines: Tuple[Tuple[Tuple[float, float, float], str], ...]
+) -> Tensor:  # fmt: skip
+    """:func:`legend_band`, kept for the next run (the same images get the same band every run; it is only read)."""
+    return legend_band(width, colormap, ticks, label, outlines)
