@@ -156,16 +156,11 @@ class AlarmRule:
       benchmark's clean runs never reach) raised it from epoch 3 (a cluster of 5 images, score 0.12,
       confidence 0.93, occlusion effect 0.004-0.06). The occlusion check at 0.1 and the score at 0.15
       keep that run quiet (the shortcut run: score 0.51-0.53, effect 0.80-0.87).
-    - ``max_unmasked_class_shortcut_score=0.4``: maps found without object masks count the saliency on
-      the objects too, and where objects sit at similar places (centred photos, the example's shapes)
-      a well-trained clean model's class maps gather there: ``examples/catch_shortcut.py --probe-masks
-      none`` raised the per-class rule on its clean run at epochs 1, 3, 4 and 5 (class scores up to
-      0.38 at confidence above 0.8, and hiding the objects moves predictions: occlusion effect 0.84).
-      At 0.4 that run stays quiet and its shortcut run is flagged from epoch 1 (score 0.64); the
-      benchmark's no-mask detection falls from 50% to 37% (with 0.15 / 0.15 / 0.4 it flags 67/57/37%
-      of the shortcut runs, nuisance / object masks / no masks, with no false alarm).
-    - ``min_class_consistency=None``: off. At 0.9 it lowers the benchmark's detection (57/47/47%)
-      and does not keep that clean run quiet (its maps agree at 0.63-0.86, the shortcut's at 0.97-0.99).
+    - ``max_unmasked_class_shortcut_score=0.4``: without object masks the score also counts the objects'
+      saliency; the confident clean run of ``catch_shortcut.py --probe-masks none`` (centred objects) reached
+      0.38 and raised the 0.15 bound at 4 of 6 epochs; at 0.4 it is quiet, the shortcut run flagged from epoch 1
+      (0.64), no-mask benchmark detection 37% instead of 50%. ``min_class_consistency``: off (at 0.9 it cost
+      detection and still let that clean run fire once); see ``benchmarks/README.md``.
 
     Args:
         max_energy_in_nuisance_ratio: Upper bound of ``energy_in_nuisance_ratio``.
@@ -184,12 +179,9 @@ class AlarmRule:
         min_occlusion_effect: Least occlusion effect (drop of the class's probability, region minus
             control) that confirms a suspect; None: no confirmation needed.
         shortcut_clusters: Clusters of maps per class (0 or 1: whole classes only).
-        max_unmasked_class_shortcut_score: The bound of ``max_class_shortcut_score`` for maps found without object
-            masks (None: the same bound). Without masks the score also counts saliency on the objects, which sit
-            at similar places in many datasets.
-        min_class_consistency: A suspect's maps must agree with each other at least this much (mean pairwise
-            Pearson correlation of its images' pooled maps, in ``[-1, 1]``; None: not used): maps that follow
-            objects of varying shape agree less than maps sitting on one fixed cue.
+        max_unmasked_class_shortcut_score: ``max_class_shortcut_score`` for maps found without object masks (None: the same).
+        min_class_consistency: Least mean pairwise Pearson correlation of a suspect's pooled maps, in ``[-1, 1]``
+            (None: not used): maps that follow objects of varying shape agree less than maps on one fixed cue.
 
     Example::
 
@@ -326,8 +318,7 @@ class AlarmRule:
         )
 
     def class_score_limit(self, candidate: ShortcutCandidate) -> float:
-        """The score a candidate must exceed: ``max_unmasked_class_shortcut_score`` for maps found without object
-        masks (when set), else ``max_class_shortcut_score`` (1.0 when that is None)."""
+        """The score a candidate must exceed: ``max_unmasked_class_shortcut_score`` (when set) without masks, else ``max_class_shortcut_score``."""
         unmasked = math.isnan(candidate.outside_share) and self.max_unmasked_class_shortcut_score is not None
         limit = self.max_unmasked_class_shortcut_score if unmasked else self.max_class_shortcut_score
         return 1.0 if limit is None else float(limit)
