@@ -212,7 +212,10 @@ def test_fifty_validations_keep_memory_objects_and_caches_flat(tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
     _, val = loaders(n_val=8)
-    monitor = cc.CAMMonitor(methods=METHODS, num_probe=4, faithfulness=True, budget=None)  # every method, every run
+    # every method, every run; no report: trainer.validate() writes one per call (its matplotlib charts of the growing
+    # history cost ~2 s a call here, 50 calls ~110 s of this test); the report keeps one dict of scalars per run and at
+    # most MAX_ALARMS alarm records (callbacks/report.py), and the 25-epoch fit below runs with it
+    monitor = cc.CAMMonitor(methods=METHODS, num_probe=4, faithfulness=True, budget=None, report=False)
     ran: List[float] = []
 
     class Spy(pl.Callback):  # after the monitor: sees each run's own timing scalar
