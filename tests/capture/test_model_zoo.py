@@ -17,6 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import pytest
 import torch
+from _calibration import calibrate_batchnorm
 from pytorch_grad_cam import GradCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
@@ -110,18 +111,13 @@ _BUILT: Dict[str, Tuple[nn.Module, nn.Module]] = {}
 
 
 def _prepare(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one batch gives its statistics
+    calibrate_batchnorm(model, SIZE)
     with torch.no_grad():
-        model.train()
-        model(torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
         head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         if not bool(head.weight.any()):  # torchvision's ViT initialises its head to zeros: no gradient at all
             head.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
         head.weight.mul_(1e3)
-    return model.eval()
+    return model
 
 
 def _model(name: str) -> Tuple[nn.Module, nn.Module]:
