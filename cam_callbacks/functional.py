@@ -1,8 +1,8 @@
-"""The public functional API: :func:`explain` (maps) and :func:`faithfulness` (their scores), on any classifier.
+"""The public functional API on any classifier: :func:`explain` (maps), :func:`faithfulness` and
+:func:`perturbation_scores` (their scores).
 
-Both take the same keyword options (:class:`ExplainKwargs`), build one
-:class:`~cam_callbacks.engine.options.ExplainOptions` from them and hand it to the engine
-(:mod:`cam_callbacks.engine`). Torch only: nothing here imports Lightning.
+Each takes one :class:`~cam_callbacks.ExplainOptions` (``options=``), or the same fields as keyword
+arguments, and hands it to the engine. Torch only: nothing here imports Lightning.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from cam_callbacks.utils.outputs import OutputTransform
 from cam_callbacks.utils.targets import TargetsLike, as_targets, expand_multilabel
 from cam_callbacks.utils.types import Probability, Reduction, Smooth
 
-__all__ = ["ExplainKwargs", "check_images", "explain", "faithfulness", "perturbation_scores"]
-
 
 class ExplainKwargs(TypedDict, total=False):
-    """The keyword options of :func:`explain` and :func:`faithfulness` (see their docstrings)."""
+    """The keyword shortcut for :class:`~cam_callbacks.ExplainOptions` of :func:`explain`, :func:`faithfulness` and
+    :func:`perturbation_scores`: the same fields, except that ``method_options`` holds the options of the one method."""
 
+    batch_size: int
     method_options: Optional[Mapping[str, Any]]
     reshape: ReshapeLike
     tail: Optional[Callable[[Tensor], Tensor]]
@@ -49,6 +49,7 @@ class ExplainKwargs(TypedDict, total=False):
     perturbation_batch: Optional[int]
     probability: Optional[Probability]
     output_transform: OutputTransform
+    precision: str
 
 
 def check_images(images: object) -> Tensor:
@@ -77,8 +78,18 @@ def _check_materialised(model: nn.Module) -> None:
         )
 
 
-def _options(method: str, batch_size: int, kwargs: Mapping[str, Any]) -> ExplainOptions:
-    """One :class:`ExplainOptions` from the keyword options (``probability`` is settled later, from the targets)."""
+def _options(method: str, options: Optional[ExplainOptions], kwargs: Mapping[str, Any]) -> Tuple[ExplainOptions, Optional[Probability]]:
+    """One :class:`ExplainOptions` from ``options=`` or the keyword shortcut, and the probability asked for (None: the
+    targets decide, later)."""
+    if options is not None:
+        if kwargs:
+            raise TypeError(
+                f"give the explain settings either as options=ExplainOptions(...) or as keyword arguments, not both "
+                f"(got options= and {sorted(kwargs)})"
+            )
+        if not isinstance(options, ExplainOptions):
+            raise TypeError(f"options must be a cam_callbacks.ExplainOptions, got {type(options).__name__}")
+        return options, (options.probability if options.probability != "softmax" else None)
     valid = ExplainKwargs.__annotations__
     for name in kwargs:
         if name not in valid:
@@ -87,16 +98,21 @@ def _options(method: str, batch_size: int, kwargs: Mapping[str, Any]) -> Explain
             raise TypeError(f"unexpected keyword argument {name!r}{hint} Valid options: {sorted(valid)}")
     given = dict(kwargs)
     method_options = given.pop("method_options", None) or {}
-    given.pop("probability", None)
+    probability = given.pop("probability", None)
     if "smooth_scales" in given:
         given["smooth_scales"] = tuple(given["smooth_scales"])
-    return ExplainOptions(batch_size=batch_size, method_options={method: method_options}, **given)
+    return ExplainOptions(method_options={method: method_options}, **given), probability
 
 
 def _prepare(
-    model: nn.Module, images: Tensor, method: str, target_layer: LayersLike, targets: TargetsLike, options: ExplainOptions,
+    model: nn.Module,
+    images: Tensor,
+    method: str,
+    target_layer: LayersLike,
+    targets: TargetsLike,
+    options: ExplainOptions,
     probability: Optional[Probability],
-) -> Tuple[List[Tuple[str, nn.Module]], Optional[Tensor], ExplainOptions]:  # fmt: skip
+) -> Tuple[List[Tuple[str, nn.Module]], Optional[Tensor], ExplainOptions]:
     """Checks, target layers as ``(name, module)`` pairs, targets on the model's device, the options' probability
     and multi-hot width."""
     if not isinstance(model, nn.Module):
@@ -145,37 +161,14 @@ def _warn_left_out(rows: FiniteRows, image_index: Optional[Tensor], n: int, cons
     )
 
 
-_OPTIONS_DOC = """        method_options: Options of ``method`` (e.g. ``{"gaussian": True}`` for ``"reciprocam"``);
-            :func:`get_method` ``(name).options`` lists them with their defaults.
-        reshape: ``"vit"`` or a :class:`~cam_callbacks.capture.layouts.TokenGrid` when the target layer outputs
-            transformer tokens ``(N, 1 + h*w, C)``; None for ``(N, C, h, w)`` feature maps.
-        tail: For Ablation-CAM and Recipro-CAM, your own ``activations -> logits`` callable for the part
-            of the model after the target layer; by default it is derived with torch.fx (see
-            :func:`~cam_callbacks.capture.tail.derive_tail`), falling back to re-running the model.
-        smooth: None, ``"noise"`` (average over ``smooth_samples`` noisy copies, noise std ``smooth_sigma``
-            times each image's value range) or ``"aug"`` (horizontal flips x ``smooth_scales``, maps
-            mapped back and averaged); the average is min-max normalised.
-        smooth_samples, smooth_sigma, smooth_scales: See ``smooth`` (defaults 8, 0.15, (0.9, 1.0, 1.1)).
-        seed: Seed of the smoothing noise (a private generator; the global RNG is untouched).
-        perturbation_batch: Rows per perturbation pass (Score-CAM, Ablation-CAM, Recipro-CAM); None
-            chooses from the memory free on the model's device.
-        probability: ``"softmax"`` or ``"sigmoid"``: how logits become the class probabilities used by
-            Recipro-CAM and the faithfulness metrics; None means sigmoid for multi-hot ``targets``
-            (multi-label models), softmax otherwise.
-        output_transform: Where the logits are in what the model returns: None (a logits tensor), a key or
-            attribute name (``"logits"`` for a dict or Hugging Face's ``ImageClassifierOutput``), an int index
-            into a tuple such as ``(logits, features)``, or a callable ``output -> logits``. Applied to every
-            forward pass (perturbation passes and tails included); the model is not changed."""
-
-
 def explain(
     model: nn.Module,
     images: Tensor,
     method: str = "gradcam",
     target_layer: LayersLike = "auto",
     targets: TargetsLike = None,
-    batch_size: int = 32,
-    **options: Unpack[ExplainKwargs],
+    options: Optional[ExplainOptions] = None,
+    **fields: Unpack[ExplainKwargs],
 ) -> Tensor:
     """Class activation maps of ``images`` for ``model``.
 
@@ -191,8 +184,13 @@ def explain(
             (a sequence, an ``(N,)`` tensor or an integer ``(N, 1)`` column), or an ``(N, C)`` multi-hot
             bool/0-1 tensor with one column per class of the model (multi-label models; a bool or float
             ``(N, 1)`` tensor is multi-hot, for a 1-output model).
-        batch_size: Images per forward/backward pass.
-{options}
+        options: How maps are computed: a :class:`~cam_callbacks.ExplainOptions` (batch size, method options, token
+            layout, smoothing, output transform, ...). None: the defaults, or the keyword arguments below.
+        **fields: A shortcut for ``options``: the fields of :class:`~cam_callbacks.ExplainOptions` as keyword
+            arguments (``batch_size=8``, ``smooth="noise"``, ``output_transform="logits"``, ...), except that
+            ``method_options`` holds the options of ``method`` alone (e.g. ``{"gaussian": True}`` for
+            ``"reciprocam"``), and ``probability`` (``"softmax"`` or ``"sigmoid"``) overrides the default, which is
+            sigmoid for multi-hot ``targets`` and softmax otherwise.
 
     Returns:
         ``(N, H, W)`` float32 maps in [0, 1] at the images' size, on the images' device; with multi-hot
@@ -219,8 +217,8 @@ def explain(
         ...         method_options={"gaussian": True}).shape
         torch.Size([2, 64, 64])
     """
-    built = _options(method, batch_size, options)
-    layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, options.get("probability"))
+    built, probability = _options(method, options, fields)
+    layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, probability)
 
     def run(x: Tensor, t: Optional[Tensor]) -> ScoredExplanation:
         return ScoredExplanation(compute_explanations(model, x, [method], layers, t, built), {})
@@ -241,35 +239,37 @@ def explain(
 @overload
 def faithfulness(
     model: nn.Module, images: Tensor, method: str = ..., target_layer: LayersLike = ..., targets: TargetsLike = ...,
-    batch_size: int = ..., reduction: Literal["mean"] = ..., **options: Unpack[ExplainKwargs],
-) -> Dict[str, float]: ...  # fmt: skip
+    reduction: Literal["mean"] = ..., options: Optional[ExplainOptions] = ..., **fields: Unpack[ExplainKwargs],
+) -> Dict[str, float]: ...
 @overload
 def faithfulness(
     model: nn.Module, images: Tensor, method: str = ..., target_layer: LayersLike = ..., targets: TargetsLike = ...,
-    batch_size: int = ..., *, reduction: Literal["none"], **options: Unpack[ExplainKwargs],
-) -> Dict[str, Tensor]: ...  # fmt: skip
+    *, reduction: Literal["none"], options: Optional[ExplainOptions] = ..., **fields: Unpack[ExplainKwargs],
+) -> Dict[str, Tensor]: ...
 def faithfulness(
     model: nn.Module,
     images: Tensor,
     method: str = "gradcam",
     target_layer: LayersLike = "auto",
     targets: TargetsLike = None,
-    batch_size: int = 32,
     reduction: Reduction = "mean",
-    **options: Unpack[ExplainKwargs],
+    options: Optional[ExplainOptions] = None,
+    **fields: Unpack[ExplainKwargs],
 ) -> Union[Dict[str, float], Dict[str, Tensor]]:
     """Faithfulness of ``method``'s maps: Average Drop, Increase in Confidence, Coherency, Complexity, ADCC.
 
     Args:
-        model, images, method, target_layer, targets, batch_size: As in :func:`explain`.
+        model, images, method, target_layer, targets: As in :func:`explain`.
         reduction: ``"mean"`` for Python floats averaged over the images, ``"none"`` for ``(N,)``
             tensors of per-image values. With multi-hot ``targets``, one value per positive label:
             ``"none"`` gives ``(N, C)`` tensors (NaN where the label is negative), ``"mean"`` averages them.
-{options}
+        options, fields: As in :func:`explain`.
 
     Returns:
         Dict with keys ``average_drop``, ``increase_in_confidence``, ``coherency``, ``complexity``,
-        ``adcc``; values in percent (81.38 means 0.8138).
+        ``adcc``; values are fractions in [0, 1] (an ADCC of 0.81; the literature often prints 81.38 for 0.8138).
+        ADCC says how well the maps explain *the model*, not whether the model is right: the faithful map of a
+        model that learned a shortcut sits on the shortcut, and can score higher than a clean model's.
 
     Images that cannot be explained (as in :func:`explain`: NaN or inf in the image, or in the model's
     logits or maps, here also on the explanation image) get NaN per-image values, and ``"mean"``
@@ -287,8 +287,8 @@ def faithfulness(
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction={reduction!r} is not valid; choose from ['mean', 'none']")
-    built = _options(method, batch_size, options)
-    layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, options.get("probability"))
+    built, probability = _options(method, options, fields)
+    layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, probability)
 
     def run(x: Tensor, t: Optional[Tensor]) -> ScoredExplanation:
         return compute_faithfulness(model, x, [method], layers, t, built)
@@ -297,7 +297,7 @@ def faithfulness(
     if target_tensor is None or target_tensor.dim() == 1:
         rows = explain_finite_rows(run, images, target_tensor)
         _warn_left_out(rows, None, images.shape[0], consequence)
-        per_image = {metric: 100.0 * rows.scatter(rows.result.scores[method][metric]) for metric in FAITHFULNESS_METRICS}
+        per_image = {metric: rows.scatter(rows.result.scores[method][metric]) for metric in FAITHFULNESS_METRICS}
     else:
         expanded, labels, image_index = expand_multilabel(images, target_tensor)
         rows = explain_finite_rows(run, expanded, labels, "(image, label) pairs")
@@ -305,7 +305,7 @@ def faithfulness(
         per_image = {}
         for metric in FAITHFULNESS_METRICS:
             grid = torch.full(tuple(target_tensor.shape), float("nan"), dtype=torch.float64, device=image_index.device)
-            grid[image_index, labels] = 100.0 * rows.scatter(rows.result.scores[method][metric]).double().to(grid.device)
+            grid[image_index, labels] = rows.scatter(rows.result.scores[method][metric]).double().to(grid.device)
             per_image[metric] = grid
     if reduction == "none":
         return {metric: value.to(images.device) for metric, value in per_image.items()}
@@ -318,19 +318,19 @@ def perturbation_scores(
     method: str = "gradcam",
     target_layer: LayersLike = "auto",
     targets: TargetsLike = None,
-    batch_size: int = 32,
     metrics: Sequence[str] = ("deletion_auc", "insertion_auc", "road"),
     reduction: Reduction = "mean",
     steps: int = 20,
     baseline: Baseline = "zero",
     percentiles: Sequence[float] = ROAD_PERCENTILES,
     road_noise: float = 0.01,
-    **options: Unpack[ExplainKwargs],
+    options: Optional[ExplainOptions] = None,
+    **fields: Unpack[ExplainKwargs],
 ) -> Union[Dict[str, float], Dict[str, Tensor]]:
     """Deletion/insertion AUC (RISE) and ROAD of ``method``'s maps (:mod:`cam_callbacks.metrics.perturbation_curves`).
 
     Args:
-        model, images, method, target_layer, batch_size: As in :func:`explain`.
+        model, images, method, target_layer: As in :func:`explain`.
         targets: As in :func:`explain`, class indices only (one class per image; not multi-hot).
         metrics: Any of ``"deletion_auc"`` (lower is better), ``"insertion_auc"`` (higher is better), ``"road_morf"``,
             ``"road_lerf"`` and ``"road"`` (``(lerf - morf) / 2``, higher is better).
@@ -339,10 +339,10 @@ def perturbation_scores(
         baseline: What deletion puts in and insertion starts from: ``"zero"``, ``"blur"`` or a tensor.
         percentiles: ROAD's percentiles (pytorch-grad-cam's 10, 20, ..., 90).
         road_noise: Standard deviation of ROAD's imputation noise (seeded with ``seed``).
-{options}
+        options, fields: As in :func:`explain`.
 
     Returns:
-        Dict metric -> value, as fractions (AUCs of target probabilities in [0, 1]; ROAD in [-1, 1]), not percent.
+        Dict metric -> value, as fractions (AUCs of target probabilities in [0, 1]; ROAD in [-1, 1]).
         Images that cannot be explained get NaN and are left out of the means (as in :func:`faithfulness`).
 
     Example::
@@ -356,8 +356,8 @@ def perturbation_scores(
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction={reduction!r} is not valid; choose from ['mean', 'none']")
     settings = CurveSettings(tuple(metrics) if not isinstance(metrics, str) else (metrics,), steps, baseline, tuple(percentiles), road_noise)
-    built = _options(method, batch_size, options)
-    layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, options.get("probability"))
+    built, probability = _options(method, options, fields)
+    layers, target_tensor, built = _prepare(model, images, method, target_layer, targets, built, probability)
     if target_tensor is not None and target_tensor.dim() == 2:
         raise ValueError("perturbation_scores takes one class per image (an int, N indices or an (N,) tensor), not multi-hot targets")
 
@@ -371,6 +371,3 @@ def perturbation_scores(
         return {metric: value.to(images.device) for metric, value in per_image.items()}
     return {metric: float(value.double().nanmean()) for metric, value in per_image.items()}
 
-
-for _function in (explain, faithfulness, perturbation_scores):
-    _function.__doc__ = (_function.__doc__ or "").replace("{options}", _OPTIONS_DOC)

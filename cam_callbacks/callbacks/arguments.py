@@ -3,25 +3,25 @@ shows the value and says what is valid (as Lightning's own callbacks do)."""
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-from torch import nn
+from torch import Tensor, nn
 
 from cam_callbacks.capture.layers import resolve_named_layer
+from cam_callbacks.engine.curves import CurveSettings, check_curves
 from cam_callbacks.engine.options import ExplainOptions
-from cam_callbacks.methods.registry import available_methods
-from cam_callbacks.monitor.alarm import AlarmRule
-from cam_callbacks.render.images import colormap_lut
-
-__all__ = [
-    "TARGET_CHOICES", "PRECISION_CHOICES", "check_alarm", "check_bool", "check_budget", "check_choice", "check_display",
-    "check_method_options", "check_methods", "check_named_layers", "check_number", "check_positive_int", "check_prefix",
-    "check_target_layer", "check_unique_prefix", "make_explain_options", "check_class_names",
-]  # fmt: skip
+from cam_callbacks.methods.registry import available_methods, get_method
+from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
+from cam_callbacks.monitor.alarm import AlarmPolicy, ShortcutAlarm, ThresholdAlarm
+from cam_callbacks.render.style import ImageStyle
 
 TARGET_CHOICES = ("label", "prediction")
-PRECISION_CHOICES = ("auto", "32")
+#: The names ``CAMMonitor(metrics=...)`` accepts.
+METRIC_CHOICES = ("faithfulness",) + CURVE_METRICS
+#: Samples taken from a Dataset or DataLoader given as ``probe=``.
+DATASET_PROBE_SIZE = 32
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -49,8 +49,10 @@ def check_methods(methods: Any) -> List[str]:
     if not names:
         raise ValueError(f"methods must name at least one method; choose from {available_methods()}")
     for name in names:
-        if not isinstance(name, str) or name not in available_methods():
-            raise ValueError(f"methods contains {name!r}, which is not a known CAM method; choose from {available_methods()}")
+        try:
+            get_method(name)
+        except ValueError as error:  # the registry's message: the valid names (and a close one when there is one)
+            raise ValueError(f"methods contains {name!r}: {error}") from None
     if len(set(names)) != len(names):
         raise ValueError(f"methods lists a method twice: {names}")
     return names
@@ -84,69 +86,11 @@ def check_number(name: str, value: Any, valid: str) -> float:
     return number
 
 
-def check_method_options(method_options: Any, methods: Sequence[str]) -> Dict[str, Mapping[str, Any]]:
-    """None or a mapping of method name -> options (a mapping) for methods in ``methods``; returned as a dict."""
-    example = "e.g. {'reciprocam': {'gaussian': True}}"
-    if method_options is None:
-        return {}
-    if not isinstance(method_options, Mapping):
-        raise ValueError(f"method_options must be None or a dict of method name -> options ({example}), got {method_options!r}")
-    unused = sorted(map(str, set(method_options) - set(methods)))
-    if unused:
-        raise ValueError(f"method_options names {unused}, which are not in methods={list(methods)}")
-    for name, options in method_options.items():
-        if options is not None and not isinstance(options, Mapping):
-            raise ValueError(f"method_options[{name!r}] must be a dict of option -> value ({example}), got {options!r}")
-    return dict(method_options)
-
-
 def check_target_layer(target_layer: Any) -> None:
     """A dotted module name, a module, ``"auto"``, or a non-empty list of them."""
     layers = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
     if not layers or not all(isinstance(layer, (str, nn.Module)) for layer in layers):
         raise TypeError(f"target_layer must be a dotted module name, a module, 'auto' or a non-empty list of them, got {target_layer!r}")
-
-
-def _channel_values(name: str, value: Any, positive: bool) -> Optional[List[float]]:
-    """``value`` as a list of floats if it is a non-empty sequence of finite (and with ``positive``, positive) numbers."""
-    if value is None:
-        return None
-    kind = "finite positive numbers" if positive else "finite numbers"
-    message = f"{name} must be a sequence of C {kind}, one per image channel (e.g. {name}=[0.5, 0.5, 0.5]), got {value!r}"
-    if isinstance(value, (str, bytes, Mapping)) or not _iterable(value):
-        raise ValueError(message)
-    try:
-        values = [float(v) for v in value]
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor with more than one element per channel
-        raise ValueError(message) from None
-    if not values or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
-        raise ValueError(message)
-    return values
-
-
-def check_display(
-    mean: Optional[Sequence[float]], std: Optional[Sequence[float]], overlay_alpha: float, colormap: str
-) -> Tuple[Optional[List[float]], Optional[List[float]]]:
-    """Checks of how images are shown; returns ``mean`` and ``std`` as lists of floats.
-
-    Their number of values (one per channel, or one for all channels) is checked against the probe images at setup
-    (:meth:`~cam_callbacks.callbacks.runner.ProbeRunner.prepare`).
-    """
-    if (mean is None) != (std is None):
-        raise ValueError(
-            f"give both mean and std (to un-normalise images for display) or neither, got mean={mean!r} and std={std!r}"
-        )
-    means, stds = _channel_values("mean", mean, positive=False), _channel_values("std", std, positive=True)
-    if means is not None and stds is not None and len(means) != len(stds) and 1 not in (len(means), len(stds)):
-        raise ValueError(
-            f"mean has {len(means)} values and std {len(stds)}: give the same number, one per image channel, got "
-            f"mean={mean!r} and std={std!r}"
-        )
-    alpha = check_number("overlay_alpha", overlay_alpha, "a number in [0, 1] (the heatmap's opacity)")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay_alpha must be a number in [0, 1] (the heatmap's opacity), got {overlay_alpha!r}")
-    colormap_lut(colormap)  # fails fast with the valid choices
-    return means, stds
 
 
 def check_budget(budget: Optional[float]) -> Optional[float]:
@@ -160,29 +104,11 @@ def check_budget(budget: Optional[float]) -> Optional[float]:
     return share
 
 
-def check_alarm(alarm: Any) -> Optional[AlarmRule]:
-    """None or an :class:`~cam_callbacks.AlarmRule`."""
-    if alarm is not None and not isinstance(alarm, AlarmRule):
-        raise TypeError(f"alarm must be an AlarmRule or None, got {type(alarm).__name__}")
-    return alarm
-
-
 def check_prefix(prefix: Any) -> str:
     """A tag prefix: a non-empty string of letters, digits, ``_``, ``-``, ``.`` (no ``/``, no spaces)."""
     if not isinstance(prefix, str) or not prefix or not all(c.isalnum() or c in "_-." for c in prefix):
         raise ValueError(f"prefix must be a non-empty string of letters, digits, '_', '-' or '.' (e.g. 'cam', 'cam_layer3'), got {prefix!r}")
     return prefix
-
-
-def make_explain_options(methods: Sequence[str], method_options: Optional[Mapping[str, Any]] = None, **options: Any) -> ExplainOptions:
-    """The monitor's :class:`ExplainOptions` (which validates every option); ``method_options`` may name only ``methods``."""
-    checked = check_method_options(method_options, methods)
-    scales = options.get("smooth_scales", (0.9, 1.0, 1.1))
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
-        raise ValueError(f"smooth_scales must be a non-empty sequence of positive numbers (e.g. (0.9, 1.0, 1.1)), got {scales!r}")
-    options["smooth_scales"] = tuple(check_number("smooth_scales", s, "a sequence of positive numbers") for s in scales)
-    options["smooth_sigma"] = check_number("smooth_sigma", options.get("smooth_sigma", 0.15), "a finite number >= 0 (noise std relative to each image's range)")
-    return ExplainOptions(method_options=checked, **options)
 
 
 def check_unique_prefix(monitor: Any, callbacks: Sequence[Any]) -> None:
@@ -203,10 +129,83 @@ def check_named_layers(model: nn.Module, target_layer: Any) -> None:
             resolve_named_layer(model, layer)
 
 
-def check_class_names(class_names: Any) -> Optional[List[str]]:
-    """None, or a non-empty list of strings (one per class; the length is checked against the model at the first run)."""
-    if class_names is None:
-        return None
-    if isinstance(class_names, (str, bytes, Mapping)) or not _iterable(class_names) or not list(class_names):
-        raise ValueError(f"class_names must be a list of class names, one per model output, got {class_names!r}")
-    return [str(name) for name in class_names]
+def check_probe(probe: Any) -> Tuple[int, Any]:
+    """``(size, source)``: an int is the size of a probe taken from the validation data (source None); anything else is
+    the probe itself (checked by :func:`~cam_callbacks.callbacks.probe.make_probe`), taken whole or its first 32 samples."""
+    if isinstance(probe, bool):
+        raise ValueError(f"probe must be a positive int (a probe size) or the probe images, got {probe!r}")
+    if isinstance(probe, int):
+        if probe < 1:
+            raise ValueError(f"probe must be a positive int (how many validation images to explain) or the probe images, got {probe!r}")
+        return probe, None
+    if probe is None:
+        raise ValueError(
+            "probe must be a positive int (how many validation images to explain, e.g. probe=32), an images tensor, an "
+            "(images, labels[, masks[, nuisance]]) tuple, a Dataset or a DataLoader; got None"
+        )
+    size = probe.shape[0] if isinstance(probe, Tensor) else DATASET_PROBE_SIZE
+    return size, probe
+
+
+def check_metrics(metrics: Any) -> Tuple[bool, Optional[CurveSettings]]:
+    """``(faithfulness on?, curve settings or None)`` from ``metrics=``: names of :data:`METRIC_CHOICES`."""
+    names = (metrics,) if isinstance(metrics, str) else metrics
+    if names is None:
+        names = ()
+    if isinstance(names, (bytes, Mapping)) or not _iterable(names):
+        raise ValueError(f"metrics must be a list of names from {list(METRIC_CHOICES)} (or () for maps only), got {metrics!r}")
+    names = list(names)
+    for name in names:
+        if name not in METRIC_CHOICES:
+            close = difflib.get_close_matches(str(name), METRIC_CHOICES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"metrics contains {name!r}, which is not a metric{hint} Choose from {list(METRIC_CHOICES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"metrics lists a name twice: {names}")
+    curves = [name for name in names if name != "faithfulness"]
+    return "faithfulness" in names, check_curves(curves)
+
+
+def check_alarm(alarm: Any) -> Tuple[AlarmPolicy, ...]:
+    """The alarm policies as a tuple (None or an empty sequence: no alarm); at most one :class:`ShortcutAlarm`."""
+    if alarm is None:
+        return ()
+    policies = [alarm] if isinstance(alarm, (ThresholdAlarm, ShortcutAlarm)) else alarm
+    if isinstance(policies, (str, bytes, Mapping)) or not _iterable(policies):
+        raise ValueError(
+            f"alarm must be None or a list of ThresholdAlarm / ShortcutAlarm objects, e.g. "
+            f"alarm=[ShortcutAlarm(score=0.2)], got {alarm!r}"
+        )
+    policies = tuple(policies)
+    for policy in policies:
+        if not isinstance(policy, (ThresholdAlarm, ShortcutAlarm)):
+            hint = " (AlarmRule was split into ThresholdAlarm and ShortcutAlarm in 1.0; see the CHANGELOG)" if type(policy).__name__ == "AlarmRule" else ""
+            raise ValueError(f"alarm must hold ThresholdAlarm or ShortcutAlarm objects, got a {type(policy).__name__}{hint}")
+    if sum(isinstance(policy, ShortcutAlarm) for policy in policies) > 1:
+        raise ValueError("alarm holds two ShortcutAlarm objects; give one (its fields set every bound of the per-class rule)")
+    return policies
+
+
+def check_explain_options(options: Any, methods: Sequence[str]) -> ExplainOptions:
+    """An :class:`ExplainOptions` (None: the defaults) whose ``method_options`` name only ``methods``."""
+    if options is None:
+        return ExplainOptions()
+    if isinstance(options, Mapping):
+        raise ValueError(f"explain_options must be an ExplainOptions, e.g. explain_options=ExplainOptions(**{dict(options)!r}); got a dict")
+    if not isinstance(options, ExplainOptions):
+        raise ValueError(f"explain_options must be a cam_callbacks.ExplainOptions, got {type(options).__name__}")
+    unused = sorted(map(str, set(options.method_options) - set(methods)))
+    if unused:
+        raise ValueError(f"explain_options.method_options names {unused}, which are not in methods={list(methods)}")
+    return options
+
+
+def check_style(style: Any) -> ImageStyle:
+    """An :class:`ImageStyle` (None: the defaults)."""
+    if style is None:
+        return ImageStyle()
+    if isinstance(style, Mapping):
+        raise ValueError(f"style must be an ImageStyle, e.g. style=ImageStyle(**{dict(style)!r}); got a dict")
+    if not isinstance(style, ImageStyle):
+        raise ValueError(f"style must be a cam_callbacks.ImageStyle, got {type(style).__name__}")
+    return style

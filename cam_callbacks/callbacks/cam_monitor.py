@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import copy
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
@@ -15,10 +14,23 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_debug
 from torch import Tensor, nn
 from typing_extensions import override
 
-from cam_callbacks.callbacks.arguments import (  # isort: skip (one import, four lines: the module is near its size limit)
-    PRECISION_CHOICES, TARGET_CHOICES, check_alarm, check_bool, check_budget, check_choice, check_display, check_methods,
-    check_named_layers, check_positive_int, check_prefix, check_target_layer, check_unique_prefix, make_explain_options, check_class_names,
-)  # fmt: skip
+from cam_callbacks.callbacks.arguments import (
+    TARGET_CHOICES,
+    check_alarm,
+    check_bool,
+    check_budget,
+    check_choice,
+    check_explain_options,
+    check_methods,
+    check_metrics,
+    check_named_layers,
+    check_positive_int,
+    check_prefix,
+    check_probe,
+    check_style,
+    check_target_layer,
+    check_unique_prefix,
+)
 from cam_callbacks.callbacks.checkpoint import STATE_VERSION, history_mismatch, state_problem
 from cam_callbacks.callbacks.compat import callback_base
 from cam_callbacks.callbacks.distributed import check_strategy
@@ -28,18 +40,14 @@ from cam_callbacks.callbacks.probe import Probe, ProbeLike, early_probe, make_pr
 from cam_callbacks.callbacks.runner import ProbeRunner
 from cam_callbacks.callbacks.shortcut_watch import probe_outcome, shortcut_hits
 from cam_callbacks.capture.layers import LayersLike
-from cam_callbacks.capture.layouts import ReshapeLike
-from cam_callbacks.engine.curves import check_curves
+from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation, ScoredExplanation, Scores
 from cam_callbacks.metrics.watch import MethodAnalysis
-from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, AlarmState
+from cam_callbacks.monitor.alarm import DEFAULT_ALARM, AlarmHit, AlarmPolicy, AlarmState, shortcut_policy, stops_training, threshold_hits
 from cam_callbacks.monitor.budget import CostBudget, is_expensive
 from cam_callbacks.monitor.history import MapHistory
-from cam_callbacks.render.publish import ImageStyle
-from cam_callbacks.utils.outputs import OutputTransform
-from cam_callbacks.utils.types import OnError, PrecisionMode, Smooth, TargetMode
-
-__all__ = ["CAMMonitor"]
+from cam_callbacks.render.style import ImageStyle
+from cam_callbacks.utils.types import OnError, TargetMode
 
 if TYPE_CHECKING:  # type checkers see pytorch_lightning's Callback; at run time it is the Callback of every namespace
     from pytorch_lightning.callbacks import Callback as _Callback
@@ -48,74 +56,63 @@ else:
 
 
 class CAMMonitor(_Callback):
-    r"""Compute class activation maps on a fixed probe set at the end of validation and log them.
+    r"""Explain a fixed probe set with the live model at the end of validation epochs, score the maps, log them.
 
-    At the end of every ``every_n_epochs``-th validation epoch (in ``trainer.fit`` and
-    ``trainer.validate``, never in the sanity check) the callback explains the probe images with
-    each method using the live model, scores the maps with the faithfulness metrics and logs, under
-    ``prefix`` (the README's "What appears in TensorBoard" shows each entry): heatmap grids and mean
-    maps (images), ``<prefix>/<method>/<metric>`` scalars (faithfulness in percent, the spurious-cue
-    watch as fractions; also in ``trainer.callback_metrics`` for ``EarlyStopping``/``ModelCheckpoint``),
-    ``<prefix>/alarm``, ``<prefix>/errors``, ``<prefix>/skipped_images``, ``<prefix>/time_s``, and text
-    entries. Images go to TensorBoard, to the MLflow / W&B run, and as PNG files into every other
-    logger's run directory (``<log_dir>/<prefix>/<method>/grid_epoch=0003.png``).
+    At the end of every ``every_n_epochs``-th validation epoch (in ``trainer.fit`` and ``trainer.validate``,
+    never in the sanity check) the callback explains the probe images with each method, scores the maps and
+    logs, under ``prefix``: heatmap grids and mean maps (images), ``<prefix>/<method>/<metric>`` scalars (every
+    score a fraction in [0, 1]; also in ``trainer.callback_metrics`` for ``EarlyStopping``/``ModelCheckpoint``),
+    ``<prefix>/alarm``, ``<prefix>/errors``, ``<prefix>/skipped_images``, ``<prefix>/time_s``, text entries and,
+    at the end of fit/validate, an HTML report. Images go to TensorBoard, to the MLflow / W&B run, and as PNG
+    files into every other logger's run directory.
 
-    It never changes what the model learns: modes, hooks, ``param.grad``, ``requires_grad``, RNG
-    state and BatchNorm statistics are left as found. It never ends the fit: see ``on_error``.
+    It never changes what the model learns: modes, hooks, ``param.grad``, ``requires_grad``, RNG state and
+    BatchNorm statistics are left as found. It never ends the fit on its own: see ``on_error``.
 
     Args:
-        methods: Method names, see :func:`cam_callbacks.available_methods`.
-        target_layer: Dotted module name in the LightningModule (e.g. ``"model.layer4"``), a module, ``"auto"``
-            (the last module with a 4-D output larger than 1x1), or a list of them (fused LayerCAM-style).
-        num_probe: Probe size when ``probe`` is None: the first samples of the first validation dataset, by index.
-        every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0``; at most once per epoch.
-        probe: An images tensor, an ``(images, labels[, masks[, nuisance]])`` tuple, or a Dataset / DataLoader
-            (first ``num_probe`` samples). Masks ``(N, H, W)``: the object, and a region that must not explain it.
+        methods: Method names (see :func:`~cam_callbacks.available_methods`).
+        target_layer: Dotted module name in the LightningModule (e.g. ``"model.layer4"``), a module, ``"auto"``,
+            or a list of them (their maps are fused, LayerCAM-style).
+        probe: The images to explain. An int: that many samples of the first validation dataset, by index (the
+            same images every epoch, on every process). Or an images tensor, an ``(images, labels[, masks[,
+            nuisance]])`` tuple (masks ``(N, H, W)``: the object, and a region that must not explain it), or a
+            Dataset / DataLoader (its first 32 samples; use ``torch.utils.data.Subset`` for others).
         target: ``"label"`` (the true class when known, else the prediction) or ``"prediction"`` (top-1).
-        mean, std: Per-channel normalisation of the images, to show the originals in real colours.
-        batch_size: Images per forward/backward pass.
-        max_images: Probe images shown in each grid.
-        faithfulness: Compute and log the faithfulness metrics (one extra pass per method).
-        curves: Also log ``<prefix>/<method>/<name>`` in percent for these names of ``cc.CURVE_METRICS`` (``"deletion_auc"``,
-            ``"insertion_auc"``, ``"road"``, ...; see ``cc.perturbation_scores``). Default ``()``: off (each costs many passes).
-        colormap: Matplotlib colormap of the overlays.
-        overlay_alpha: Heatmap opacity in the overlays, in [0, 1].
-        method_options: Options per method, e.g. ``{"reciprocam": {"gaussian": True}}``.
-        reshape: ``"vit"`` or a :class:`~cam_callbacks.capture.layouts.TokenGrid` for a transformer target layer.
-        tail: Your own ``activations -> logits`` callable after the target layer (default: derived).
-        output_transform: Where the logits are in what the LightningModule's ``forward`` returns: None (a logits
-            tensor), a key or attribute (``"logits"`` for a dict or a Hugging Face ``ImageClassifierOutput``), an int
-            index into a tuple such as ``(logits, features)``, or a callable ``output -> logits``.
-        smooth: None, ``"noise"`` or ``"aug"``: average each method's maps over noisy or flipped/scaled
-            copies of the probe images (see :func:`cam_callbacks.explain`); multiplies the cost.
-        smooth_samples: Noisy copies for ``smooth="noise"``.
-        smooth_sigma: Noise std relative to each image's value range.
-        smooth_scales: Scales for ``smooth="aug"``.
-        perturbation_batch: Rows per perturbation pass; None chooses from the free device memory.
-        precision: ``"auto"``: the training precision (precision plugin); ``"32"``: the model's dtype, no autocast.
-        budget: Share of the training time the callback may take (None: no limit): expensive methods
-            (perturbation, smoothed) that exceed it run less often, and it says so (``<prefix>/<method>/every_n_runs``).
-        alarm: The :class:`~cam_callbacks.monitor.alarm.AlarmRule` checked after every run (None: no alarm).
-        stop_on_alarm: Stop training (like ``EarlyStopping``) when the alarm fires.
-        max_labels: Multi-label models: labels that get their own grid.
-        prefix: First part of every tag (``<prefix>/<method>/adcc``) and the folder of the PNG files; give
-            each monitor of one Trainer its own (e.g. one per target layer). Part of :attr:`state_key`.
-        on_error: A failure *during* training (a method or the model raising, every probe image failing, a
-            write failing): ``"warn"`` reports it (warning, ``<prefix>/errors``), switches the failing part off
-            and training goes on; ``"raise"`` raises it. Bad arguments always raise before training starts.
-        class_names: One name per class for the captions (default: ``classes``/``class_names`` of the datamodule or dataset).
+        every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0``; at most once per epoch.
+        metrics: Scores of the maps: ``"faithfulness"`` (Average Drop, Increase in Confidence, Coherency, Complexity,
+            ADCC: one extra pass per method) and the perturbation curves ``"deletion_auc"``, ``"insertion_auc"``,
+            ``"road"``, ``"road_morf"``, ``"road_lerf"`` (many passes each). ``()``: maps only.
+        alarm: The alarm policies checked after every run: :class:`~cam_callbacks.ThresholdAlarm` and
+            :class:`~cam_callbacks.ShortcutAlarm` objects (default: nuisance-region and shortcut-score bounds
+            and the per-class shortcut rule). None: no alarm.
+        budget: Share of the training time the callback may take (None: no limit); expensive methods run less
+            often to stay inside it, and the callback says so.
+        on_error: A failure *during* training (a method or the model raising, every probe image failing, a write
+            failing): ``"warn"`` reports it (a warning and ``<prefix>/errors``), switches the failing part off and
+            training goes on; ``"raise"`` raises it. Bad arguments always raise before training starts.
+        prefix: First part of every tag (``<prefix>/<method>/adcc``) and the folder of the files; give each
+            monitor of one Trainer its own (e.g. one per target layer).
         step: The x-axis of everything logged: ``"global_step"`` (as Lightning logs ``val_loss``) or ``"epoch"``.
-        report: Write ``<log_dir>/<prefix>/report.html`` (self-contained: curves, evolution, alarms, images) at the end of fit/validate.
+        report: Write ``<log_dir>/<prefix>/report.html`` at the end of fit/validate.
+        explain_options: How maps are computed (:class:`~cam_callbacks.ExplainOptions`: batch size, method
+            options, token layout, smoothing, output transform, precision, ...).
+        style: How images are drawn (:class:`~cam_callbacks.ImageStyle`: normalisation to undo, colormap,
+            opacity, images per grid, class names).
 
     Raises:
-        ValueError: At construction for bad arguments; at ``setup``/first validation for a model,
-            layer or probe set that cannot work (unknown layer, non 4-D layer output, empty probe,
-            images the model rejects, labels out of range).
+        ValueError: At construction for bad arguments; at ``setup`` (or the first validation) for a model, layer
+            or probe set that cannot work: the setup runs every method on two probe images first.
 
-    Example::
-
-        >>> from cam_callbacks import CAMMonitor
-        >>> monitor = CAMMonitor(methods=["gradcam", "gradcampp"], target_layer="auto", num_probe=32)
+    Example:
+        >>> from cam_callbacks import CAMMonitor, ExplainOptions, ImageStyle
+        >>> monitor = CAMMonitor(
+        ...     methods=["gradcam", "layercam"],
+        ...     probe=16,
+        ...     explain_options=ExplainOptions(batch_size=16),
+        ...     style=ImageStyle(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]),
+        ... )
+        >>> monitor.methods
+        ['gradcam', 'layercam']
         >>> trainer = pl.Trainer(callbacks=[monitor], max_epochs=10)  # doctest: +SKIP
     """
 
@@ -123,77 +120,70 @@ class CAMMonitor(_Callback):
         self,
         methods: Sequence[str] = ("gradcam", "gradcampp"),
         target_layer: LayersLike = "auto",
-        num_probe: int = 32,
-        every_n_epochs: int = 1,
-        probe: Optional[ProbeLike] = None,
+        probe: Union[int, ProbeLike] = 32,
         target: TargetMode = "label",
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
-        batch_size: int = 32,
-        max_images: int = 16,
-        faithfulness: bool = True,
-        curves: Sequence[str] = (),
-        colormap: str = "jet",
-        overlay_alpha: float = 0.5,
-        method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-        reshape: ReshapeLike = None,
-        tail: Optional[Callable[[Tensor], Tensor]] = None,
-        output_transform: OutputTransform = None,
-        smooth: Optional[Smooth] = None,
-        smooth_samples: int = 8,
-        smooth_sigma: float = 0.15,
-        smooth_scales: Sequence[float] = (0.9, 1.0, 1.1),
-        perturbation_batch: Optional[int] = None,
-        precision: PrecisionMode = "auto",
+        every_n_epochs: int = 1,
+        metrics: Sequence[str] = ("faithfulness",),
+        alarm: Optional[Sequence[AlarmPolicy]] = DEFAULT_ALARM,
         budget: Optional[float] = 0.05,
-        alarm: Optional[AlarmRule] = AlarmRule(),  # noqa: B008 - never mutated: each monitor keeps its own copy
-        stop_on_alarm: bool = False,
-        max_labels: int = 4,
-        prefix: str = "cam",
         on_error: OnError = "warn",
-        class_names: Optional[Sequence[str]] = None, step: str = "global_step", report: bool = True,
+        prefix: str = "cam",
+        step: str = "global_step",
+        report: bool = True,
+        explain_options: Optional[ExplainOptions] = None,
+        style: Optional[ImageStyle] = None,
     ) -> None:
         super().__init__()
         self.methods: List[str] = check_methods(methods)
         check_target_layer(target_layer)
-        self.target = check_choice("target", target, TARGET_CHOICES)
-        self.mean, self.std = check_display(mean, std, overlay_alpha, colormap)
         self.target_layer = target_layer
-        self.num_probe, self.every_n_epochs = check_positive_int("num_probe", num_probe), check_positive_int("every_n_epochs", every_n_epochs)
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        self.max_images, self.max_labels = check_positive_int("max_images", max_images), check_positive_int("max_labels", max_labels)
-        self.faithfulness, self.curves = check_bool("faithfulness", faithfulness), check_curves(curves)
-        self.colormap, self.overlay_alpha = colormap, float(overlay_alpha)
-        self.options = make_explain_options(
-            self.methods, batch_size=self.batch_size, method_options=method_options, reshape=reshape, tail=tail, smooth=smooth,
-            smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, smooth_scales=smooth_scales, perturbation_batch=perturbation_batch,
-            output_transform=output_transform,
-        )  # fmt: skip
-        self.prefix = check_prefix(prefix)
-        self.on_error = check_choice("on_error", on_error, ON_ERROR_CHOICES)
-        self.precision = check_choice("precision", precision, PRECISION_CHOICES)
+        self.num_probe, self._probe_source = check_probe(probe)
+        self.target = check_choice("target", target, TARGET_CHOICES)
+        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+        self.faithfulness, self.curves = check_metrics(metrics)
+        self.alarm: Tuple[AlarmPolicy, ...] = check_alarm(alarm)
         self._budget_share = check_budget(budget)
-        self.alarm = copy.deepcopy(check_alarm(alarm))  # a deep copy (None stays None): monitors never share a rule (nor its extra)
-        self.stop_on_alarm = check_bool("stop_on_alarm", stop_on_alarm)
-        self.class_names, self.step, self.report = check_class_names(class_names), check_choice("step", step, STEP_CHOICES), check_bool("report", report)
-        self._probe_source = probe
-        self._build_parts(probe, smooth)
+        self.on_error = check_choice("on_error", on_error, ON_ERROR_CHOICES)
+        self.prefix = check_prefix(prefix)
+        self.step = check_choice("step", step, STEP_CHOICES)
+        self.report = check_bool("report", report)
+        self.options = check_explain_options(explain_options, self.methods)
+        self.style = check_style(style)
+        self._build_parts(self._probe_source)
         #: Seconds the phases of the last run took: ``compute`` (maps and scores), ``analyze`` (watch), ``log``, ``total``.
         self.last_timings: Dict[str, float] = {}
 
-    def _build_parts(self, probe: Optional[ProbeLike], smooth: Optional[Smooth]) -> None:
+    def _build_parts(self, probe: Optional[ProbeLike]) -> None:
         """The parts that do the work (runner, history, alarm state, budget, logger) and the run state."""
         self._runner = ProbeRunner(
-            self.methods, self.target_layer, self.target == "label", self.options, self.faithfulness, self.precision, self._warn_once,
-            display_mean=self.mean, display_std=self.std, curves=self.curves,
-        )  # fmt: skip
+            self.methods,
+            self.target_layer,
+            self.target == "label",
+            self.options,
+            self.faithfulness,
+            self.options.precision,
+            self._warn_once,
+            display_mean=self.style.mean_values,
+            display_std=self.style.std_values,
+            curves=self.curves,
+            class_names=self.style.class_names,
+        )
         self._runner.probe = make_probe(probe, self.num_probe) if probe is not None else None
-        self._budget = CostBudget(self._budget_share, expensive=[m for m in self.methods if is_expensive(m, self_smooth=smooth)])
+        expensive = [m for m in self.methods if is_expensive(m, self_smooth=self.options.smooth)]
+        self._budget = CostBudget(self._budget_share, expensive=expensive)
         self._history = MapHistory()
         self._alarm_state = AlarmState()
         self._errors = ErrorReporter(self.on_error, self.prefix)
-        style = ImageStyle(self.max_images, self.max_labels, self.mean, self.std, self.overlay_alpha, self.colormap)
-        self._logger = RunLogger(self._errors, self.prefix, style, self.methods, self.faithfulness, self.step, self.class_names, self.report)
+        self._logger = RunLogger(
+            self._errors,
+            self.prefix,
+            self.style,
+            self.methods,
+            self.faithfulness,
+            self.step,
+            self.style.class_names,
+            self.report,
+        )
         self._trainer_ref: Optional["weakref.ReferenceType[pl.Trainer]"] = None
         self._pending_state: Optional[Dict[str, Any]] = None
         self._last_run: Optional[tuple] = None
@@ -204,7 +194,7 @@ class CAMMonitor(_Callback):
         """A new Trainer: nothing of the previous one's runs (last epoch, drift history, alarm, budget, failed parts) carries over."""
         rank_zero_info("CAMMonitor: used in a new Trainer; the previous fit's history (drift, alarm state, last run) is dropped")
         keep = self._runner.probe if self._probe_source is not None else None  # a probe taken from the old data is taken again
-        self._build_parts(None, self.options.smooth)
+        self._build_parts(None)
         self._runner.probe = keep
 
     # ------------------------------------------------------------------ identity and properties
@@ -294,10 +284,13 @@ class CAMMonitor(_Callback):
         self.run(trainer, pl_module)
 
     def compute(
-        self, pl_module: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,
+        self,
+        pl_module: nn.Module,
+        precision_plugin: Optional[Any] = None,
+        rows: Optional[Tensor] = None,
         methods: Optional[Sequence[str]] = None,
-    ) -> ScoredExplanation:  # fmt: skip
-        """Maps and per-row faithfulness fractions (a :class:`~cam_callbacks.ScoredExplanation`) for the probe set with the
+    ) -> ScoredExplanation:
+        """Maps and per-row faithfulness fractions (a ``ScoredExplanation``) for the probe set with the
         model as it is now; rows are the probe images, or one per positive label of multi-hot labels. ``precision_plugin``:
         a Lightning precision plugin to compute in (None: the model's own dtype); ``rows``, ``methods``: only these."""
         return self._runner.compute(pl_module, precision_plugin, rows, methods)
@@ -309,7 +302,7 @@ class CAMMonitor(_Callback):
         order refer to probe rows, with NaN for skipped ones.
         """
         view = self._runner.view()
-        outcome = probe_outcome(explanation, view, self.alarm)  # explained classes, right or wrong, confidence
+        outcome = probe_outcome(explanation, view, shortcut_policy(self.alarm))  # explained classes, right or wrong, confidence
         return self._history.analyze(explanation.maps, view.masks, view.nuisance, self._runner.skipped, **outcome)
 
     def run(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Dict[str, float]:
@@ -330,9 +323,9 @@ class CAMMonitor(_Callback):
             analyses = self._analyze_contained(explanation, trainer.current_epoch)
             scalars = run_scalars(scores, list(explanation.maps), analyses, p)
             per_image = {f"{p}/{m}/{metric}": values for m, a in analyses.items() for metric, values in a.per_image.items()}
-            hits = self.alarm.evaluate(scalars, per_image) if self.alarm is not None else []
-            hits += shortcut_hits(self.alarm, analyses, pl_module, self._runner.view(), scalars, p)  # per class, confirmed by occlusion
-            if self.alarm is not None:
+            hits = threshold_hits(self.alarm, scalars, per_image)
+            hits += self._shortcut_hits_contained(trainer, pl_module, analyses, scalars)
+            if self.alarm:
                 scalars[f"{p}/alarm"] = 1.0 if hits else 0.0
         scalars[f"{p}/skipped_images"] = float(len(self._runner.skipped))
         analyzed = time.perf_counter()
@@ -356,10 +349,43 @@ class CAMMonitor(_Callback):
             self._errors.report("the spurious-cue watch", error, "no localisation, drift or alarm for this run", epoch)
             return {}
 
+    def _shortcut_hits_contained(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        analyses: Dict[str, MethodAnalysis],
+        scalars: Dict[str, float],
+    ) -> List[AlarmHit]:
+        """The per-class rule's hits, its suspects confirmed by occlusion through the model with the monitor's own
+        output transform and precision; a failure is reported like any other (no per-class alarm for this run)."""
+        plugin = trainer.precision_plugin if self.options.precision == "auto" else None
+        try:
+            return shortcut_hits(
+                shortcut_policy(self.alarm),
+                analyses,
+                pl_module,
+                self._runner.view(),
+                scalars,
+                self.prefix,
+                self.options,
+                plugin,
+            )
+        except Exception as error:
+            if self.on_error == "raise":
+                raise
+            self._errors.report("the per-class shortcut check", error, "no per-class alarm for this run", trainer.current_epoch)
+            return []
+
     def _log_everywhere(
-        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", explanation: Optional[Explanation], scalars: Dict[str, float],
-        analyses: Dict[str, MethodAnalysis], hits: List[AlarmHit], scores: Optional[Scores] = None,
-    ) -> None:  # fmt: skip
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        explanation: Optional[Explanation],
+        scalars: Dict[str, float],
+        analyses: Dict[str, MethodAnalysis],
+        hits: List[AlarmHit],
+        scores: Optional[Scores] = None,
+    ) -> None:
         """``callback_metrics`` on every process (for EarlyStopping/ModelCheckpoint), the alarm, the loggers on rank zero."""
         if trainer.is_global_zero:
             self._logger.collect_write_errors()  # failed writes of the last run are counted in this run's errors
@@ -367,8 +393,16 @@ class CAMMonitor(_Callback):
         errors_tag = f"{self.prefix}/errors"
         for name, value in scalars.items():  # identical on every process (sync_dist keeps Lightning's DDP check quiet), except
             # the error count: image writes happen on rank zero only, so the largest count is the run's
-            pl_module.log(name, value, on_step=False, on_epoch=True, logger=False, batch_size=len(self.probe or ()),
-                          sync_dist=trainer.world_size > 1, reduce_fx="max" if name == errors_tag else "mean")  # fmt: skip
+            pl_module.log(
+                name,
+                value,
+                on_step=False,
+                on_epoch=True,
+                logger=False,
+                batch_size=len(self.probe or ()),
+                sync_dist=trainer.world_size > 1,
+                reduce_fx="max" if name == errors_tag else "mean",
+            )
         self._raise_alarm(trainer, hits)
         if trainer.is_global_zero:
             config = f"target layer `{self.layer_name}`, methods {self.methods}, {len(self.probe or ())} probe images, target={self.target!r}"
@@ -380,11 +414,11 @@ class CAMMonitor(_Callback):
             rank_zero_warn(f"CAMMonitor alarm at epoch {trainer.current_epoch}: " + " ".join(hit.message for hit in hits))
         elif change == "cleared":
             rank_zero_info(f"CAMMonitor: the alarm cleared at epoch {trainer.current_epoch}")
-        if self.stop_on_alarm and trainer.state.fn == TrainerFn.FITTING:
-            stop = trainer.strategy.reduce_boolean_decision(bool(hits), all=False)
+        if any(policy.stop for policy in self.alarm) and trainer.state.fn == TrainerFn.FITTING:
+            stop = trainer.strategy.reduce_boolean_decision(stops_training(self.alarm, hits), all=False)
             if stop:
                 trainer.should_stop = True
-                rank_zero_info("CAMMonitor: stopping training because the alarm fired (stop_on_alarm=True)")
+                rank_zero_info("CAMMonitor: stopping training because an alarm with stop=True fired")
 
     # ------------------------------------------------------------------ end of fit / validate
     @override

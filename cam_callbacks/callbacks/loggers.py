@@ -53,18 +53,18 @@ def lightning_step(trainer: Any) -> int:
 def run_scalars(
     scores: Mapping[str, Mapping[str, Tensor]], methods: Sequence[str], analyses: Mapping[str, MethodAnalysis], prefix: str = "cam"
 ) -> Dict[str, float]:
-    """The scalars of one run, by tag: each method's mean scores in percent (faithfulness, and the deletion/insertion and
-    ROAD scores of ``CAMMonitor(curves=...)``; NaN rows left out), then its watch values.
+    """The scalars of one run, by tag: each method's mean scores as fractions (faithfulness, and the deletion/insertion
+    and ROAD scores of ``CAMMonitor(metrics=...)``; NaN rows left out), then its watch values.
 
     Example::
 
         >>> import torch
         >>> scores = {"gradcam": {m: torch.tensor([0.5, float("nan")]) for m in FAITHFULNESS_METRICS}}
         >>> run_scalars(scores, ["gradcam"], {})["cam/gradcam/adcc"]
-        50.0
+        0.5
     """
     scalars = {
-        f"{prefix}/{method}/{metric}": float(100.0 * values.double().nanmean())
+        f"{prefix}/{method}/{metric}": float(values.double().nanmean())
         for method in methods
         for metric, values in scores.get(method, {}).items()
     }

@@ -19,8 +19,6 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 from torch import Tensor
 
-from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
-from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
 from cam_callbacks.monitor.alarm import AlarmHit
 from cam_callbacks.render.png import encode_png
 
@@ -32,7 +30,9 @@ _FAITHFULNESS_HELP = (
     "`adcc` (higher is better: one number that combines the three below), `average_drop` (how much the target's "
     "probability drops when only the highlighted part is shown, lower is better), `coherency` (whether the map "
     "stays the same on the highlighted part, higher is better), `complexity` (share of the image highlighted, "
-    "lower is simpler), `increase_in_confidence` (share of images whose probability rises), all in percent"
+    "lower is simpler), `increase_in_confidence` (share of images whose probability rises), all fractions in [0, 1]. "
+    "ADCC says how well the maps explain *the model*, not whether the model is right: the faithful map of a model "
+    "that learned a shortcut sits on the shortcut, and can score higher than a clean model's"
 )
 _WATCH_HELP = (
     "`energy_in_mask` / `energy_in_nuisance`: share of the map's mass on the object / on the nuisance region; "
@@ -42,13 +42,11 @@ _WATCH_HELP = (
     "the previous / first run's maps (1.0 = unchanged); `class_shortcut_score`: the highest score of one class's "
     "maps (or a cluster of them) gathering on one region, `class_shortcut_class` that class, `occlusion_effect`: how "
     "much hiding that region lowers the class's probability more than hiding the same area elsewhere; "
-    "`deletion_auc` / `insertion_auc` / `road` (with `curves=`, in percent): the target's probability as the most "
+    "`deletion_auc` / `insertion_auc` / `road` (with `metrics=`): the target's probability as the most "
     "relevant pixels are removed / added (lower / higher is better); `alarm`: 1 when the alarm rule fired"
 )
 #: Scalars that are not curves of a scale (a class index, a stride): left out of the report's charts.
 _NOT_CHARTED = ("class_shortcut_class", "every_n_runs")
-#: Scalars in percent, charted together.
-_PERCENT = tuple(FAITHFULNESS_METRICS) + tuple(CURVE_METRICS)
 
 
 def how_to_read(prefix: str, methods: Sequence[str], config: str, x_axis: str, masks: bool, nuisance: bool) -> str:
@@ -176,8 +174,8 @@ class RunReport:
             if parts[-1] in _NOT_CHARTED:
                 continue
             group = parts[0] if len(parts) > 1 else "monitor"
-            if len(parts) > 1:  # one chart per scale: percent, fractions, ratios (multiples of chance)
-                group += " (ratios)" if parts[-1].endswith("_ratio") else "" if parts[-1] in _PERCENT else " (fractions)"
+            if len(parts) > 1:  # one chart per scale: fractions, ratios (multiples of chance)
+                group += " (ratios)" if parts[-1].endswith("_ratio") else " (fractions)"
             groups.setdefault(group, []).append(tag)
         charts = []
         for group, members in groups.items():

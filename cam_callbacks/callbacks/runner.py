@@ -62,6 +62,17 @@ def _check_model_output(output: Any, probe: Probe, output_transform: OutputTrans
         )
 
 
+def _check_class_names(names: Optional[Sequence[str]], logits: Tensor) -> None:
+    """``ImageStyle(class_names=...)`` has one name per model output (checked at setup, never in the middle of a fit)."""
+    if names is None or logits.dim() != 2:
+        return
+    if len(names) != logits.shape[1]:
+        raise ValueError(
+            f"CAMMonitor: style=ImageStyle(class_names=...) has {len(names)} names but the model has {logits.shape[1]} outputs; "
+            f"give one name per class (got {list(names)[:8]}{' ...' if len(names) > 8 else ''})"
+        )
+
+
 def _check_materialised(model: nn.Module) -> None:
     """Refuse a model whose parameters or buffers are on the meta device (shapes only, no values)."""
     meta = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
@@ -76,13 +87,13 @@ def _check_materialised(model: nn.Module) -> None:
 
 
 def _check_display(name: str, values: Optional[Sequence[float]], images: Tensor) -> None:
-    """``values`` (``CAMMonitor(mean=...)`` or ``std=``) has one value per channel of the probe images, or one for all."""
+    """``values`` (``ImageStyle(mean=...)`` or ``std=``) has one value per channel of the probe images, or one for all."""
     channels = images.shape[1]
     if values is not None and len(values) not in (1, channels):
         raise ValueError(
-            f"CAMMonitor: {name}={list(values)} has {len(values)} values but the probe images have {channels} channel(s) "
-            f"(shape {tuple(images.shape[1:])} per image); give mean and std as sequences of {channels} finite numbers, one "
-            "per channel (or a single number for all channels)"
+            f"CAMMonitor: style=ImageStyle({name}={list(values)}) has {len(values)} values but the probe images have {channels} "
+            f"channel(s) (shape {tuple(images.shape[1:])} per image); give {channels} numbers, one per channel, or one number "
+            "for all channels"
         )
 
 
@@ -97,17 +108,27 @@ class ProbeRunner:
         faithfulness: Also compute the faithfulness scores.
         precision: ``"auto"`` (the trainer's precision plugin) or ``"32"``.
         warn: Called with a key and a message for warnings given once (e.g. a probe without labels).
-        display_mean: ``CAMMonitor(mean=...)``: checked against the probe images' channels by :meth:`prepare` (None: no check).
-        display_std: ``CAMMonitor(std=...)``, likewise.
-        curves: ``CAMMonitor(curves=...)``: deletion/insertion and ROAD scores added to each method's scores (None: off).
+        display_mean: ``ImageStyle(mean=...)``: checked against the probe images' channels by :meth:`prepare` (None: no check).
+        display_std: ``ImageStyle(std=...)``, likewise.
+        curves: The curve metrics of ``CAMMonitor(metrics=...)``, added to each method's scores (None: off).
+        class_names: ``ImageStyle(class_names=...)``: checked against the model's outputs by :meth:`prepare`.
     """
 
     def __init__(
-        self, methods: Sequence[str], target_layer: LayersLike, explain_labels: bool, options: ExplainOptions,
-        faithfulness: bool, precision: str, warn: Callable[[str, str], None], *,
-        display_mean: Optional[Sequence[float]] = None, display_std: Optional[Sequence[float]] = None,
+        self,
+        methods: Sequence[str],
+        target_layer: LayersLike,
+        explain_labels: bool,
+        options: ExplainOptions,
+        faithfulness: bool,
+        precision: str,
+        warn: Callable[[str, str], None],
+        *,
+        display_mean: Optional[Sequence[float]] = None,
+        display_std: Optional[Sequence[float]] = None,
         curves: Optional[CurveSettings] = None,
-    ) -> None:  # fmt: skip
+        class_names: Optional[Sequence[str]] = None,
+    ) -> None:
         self.methods = list(methods)
         self.target_layer = target_layer
         self.explain_labels = explain_labels
@@ -119,6 +140,7 @@ class ProbeRunner:
         #: the images' per-channel mean and std for display (``CAMMonitor(mean=..., std=...)``), checked by :meth:`prepare`
         self.display_mean: Optional[Sequence[float]] = display_mean
         self.display_std: Optional[Sequence[float]] = display_std
+        self.class_names = class_names
         self.probe: Optional[Probe] = None
         self.layer_names: Optional[List[str]] = None
         #: probe rows skipped in the last run -> why (the model raised, or non-finite logits or maps)
@@ -201,6 +223,7 @@ class ProbeRunner:
                     f"(per image): {type(error).__name__}: {error}"
                 ) from error
             _check_model_output(output, probe, self.options.output_transform, example.shape[0])
+            _check_class_names(self.class_names, logits_of(output, self.options.output_transform, example.shape[0]))
             layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape)
             self._dry_run(model, probe, layers, example)
         self.layer_names = [name for name, _ in layers]
@@ -219,9 +242,12 @@ class ProbeRunner:
             raise OneByOneMapError(f"{error} {hint}") from None
 
     def compute(
-        self, model: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,
+        self,
+        model: nn.Module,
+        precision_plugin: Optional[Any] = None,
+        rows: Optional[Tensor] = None,
         methods: Optional[Sequence[str]] = None,
-    ) -> ScoredExplanation:  # fmt: skip
+    ) -> ScoredExplanation:
         """Maps and per-row faithfulness fractions for the probe set with the model as it is now (see ``CAMMonitor.compute``)."""
         methods = list(self.methods if methods is None else methods)
         layers = self.layers(model)

@@ -2,33 +2,33 @@
 
 Wiring only: the statistics are :func:`cam_callbacks.metrics.shortcuts.find_shortcuts` (run inside
 :meth:`MapHistory.analyze <cam_callbacks.monitor.history.MapHistory.analyze>`), the confirmation
-:func:`cam_callbacks.engine.occlusion.occlusion_effect`, the decision
-:meth:`AlarmRule.evaluate_shortcuts <cam_callbacks.monitor.alarm.AlarmRule.evaluate_shortcuts>`.
+:func:`cam_callbacks.engine.occlusion.occlusion_effect` (run with the monitor's own explain settings), the
+decision :meth:`ShortcutAlarm.evaluate <cam_callbacks.monitor.alarm.ShortcutAlarm.evaluate>`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from contextlib import nullcontext
+from typing import Any, ContextManager, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from cam_callbacks.engine.occlusion import occlusion_effect
+from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.result import Explanation
 from cam_callbacks.metrics.watch import MethodAnalysis
-from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule
+from cam_callbacks.monitor.alarm import AlarmHit, ShortcutAlarm
 from cam_callbacks.render.publish import ProbeView
 
-__all__ = ["probe_outcome", "shortcut_hits"]
 
-
-def probe_outcome(explanation: Explanation, view: ProbeView, rule: Optional[AlarmRule]) -> Dict[str, Any]:
+def probe_outcome(explanation: Explanation, view: ProbeView, rule: Optional[ShortcutAlarm]) -> Dict[str, Any]:
     """Keyword arguments for :meth:`MapHistory.analyze`: the explained classes, whether each probe image is
     predicted right (when the probe has single labels), the probability of the explained class, the clusters.
 
     Empty (no per-class findings) for multi-label probes and when no alarm rule uses them.
     """
-    if rule is None or rule.max_class_shortcut_score is None or view.probability != "softmax":
+    if rule is None or view.probability != "softmax":
         return {}
     logits = explanation.logits.detach().float()
     targets = explanation.targets.detach().long().to(logits.device)
@@ -36,34 +36,59 @@ def probe_outcome(explanation: Explanation, view: ProbeView, rule: Optional[Alar
     correct = None
     if view.targets is not None and view.targets.dim() == 1:
         correct = (logits.argmax(dim=1).cpu() == view.targets.cpu().long())
-    return {"targets": targets.cpu(), "correct": correct, "confidence": confidence, "clusters": rule.shortcut_clusters}
+    return {"targets": targets.cpu(), "correct": correct, "confidence": confidence, "clusters": rule.clusters}
 
 
 def shortcut_hits(
-    rule: Optional[AlarmRule], analyses: Dict[str, MethodAnalysis], model: Optional[nn.Module], view: ProbeView,
-    scalars: Dict[str, float], prefix: str,
-) -> List[AlarmHit]:  # fmt: skip
+    rule: Optional[ShortcutAlarm],
+    analyses: Dict[str, MethodAnalysis],
+    model: Optional[nn.Module],
+    view: ProbeView,
+    scalars: Dict[str, float],
+    prefix: str,
+    options: Optional[ExplainOptions] = None,
+    precision_plugin: Optional[Any] = None,
+) -> List[AlarmHit]:
     """The per-class rule's hits of every method; the suspects are confirmed by occlusion when ``model`` is given.
 
-    Each measured effect is also logged as ``<prefix>/<method>/occlusion_effect`` (the largest over the suspects).
+    The occlusion passes take the logits with ``options.output_transform`` and run in ``precision_plugin``'s
+    forward context (its ``convert_input`` applied to the images), as the maps were computed. Each measured
+    effect is also logged as ``<prefix>/<method>/occlusion_effect`` (the largest over the suspects).
     """
     if rule is None:
         return []
+    options = options or ExplainOptions()
+
+    def context() -> ContextManager[Any]:
+        return precision_plugin.forward_context() if precision_plugin is not None else nullcontext()
+
     hits: List[AlarmHit] = []
     for method, analysis in analyses.items():
         findings = analysis.findings
         if findings is None:
             continue
         effects: Optional[Dict[int, float]] = None
-        suspects = rule.shortcut_suspects(findings)
+        suspects = rule.suspects(findings)
         if model is not None and suspects and rule.min_occlusion_effect is not None:
             effects = {}
             for index in suspects:
                 candidate = findings.candidates[index]
                 rows = candidate.members.cpu()
                 images = view.images[rows]
+                if precision_plugin is not None:
+                    images = precision_plugin.convert_input(images)
                 targets = torch.full((rows.numel(),), candidate.class_index, dtype=torch.long)
-                effects[index] = float(occlusion_effect(model, images, targets, candidate.region.cpu()).effect)
+                measured = occlusion_effect(
+                    model,
+                    images,
+                    targets,
+                    candidate.region.cpu(),
+                    batch_size=options.batch_size,
+                    output_transform=options.output_transform,
+                    probability=view.probability,
+                    forward_context=context,
+                )
+                effects[index] = float(measured.effect)
             scalars[f"{prefix}/{method}/occlusion_effect"] = max(effects.values())
-        hits.extend(rule.evaluate_shortcuts(method, findings, effects))
+        hits.extend(rule.evaluate(method, findings, effects))
     return hits

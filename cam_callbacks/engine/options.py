@@ -14,10 +14,10 @@ from cam_callbacks.utils.outputs import OutputTransform, check_output_transform
 from cam_callbacks.utils.targets import PROBABILITIES
 from cam_callbacks.utils.types import Probability, Smooth
 
-__all__ = ["ExplainOptions", "SMOOTH_CHOICES"]
-
 #: What ``smooth=`` accepts.
 SMOOTH_CHOICES = (None, "noise", "aug")
+#: What ``precision=`` accepts.
+PRECISION_CHOICES = ("auto", "32")
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -26,15 +26,17 @@ def _is_positive_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """Everything besides model, images, methods, layer and targets that changes how maps are computed.
+    """How maps are computed: everything besides model, images, methods, layer and targets.
 
-    Built once by :func:`~cam_callbacks.explain`, :func:`~cam_callbacks.faithfulness` or
-    :class:`~cam_callbacks.CAMMonitor` from their keyword arguments, validated here (each message names
-    the argument and lists what is valid), and passed unchanged through the engine.
+    The one settings object of :func:`~cam_callbacks.explain`, :func:`~cam_callbacks.faithfulness`,
+    :func:`~cam_callbacks.perturbation_scores` (``options=``) and :class:`~cam_callbacks.CAMMonitor`
+    (``explain_options=``). Every field is checked when the object is built (each message names the field and
+    lists what is valid); the object is frozen and passed unchanged through the engine.
 
     Attributes:
         batch_size: Images per forward/backward pass.
-        method_options: Method name -> its options (e.g. ``{"reciprocam": {"gaussian": True}}``).
+        method_options: Method name -> its options (e.g. ``{"reciprocam": {"gaussian": True}}``; each method's
+            options and defaults are listed in the methods table of the docs).
         reshape: Turns a transformer layer's tokens into a feature map: None, ``"vit"`` or a
             :class:`~cam_callbacks.capture.layouts.TokenGrid` (stored as a ``TokenGrid``).
         tail: Your own ``activations -> logits`` callable for the network after the target layer
@@ -54,6 +56,9 @@ class ExplainOptions:
             logits must have as many columns, checked at the first forward pass. None: no such check.
         output_transform: Where the logits are in what the model returns (:mod:`cam_callbacks.utils.outputs`): None
             (a logits tensor), a key or attribute name (``"logits"``), a tuple index, or a callable ``output -> logits``.
+        precision: ``"auto"``: inside :class:`~cam_callbacks.CAMMonitor`, compute in the Trainer's precision (its
+            precision plugin: autocast for ``"16-mixed"``/``"bf16-mixed"``); elsewhere the model's own dtype.
+            ``"32"``: always the model's own dtype, no autocast.
 
     Example::
 
@@ -78,10 +83,13 @@ class ExplainOptions:
     probability: Probability = "softmax"
     target_classes: Optional[int] = None
     output_transform: OutputTransform = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not _is_positive_int(self.batch_size):
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision={self.precision!r} is not valid; choose from {list(PRECISION_CHOICES)}")
         if self.probability not in PROBABILITIES:
             raise ValueError(f"probability={self.probability!r} is not valid; choose from {list(PROBABILITIES)}")
         self._check_smoothing()

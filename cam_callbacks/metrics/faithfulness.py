@@ -10,8 +10,8 @@ Definitions (Poppi et al. 2021; Chattopadhay et al. 2018), all per image ``i``:
 - Complexity ``Com_i = mean(L_i)``.
 - ``ADCC_i = 3 / (1/Coh_i + 1/(1 - Com_i) + 1/(1 - AD_i))``, 0 when any of the three terms is 0.
 
-Every function here returns fractions in [0, 1] per image (shape ``(N,)``);
-:func:`cam_callbacks.faithfulness` reports them in percent.
+Every function here returns fractions in [0, 1] per image (shape ``(N,)``), as does
+:func:`cam_callbacks.faithfulness` (the literature often prints them in percent: 81.38 for 0.8138).
 """
 
 from __future__ import annotations

@@ -1,48 +1,35 @@
-"""Threshold rules that raise an alarm when explanations point at a spurious cue.
+"""Alarm policies: when the explanations say the model looks at a spurious cue, and how that is told.
 
-:class:`AlarmRule` holds thresholds on the localization metrics (:mod:`cam_callbacks.metrics.localization`)
-and the shortcut score (:mod:`cam_callbacks.metrics.drift`); :meth:`AlarmRule.evaluate` turns one epoch's
-metric means into a list of :class:`AlarmHit` (which method, which metric, how far past the
-threshold, and which probe images are the worst), and :func:`format_alarm` renders them as
-Markdown, e.g. for a TensorBoard text entry.
+Two small policies, each one decision:
 
-Metric names may carry the method: ``"energy_in_nuisance_ratio"`` (no method),
-``"gradcam/energy_in_nuisance_ratio"`` or a logged tag such as
-``"cam/gradcam/energy_in_nuisance_ratio"``: the last ``/``-separated part is the metric and the one
-before it the method.
+- :class:`ThresholdAlarm`: a bound on one logged metric's mean over the probe (e.g. the nuisance region's
+  share of the maps), the rule for probes with masks and for any metric a user wants watched;
+- :class:`ShortcutAlarm`: the per-class rule, which needs no mask: a class whose maps gather on one small
+  region that the model relies on.
 
-Example::
+Their hits are :class:`AlarmHit` records (which method, which metric, how far past the bound, which probe
+images); :func:`format_alarm` renders them as Markdown; :class:`AlarmState` says when the alarm fires,
+changes (another rule, method or class) or clears.
 
-    >>> rule = AlarmRule()
-    >>> hits = rule.evaluate(
-    ...     {"gradcam/energy_in_nuisance_ratio": 6.5, "gradcam/shortcut_score": 0.2},
-    ...     per_image={"gradcam/energy_in_nuisance_ratio": torch.tensor([1.0, 12.0, 0.5, 9.0])},
-    ... )
-    >>> [(h.method, h.metric, h.direction, h.worst) for h in hits]
-    [('gradcam', 'energy_in_nuisance_ratio', 'above', (1, 3, 0, 2))]
-    >>> print(format_alarm(hits))
-    **CAM alarm**: 1 rule fired.
-    <BLANKLINE>
-    | method | metric | value | rule | worst probe images |
-    |---|---|---|---|---|
-    | gradcam | energy_in_nuisance_ratio | 6.5 | > 2 | 1, 3, 0, 2 |
+Metric names may carry the method: ``"energy_in_nuisance_ratio"``, ``"gradcam/energy_in_nuisance_ratio"`` or
+a logged tag such as ``"cam/gradcam/energy_in_nuisance_ratio"``: the last ``/``-separated part is the metric
+and the one before it the method.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
+from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
 from cam_callbacks.metrics.shortcuts import ShortcutCandidate, ShortcutFindings
-
-__all__ = ["AlarmHit", "AlarmRule", "AlarmState", "DIRECTIONS", "format_alarm"]
-
-#: Valid rule kinds: ``"max"`` fires when a value goes above its threshold, ``"min"`` below.
-DIRECTIONS = ("max", "min")
+from cam_callbacks.metrics.watch import WATCH_METRICS
 
 
 @dataclass(frozen=True)
@@ -54,9 +41,9 @@ class AlarmHit:
         metric: The metric name, e.g. ``"energy_in_nuisance_ratio"``.
         value: The value that broke the rule (e.g. the mean over the probe images).
         threshold: The rule's threshold.
-        direction: ``"above"`` (a ``max`` rule fired) or ``"below"`` (a ``min`` rule fired).
-        worst: Indices of the worst probe images, worst first (largest per-image values for a
-            ``max`` rule, smallest for a ``min`` rule); empty when no per-image values were given.
+        direction: ``"above"`` or ``"below"``: which side of the threshold the value is on.
+        worst: Indices of the worst probe images, worst first (largest per-image values for an
+            ``above`` rule, smallest for a ``below`` rule); empty when no per-image values were given.
         class_index: For a per-class rule (``class_shortcut_score``): the class whose maps gather; else None.
         box: For a per-class rule: ``(top, left, bottom, right)`` pixel bounds of the region to look at
             (bottom and right exclusive); else None.
@@ -100,273 +87,311 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _check_threshold(name: str, value: Optional[float], low: float, high: float = math.inf) -> None:
+def _check_bound(owner: str, name: str, value: Optional[float], low: float, high: float = math.inf) -> None:
+    """``value`` is None (off) or a finite number in ``[low, high]``; the message names the object and the field."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be None (rule off) or a finite number, got {value!r}")
+        raise ValueError(f"{owner}: {name} must be None (off) or a finite number, got {value!r}")
     if not low <= value <= high:
-        interval = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise ValueError(f"{name} must be None (rule off) or a number {interval}, got {value!r}")
+        interval = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise ValueError(f"{owner}: {name} must be None (off) or a number {interval}, got {value!r}")
 
 
-@dataclass
-class AlarmRule:
-    """Thresholds that flag explanations dominated by a spurious cue; ``None`` turns a rule off.
+def _check_count(owner: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{owner}: {name} must be an int >= 0, got {value!r}")
 
-    Defaults and why:
 
-    - ``max_energy_in_nuisance_ratio=2.0``: the cue receives more than twice the share of the map
-      that its area would get by chance (1.0 is a uniform map). A model that really uses the cue
-      puts several times that on it (a 10x10 patch in a 64x64 image holds 2.4% of the pixels; half
-      of the map on it is a ratio of about 20), while maps of objects placed away from the cue stay
-      near or below 1. Measured in ``examples/catch_shortcut.py`` (a 7x7 patch in 48x48 images,
-      6x6 Grad-CAM/LayerCAM maps, 4 seeds): 0.23-0.62 for the clean model at every epoch, 2.6-4.3
-      for the shortcut model from its second epoch on.
-    - ``min_energy_in_mask_ratio=None``: off by default. Set it (1.2 is a sensible bound: the
-      object receives less than 1.2 times its chance share, i.e. the maps barely prefer the object;
-      the margin above 1.0 absorbs the blur of upsampled low-resolution maps) to check a model that
-      has finished learning, e.g. in ``trainer.validate`` after ``fit``. During training it cannot
-      tell "has not learnt the object yet" from "has learnt something else": in
-      ``examples/catch_shortcut.py`` (4 seeds, 6 epochs, Grad-CAM and LayerCAM) the clean model's
-      ratio fell to 0.91-1.19 at the first or second epoch in 3 of 4 seeds (validation accuracy
-      0.48-0.54), inside the shortcut model's range (0.79-1.36), and so raised a false alarm in
-      healthy runs; from the third epoch on the runs separate (clean 1.51-1.90, shortcut 0.79-1.17).
-    - ``max_shortcut_score=0.5``: at least about half of the saliency of most images sits on one
-      common small region (see :func:`cam_callbacks.metrics.drift.shortcut_score`; objects at varying places
-      score near 0, identical peaked maps near 1). In ``examples/catch_shortcut.py`` it stays below
-      (shortcut model 0.14-0.43 from the third epoch on, clean at most 0.12): that model keeps much
-      of its saliency on the object, and the nuisance rule fires instead.
-    - ``min_pointing_game=None``: off by default; a per-image hit/miss is noisy on small probe sets.
-    - ``max_class_shortcut_score``, ``min_class_accuracy``, ``min_occlusion_effect``,
-      ``shortcut_clusters``: the per-class rule, which needs no mask (see :meth:`shortcut_suspects`
-      and :meth:`evaluate_shortcuts`). It fires for a class (or a cluster of a class's maps,
-      :func:`cam_callbacks.metrics.shortcuts.find_shortcuts`) whose maps gather on one small region
-      (score above ``max_class_shortcut_score``), only when the model is past guessing on that class
-      (probe accuracy at least ``min_class_accuracy`` or mean confidence at least
-      ``min_class_confidence``: a model that is still guessing is not flagged) and, when the callback can run the model, when
-      occluding the region lowers the class's probability by at least ``min_occlusion_effect``
-      more than occluding the same area elsewhere. Defaults: score above 0.15, mean confidence at
-      least 0.8 (accuracy not used: on a probe where the cue does not follow the label a shortcut
-      model is confidently wrong), occlusion effect at least 0.1. From
-      ``benchmarks/bench_shortcut_detection.py`` (39 runs, seeds 1-3; see ``benchmarks/README.md``):
-      the best setting there (score 0.1, no occlusion check) flags 90/80/70% of the shortcut runs
-      (nuisance masks / object masks / no masks) with no false alarm in 9 clean runs, but the clean
-      run of ``examples/catch_shortcut.py`` (longer training, validation accuracy 0.94-0.97, which the
-      benchmark's clean runs never reach) raised it from epoch 3 (a cluster of 5 images, score 0.12,
-      confidence 0.93, occlusion effect 0.004-0.06). The occlusion check at 0.1 and the score at 0.15
-      keep that run quiet (the shortcut run: score 0.51-0.53, effect 0.80-0.87).
-    - ``max_unmasked_class_shortcut_score=0.4``: without object masks the score also counts the objects'
-      saliency; the confident clean run of ``catch_shortcut.py --probe-masks none`` (centred objects) reached
-      0.38 and raised the 0.15 bound at 4 of 6 epochs; at 0.4 it is quiet, the shortcut run flagged from epoch 1
-      (0.64), no-mask benchmark detection 37% instead of 50%. ``min_class_consistency``: off (at 0.9 it cost
-      detection and still let that clean run fire once); see ``benchmarks/README.md``.
+def _check_flag(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
+
+
+#: Metrics whose values are fractions in [0, 1]: a bound outside that range could never fire, so it is refused.
+_FRACTION_METRICS = frozenset(
+    ("energy_in_mask", "pointing_game", "energy_in_nuisance", "shortcut_score", "class_shortcut_score")
+    + FAITHFULNESS_METRICS
+    + CURVE_METRICS
+)
+#: Metrics that are ratios to a chance share (1.0: as much as the area would get by chance): never negative.
+_RATIO_METRICS = frozenset(("energy_in_mask_ratio", "energy_in_nuisance_ratio"))
+#: Every metric name a :class:`ThresholdAlarm` can watch: the logged per-method scalars.
+ALARM_METRICS = tuple(
+    name for name in WATCH_METRICS + FAITHFULNESS_METRICS + CURVE_METRICS if name not in ("class_shortcut_score", "class_shortcut_class")
+)
+
+
+@dataclass(frozen=True)
+class ThresholdAlarm:
+    """Fires when one logged metric's mean over the probe images goes past a bound.
+
+    One policy, one metric: the default alarm of :class:`~cam_callbacks.CAMMonitor` holds two of them,
+    ``ThresholdAlarm("energy_in_nuisance_ratio", above=2.0)`` (the declared nuisance region gets more than
+    twice the share of the map that its area would get by chance) and ``ThresholdAlarm("shortcut_score",
+    above=0.5)`` (about half of most images' saliency sits on one common small region). How these bounds
+    were chosen is in ``benchmarks/README.md``.
+
+    A value equal to the bound does not fire; NaN never fires (an image without a mask has no value).
 
     Args:
-        max_energy_in_nuisance_ratio: Upper bound of ``energy_in_nuisance_ratio``.
-        min_energy_in_mask_ratio: Lower bound of ``energy_in_mask_ratio`` (off by default).
-        max_shortcut_score: Upper bound of ``shortcut_score``, in ``[0, 1]``.
-        min_pointing_game: Lower bound of ``pointing_game``, in ``[0, 1]``.
-        max_energy_in_nuisance: Upper bound of ``energy_in_nuisance``, in ``[0, 1]`` (off by default).
-        extra: More rules, ``{metric: (direction, threshold)}`` with direction in :data:`DIRECTIONS`,
-            for any logged metric (e.g. ``{"adcc": ("min", 50.0)}``).
-        top_k: Number of worst probe images reported per hit (``>= 0``).
-        max_class_shortcut_score: Upper bound of a class's (or cluster's) shortcut score, in ``[0, 1]`` (None: rule off).
-        min_class_accuracy: The per-class rule considers a class whose probe accuracy is at least this, in ``[0, 1]``
-            (None: accuracy is not used) ...
-        min_class_confidence: ... or whose mean probability of the explained class is at least this (None: not used;
-            both None: every class; see :meth:`learned`).
-        min_occlusion_effect: Least occlusion effect (drop of the class's probability, region minus
-            control) that confirms a suspect; None: no confirmation needed.
-        shortcut_clusters: Clusters of maps per class (0 or 1: whole classes only).
-        max_unmasked_class_shortcut_score: ``max_class_shortcut_score`` for maps found without object masks (None: the same).
-        min_class_consistency: Least mean pairwise Pearson correlation of a suspect's pooled maps, in ``[-1, 1]``
-            (None: not used): maps that follow objects of varying shape agree less than maps on one fixed cue.
+        metric: A logged metric name (see the metric conventions in the docs), e.g. ``"energy_in_nuisance_ratio"``,
+            ``"shortcut_score"``, ``"pointing_game"``, ``"energy_in_mask_ratio"``, ``"adcc"``.
+        above: Fire when the value is above this.
+        below: Fire when the value is below this (give exactly one of ``above`` and ``below``).
+        top_k: Worst probe images named in the alarm (``>= 0``).
+        stop: Stop training (as ``EarlyStopping`` does) when this alarm fires.
 
-    Example::
-
-        >>> AlarmRule(min_pointing_game=0.5).rules()["pointing_game"]
-        ('min', 0.5)
-        >>> AlarmRule(extra={"adcc": ("above", 50.0)})
+    Example:
+        >>> rule = ThresholdAlarm("energy_in_nuisance_ratio", above=2.0)
+        >>> hits = rule.evaluate(
+        ...     {"cam/gradcam/energy_in_nuisance_ratio": 6.5, "cam/gradcam/shortcut_score": 0.2},
+        ...     per_image={"cam/gradcam/energy_in_nuisance_ratio": torch.tensor([1.0, 12.0, 0.5, 9.0])},
+        ... )
+        >>> [(h.method, h.metric, h.direction, h.worst) for h in hits]
+        [('gradcam', 'energy_in_nuisance_ratio', 'above', (1, 3, 0, 2))]
+        >>> ThresholdAlarm("adcc", above=0.5, below=0.9)
         Traceback (most recent call last):
         ...
-        ValueError: extra['adcc']: direction must be one of ['max', 'min'], got 'above'
+        ValueError: ThresholdAlarm('adcc'): give exactly one of above= and below=, got above=0.5 and below=0.9
     """
 
-    max_energy_in_nuisance_ratio: Optional[float] = 2.0
-    min_energy_in_mask_ratio: Optional[float] = None
-    max_shortcut_score: Optional[float] = 0.5
-    min_pointing_game: Optional[float] = None
-    max_energy_in_nuisance: Optional[float] = None
-    extra: Mapping[str, Tuple[str, float]] = field(default_factory=dict)
+    metric: str
+    above: Optional[float] = None
+    below: Optional[float] = None
     top_k: int = 4
-    max_class_shortcut_score: Optional[float] = 0.15
-    min_class_accuracy: Optional[float] = None
-    min_class_confidence: Optional[float] = 0.8
-    min_occlusion_effect: Optional[float] = 0.1
-    shortcut_clusters: int = 2
-    min_class_consistency: Optional[float] = None
-    max_unmasked_class_shortcut_score: Optional[float] = 0.4
-
-    #: Built-in rules: field name -> (metric, direction).
-    _FIELDS: ClassVar[Dict[str, Tuple[str, str]]] = {
-        "max_energy_in_nuisance_ratio": ("energy_in_nuisance_ratio", "max"),
-        "min_energy_in_mask_ratio": ("energy_in_mask_ratio", "min"),
-        "max_shortcut_score": ("shortcut_score", "max"),
-        "min_pointing_game": ("pointing_game", "min"),
-        "max_energy_in_nuisance": ("energy_in_nuisance", "max"),
-    }
+    stop: bool = False
 
     def __post_init__(self) -> None:
-        _check_threshold("max_energy_in_nuisance_ratio", self.max_energy_in_nuisance_ratio, 0.0)
-        _check_threshold("min_energy_in_mask_ratio", self.min_energy_in_mask_ratio, 0.0)
-        _check_threshold("max_shortcut_score", self.max_shortcut_score, 0.0, 1.0)
-        _check_threshold("min_pointing_game", self.min_pointing_game, 0.0, 1.0)
-        _check_threshold("max_energy_in_nuisance", self.max_energy_in_nuisance, 0.0, 1.0)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
-        _check_threshold("max_class_shortcut_score", self.max_class_shortcut_score, 0.0, 1.0)
-        _check_threshold("min_class_accuracy", self.min_class_accuracy, 0.0, 1.0)
-        _check_threshold("min_class_confidence", self.min_class_confidence, 0.0, 1.0)
-        _check_threshold("min_class_consistency", self.min_class_consistency, -1.0, 1.0)
-        _check_threshold("max_unmasked_class_shortcut_score", self.max_unmasked_class_shortcut_score, 0.0, 1.0)
-        _check_threshold("min_occlusion_effect", self.min_occlusion_effect, -1.0, 1.0)
-        if isinstance(self.shortcut_clusters, bool) or not isinstance(self.shortcut_clusters, int) or self.shortcut_clusters < 0:
-            raise ValueError(f"shortcut_clusters must be an int >= 0, got {self.shortcut_clusters!r}")
-        if not isinstance(self.extra, Mapping):
-            raise ValueError(f"extra must be a mapping {{metric: (direction, threshold)}}, got {type(self.extra).__name__}")
-        builtin = {metric: name for name, (metric, _) in self._FIELDS.items()}
-        for metric, rule in self.extra.items():
-            if not isinstance(metric, str) or not metric or "/" in metric:
-                raise ValueError(f"extra: metric names must be non-empty strings without '/', got {metric!r}")
-            if metric in builtin:
-                raise ValueError(f"extra[{metric!r}]: {metric} has a built-in rule; set {builtin[metric]}=... instead")
-            if not isinstance(rule, (tuple, list)) or len(rule) != 2:
-                raise ValueError(
-                    f"extra[{metric!r}] must be a (direction, threshold) pair with direction in {list(DIRECTIONS)}, got {rule!r}"
-                )
-            direction, threshold = rule
-            if direction not in DIRECTIONS:
-                raise ValueError(f"extra[{metric!r}]: direction must be one of {list(DIRECTIONS)}, got {direction!r}")
-            _check_threshold(f"extra[{metric!r}] threshold", threshold, -math.inf)
+        if not isinstance(self.metric, str) or self.metric not in ALARM_METRICS:
+            close = difflib.get_close_matches(str(self.metric), ALARM_METRICS, n=3)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"ThresholdAlarm: metric={self.metric!r} is not a logged metric{hint} Choose from {list(ALARM_METRICS)}")
+        owner = f"ThresholdAlarm({self.metric!r})"
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"{owner}: give exactly one of above= and below=, got above={self.above!r} and below={self.below!r}")
+        low, high = -math.inf, math.inf
+        if self.metric in _FRACTION_METRICS:
+            low, high = 0.0, 1.0
+        elif self.metric in _RATIO_METRICS:
+            low = 0.0
+        _check_bound(owner, "above", self.above, low, high)
+        _check_bound(owner, "below", self.below, low, high)
+        _check_count(owner, "top_k", self.top_k)
+        _check_flag(owner, "stop", self.stop)
 
-    def rules(self) -> Dict[str, Tuple[str, float]]:
-        """The active rules, ``{metric: (direction, threshold)}`` (built-in ones first)."""
-        active: Dict[str, Tuple[str, float]] = {}
-        for name, (metric, direction) in self._FIELDS.items():
-            threshold = getattr(self, name)
-            if threshold is not None:
-                active[metric] = (direction, float(threshold))
-        for metric, (direction, threshold) in self.extra.items():
-            active[metric] = (direction, float(threshold))
-        return active
+    @property
+    def direction(self) -> str:
+        """``"above"`` or ``"below"``."""
+        return "above" if self.above is not None else "below"
+
+    @property
+    def bound(self) -> float:
+        """The threshold."""
+        return float(self.above if self.above is not None else self.below)  # type: ignore[arg-type]
 
     def evaluate(self, metrics: Mapping[str, float], per_image: Optional[Mapping[str, Tensor]] = None) -> List[AlarmHit]:
-        """The rules that fire on one epoch's metrics, in the order of ``metrics``.
-
-        A ``max`` rule fires when ``value > threshold``, a ``min`` rule when ``value < threshold``
-        (a value equal to the threshold does not fire). NaN values never fire; metrics without a
-        rule are ignored.
+        """The hits of this rule on one run's scalars.
 
         Args:
-            metrics: ``{name: value}`` where the name ends with the metric (``"metric"``,
-                ``"method/metric"`` or ``"prefix/method/metric"``); values are floats or 0-dim tensors.
-            per_image: Optional ``{name: (N,) tensor}`` under the same names, to rank the probe images.
-                NaN entries are skipped (mark images that have no score, e.g. an empty mask, with NaN).
-                For ``shortcut_score`` pass each image's share in the shortcut region
-                (:attr:`cam_callbacks.metrics.drift.ShortcutReport.per_image`).
+            metrics: ``{name: value}`` where the name ends with the metric (``"metric"``, ``"method/metric"`` or
+                ``"prefix/method/metric"``); values are floats or 0-dim tensors. Other metrics are ignored.
+            per_image: Optional ``{name: (N,) tensor}`` under the same names, to rank the probe images (NaN entries
+                are skipped).
 
         Returns:
-            A list of :class:`AlarmHit`.
+            One :class:`AlarmHit` per method whose value is past the bound, in the order of ``metrics``.
         """
         if not isinstance(metrics, Mapping):
             raise ValueError(f"metrics must be a mapping {{name: value}}, got {type(metrics).__name__}")
         per_image = per_image or {}
-        rules = self.rules()
         hits: List[AlarmHit] = []
         for name, raw in metrics.items():
             method, metric = _split_name(name)
-            if metric not in rules:
+            if metric != self.metric:
                 continue
-            direction, threshold = rules[metric]
             value = float(raw)
-            if math.isnan(value):
-                continue
-            fired = value > threshold if direction == "max" else value < threshold
-            if not fired:
+            fired = value > self.bound if self.direction == "above" else value < self.bound
+            if math.isnan(value) or not fired:
                 continue
             worst: Tuple[int, ...] = ()
             if name in per_image:
-                worst = _worst(per_image[name], direction, self.top_k, name)
-            hits.append(AlarmHit(method, metric, value, threshold, "above" if direction == "max" else "below", worst))
+                worst = _worst(per_image[name], self.direction, self.top_k, name)
+            hits.append(AlarmHit(method, metric, value, self.bound, self.direction, worst))
         return hits
 
 
+@dataclass(frozen=True)
+class ShortcutAlarm:
+    """Fires for a class whose maps gather on one small region that the model relies on: the per-class rule.
+
+    Needs no mask. For each explained class (and each cluster of its maps,
+    :func:`~cam_callbacks.find_shortcuts`) the maps' agreement on one small place is scored (0: the maps move
+    with the content, 1: every map on one spot). A class fires when
+
+    1. its score is above ``score`` (``unmasked_score`` when the probe has no object masks: the score then
+       also counts the objects' own saliency),
+    2. the model is past guessing on it: probe accuracy at least ``min_accuracy`` or mean confidence at least
+       ``min_confidence`` (a model that has not learned the class yet is not flagged), and
+    3. (inside the callback, which can run the model) hiding the region lowers the class's probability by at
+       least ``min_occlusion_effect`` more than hiding the same area elsewhere.
+
+    The defaults and the benchmark that chose them are in ``benchmarks/README.md``.
+
+    Args:
+        score: Least score that makes a class a suspect, in [0, 1].
+        unmasked_score: The same bound for maps found without object masks (None: ``score``).
+        min_confidence: A suspect's class must have at least this mean probability of the explained class (None: not used).
+        min_accuracy: ... or at least this probe accuracy (None: not used; both None: every class counts as learned).
+        min_occlusion_effect: Least occlusion effect that confirms a suspect, in [-1, 1] (None: no confirmation).
+        clusters: Clusters of maps looked at inside each class (0 or 1: whole classes only).
+        min_consistency: Least mean pairwise correlation of a suspect's maps, in [-1, 1] (None: not used).
+        top_k: Probe images named per hit (``>= 0``).
+        stop: Stop training (as ``EarlyStopping`` does) when this alarm fires.
+
+    Example:
+        >>> ShortcutAlarm(score=0.2).score
+        0.2
+        >>> ShortcutAlarm(score=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: ShortcutAlarm: score must be None (off) or a number in [0, 1], got 1.5
+    """
+
+    score: float = 0.15
+    unmasked_score: Optional[float] = 0.4
+    min_confidence: Optional[float] = 0.8
+    min_accuracy: Optional[float] = None
+    min_occlusion_effect: Optional[float] = 0.1
+    clusters: int = 2
+    min_consistency: Optional[float] = None
+    top_k: int = 4
+    stop: bool = False
+
+    def __post_init__(self) -> None:
+        owner = "ShortcutAlarm"
+        if self.score is None:
+            raise ValueError(f"{owner}: score must be a number in [0, 1] (leave ShortcutAlarm out of alarm= to switch it off), got None")
+        _check_bound(owner, "score", self.score, 0.0, 1.0)
+        _check_bound(owner, "unmasked_score", self.unmasked_score, 0.0, 1.0)
+        _check_bound(owner, "min_confidence", self.min_confidence, 0.0, 1.0)
+        _check_bound(owner, "min_accuracy", self.min_accuracy, 0.0, 1.0)
+        _check_bound(owner, "min_occlusion_effect", self.min_occlusion_effect, -1.0, 1.0)
+        _check_bound(owner, "min_consistency", self.min_consistency, -1.0, 1.0)
+        _check_count(owner, "clusters", self.clusters)
+        _check_count(owner, "top_k", self.top_k)
+        _check_flag(owner, "stop", self.stop)
+
     def learned(self, candidate: ShortcutCandidate) -> bool:
-        """Whether the model is past guessing on the candidate's class: its probe accuracy is at least
-        ``min_class_accuracy`` or its mean confidence at least ``min_class_confidence`` (True when neither is known).
+        """Whether the model is past guessing on the candidate's class (True when neither bound is known).
 
         Confidence alone counts too, because a probe on which the cue does not follow the label makes a
         shortcut model confidently wrong.
         """
-        accuracy = math.nan if self.min_class_accuracy is None else candidate.accuracy
-        confidence = math.nan if self.min_class_confidence is None else candidate.confidence
+        accuracy = math.nan if self.min_accuracy is None else candidate.accuracy
+        confidence = math.nan if self.min_confidence is None else candidate.confidence
         if math.isnan(accuracy) and math.isnan(confidence):
             return True
-        return (not math.isnan(accuracy) and accuracy >= float(self.min_class_accuracy or 0.0)) or (
-            not math.isnan(confidence) and confidence >= float(self.min_class_confidence or 0.0)
-        )
+        accurate = not math.isnan(accuracy) and accuracy >= float(self.min_accuracy or 0.0)
+        confident = not math.isnan(confidence) and confidence >= float(self.min_confidence or 0.0)
+        return accurate or confident
 
-    def class_score_limit(self, candidate: ShortcutCandidate) -> float:
-        """The score a candidate must exceed: ``max_unmasked_class_shortcut_score`` (when set) without masks, else ``max_class_shortcut_score``."""
-        unmasked = math.isnan(candidate.outside_share) and self.max_unmasked_class_shortcut_score is not None
-        limit = self.max_unmasked_class_shortcut_score if unmasked else self.max_class_shortcut_score
-        return 1.0 if limit is None else float(limit)
+    def score_limit(self, candidate: ShortcutCandidate) -> float:
+        """The score a candidate must exceed: ``unmasked_score`` (when set) for maps found without masks, else ``score``."""
+        unmasked = math.isnan(candidate.outside_share) and self.unmasked_score is not None
+        return float(self.unmasked_score if unmasked else self.score)  # type: ignore[arg-type]
 
-    def shortcut_suspects(self, findings: ShortcutFindings) -> List[int]:
-        """Indices into ``findings.candidates`` of the best candidate of each class whose score is above
-        ``max_class_shortcut_score`` and whose class the model has learned (empty when the rule is off)."""
-        if self.max_class_shortcut_score is None:
-            return []
-        suspects: Dict[int, int] = {}
+    def suspects(self, findings: ShortcutFindings) -> List[int]:
+        """Indices into ``findings.candidates`` of the best candidate of each class that passes checks 1 and 2."""
+        chosen: Dict[int, int] = {}
         for index, candidate in enumerate(findings.candidates):  # highest score first
-            consistent = self.min_class_consistency is None or candidate.consistency >= self.min_class_consistency
-            if candidate.score > self.class_score_limit(candidate) and consistent and self.learned(candidate):
-                suspects.setdefault(candidate.class_index, index)
-        return list(suspects.values())
+            consistent = self.min_consistency is None or candidate.consistency >= self.min_consistency
+            if candidate.score > self.score_limit(candidate) and consistent and self.learned(candidate):
+                chosen.setdefault(candidate.class_index, index)
+        return list(chosen.values())
 
-    def evaluate_shortcuts(
-        self, method: str, findings: ShortcutFindings, effects: Optional[Mapping[int, float]] = None
-    ) -> List[AlarmHit]:
-        """Hits of the per-class rule: one per suspect class (see :meth:`shortcut_suspects`).
+    def evaluate(self, method: str, findings: ShortcutFindings, effects: Optional[Mapping[int, float]] = None) -> List[AlarmHit]:
+        """The hits of this rule for one method: one per suspect class that check 3 confirms.
 
         Args:
             method: The method name the hits carry.
-            findings: :func:`cam_callbacks.metrics.shortcuts.find_shortcuts` of the method's maps.
-            effects: ``{candidate index: occlusion effect}``
-                (:func:`cam_callbacks.engine.occlusion.occlusion_effect`) for the suspects; a suspect
-                without an effect (None: the model was not run) fires on its score alone; with
-                ``min_occlusion_effect`` set, one with a smaller effect does not fire.
+            findings: :func:`~cam_callbacks.find_shortcuts` of the method's maps.
+            effects: ``{candidate index: occlusion effect}`` for the suspects; None (the model was not run): a
+                suspect fires on checks 1 and 2 alone.
         """
         hits: List[AlarmHit] = []
-        for index in self.shortcut_suspects(findings):
+        for index in self.suspects(findings):
             candidate = findings.candidates[index]
             evidence = [("class size", float(candidate.class_size)), ("cluster size", float(candidate.size))]
-            evidence += [(name, value) for name, value in (
-                ("accuracy", candidate.accuracy), ("confidence", candidate.confidence),
-                ("consistency", candidate.consistency), ("outside objects", candidate.outside_share),
-            ) if not math.isnan(value)]  # fmt: skip
+            optional = (
+                ("accuracy", candidate.accuracy),
+                ("confidence", candidate.confidence),
+                ("consistency", candidate.consistency),
+                ("outside objects", candidate.outside_share),
+            )
+            evidence += [(name, value) for name, value in optional if not math.isnan(value)]
             effect = None if effects is None else effects.get(index)
             if effect is not None:
                 if self.min_occlusion_effect is not None and not effect >= self.min_occlusion_effect:
                     continue
                 evidence.append(("occlusion effect", float(effect)))
-            worst = tuple(int(i) for i in candidate.members[: self.top_k].tolist())
-            hits.append(AlarmHit(
-                method, "class_shortcut_score", candidate.score, self.class_score_limit(candidate), "above", worst,
-                candidate.class_index, candidate.box, tuple(evidence),
-            ))  # fmt: skip
+            hits.append(
+                AlarmHit(
+                    method=method,
+                    metric="class_shortcut_score",
+                    value=candidate.score,
+                    threshold=self.score_limit(candidate),
+                    direction="above",
+                    worst=tuple(int(i) for i in candidate.members[: self.top_k].tolist()),
+                    class_index=candidate.class_index,
+                    box=candidate.box,
+                    evidence=tuple(evidence),
+                )
+            )
         return hits
+
+
+#: One alarm policy: a bound on a metric, or the per-class shortcut rule.
+AlarmPolicy = Union[ThresholdAlarm, ShortcutAlarm]
+
+#: The alarm :class:`~cam_callbacks.CAMMonitor` checks by default.
+DEFAULT_ALARM: Tuple[AlarmPolicy, ...] = (
+    ThresholdAlarm("energy_in_nuisance_ratio", above=2.0),
+    ThresholdAlarm("shortcut_score", above=0.5),
+    ShortcutAlarm(),
+)
+
+
+def threshold_hits(
+    policies: Sequence[AlarmPolicy],
+    metrics: Mapping[str, float],
+    per_image: Optional[Mapping[str, Tensor]] = None,
+) -> List[AlarmHit]:
+    """The hits of every :class:`ThresholdAlarm` among ``policies`` on one run's scalars, in policy order."""
+    hits: List[AlarmHit] = []
+    for policy in policies:
+        if isinstance(policy, ThresholdAlarm):
+            hits.extend(policy.evaluate(metrics, per_image))
+    return hits
+
+
+def shortcut_policy(policies: Sequence[AlarmPolicy]) -> Optional[ShortcutAlarm]:
+    """The :class:`ShortcutAlarm` among ``policies`` (None when there is none)."""
+    found = [policy for policy in policies if isinstance(policy, ShortcutAlarm)]
+    return found[0] if found else None
+
+
+def stops_training(policies: Sequence[AlarmPolicy], hits: Sequence[AlarmHit]) -> bool:
+    """Whether a hit comes from a policy with ``stop=True``."""
+    stopping_metrics = {policy.metric for policy in policies if isinstance(policy, ThresholdAlarm) and policy.stop}
+    shortcut = shortcut_policy(policies)
+    for hit in hits:
+        if hit.class_index is not None and hit.metric == "class_shortcut_score":
+            if shortcut is not None and shortcut.stop:
+                return True
+        elif hit.metric in stopping_metrics:
+            return True
+    return False
 
 
 def _split_name(name: str) -> Tuple[str, str]:
@@ -382,7 +407,7 @@ def _worst(values: Tensor, direction: str, k: int, name: str) -> Tuple[int, ...]
         return ()
     values = values.detach().double().cpu()
     index = (~torch.isnan(values)).nonzero().flatten()
-    ordered = values[index].argsort(descending=direction == "max", stable=True)
+    ordered = values[index].argsort(descending=direction == "above", stable=True)
     return tuple(int(i) for i in index[ordered[:k]])
 
 
@@ -426,23 +451,34 @@ def format_alarm(hits: Sequence[AlarmHit], title: str = "CAM alarm") -> str:
 
 
 class AlarmState:
-    """Which rules are firing now, so that a person is told when the alarm fires, changes or clears (not every epoch).
+    """Which rules are firing now, so that a person is told when the alarm fires, changes or clears (not every run).
 
-    Example::
+    A firing rule is keyed by ``(method, metric, class)``: the per-class rule moving from one class to
+    another is a change, and is told.
 
+    Example:
         >>> state = AlarmState()
         >>> hit = AlarmHit("gradcam", "shortcut_score", 0.9, 0.5, "above")
         >>> state.update([hit]), state.update([hit]), state.update([])
         ('fired', None, 'cleared')
+        >>> one = AlarmHit("gradcam", "class_shortcut_score", 0.6, 0.15, "above", class_index=1)
+        >>> other = AlarmHit("gradcam", "class_shortcut_score", 0.6, 0.15, "above", class_index=2)
+        >>> state.update([one]), state.update([other])
+        ('fired', 'fired')
     """
 
     def __init__(self) -> None:
-        self.active: Tuple[Tuple[str, str], ...] = ()
+        self.active: Tuple[Tuple[str, str, int], ...] = ()
+
+    @staticmethod
+    def key(hit: AlarmHit) -> Tuple[str, str, int]:
+        """``(method, metric, class)`` of a hit; class -1 when the hit is not about one class."""
+        return (hit.method, hit.metric, -1 if hit.class_index is None else int(hit.class_index))
 
     def update(self, hits: Sequence[AlarmHit]) -> Optional[str]:
         """Record this run's hits; ``"fired"`` when they differ from the last run's and are not empty,
         ``"cleared"`` when the alarm stopped, else None."""
-        now = tuple((hit.method, hit.metric) for hit in hits)
+        now = tuple(sorted(set(self.key(hit) for hit in hits)))
         previous, self.active = self.active, now
         if now and now != previous:
             return "fired"
@@ -450,11 +486,16 @@ class AlarmState:
             return "cleared"
         return None
 
-    def state_dict(self) -> Dict[str, List[List[str]]]:
-        """The firing rules as ``[method, metric]`` pairs."""
-        return {"alarm_state": [list(pair) for pair in self.active]}
+    def state_dict(self) -> Dict[str, List[List[object]]]:
+        """The firing rules as ``[method, metric, class]`` triples."""
+        return {"alarm_state": [list(key) for key in self.active]}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore :meth:`state_dict`."""
-        pairs = state.get("alarm_state", ()) or ()
-        self.active = tuple((str(method), str(metric)) for method, metric in pairs)  # type: ignore[attr-defined]
+        """Restore :meth:`state_dict` (entries of older versions, ``[method, metric]`` pairs, get class -1)."""
+        entries = state.get("alarm_state", ()) or ()
+        active = []
+        for entry in entries:  # type: ignore[attr-defined]
+            values = list(entry)
+            klass = int(values[2]) if len(values) > 2 else -1
+            active.append((str(values[0]), str(values[1]), klass))
+        self.active = tuple(sorted(active))

@@ -19,6 +19,7 @@ from cam_callbacks.render.grids import Caption, captioned_grid, evolution_grid, 
 from cam_callbacks.render.images import to_display
 from cam_callbacks.render.legend import NUISANCE_COLOR, OBJECT_COLOR, with_legend
 from cam_callbacks.render.shortcuts import shortcut_tiles
+from cam_callbacks.render.style import ImageStyle
 from cam_callbacks.utils.types import Probability
 
 __all__ = [
@@ -36,18 +37,6 @@ class ProbeView(NamedTuple):
     nuisance: Optional[Tensor]
     image_index: Tensor
     probability: Probability
-
-
-class ImageStyle(NamedTuple):
-    """How images are drawn: rows shown, labels with a grid (multi-label), un-normalisation, overlay look."""
-
-    max_images: int = 16
-    max_labels: int = 4
-    mean: Optional[Sequence[float]] = None
-    std: Optional[Sequence[float]] = None
-    overlay_alpha: float = 0.5
-    colormap: str = "jet"
-    per_row: int = 2
 
 
 #: Rows of the evolution strip (the first probe rows).
@@ -129,7 +118,7 @@ def rows_grid(view: ProbeView, explanation: Explanation, method: str, analysis: 
     score, score_name = _row_score(method, analysis, view, info)
     outlines = [(color, name) for regions, color, name in ((view.masks, OBJECT_COLOR, "object"), (view.nuisance, NUISANCE_COLOR, "nuisance"))
                 if regions is not None]  # fmt: skip
-    display = to_display(view.images[rows], style.mean, style.std)
+    display = to_display(view.images[rows], style.mean_values, style.std_values)
     captions = probe_captions(view, explanation, rows, score, score_name, info.class_names)
     masks = None if view.masks is None else view.masks[rows]
     nuisance = None if view.nuisance is None else view.nuisance[rows]
@@ -172,7 +161,8 @@ def evolution_image(view: ProbeView, method: str, style: ImageStyle, info: RunIn
     rows = torch.arange(min(EVOLUTION_ROWS, view.images.shape[0]))
     labels = view.targets if view.targets is not None and view.probability == "softmax" else None
     names = [f"#{int(view.image_index[r])}" + (f" {class_name(int(labels[r]), info.class_names)}" if labels is not None else "") for r in rows]
-    grid = evolution_grid(to_display(view.images[rows], style.mean, style.std), info.strip.columns(method), names, style.overlay_alpha, style.colormap)
+    originals = to_display(view.images[rows], style.mean_values, style.std_values)
+    grid = evolution_grid(originals, info.strip.columns(method), names, style.overlay_alpha, style.colormap)
     return with_legend(grid, style.colormap, GRID_LABEL)
 
 
