@@ -62,7 +62,7 @@ def fit(args: argparse.Namespace, with_callback: bool, logdir: str) -> Dict[str,
     callbacks: List[pl.Callback] = []
     totals: Dict[str, float] = {}
     if with_callback:
-        monitor = CAMMonitor(methods=args.methods, target_layer=model.last_block, mean=SHAPES_MEAN, std=SHAPES_STD)
+        monitor = CAMMonitor(methods=args.methods, target_layer=model.last_block, style=ImageStyle(mean=SHAPES_MEAN, std=SHAPES_STD))
         callbacks += [monitor, _PhaseTotals(monitor, totals)]
     trainer = pl.Trainer(
         max_epochs=args.max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, enable_checkpointing=False,

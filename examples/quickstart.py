@@ -51,13 +51,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-epochs", type=int, default=6)
     args = parser.parse_args()
 
-    monitor = cc.CAMMonitor(
-        methods=["gradcam", "gradcampp"],  # any of cc.available_methods()
-        target_layer="features",  # a module of your LightningModule, by dotted name: the last conv layers
-        num_probe=16,  # the first 16 validation images, explained after every validation epoch
-        mean=SHAPES_MEAN,  # how the images were normalised, to show them in real colours
-        std=SHAPES_STD,
-    )
+    monitor = cc.CAMMonitor(methods=["gradcam", "gradcampp"], target_layer="features", probe=16, style=cc.ImageStyle(mean=SHAPES_MEAN, std=SHAPES_STD))
     logger = pl.loggers.TensorBoardLogger(args.logdir, name="quickstart")
     trainer = pl.Trainer(max_epochs=args.max_epochs, callbacks=[monitor], logger=logger, log_every_n_steps=10)
     torch.set_num_threads(1)  # plenty for this tiny CNN; avoids thread contention on small shared CPUs

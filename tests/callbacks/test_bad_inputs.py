@@ -144,10 +144,10 @@ def test_bad_argument_fails_at_construction(error, kwargs, message):
 
 
 def test_good_display_and_budget_values_are_accepted_and_normalised():
-    monitor = cc.CAMMonitor(mean=torch.tensor([0.5, 0.4, 0.3]), std=(1, 2, 3), overlay_alpha=torch.tensor(0.25), budget=1)
+    monitor = cc.CAMMonitor(budget=1, style=cc.ImageStyle(mean=torch.tensor([0.5, 0.4, 0.3]), std=(1, 2, 3), overlay_alpha=torch.tensor(0.25)))
     assert monitor.mean == pytest.approx([0.5, 0.4, 0.3]) and monitor.std == [1.0, 2.0, 3.0]
     assert monitor.overlay_alpha == 0.25
-    assert cc.CAMMonitor(mean=[0.5], std=[0.25, 0.25, 0.25]).mean == [0.5]  # one value for every channel
+    assert cc.CAMMonitor(style=cc.ImageStyle(mean=[0.5], std=[0.25, 0.25, 0.25])).mean == [0.5]  # one value for every channel
     assert cc.CAMMonitor(methods="gradcam", budget=None).methods == ["gradcam"]
     assert cc.CAMMonitor(methods=("gradcam", "layercam")).methods == ["gradcam", "layercam"]
 

@@ -15,7 +15,7 @@ from matplotlib import image as mpimg
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import CSVLogger
 from tensorboard.plugins.custom_scalar import layout_pb2
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import cam_callbacks as cc
 from cam_callbacks.methods import register_method, unregister_method
@@ -37,7 +37,7 @@ def _fit(tmp_path, monitor, max_epochs=2, seed=7, **kwargs):
 
 def test_fit_logs_grids_scalars_layout_and_callback_metrics(tmp_path):
     methods = ["gradcam", "gradcampp", "cam"]
-    monitor = cc.CAMMonitor(methods=methods, num_probe=8, every_n_epochs=1)
+    monitor = cc.CAMMonitor(methods=methods, probe=8, every_n_epochs=1)
     model, t = _fit(tmp_path, monitor, max_epochs=3)
     events = read_events(tmp_path)
     # x-axis: the step Lightning logs val_loss at (6 training batches per epoch: 5, 11, 17), so the curves line up
@@ -70,7 +70,7 @@ def test_fit_logs_grids_scalars_layout_and_callback_metrics(tmp_path):
 
 
 def test_probe_is_first_samples_of_val_dataset_and_fixed(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=5)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=5)
     _, t = _fit(tmp_path, monitor, max_epochs=2)
     xv, yv = make_data(16, seed=1)
     assert torch.equal(monitor.probe.images, xv[:5])
@@ -84,7 +84,7 @@ def test_grid_cells_show_originals_in_real_colours_beside_overlays_in_probe_orde
     originals = torch.rand(4, 3, 16, 16, generator=g)
     normalised = (originals - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     labels = torch.tensor([0, 1, 2, 0])
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, labels), mean=mean, std=std, max_images=4)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, labels), style=cc.ImageStyle(mean=mean, std=std, max_images=4))
     _fit(tmp_path, monitor, max_epochs=2)
     for event in read_events(tmp_path)["image_data"]["cam/gradcam/grid"]:  # the same image in the same place at every step
         grid = mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")[..., :3]
@@ -101,7 +101,7 @@ def test_grid_cells_show_originals_in_real_colours_beside_overlays_in_probe_orde
 
 def test_invisible_to_training_bit_identical_weights(tmp_path):
     baseline, _ = _fit(tmp_path / "a", None, max_epochs=2)
-    monitor = cc.CAMMonitor(methods=["gradcam", "gradcampp", "cam", "layercam"], num_probe=8)
+    monitor = cc.CAMMonitor(methods=["gradcam", "gradcampp", "cam", "layercam"], probe=8)
     watched, t = _fit(tmp_path / "b", monitor, max_epochs=2)
     assert "cam/gradcam/adcc" in t.callback_metrics
     for (name, a), (_, b) in zip(baseline.state_dict().items(), watched.state_dict().items()):
@@ -112,7 +112,7 @@ def test_invisible_with_gradient_accumulation_and_mid_epoch_validation(tmp_path)
     # 6 training batches per epoch, validation after batch 3: in the middle of a 2-batch accumulation
     options = dict(accumulate_grad_batches=2, val_check_interval=0.5)
     baseline, _ = _fit(tmp_path / "a", None, max_epochs=2, **options)
-    monitor = cc.CAMMonitor(methods=["gradcam", "hirescam"], num_probe=8)
+    monitor = cc.CAMMonitor(methods=["gradcam", "hirescam"], probe=8)
     watched, t = _fit(tmp_path / "b", monitor, max_epochs=2, **options)
     for (name, a), (_, b) in zip(baseline.state_dict().items(), watched.state_dict().items()):
         assert torch.equal(a, b), name
@@ -126,7 +126,7 @@ def test_validate_runs_in_inference_mode(tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
     _, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam", "xgradcam"], num_probe=6)
+    monitor = cc.CAMMonitor(methods=["gradcam", "xgradcam"], probe=6)
     t = trainer(tmp_path, [monitor])
     assert t.validate(model, val, verbose=False)
     for method in ["gradcam", "xgradcam"]:
@@ -135,7 +135,7 @@ def test_validate_runs_in_inference_mode(tmp_path):
 
 
 def test_every_n_epochs(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4, every_n_epochs=2, step="epoch")
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=4, every_n_epochs=2, step="epoch")
     _fit(tmp_path, monitor, max_epochs=4)
     events = read_events(tmp_path)
     assert sorted(events["images"]["cam/gradcam/grid"]) == [1, 3]
@@ -143,7 +143,7 @@ def test_every_n_epochs(tmp_path):
 
 
 def test_early_stopping_can_monitor_adcc(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=4)
     stopper = EarlyStopping(monitor="cam/gradcam/adcc", mode="max", patience=50, strict=True)
     pl.seed_everything(0)
     model = TinyNet()
@@ -159,7 +159,7 @@ def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     originals = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     normalised = (originals - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, torch.tensor([0, 1, 2, 0])), mean=mean, std=std, step="epoch")
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(normalised, torch.tensor([0, 1, 2, 0])), step="epoch", style=cc.ImageStyle(mean=mean, std=std))
     logger = CSVLogger(str(tmp_path), name="csv")
     _fit(tmp_path, monitor, max_epochs=2, logger=logger)
     with open(glob.glob(os.path.join(str(tmp_path), "csv", "**", "metrics.csv"), recursive=True)[0]) as handle:
@@ -177,13 +177,13 @@ def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
 
 
 def test_without_any_logger_pngs_go_to_the_root_dir_and_tensorboard_beside_csv_gets_images(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=4)
     _fit(tmp_path / "none", monitor, max_epochs=1, logger=False)
     assert os.path.exists(os.path.join(str(tmp_path / "none"), "cam", "gradcam", "grid_epoch=0000.png"))
     from pytorch_lightning.loggers import TensorBoardLogger
 
     loggers = [TensorBoardLogger(str(tmp_path / "both"), name="tb"), CSVLogger(str(tmp_path / "both"), name="csv")]
-    _fit(tmp_path / "both", cc.CAMMonitor(methods=["gradcam"], num_probe=4), max_epochs=1, logger=loggers)
+    _fit(tmp_path / "both", cc.CAMMonitor(methods=["gradcam"], probe=4), max_epochs=1, logger=loggers)
     assert read_events(tmp_path / "both" / "tb")["images"]["cam/gradcam/grid"] == [5]  # 6 batches: Lightning's step 5
     assert os.path.exists(os.path.join(loggers[1].log_dir, "cam", "gradcam", "grid_epoch=0000.png"))
     assert not glob.glob(os.path.join(str(tmp_path / "both" / "tb"), "**", "*.png"), recursive=True)
@@ -205,7 +205,7 @@ class _LazyDataModel(TinyNet):
 
 
 def test_probe_from_dataloader_built_in_module_setup(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=3, target_layer="features.5")
+    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features.5", probe=3)
     model = _LazyDataModel()
     trainer(tmp_path, [monitor], max_epochs=1).fit(model)
     assert torch.equal(monitor.probe.images, make_data(16, seed=1)[0][:3])
@@ -224,7 +224,7 @@ def test_exception_inside_a_method_restores_hooks_modes_and_grads(tmp_path):
 
     try:
         # on_error="raise": the error reaches fit (the default, "warn", reports it and trains on: tests/callbacks/test_faults.py)
-        monitor = cc.CAMMonitor(methods=["gradcam", "boom_during_test"], num_probe=4, on_error="raise")
+        monitor = cc.CAMMonitor(methods=["gradcam", "boom_during_test"], probe=4, on_error="raise")
         pl.seed_everything(0)
         model = TinyNet()
         train, val = loaders()
@@ -337,7 +337,7 @@ def test_every_tensorboard_logger_gets_grids_and_scalars(tmp_path):
 
     first = TensorBoardLogger(str(tmp_path), name="first")
     second = TensorBoardLogger(str(tmp_path), name="second")
-    _fit(tmp_path, cc.CAMMonitor(methods=["layercam"], num_probe=4, step="epoch"), max_epochs=2, logger=[first, second])
+    _fit(tmp_path, cc.CAMMonitor(methods=["layercam"], probe=4, step="epoch"), max_epochs=2, logger=[first, second])
     for name in ("first", "second"):
         events = read_events(tmp_path / name)
         assert sorted(events["images"]["cam/layercam/grid"]) == [0, 1]
@@ -346,7 +346,7 @@ def test_every_tensorboard_logger_gets_grids_and_scalars(tmp_path):
 
 def test_probe_from_dataset_and_prediction_targets(tmp_path):
     xv, yv = make_data(10, seed=5)
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=TensorDataset(xv, yv), num_probe=6, target="prediction")
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=Subset(TensorDataset(xv, yv), range(6)), target="prediction")
     model, t = _fit(tmp_path, monitor, max_epochs=1)
     assert torch.equal(monitor.probe.images, xv[:6]) and torch.equal(monitor.probe.labels, yv[:6])
     # target="prediction": the maps explain the top-1 class, not the label

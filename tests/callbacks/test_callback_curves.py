@@ -16,7 +16,7 @@ def test_curves_are_logged_and_equal_the_functional_api(tmp_path):
     pl.seed_everything(7)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4, faithfulness=False, curves=("deletion_auc", "insertion_auc", "road"), budget=None)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=4, metrics=("deletion_auc", "insertion_auc", "road"), budget=None)
     trained = trainer(tmp_path, [monitor], max_epochs=2)
     trained.fit(model, train, val)
     events = read_events(tmp_path)
@@ -44,5 +44,5 @@ def test_bad_curves_refused_at_construction(curves, error, message):
 
 
 def test_curves_off_by_default():
-    assert cc.CAMMonitor().curves is None and cc.CAMMonitor(curves=()).curves is None
-    assert cc.CAMMonitor(curves="road").curves.metrics == ("road",)
+    assert cc.CAMMonitor().curves is None and cc.CAMMonitor().curves is None
+    assert cc.CAMMonitor(metrics=("faithfulness", "road")).curves.metrics == ("road",)

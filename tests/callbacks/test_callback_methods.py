@@ -31,9 +31,7 @@ def test_registry_holds_every_method_of_the_seeds():
 @pytest.mark.slow
 def test_every_method_on_a_short_fit_is_logged_and_invisible_to_training(tmp_path):
     baseline, _ = _fit(tmp_path / "a", [], max_epochs=2)
-    monitor = cc.CAMMonitor(
-        methods=EVERY_METHOD, num_probe=6, method_options={"reciprocam": {"gaussian": True}}, budget=None, step="epoch"
-    )  # budget=None: every method at every epoch (on this toy model the expensive ones would be slowed down)
+    monitor = cc.CAMMonitor(methods=EVERY_METHOD, probe=6, budget=None, step="epoch", explain_options=cc.ExplainOptions(method_options={"reciprocam": {"gaussian": True}}))  # budget=None: every method at every epoch (on this toy model the expensive ones would be slowed down)
     watched, t = _fit(tmp_path / "b", [monitor], max_epochs=2)
     for (name, a), (_, b) in zip(baseline.state_dict().items(), watched.state_dict().items()):
         assert torch.equal(a, b), name
@@ -57,9 +55,7 @@ def test_every_method_on_a_short_fit_is_logged_and_invisible_to_training(tmp_pat
 
 
 def test_smoothing_and_fused_layers_through_the_callback(tmp_path):
-    monitor = cc.CAMMonitor(
-        methods=["gradcam", "saliency"], num_probe=4, target_layer=["features.2", "features.6"], smooth="aug", smooth_scales=(1.0,), step="epoch"
-    )
+    monitor = cc.CAMMonitor(methods=["gradcam", "saliency"], target_layer=["features.2", "features.6"], probe=4, step="epoch", explain_options=cc.ExplainOptions(smooth="aug", smooth_scales=(1.0,)))
     model, t = _fit(tmp_path, [monitor], max_epochs=1)
     assert monitor.layer_name == "features.2+features.6"
     direct = cc.faithfulness(

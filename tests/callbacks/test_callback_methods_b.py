@@ -27,7 +27,7 @@ def _fit(tmp_path, callbacks):
 @pytest.mark.slow
 def test_new_methods_through_the_callback_are_logged_and_invisible_to_training(tmp_path):
     baseline, _ = _fit(tmp_path / "a", [])
-    monitor = cc.CAMMonitor(methods=METHODS, num_probe=4, method_options=OPTIONS, budget=None)
+    monitor = cc.CAMMonitor(methods=METHODS, probe=4, budget=None, explain_options=cc.ExplainOptions(method_options=OPTIONS))
     watched, t = _fit(tmp_path / "b", [monitor])
     for (name, a), (_, b) in zip(baseline.state_dict().items(), watched.state_dict().items()):
         assert torch.equal(a, b), name
@@ -55,4 +55,4 @@ def test_new_methods_through_the_callback_are_logged_and_invisible_to_training(t
 )
 def test_bad_option_values_are_refused_at_construction(method, options, message):
     with pytest.raises(ValueError, match=message):
-        cc.CAMMonitor(methods=[method], method_options={method: options})
+        cc.CAMMonitor(methods=[method], explain_options=cc.ExplainOptions(method_options={method: options}))

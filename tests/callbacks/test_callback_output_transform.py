@@ -42,7 +42,7 @@ def _fit(tmp_path, monitor, steps=None):
 
 
 def test_a_dict_output_is_explained_with_output_transform(tmp_path):
-    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=4, output_transform="logits", budget=None)
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=4, budget=None, explain_options=cc.ExplainOptions(output_transform="logits"))
     t = _fit(tmp_path, monitor)
     for method in ("gradcam", "reciprocam"):
         assert torch.isfinite(t.callback_metrics[f"cam/{method}/adcc"])
@@ -54,7 +54,7 @@ def test_a_dict_output_is_explained_with_output_transform(tmp_path):
 def test_the_bad_image_screening_takes_the_logits_from_the_output(tmp_path):
     images, labels = make_data(4, seed=3)
     images[3, 0, 0, 0] = 1000.0  # the model raises on this image (not among the two of the dry run)
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels), output_transform="logits", budget=None)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels), budget=None, explain_options=cc.ExplainOptions(output_transform="logits"))
     t = _fit(tmp_path, monitor)
     assert list(monitor.skipped_images) == [3] and "a marked image" in monitor.skipped_images[3]
     assert torch.isfinite(t.callback_metrics["cam/gradcam/adcc"])
@@ -69,10 +69,10 @@ def test_without_output_transform_the_setup_error_suggests_it(tmp_path):
 
     message = r"CAMMonitor: the model returned a dict with keys \['logits', 'features'\] .* pass output_transform='logits'"
     with pytest.raises(ValueError, match=message):
-        _fit(tmp_path, cc.CAMMonitor(methods=["gradcam"], num_probe=4), Count())
+        _fit(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=4), Count())
     assert calls["n"] == 0
 
 
 def test_a_bad_output_transform_is_refused_at_construction():
     with pytest.raises(TypeError, match=r"output_transform must be None .* got float 0\.5"):
-        cc.CAMMonitor(output_transform=0.5)  # type: ignore[arg-type]
+        cc.CAMMonitor(explain_options=cc.ExplainOptions(output_transform=0.5))  # type: ignore[arg-type]

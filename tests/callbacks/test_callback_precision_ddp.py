@@ -27,7 +27,7 @@ def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
     pl.seed_everything(0)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=METHODS, num_probe=8, alarm=None, budget=None)
+    monitor = cc.CAMMonitor(methods=METHODS, probe=8, alarm=None, budget=None)
     t = trainer(tmp_path, [monitor], max_epochs=2, precision=precision)
     t.fit(model, train, val)
     for method in METHODS:
@@ -61,21 +61,21 @@ def test_precision_32_ignores_autocast(tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=6, precision="32", alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=6, alarm=None, explain_options=cc.ExplainOptions(precision="32"))
     t = trainer(tmp_path, [monitor], max_epochs=1, precision="bf16-mixed")
     t.fit(model, train, val)
     full, _ = monitor.compute(model)
     direct = cc.faithfulness(model, monitor.probe.images, "reciprocam", "features", targets=monitor.probe.labels)
     assert float(t.callback_metrics["cam/reciprocam/adcc"]) == pytest.approx(direct["adcc"], abs=1e-4)
     with pytest.raises(ValueError, match=r"precision='16'.*\['auto', '32'\]"):
-        cc.CAMMonitor(precision="16")
+        cc.CAMMonitor(explain_options=cc.ExplainOptions(precision="16"))
 
 
 def test_channels_last_model(tmp_path):
     pl.seed_everything(0)
     model = TinyNet().to(memory_format=torch.channels_last)
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam", "scorecam", "ablationcam", "reciprocam"], num_probe=6, alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam", "scorecam", "ablationcam", "reciprocam"], probe=6, alarm=None)
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, train, val)
     contiguous = TinyNet()

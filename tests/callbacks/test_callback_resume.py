@@ -48,8 +48,8 @@ def _run(tmp_path, monitor, max_epochs, ckpt_path=None, saved=None):
 
 def test_resume_continues_curves_and_drift_history(tmp_path):
     saved = {}
-    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], num_probe=6, step="epoch"), max_epochs=2, saved=saved)
-    resumed = cc.CAMMonitor(methods=["gradcam"], num_probe=6, step="epoch")
+    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=2, saved=saved)
+    resumed = cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch")
     t = _run(tmp_path, resumed, max_epochs=4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), saved=saved)
     scalars = read_events(tmp_path / "tb")["scalars"]
     for tag in ["cam/gradcam/adcc", "cam/gradcam/shortcut_score", "cam/alarm"]:
@@ -65,8 +65,8 @@ def test_resume_continues_curves_and_drift_history(tmp_path):
 
 
 def test_changed_probe_set_is_reported_and_history_restarts(tmp_path):
-    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], num_probe=6, step="epoch"), max_epochs=1)
-    changed = cc.CAMMonitor(methods=["gradcam"], num_probe=5, step="epoch")  # other probe images than in the checkpoint
+    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=1)
+    changed = cc.CAMMonitor(methods=["gradcam"], probe=5, step="epoch")  # other probe images than in the checkpoint
     with pytest.warns(UserWarning, match="probe set differs from the one in the checkpoint"):
         _run(tmp_path, changed, max_epochs=3, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     drift = dict(read_events(tmp_path / "tb")["scalars"]["cam/gradcam/drift_prev"])

@@ -215,7 +215,7 @@ def test_fifty_validations_keep_memory_objects_and_caches_flat(tmp_path):
     # every method, every run; no report: trainer.validate() writes one per call (its matplotlib charts of the growing
     # history cost ~2 s a call here, 50 calls ~110 s of this test); the report keeps one dict of scalars per run and at
     # most MAX_ALARMS alarm records (callbacks/report.py), and the 25-epoch fit below runs with it
-    monitor = cc.CAMMonitor(methods=METHODS, num_probe=4, faithfulness=True, budget=None, report=False)
+    monitor = cc.CAMMonitor(methods=METHODS, probe=4, budget=None, report=False)
     ran: List[float] = []
 
     class Spy(pl.Callback):  # after the monitor: sees each run's own timing scalar
@@ -278,7 +278,7 @@ def test_twenty_five_epochs_of_fit_keep_objects_and_tensors_flat(tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
     train, val = loaders(n_train=16, n_val=8)
-    monitor = cc.CAMMonitor(methods=METHODS, num_probe=4, budget=None)  # every method every epoch: the worst case
+    monitor = cc.CAMMonitor(methods=METHODS, probe=4, budget=None)  # every method every epoch: the worst case
     t = trainer(tmp_path, [monitor, Measure()], max_epochs=25, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0)
     t.fit(model, train, val)
     print("epoch: (objects, tensors, rss MB)", counts)
@@ -317,7 +317,7 @@ def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
         pl.seed_everything(trial)
         model = TinyNet()
         _, val = loaders(n_val=8)
-        monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=4)
+        monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=4)
         t = trainer(tmp_path / str(trial), [monitor])
         t.validate(model, val, verbose=False)
         refs.append(weakref.ref(model))
@@ -388,7 +388,7 @@ def _interrupt_model() -> nn.Module:
 def _ready_monitor(tmp_path, model: nn.Module, methods=tuple(METHODS)) -> cc.CAMMonitor:
     """A monitor that has run once in a real ``trainer.validate`` (probe taken, layer resolved, caches filled)."""
     images, labels = make_data(3, seed=4)
-    monitor = cc.CAMMonitor(methods=list(methods), probe=(images, labels), batch_size=2, perturbation_batch=4)
+    monitor = cc.CAMMonitor(methods=list(methods), probe=(images, labels), explain_options=cc.ExplainOptions(batch_size=2, perturbation_batch=4))
     _, val = loaders(n_val=4)
     training = {name: m.training for name, m in model.named_modules()}
     trainer(tmp_path, [monitor]).validate(model, val, verbose=False)
@@ -516,7 +516,7 @@ def test_ctrl_c_during_the_callback_in_fit(tmp_path):
         pl.seed_everything(0)
         model = TinyNet()
         train, val = loaders(n_train=16, n_val=8)
-        monitor = cc.CAMMonitor(methods=["guidedbackprop", "reciprocam", name], num_probe=4)
+        monitor = cc.CAMMonitor(methods=["guidedbackprop", "reciprocam", name], probe=4)
         t = trainer(tmp_path, [Snapshot(), monitor], max_epochs=2, num_sanity_val_steps=0, limit_train_batches=2)
         with pytest.raises(SystemExit):
             t.fit(model, train, val)
@@ -653,7 +653,7 @@ class TestTorchCompile:
         pl.seed_everything(0)
         model = _CompiledSubmoduleNet("aot_eager")
         train, val = loaders(n_train=16, n_val=8)
-        monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=4)
+        monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=4)
         t = trainer(tmp_path, [monitor], max_epochs=1, limit_train_batches=2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

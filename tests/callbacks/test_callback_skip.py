@@ -60,7 +60,7 @@ def test_an_error_that_is_not_about_images_still_raises(tmp_path):
     pl.seed_everything(0)
     model = Broken()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4, alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=4, alarm=None)
     t = trainer(tmp_path, [monitor], max_epochs=1, num_sanity_val_steps=0)
     t.fit(model, train, val)
     model.armed = True

@@ -84,7 +84,7 @@ def _np_energy(maps, masks):
 
 def test_localisation_metrics_logged_and_equal_to_numpy_on_explain_maps(tmp_path):
     images, labels, masks, nuisance = corner_probe()
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, alarm=None, step="epoch")
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), metrics=(), alarm=None, step="epoch")
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, _train_loader(), DataLoader(TensorDataset(images, labels), batch_size=3))
@@ -111,7 +111,7 @@ def test_localisation_metrics_logged_and_equal_to_numpy_on_explain_maps(tmp_path
 
 def test_alarm_fires_warns_writes_text_and_can_stop_training(tmp_path):
     images, labels, masks, nuisance = corner_probe()
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, stop_on_alarm=True, step="epoch")
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), metrics=(), alarm=[cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0, stop=True), cc.ThresholdAlarm("shortcut_score", above=0.5, stop=True), cc.ShortcutAlarm(stop=True)], step="epoch")
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=5)
     with pytest.warns(UserWarning, match=r"CAMMonitor alarm at epoch 0: .*gradcam.*energy_in_nuisance_ratio"):
@@ -134,7 +134,7 @@ def test_no_alarm_without_the_cue(tmp_path):
     images, labels, masks, nuisance = corner_probe()
     images[:, 0, :4, :4] = 0.05  # no bright corner: the red channel is dim noise everywhere
     images[:, 0, 8:14, 8:14] = 5.0  # the object is red instead
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), metrics=())
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=2)
     with warnings.catch_warnings():
@@ -160,7 +160,7 @@ def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
             if not trainer.sanity_checking:
                 saved.append(cc.explain(pl_module, monitor.probe.images, "gradcam", "features", targets=monitor.probe.labels))
 
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=8, faithfulness=False, step="epoch")
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=8, metrics=(), step="epoch")
     t = trainer(tmp_path, [monitor, Save()], max_epochs=3)
     t.fit(model, train, val)
 
@@ -182,7 +182,7 @@ def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
 def test_grid_keeps_probe_order_worst_puts_worst_first_and_both_outline_the_regions(tmp_path):
     images, labels, masks, nuisance = corner_probe(4)
     images[:, 0, :4, :4] = torch.tensor([0.2, 5.0, 0.2, 0.2]).view(4, 1, 1)  # only image 1 shows the bright cue
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), faithfulness=False, alarm=None, max_images=4)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), metrics=(), alarm=None, style=cc.ImageStyle(max_images=4))
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, _train_loader(), DataLoader(TensorDataset(images, labels), batch_size=4))
@@ -239,7 +239,7 @@ def test_multilabel_probe_one_map_per_positive_label(tmp_path):
     images = torch.randn(6, 3, SIZE, SIZE, generator=g)
     multi_hot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
     model = SigmoidNet()
-    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=(images, multi_hot), max_labels=2, alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=(images, multi_hot), alarm=None, style=cc.ImageStyle(max_labels=2))
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, DataLoader(TensorDataset(images, multi_hot), batch_size=3), DataLoader(TensorDataset(images, multi_hot), batch_size=3))
     direct = cc.faithfulness(model, images, "reciprocam", "features", targets=multi_hot)
@@ -255,7 +255,7 @@ def test_multilabel_probe_one_map_per_positive_label(tmp_path):
 def test_probe_with_masks_from_a_dataset(tmp_path):
     images, labels, masks, nuisance = corner_probe(6)
     dataset = TensorDataset(images, labels, masks, nuisance)
-    monitor = cc.CAMMonitor(methods=["gradcam"], faithfulness=False, num_probe=5, alarm=None)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=5, metrics=(), alarm=None)
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=1)
     t.fit(model, _train_loader(), DataLoader(dataset, batch_size=3))
@@ -279,7 +279,7 @@ def test_bad_probe_masks_and_labels(probe, message):
 def test_bad_alarm_argument():
     with pytest.raises(TypeError, match="alarm must be an AlarmRule or None"):
         cc.CAMMonitor(alarm={"max_shortcut_score": 0.5})
-    assert cc.CAMMonitor(alarm=AlarmRule(max_shortcut_score=None)).alarm.rules()["energy_in_nuisance_ratio"] == ("max", 2.0)
+    assert cc.CAMMonitor(alarm=[cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0), cc.ShortcutAlarm()]).alarm.rules()["energy_in_nuisance_ratio"] == ("max", 2.0)
 
 
 def test_shortcut_score_ignores_objects_at_a_fixed_place_when_masks_are_given():

@@ -244,7 +244,7 @@ def test_keyboard_interrupt_in_a_method_is_not_swallowed(tmp_path: Any) -> None:
 def test_a_monitor_reused_in_a_new_trainer_starts_afresh(tmp_path: Any) -> None:
     """Before: the second fit skipped its epoch 0 (the last run was 'fit, epoch 0') and measured drift against the
     previous model's maps."""
-    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), alarm=None, budget=None, faithfulness=False)
+    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
     pl.seed_everything(0)
     first = _fit(str(tmp_path / "a"), TinyNet(), monitor, [])
     assert "cam/gradcam/drift_prev" in first.callback_metrics
@@ -271,7 +271,7 @@ BAD_STATES = {
 
 @pytest.mark.parametrize("case", list(BAD_STATES))
 def test_a_bad_checkpoint_entry_is_reported_and_the_run_goes_on(case: str, tmp_path: Any) -> None:
-    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), alarm=None, budget=None, faithfulness=False)
+    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
     pl.seed_everything(0)
     _fit(str(tmp_path), TinyNet(), monitor, [])
     change, message = BAD_STATES[case]
@@ -284,13 +284,13 @@ def test_a_bad_checkpoint_entry_is_reported_and_the_run_goes_on(case: str, tmp_p
 
 def test_maps_of_another_shape_in_the_checkpoint_reset_the_history(tmp_path: Any) -> None:
     """Before: previous maps of the wrong shape loaded, and the first resumed validation died."""
-    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), alarm=None, budget=None, faithfulness=False)
+    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
     pl.seed_everything(0)
     model = TinyNet()
     _fit(str(tmp_path), model, monitor, [])
     state = {**monitor.state_dict(), "previous_maps": {"gradcam": torch.zeros(6, 8, 8)}, "first_maps": {"gradcam": torch.zeros(6, 8, 8)}}
     state["probe_fingerprint"] = None  # only the shapes differ
-    restored = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), alarm=None, budget=None, faithfulness=False)
+    restored = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
     restored.setup(pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False), model, stage="fit")
     with pytest.warns(UserWarning, match=r"previous_maps\['gradcam'\] have shape \(6, 8, 8\), this run's maps \(6, 16, 16\)|first_maps"):
         restored.load_state_dict(state)

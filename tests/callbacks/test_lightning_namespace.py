@@ -40,7 +40,7 @@ def test_the_monitor_is_a_callback_of_both_namespaces():
 
 def test_lightning_tensorboard_logger_gets_the_images_and_checkpoints_monitor_cam_metrics(tmp_path):
     torch.manual_seed(0)
-    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", num_probe=8)
+    monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=8)
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="cam/gradcam/adcc", mode="max", save_top_k=1)
     stopping = EarlyStopping(monitor="cam/gradcam/adcc", mode="max", patience=5)
     trainer = L.Trainer(

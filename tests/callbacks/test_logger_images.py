@@ -32,7 +32,7 @@ def _fit(tmp_path, logger, max_epochs=2, methods=("gradcam",)):
     pl.seed_everything(7)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=list(methods), num_probe=4, step="epoch")
+    monitor = cc.CAMMonitor(methods=list(methods), probe=4, step="epoch")
     t = trainer(tmp_path, [monitor], max_epochs=max_epochs, logger=logger)
     t.fit(model, train, val)
     return t
@@ -209,7 +209,7 @@ def test_a_failing_mlflow_upload_is_reported_once_switched_off_and_the_csv_logge
     mlflow_logger = _mlflow_logger(tmp_path, artifact_location=f"file:{tmp_path}/blocked/artifacts")
     csv_logger = CSVLogger(str(tmp_path), name="csv")
     pl.seed_everything(7)
-    monitor = cc.CAMMonitor(methods=["gradcam"], num_probe=4)
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=4)
     t = trainer(tmp_path, [monitor], max_epochs=3, logger=[mlflow_logger, csv_logger])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -22,8 +22,8 @@ def _fit_two(tmp_path):
     pl.seed_everything(3)
     g = torch.Generator().manual_seed(4)
     probe = (torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0]))
-    first = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, faithfulness=False)
-    second = cc.CAMMonitor(methods=["layercam"], target_layer="features", num_probe=4, faithfulness=False, prefix="cam_layercam")
+    first = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, metrics=())
+    second = cc.CAMMonitor(methods=["layercam"], target_layer="features", probe=4, metrics=(), prefix="cam_layercam")
     train, val = loaders(n_train=16, n_val=8)
     t = trainer(tmp_path, [first, second], max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, num_sanity_val_steps=0)
     model = TinyNet()
@@ -46,7 +46,7 @@ def test_state_key_depends_on_methods_and_target_layer():
     assert base.state_key != cc.CAMMonitor(methods=["gradcam"], target_layer="features", prefix="cam2").state_key
     assert base.state_key.startswith("CAMMonitor")
     # settings that do not change what the state means keep the key
-    assert base.state_key == cc.CAMMonitor(methods=["gradcam"], target_layer="features", num_probe=5, budget=None).state_key
+    assert base.state_key == cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=5, budget=None).state_key
 
 
 def test_two_monitors_with_the_same_prefix_are_refused_before_training(tmp_path):
@@ -226,7 +226,7 @@ def test_resume_where_auto_finds_another_layer_warns_when_the_probe_comes_late(t
 
     def fit(model, max_epochs, ckpt_path=None):
         pl.seed_everything(5)
-        monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="auto", num_probe=4, faithfulness=False)
+        monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="auto", probe=4, metrics=())
         checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
         t = trainer(tmp_path, [monitor, checkpoint], max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=1,
                     logger=False, num_sanity_val_steps=0, enable_checkpointing=True)  # fmt: skip
@@ -249,8 +249,8 @@ def test_two_prefixes_share_one_tensorboard_layout(tmp_path):
 
     probe = (torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0]))
     monitors = [
-        cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, prefix="cam_a", alarm=None, budget=None),
-        cc.CAMMonitor(methods=["layercam"], target_layer="features.3", probe=probe, prefix="cam_b", alarm=None, budget=None),
+        cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, alarm=None, budget=None, prefix="cam_a"),
+        cc.CAMMonitor(methods=["layercam"], target_layer="features.3", probe=probe, alarm=None, budget=None, prefix="cam_b"),
     ]
     t = trainer(tmp_path, monitors, max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
                 logger=TensorBoardLogger(str(tmp_path), name="tb"))  # fmt: skip

@@ -98,7 +98,7 @@ def test_class_names_given_found_or_refused():
     names, problem = find_class_names(None, [_Classes()], 4)
     assert names is None and "_Classes.classes has 3 names but the model has 4 outputs" in problem
     with pytest.raises(ValueError, match="class_names must be a list"):
-        cc.CAMMonitor(class_names="abc")
+        cc.CAMMonitor(style=cc.ImageStyle(class_names="abc"))
 
 
 @pytest.mark.slow
@@ -106,7 +106,7 @@ def test_fit_writes_report_how_to_read_and_titled_charts(tmp_path):
     pl.seed_everything(0)
     train, val = loaders()
     val.dataset.classes = ["red", "green", "blue"]  # found on the validation dataset, as torchvision datasets have it
-    monitor = cc.CAMMonitor(methods=["gradcam", "layercam"], num_probe=4, prefix="probe")
+    monitor = cc.CAMMonitor(methods=["gradcam", "layercam"], probe=4, prefix="probe")
     t = trainer(tmp_path, [monitor], max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name="tb"))
     t.fit(TinyNet(), train, val)
     path = os.path.join(t.logger.log_dir, "probe", "report.html")
@@ -130,10 +130,10 @@ def test_fit_writes_report_how_to_read_and_titled_charts(tmp_path):
 def test_report_off_and_validate_writes_it(tmp_path):
     pl.seed_everything(0)
     train, val = loaders()
-    t = trainer(tmp_path / "off", [cc.CAMMonitor(methods=["gradcam"], num_probe=4, report=False)], max_epochs=1)
+    t = trainer(tmp_path / "off", [cc.CAMMonitor(methods=["gradcam"], probe=4, report=False)], max_epochs=1)
     t.fit(TinyNet(), train, val)
     assert not os.path.exists(os.path.join(t.logger.log_dir, "cam", "report.html"))
-    t = trainer(tmp_path / "validate", [cc.CAMMonitor(methods=["gradcam"], num_probe=4)])
+    t = trainer(tmp_path / "validate", [cc.CAMMonitor(methods=["gradcam"], probe=4)])
     t.validate(TinyNet(), val, verbose=False)
     assert os.path.exists(os.path.join(t.logger.log_dir, "cam", "report.html"))
 

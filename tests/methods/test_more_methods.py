@@ -337,7 +337,7 @@ def test_cammonitor_runs_the_new_methods(tmp_path):
     import pytorch_lightning as pl
 
     pl.seed_everything(0)
-    monitor = cc.CAMMonitor(methods=NEW_METHODS, num_probe=4, budget=None, method_options={"smoothgradcampp": {"num_samples": 2}})
+    monitor = cc.CAMMonitor(methods=NEW_METHODS, probe=4, budget=None, explain_options=cc.ExplainOptions(method_options={"smoothgradcampp": {"num_samples": 2}}))
     model = TinyNet()
     train, val = loaders()
     fit = trainer(tmp_path, [monitor], max_epochs=1)

@@ -52,7 +52,7 @@ def test_callback_slows_an_expensive_method_down_and_says_so(tmp_path, caplog):
 
     try:
         pl.seed_everything(0)
-        monitor = cc.CAMMonitor(methods=["gradcam", "slow_tail_method_for_test"], num_probe=4, faithfulness=False, alarm=None, step="epoch")
+        monitor = cc.CAMMonitor(methods=["gradcam", "slow_tail_method_for_test"], probe=4, metrics=(), alarm=None, step="epoch")
         train, val = loaders()
         t = trainer(tmp_path, [monitor], max_epochs=4)
         with caplog.at_level("INFO"):

@@ -51,7 +51,7 @@ def main():
     pl.seed_everything(0)
     model = TinyNet()
     train, val = loaders()
-    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], num_probe=7, alarm=None, budget=None, on_error=on_error)
+    monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=7, alarm=None, budget=None, on_error=on_error)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, default_root_dir=out, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, logger=False, num_sanity_val_steps=0,
