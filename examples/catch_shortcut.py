@@ -6,7 +6,7 @@ top-left corner whose colour is the label in every training image, so a model ca
 instead of learning shapes; the *clean* variant has no patch. Both runs train :class:`ShapesClassifier`
 (from ``train_shapes.py``) with the same seeds. CAMMonitor (settings: :data:`MONITOR`) probes both on the
 same images, whose patch colour is random, with object masks but no patch mask by default (``--probe-masks``:
-nobody told the callback where the shortcut is; the per-class rule of :class:`~cam_callbacks.AlarmRule` finds it),
+nobody told the callback where the shortcut is; the per-class rule, :class:`~cam_callbacks.ShortcutAlarm`, finds it),
 and the script prints per epoch ``val_acc`` (a split drawn
 like the training data: it does not reveal the shortcut), ``randcue_acc`` (the random-colour images:
 ground truth a user normally lacks), the watch metrics, the alarm and the rules that fired, then the
@@ -24,6 +24,7 @@ One variant with Lightning's command line (``LightningCLI``; needs ``pip install
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -51,19 +52,22 @@ from train_shapes import CLI_SUBCOMMANDS, ShapesClassifier
 MONITOR: Dict[str, Any] = dict(
     methods=["gradcam", "layercam"],  # --methods
     target_layer="features.block4",  # ShapesClassifier's last conv block: 6x6 maps for 48x48 images
-    num_probe=64,  # --num-probe
+    probe=64,  # --num-probe (_train replaces it with the cue-randomised images)
     # --target. Explain the top-1 prediction: on images whose patch names another class than the label, the
     # patch speaks against the label, and Grad-CAM of the label (its ReLU) would hide the cue.
     target="prediction",
-    mean=SHAPES_MEAN,  # how the images are normalised: the grids show them in their real colours
-    std=SHAPES_STD,
-    # The default rules: energy_in_nuisance_ratio (share of the map on the patch, in multiples of the
+    # how the images are normalised: the grids show them in their real colours
+    style=cc.ImageStyle(mean=SHAPES_MEAN, std=SHAPES_STD),
+    # The default alarm: energy_in_nuisance_ratio (share of the map on the patch, in multiples of the
     # patch's area share; 1 = chance) above 2 (only with --probe-masks nuisance), shortcut_score above 0.5,
     # and the per-class rule, which needs no mask: a class whose maps gather on one region (class_shortcut_score
     # above 0.15) while the model is confident on it (0.8) and hiding the region moves its predictions
-    # (occlusion effect 0.1). It sets cam/alarm to 1.
-    alarm=cc.AlarmRule(),
-    stop_on_alarm=False,  # --stop-on-alarm
+    # (occlusion effect 0.1). It sets cam/alarm to 1. --stop-on-alarm sets stop=True on each policy.
+    alarm=[
+        cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0),
+        cc.ThresholdAlarm("shortcut_score", above=0.5),
+        cc.ShortcutAlarm(),
+    ],
 )
 
 
@@ -112,13 +116,10 @@ def _train(args: argparse.Namespace, variant: str) -> Dict[str, Any]:
     model = ShortcutClassifier(num_classes=data.hparams.num_classes, lr=args.lr)
     randcue = data.randcue_set.batch  # identical for both variants; --probe-masks: which masks CAMMonitor gets
     probe = tuple(t[: args.num_probe] for t in (randcue.images, randcue.labels, *PROBE_MASKS[args.probe_masks](randcue)))
-    monitor = make_monitor(
-        probe=probe,
-        methods=args.methods,
-        num_probe=args.num_probe,
-        target=args.target,
-        stop_on_alarm=args.stop_on_alarm,
-    )
+    alarm = MONITOR["alarm"]
+    if args.stop_on_alarm:
+        alarm = [dataclasses.replace(policy, stop=True) for policy in alarm]
+    monitor = make_monitor(probe=probe, methods=args.methods, target=args.target, alarm=alarm)
     description = "patch colour = label in training and val_acc" if variant == "shortcut" else "no patch in training and val_acc"
     table = EpochTable(monitor, title=f"{variant} run ({description}; probe and randcue_acc: patch colour random)")
     logger = TensorBoardLogger(save_dir=os.path.join(args.logdir, args.name), name=variant)
@@ -282,7 +283,7 @@ class EpochTable(pl.Callback):
     """Collects (and prints) one row per validation epoch: accuracies, watch metrics, alarm.
 
     Reads ``trainer.callback_metrics`` in ``on_validation_end``, after CAMMonitor's values have
-    reached them; the rules that fired are recomputed with the monitor's own :class:`~cam_callbacks.AlarmRule`.
+    reached them; the rules that fired are the monitor's ``last_hits``.
 
     Args:
         monitor: The run's CAMMonitor.
@@ -367,7 +368,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--methods", nargs="+", default=list(MONITOR["methods"]), help="CAM methods (default: gradcam layercam)")
-    parser.add_argument("--num-probe", type=int, default=MONITOR["num_probe"], help="probe images (the first cue-randomised images)")
+    parser.add_argument("--num-probe", type=int, default=MONITOR["probe"], help="probe images (the first cue-randomised images)")
     parser.add_argument(
         "--target", default=MONITOR["target"], choices=["prediction", "label"], help="class the maps explain (default: prediction)"
     )

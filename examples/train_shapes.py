@@ -41,10 +41,10 @@ from cam_callbacks.datasets import SHAPE_NAMES, SHAPES_MEAN, SHAPES_STD, ShapesD
 MONITOR: Dict[str, Any] = dict(
     methods=["gradcam", "gradcampp"],  # --methods
     target_layer="features.block4",  # ShapesClassifier's last conv block: 6x6 maps for 48x48 images
-    num_probe=32,  # --num-probe: the first 32 validation images, the same ones every epoch
+    probe=32,  # --num-probe: the first 32 validation images, the same ones every epoch
     every_n_epochs=1,  # --every-n-epochs
-    mean=SHAPES_MEAN,  # how ShapesDataset normalises: the grids show the images in their real colours
-    std=SHAPES_STD,
+    # how ShapesDataset normalises: the grids show the images in their real colours (class names come from the data)
+    style=cc.ImageStyle(mean=SHAPES_MEAN, std=SHAPES_STD),
 )
 
 
@@ -68,7 +68,7 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
         batch_size=args.batch_size,
     )
     model = ShapesClassifier(num_classes=args.num_classes, lr=args.lr)
-    monitor = make_monitor(methods=args.methods, num_probe=args.num_probe, every_n_epochs=args.every_n_epochs)
+    monitor = make_monitor(methods=args.methods, probe=args.num_probe, every_n_epochs=args.every_n_epochs)
     logger = TensorBoardLogger(save_dir=args.logdir, name=args.name)
     trainer = pl.Trainer(
         max_epochs=args.max_epochs,
@@ -275,7 +275,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--methods", nargs="+", default=list(MONITOR["methods"]), help="CAM methods to log")
-    parser.add_argument("--num-probe", type=int, default=MONITOR["num_probe"], help="probe images (the first validation images)")
+    parser.add_argument("--num-probe", type=int, default=MONITOR["probe"], help="probe images (the first validation images)")
     parser.add_argument("--every-n-epochs", type=int, default=MONITOR["every_n_epochs"])
     parser.add_argument("--log-every-n-steps", type=int, default=10, help="training-step logging interval")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisation and shuffling")
