@@ -6,14 +6,14 @@ and for clean data, it trains a small CNN (3 conv blocks, global average pooling
 several seeds. After every epoch it explains a probe set drawn like the training data (the cue
 follows the label there too, as in a user's validation split) with Grad-CAM of the labels, exactly
 as :class:`~cam_callbacks.CAMMonitor` does (``MapHistory.analyze`` with the probe outcome,
-``AlarmRule.evaluate`` and ``shortcut_hits`` with the occlusion confirmation), in three information
+``ThresholdAlarm.evaluate`` and ``shortcut_hits`` with the occlusion confirmation), in three information
 regimes: nuisance and object masks, object masks only, no masks. It reports per regime and per kind:
 
 - detection rate: shortcut runs flagged at some epoch; epochs to detection (first flagged epoch, 1-based);
 - false-alarm rate: clean runs flagged at any epoch;
 
-for the new rule (``AlarmRule()`` as it is: its defaults), the old rule (the same ``AlarmRule`` with
-``max_class_shortcut_score=None``) and validation accuracy alone (a run is flagged when its final
+for the new rule (CAMMonitor's default alarm as it is), the old rule (the same alarm without its
+``ShortcutAlarm``) and validation accuracy alone (a run is flagged when its final
 validation accuracy, on a split drawn like training, is above every clean run's). With ``--sweep``
 it also searches the per-class thresholds on the first half of the seeds and reports the best
 choice on the second half (how the defaults were chosen).
@@ -40,7 +40,7 @@ from cam_callbacks.datasets.cues import CUE_KINDS, make_cue_set
 from cam_callbacks.datasets.patches import patch_mask
 from cam_callbacks.engine.occlusion import occlusion_effect
 from cam_callbacks.engine.result import Explanation
-from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.monitor.alarm import DEFAULT_ALARM, AlarmPolicy, ShortcutAlarm, shortcut_policy, threshold_hits
 from cam_callbacks.monitor.history import MapHistory
 from cam_callbacks.render.publish import ProbeView
 
@@ -109,7 +109,14 @@ def _candidates(findings: Any, model: nn.Module, images: torch.Tensor) -> List[D
     return rows
 
 
-def _epoch(model: nn.Module, probe: Any, val: Any, clean: bool, histories: Dict[str, MapHistory], rule: AlarmRule, old: AlarmRule) -> Dict[str, Any]:
+def _epoch(
+    model: nn.Module,
+    probe: Any,
+    val: Any,
+    clean: bool,
+    histories: Dict[str, MapHistory],
+    rule: Sequence[AlarmPolicy],
+) -> Dict[str, Any]:
     model.eval()
     with torch.no_grad():
         logits = model(probe.images)
@@ -120,12 +127,13 @@ def _epoch(model: nn.Module, probe: Any, val: Any, clean: bool, histories: Dict[
         masks, nuisance = _regime_masks(regime, probe, clean)
         view = ProbeView(probe.images, probe.labels, masks, nuisance, torch.arange(len(probe.labels)), "softmax")
         explanation = Explanation({"gradcam": maps}, logits, probe.labels, "2")
-        analyses = histories[regime].analyze({"gradcam": maps}, masks, nuisance, (), **probe_outcome(explanation, view, rule))
+        analyses = histories[regime].analyze({"gradcam": maps}, masks, nuisance, (), **probe_outcome(explanation, view, shortcut_policy(rule)))
         scalars = {f"gradcam/{k}": v for k, v in analyses["gradcam"].scalars.items()}
-        new_hits = rule.evaluate(scalars) + shortcut_hits(rule, analyses, model, view, {}, "cam")
+        old_hits = threshold_hits(rule, scalars)  # the map-wide bounds alone: the rule before the per-class one
+        new_hits = old_hits + shortcut_hits(shortcut_policy(rule), analyses, model, view, {}, "cam")
         findings = analyses["gradcam"].findings
         record[regime] = {
-            "old": bool(old.evaluate(scalars)),
+            "old": bool(old_hits),
             "new": bool(new_hits),
             "hits": [hit.message for hit in new_hits],
             "candidates": _candidates(findings, model, probe.images) if findings is not None else [],
@@ -134,14 +142,13 @@ def _epoch(model: nn.Module, probe: Any, val: Any, clean: bool, histories: Dict[
 
 
 def train_run(
-    kind: str, classes: str, seed: int, data_seed: int, epochs: int, num_train: int, num_probe: int, rule: AlarmRule
+    kind: str, classes: str, seed: int, data_seed: int, epochs: int, num_train: int, num_probe: int, rule: Sequence[AlarmPolicy]
 ) -> Dict[str, Any]:
     """One training run; per epoch, what each regime's rules say."""
     train, probe, val = _data(kind, classes, data_seed, num_train, num_probe)
     model = small_cnn(data_seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     order = torch.Generator().manual_seed(data_seed)
-    old = AlarmRule(max_class_shortcut_score=None)
     histories = {regime: MapHistory() for regime in REGIMES}
     epochs_out = []
     for _ in range(epochs):
@@ -150,12 +157,12 @@ def train_run(
             optimiser.zero_grad()
             nn.functional.cross_entropy(model(train.images[batch]), train.labels[batch]).backward()
             optimiser.step()
-        epochs_out.append(_epoch(model, probe, val, kind == "clean", histories, rule, old))
+        epochs_out.append(_epoch(model, probe, val, kind == "clean", histories, rule))
     return {"kind": kind, "classes": classes, "seed": seed, "epochs": epochs_out}
 
 
 def _learned(cand: Dict[str, float], accuracy: Optional[float], confidence: Optional[float]) -> bool:
-    """AlarmRule.learned on a recorded candidate (NaN != NaN; a None threshold is not used)."""
+    """ShortcutAlarm.learned on a recorded candidate (NaN != NaN; a None threshold is not used)."""
     acc = float("nan") if accuracy is None else cand["accuracy"]
     conf = float("nan") if confidence is None else cand["confidence"]
     if acc != acc and conf != conf:
@@ -167,11 +174,11 @@ def _fires(
     epoch: Dict[str, Any], regime: str, score: float, accuracy: Optional[float], effect: Optional[float], old: bool,
     confidence: Optional[float] = 0.8, consistency: Optional[float] = None, unmasked_score: Optional[float] = None,
 ) -> bool:  # fmt: skip
-    """The per-class rule with these thresholds, as AlarmRule.shortcut_suspects / evaluate_shortcuts apply it, plus the old rule."""
+    """The per-class rule with these thresholds, as ShortcutAlarm.suspects / evaluate apply it, plus the old rule."""
     if old:
         return bool(epoch[regime]["old"])
     suspects: Dict[int, Dict[str, float]] = {}
-    if regime == "none" and unmasked_score is not None:  # AlarmRule.class_score_limit: maps found without object masks
+    if regime == "none" and unmasked_score is not None:  # ShortcutAlarm.score_limit: maps found without object masks
         score = unmasked_score
     for cand in epoch[regime]["candidates"]:  # highest score first
         consistent = consistency is None or cand.get("consistency", float("nan")) >= consistency
@@ -223,21 +230,22 @@ def _cell(r: Dict[str, Any], epochs: bool = True) -> str:
     return text
 
 
-def table(runs: Sequence[Dict[str, Any]], rule: AlarmRule) -> str:
+def table(runs: Sequence[Dict[str, Any]], rule: Sequence[AlarmPolicy]) -> str:
     """Markdown: per regime and rule, detection and false alarms; per kind, detection of the new rule.
 
     The new rule is applied to the recorded candidates with ``rule``'s thresholds (as :func:`_fires`), so a
     table can be rebuilt from ``--json`` records for other thresholds without training again.
     """
-    limits = (float(rule.max_class_shortcut_score or 1.0), rule.min_class_accuracy, rule.min_occlusion_effect)
-    confidence, consistency, unmasked = rule.min_class_confidence, rule.min_class_consistency, rule.max_unmasked_class_shortcut_score
+    policy = shortcut_policy(rule) or ShortcutAlarm()
+    limits = (float(policy.score), policy.min_accuracy, policy.min_occlusion_effect)
+    confidence, consistency, unmasked = policy.min_confidence, policy.min_consistency, policy.unmasked_score
     new = lambda e, g: _fires(e, g, *limits, False, confidence, consistency, unmasked)
     old = lambda e, g: bool(e[g]["old"])
     bar = max((r["epochs"][-1]["val_acc"] for r in runs if r["kind"] == "clean"), default=1.0)
     val = lambda e, g: e["val_acc"] > bar
     lines = ["| regime | rule | detection | false alarms | epochs to detection |", "|---|---|---|---|---|"]
     for regime in REGIMES:
-        for name, fires in (("new (AlarmRule())", new), ("old (no per-class rule)", old), ("validation accuracy alone", val)):
+        for name, fires in (("new (default alarm)", new), ("old (no per-class rule)", old), ("validation accuracy alone", val)):
             r = rates(runs, regime, fires)
             det = f"{r['detected']}/{r['shortcut_runs']} ({100 * r['detected'] / max(r['shortcut_runs'], 1):.0f}%)"
             fa = f"{r['false']}/{r['clean_runs']} ({100 * r['false'] / max(r['clean_runs'], 1):.0f}%)"
@@ -266,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.seeds, args.epochs, args.num_train = 1, 3, 480
     torch.set_num_threads(1)
     start = time.perf_counter()
-    rule = AlarmRule()
+    rule = DEFAULT_ALARM
     runs = []
     if args.from_json:
         with open(args.from_json) as handle:

@@ -164,9 +164,12 @@ class ThresholdAlarm:
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, str) or self.metric not in ALARM_METRICS:
-            close = difflib.get_close_matches(str(self.metric), ALARM_METRICS, n=3)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"ThresholdAlarm: metric={self.metric!r} is not a logged metric{hint} Choose from {list(ALARM_METRICS)}")
+            close = difflib.get_close_matches(str(self.metric).lower().split("/")[-1], ALARM_METRICS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ValueError(
+                f"ThresholdAlarm: metric={self.metric!r} is not a logged metric{hint} Choose from {list(ALARM_METRICS)} "
+                "(the metric's name alone: the alarm applies it to every method)"
+            )
         owner = f"ThresholdAlarm({self.metric!r})"
         if (self.above is None) == (self.below is None):
             raise ValueError(f"{owner}: give exactly one of above= and below=, got above={self.above!r} and below={self.below!r}")

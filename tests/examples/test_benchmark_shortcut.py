@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.monitor.alarm import DEFAULT_ALARM, shortcut_policy
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_shortcut_detection.py"
 
@@ -46,14 +46,15 @@ def test_offline_rule_follows_alarm_rule(bench):
 
 @pytest.mark.slow
 def test_a_tiny_run_records_what_the_callback_path_decided(bench):
-    rule = AlarmRule()
+    rule = DEFAULT_ALARM
+    policy = shortcut_policy(rule)
     run = bench.train_run("watermark", "one", 1, 1, epochs=2, num_train=128, num_probe=24, rule=rule)
     assert run["kind"] == "watermark" and len(run["epochs"]) == 2
-    limits = (rule.max_class_shortcut_score, rule.min_class_accuracy, rule.min_occlusion_effect)
+    limits = (policy.score, policy.min_accuracy, policy.min_occlusion_effect)
     for epoch in run["epochs"]:
         assert 0.0 <= epoch["val_acc"] <= 1.0
         for regime in bench.REGIMES:
-            # the table rebuilds the new rule from the recorded candidates: it must agree with AlarmRule + shortcut_hits
-            assert bench._fires(epoch, regime, *limits, False, rule.min_class_confidence) == epoch[regime]["new"]
+            # the table rebuilds the new rule from the recorded candidates: it must agree with ShortcutAlarm + shortcut_hits
+            assert bench._fires(epoch, regime, *limits, False, policy.min_confidence) == epoch[regime]["new"]
     text = bench.table([run], rule)
-    assert "| none | new (AlarmRule()) |" in text and "| watermark (one) |" in text
+    assert "| none | new (default alarm) |" in text and "| watermark (one) |" in text

@@ -80,7 +80,7 @@ def test_default_example_end_to_end(example, tmp_path, monkeypatch):
     assert "cam/gradcam/grid" in report and "cam/gradcampp/evolution" in report  # the final grids and the evolution strips
     metrics = result["metrics"]
     assert 0.0 <= metrics["val_acc"] <= 1.0
-    assert 0.0 <= metrics["cam/gradcam/adcc"] <= 100.0  # reaches callback_metrics (EarlyStopping can monitor it)
+    assert 0.0 <= metrics["cam/gradcam/adcc"] <= 1.0  # reaches callback_metrics (EarlyStopping can monitor it)
 
 
 def test_model_has_a_cam_compatible_head(example):
@@ -121,7 +121,8 @@ def test_config_matches_the_example(example):
     monitor = [c for c in callbacks if c["class_path"] == "cam_callbacks.CAMMonitor"]
     assert len(monitor) == 1
     args = monitor[0]["init_args"]
-    assert args["mean"] == pytest.approx(list(SHAPES_MEAN)) and args["std"] == pytest.approx(list(SHAPES_STD))
+    assert args["style"]["mean"] == pytest.approx(list(SHAPES_MEAN)) and args["style"]["std"] == pytest.approx(list(SHAPES_STD))
+    assert args["probe"] == example.MONITOR["probe"] and args["methods"] == example.MONITOR["methods"]
     model = example.ShapesClassifier(**config["model"])
     assert args["target_layer"] == model.last_block
     assert config["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
@@ -172,6 +173,6 @@ def test_quickstart_runs_and_logs_maps(tmp_path):
         assert all(width > 64 and height > 64 for _, width, height in images[grid])
     adcc = scalars.get("cam/gradcam/adcc")
     assert adcc, f"cam/gradcam/adcc missing; scalars: {sorted(scalars)}"
-    assert [step for step, _ in adcc] == [step for step, _ in scalars["val_acc"]] and all(0.0 <= value <= 100.0 for _, value in adcc), adcc
+    assert [step for step, _ in adcc] == [step for step, _ in scalars["val_acc"]] and all(0.0 <= value <= 1.0 for _, value in adcc), adcc
     assert "val_acc" in scalars
     assert not (tmp_path / "lightning_logs").exists()  # everything went to --logdir

@@ -1,7 +1,7 @@
 """The spurious-cue detector on the scenario generator: examples/catch_shortcut.py, short fixed-seed CPU runs.
 
 The same CNN is trained on the clean and the shortcut variant (a corner patch whose colour is the
-label in training); CAMMonitor, with the default AlarmRule, must flag the shortcut run and stay
+label in training); CAMMonitor, with its default alarm, must flag the shortcut run and stay
 quiet on the clean run. The runs are deterministic (seed 0, one CPU thread); the thresholds below
 leave wide margins around the measured values (in comments).
 """
@@ -26,7 +26,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
-from cam_callbacks.monitor.alarm import AlarmRule
+import cam_callbacks as cc_public
+from cam_callbacks.monitor.alarm import DEFAULT_ALARM
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "catch_shortcut.py"
@@ -240,17 +241,18 @@ def test_config_matches_the_example(example):
     monitor = [c for c in config["trainer"]["callbacks"] if c["class_path"] == "cam_callbacks.CAMMonitor"]
     assert len(monitor) == 1
     args = monitor[0]["init_args"]
-    assert args["mean"] == pytest.approx(list(SHAPES_MEAN)) and args["std"] == pytest.approx(list(SHAPES_STD))
+    assert args["style"]["mean"] == pytest.approx(list(SHAPES_MEAN)) and args["style"]["std"] == pytest.approx(list(SHAPES_STD))
     model = example.ShortcutClassifier(**config["model"])
     assert args["target_layer"] == model.last_block
     assert args["methods"] == example.parse_args([]).methods and args["target"] == example.parse_args([]).target
-    assert AlarmRule(**args["alarm"]) == AlarmRule()  # the config spells out the defaults
+    policies = tuple(getattr(cc_public, entry["class_path"].split(".")[-1])(**entry["init_args"]) for entry in args["alarm"])
+    assert policies == DEFAULT_ALARM  # the config spells out the defaults
     defaults = example.parse_args([])
     data = config["data"]
     assert (data["num_train"], data["num_val"], data["image_size"], data["batch_size"]) == (
         defaults.num_train, defaults.num_val, defaults.image_size, defaults.batch_size
     )  # fmt: skip
-    assert config["trainer"]["max_epochs"] == defaults.max_epochs and args["num_probe"] == defaults.num_probe
+    assert config["trainer"]["max_epochs"] == defaults.max_epochs and args["probe"] == defaults.num_probe
 
 
 @pytest.mark.slow

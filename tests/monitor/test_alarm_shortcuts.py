@@ -1,4 +1,4 @@
-"""The per-class rule of AlarmRule: suspects, the "still guessing" gate, occlusion confirmation, the evidence in the hit."""
+"""The per-class rule, ShortcutAlarm: suspects, the "still guessing" gate, occlusion confirmation, the evidence in the hit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cam_callbacks.metrics.shortcuts import find_shortcuts
-from cam_callbacks.monitor.alarm import AlarmHit, AlarmRule, format_alarm
+from cam_callbacks.monitor.alarm import AlarmHit, ShortcutAlarm, format_alarm
 
 
 def findings(accuracy_of_class0: float, confidence: float = 0.95, with_correct: bool = True):
@@ -27,11 +27,11 @@ def findings(accuracy_of_class0: float, confidence: float = 0.95, with_correct: 
 
 
 def test_a_learned_class_with_a_shared_region_fires_with_its_evidence():
-    rule = AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=0.9, min_class_confidence=0.9, min_occlusion_effect=0.1)
+    rule = ShortcutAlarm(score=0.3, min_accuracy=0.9, min_confidence=0.9, min_occlusion_effect=0.1)
     found = findings(1.0)
-    suspects = rule.shortcut_suspects(found)
+    suspects = rule.suspects(found)
     assert [found.candidates[i].class_index for i in suspects] == [0]
-    hits = rule.evaluate_shortcuts("gradcam", found, {suspects[0]: 0.4})
+    hits = rule.evaluate("gradcam", found, {suspects[0]: 0.4})
     assert len(hits) == 1
     hit = hits[0]
     assert (hit.method, hit.metric, hit.class_index, hit.box, hit.direction) == ("gradcam", "class_shortcut_score", 0, (0, 0, 4, 4), "above")
@@ -46,48 +46,50 @@ def test_a_learned_class_with_a_shared_region_fires_with_its_evidence():
 
 
 def test_a_class_still_guessed_does_not_fire():
-    rule = AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=0.9, min_class_confidence=0.9)
-    assert rule.evaluate_shortcuts("gradcam", findings(0.5, confidence=0.5)) == []  # neither accurate nor confident
-    assert len(rule.evaluate_shortcuts("gradcam", findings(0.5, confidence=0.95))) == 1  # confidently wrong: past guessing
-    assert len(rule.evaluate_shortcuts("gradcam", findings(1.0, confidence=0.3))) == 1  # right
-    assert AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=None).evaluate_shortcuts("m", findings(1.0, confidence=0.5)) == []
-    assert len(AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=None, min_class_confidence=None).evaluate_shortcuts(
+    rule = ShortcutAlarm(score=0.3, min_accuracy=0.9, min_confidence=0.9)
+    assert rule.evaluate("gradcam", findings(0.5, confidence=0.5)) == []  # neither accurate nor confident
+    assert len(rule.evaluate("gradcam", findings(0.5, confidence=0.95))) == 1  # confidently wrong: past guessing
+    assert len(rule.evaluate("gradcam", findings(1.0, confidence=0.3))) == 1  # right
+    assert ShortcutAlarm(score=0.3, min_accuracy=None).evaluate("m", findings(1.0, confidence=0.5)) == []
+    assert len(ShortcutAlarm(score=0.3, min_accuracy=None, min_confidence=None).evaluate(
         "m", findings(0.0, confidence=0.1)
     )) == 1  # no gate at all
     unknown = findings(0.0, confidence=float("nan"), with_correct=False)
-    assert math.isnan(unknown.candidates[0].accuracy) and len(rule.evaluate_shortcuts("gradcam", unknown)) == 1
+    assert math.isnan(unknown.candidates[0].accuracy) and len(rule.evaluate("gradcam", unknown)) == 1
 
 
 def test_occlusion_decides_when_measured():
-    rule = AlarmRule(max_class_shortcut_score=0.3, min_occlusion_effect=0.1)
+    rule = ShortcutAlarm(score=0.3, min_occlusion_effect=0.1)
     found = findings(1.0)
-    index = rule.shortcut_suspects(found)[0]
-    assert rule.evaluate_shortcuts("gradcam", found, {index: 0.05}) == []  # incidental: hiding it changes nothing
-    assert len(rule.evaluate_shortcuts("gradcam", found, {})) == 1  # not measured (no model): the score decides
-    assert len(AlarmRule(max_class_shortcut_score=0.3, min_occlusion_effect=None).evaluate_shortcuts("m", found, {index: 0.0})) == 1
+    index = rule.suspects(found)[0]
+    assert rule.evaluate("gradcam", found, {index: 0.05}) == []  # incidental: hiding it changes nothing
+    assert len(rule.evaluate("gradcam", found, {})) == 1  # not measured (no model): the score decides
+    assert len(ShortcutAlarm(score=0.3, min_occlusion_effect=None).evaluate("m", found, {index: 0.0})) == 1
 
 
-def test_rule_off_and_threshold():
+def test_threshold_and_how_to_switch_it_off():
     found = findings(1.0)
-    assert AlarmRule(max_class_shortcut_score=None).shortcut_suspects(found) == []
-    assert AlarmRule(max_class_shortcut_score=0.99, max_unmasked_class_shortcut_score=0.99).shortcut_suspects(found) == []
-    assert AlarmRule(max_class_shortcut_score=None, max_unmasked_class_shortcut_score=0.1).shortcut_suspects(found) == []  # off
+    assert ShortcutAlarm(score=0.99, unmasked_score=0.99).suspects(found) == []
+    with pytest.raises(ValueError, match="leave ShortcutAlarm out of alarm= to switch it off"):
+        ShortcutAlarm(score=None)
 
 
 def test_defaults_from_the_benchmark():
-    rule = AlarmRule()
-    assert (rule.max_class_shortcut_score, rule.min_class_accuracy, rule.min_class_confidence, rule.min_occlusion_effect) == (0.15, None, 0.8, 0.1)
-    assert rule.shortcut_clusters == 2 and "class_shortcut_score" not in rule.rules()  # not a name-based rule
-    assert (rule.max_unmasked_class_shortcut_score, rule.min_class_consistency) == (0.4, None)
+    rule = ShortcutAlarm()
+    assert (rule.score, rule.min_accuracy, rule.min_confidence, rule.min_occlusion_effect) == (0.15, None, 0.8, 0.1)
+    assert rule.clusters == 2 and rule.top_k == 4 and rule.stop is False
+    assert (rule.unmasked_score, rule.min_consistency) == (0.4, None)
 
 
 def test_validation():
-    with pytest.raises(ValueError, match="max_class_shortcut_score"):
-        AlarmRule(max_class_shortcut_score=1.5)
-    with pytest.raises(ValueError, match="min_class_confidence"):
-        AlarmRule(min_class_confidence=1.5)
-    with pytest.raises(ValueError, match="shortcut_clusters"):
-        AlarmRule(shortcut_clusters=-1)
+    with pytest.raises(ValueError, match=r"ShortcutAlarm: score must be None \(off\) or a number in \[0, 1\], got 1.5"):
+        ShortcutAlarm(score=1.5)
+    with pytest.raises(ValueError, match="ShortcutAlarm: min_confidence"):
+        ShortcutAlarm(min_confidence=1.5)
+    with pytest.raises(ValueError, match="ShortcutAlarm: clusters must be an int >= 0"):
+        ShortcutAlarm(clusters=-1)
+    with pytest.raises(ValueError, match="ShortcutAlarm: stop must be True or False"):
+        ShortcutAlarm(stop=1)
 
 
 def test_plain_hits_read_as_before():
@@ -110,30 +112,30 @@ def _corner_and_moving(corner_strength: float, masks: bool):
 
 
 def test_maps_without_object_masks_are_held_to_the_unmasked_bound():
-    rule = AlarmRule()  # max_class_shortcut_score 0.15 with masks, max_unmasked_class_shortcut_score 0.4 without
+    rule = ShortcutAlarm()  # score 0.15 with masks, unmasked_score 0.4 without
     unmasked, masked = _corner_and_moving(0.5, masks=False), _corner_and_moving(0.5, masks=True)
     score = next(c.score for c in unmasked.candidates if c.class_index == 0)
     assert 0.15 < score < 0.4, score  # the case the two bounds decide differently
-    assert rule.class_score_limit(unmasked.candidates[0]) == 0.4 and rule.evaluate_shortcuts("m", unmasked) == []
+    assert rule.score_limit(unmasked.candidates[0]) == 0.4 and rule.evaluate("m", unmasked) == []
     masked_class0 = next(c for c in masked.candidates if c.class_index == 0)
-    assert masked_class0.score > 0.15 and rule.class_score_limit(masked_class0) == 0.15
-    hits = rule.evaluate_shortcuts("m", masked)
+    assert masked_class0.score > 0.15 and rule.score_limit(masked_class0) == 0.15
+    hits = rule.evaluate("m", masked)
     assert [(h.class_index, h.threshold) for h in hits] == [(0, 0.15)]
-    same = AlarmRule(max_unmasked_class_shortcut_score=None)  # one bound for both
-    assert [(h.class_index, h.threshold) for h in same.evaluate_shortcuts("m", unmasked)] == [(0, 0.15)]
-    with pytest.raises(ValueError, match="max_unmasked_class_shortcut_score must be None"):
-        AlarmRule(max_unmasked_class_shortcut_score=1.5)
+    same = ShortcutAlarm(unmasked_score=None)  # one bound for both
+    assert [(h.class_index, h.threshold) for h in same.evaluate("m", unmasked)] == [(0, 0.15)]
+    with pytest.raises(ValueError, match="unmasked_score must be None"):
+        ShortcutAlarm(unmasked_score=1.5)
 
 
 def test_the_consistency_gate_keeps_maps_that_disagree_quiet():
     found = findings(1.0)  # class 0: identical corner maps (consistency 1); classes 1, 2: moving spots
     class0 = next(c for c in found.candidates if c.class_index == 0)
     assert class0.consistency == pytest.approx(1.0)
-    assert len(AlarmRule(max_unmasked_class_shortcut_score=0.3, min_class_consistency=0.99).evaluate_shortcuts("m", found)) == 1
+    assert len(ShortcutAlarm(unmasked_score=0.3, min_consistency=0.99).evaluate("m", found)) == 1
     mixed = _corner_and_moving(1.0, masks=False)  # class 0: the corner plus a spot that moves: a high score, maps agree less
     best = mixed.candidates[0]
     assert best.class_index == 0 and best.score > 0.4 and 0.3 < best.consistency < 0.8
-    assert len(AlarmRule().evaluate_shortcuts("m", mixed)) == 1
-    assert AlarmRule(min_class_consistency=0.8).evaluate_shortcuts("m", mixed) == []
-    with pytest.raises(ValueError, match="min_class_consistency must be None"):
-        AlarmRule(min_class_consistency=2.0)
+    assert len(ShortcutAlarm().evaluate("m", mixed)) == 1
+    assert ShortcutAlarm(min_consistency=0.8).evaluate("m", mixed) == []
+    with pytest.raises(ValueError, match="min_consistency must be None"):
+        ShortcutAlarm(min_consistency=2.0)

@@ -121,7 +121,7 @@ def test_alarm_state_fired_none_changed_cleared():
     assert state.update([AlarmHit("gradcam", "energy_in_nuisance_ratio", 9.0, 2.0, "above")]) is None  # other value, same rule
     assert state.update([a, b]) == "fired"  # changed
     assert state.update([b]) == "fired"  # changed again
-    assert state.active == (("layercam", "shortcut_score"),)
+    assert state.active == (("layercam", "shortcut_score", -1),)
     assert state.update([]) == "cleared"
     assert state.update([]) is None
     assert state.active == ()
@@ -131,7 +131,7 @@ def test_alarm_state_state_dict_round_trip():
     state = AlarmState()
     state.update([_hit("gradcam", "energy_in_nuisance_ratio"), _hit("", "adcc")])
     saved = state.state_dict()
-    assert saved == {"alarm_state": [["gradcam", "energy_in_nuisance_ratio"], ["", "adcc"]]}
+    assert saved == {"alarm_state": [["", "adcc", -1], ["gradcam", "energy_in_nuisance_ratio", -1]]}
     restored = AlarmState()
     restored.load_state_dict(saved)
     assert restored.active == state.active
@@ -140,3 +140,23 @@ def test_alarm_state_state_dict_round_trip():
     fresh = AlarmState()
     fresh.load_state_dict({})
     assert fresh.active == () and fresh.update([_hit("gradcam", "x")]) == "fired"
+
+
+def test_alarm_state_a_per_class_alarm_that_moves_to_another_class_is_a_change():
+    state = AlarmState()
+    one = AlarmHit("gradcam", "class_shortcut_score", 0.6, 0.15, "above", class_index=1)
+    two = AlarmHit("gradcam", "class_shortcut_score", 0.6, 0.15, "above", class_index=2)
+    assert state.update([one]) == "fired"
+    assert state.update([one]) is None
+    assert state.update([two]) == "fired"  # the same method and metric, another class: told
+    assert state.active == (("gradcam", "class_shortcut_score", 2),)
+    restored = AlarmState()
+    restored.load_state_dict(state.state_dict())
+    assert restored.update([two]) is None and restored.update([one]) == "fired"  # the class survives a checkpoint
+
+
+def test_alarm_state_loads_entries_of_older_checkpoints():
+    state = AlarmState()
+    state.load_state_dict({"alarm_state": [["gradcam", "energy_in_nuisance_ratio"]]})  # before 1.0: no class
+    assert state.active == (("gradcam", "energy_in_nuisance_ratio", -1),)
+    assert state.update([_hit("gradcam", "energy_in_nuisance_ratio")]) is None
