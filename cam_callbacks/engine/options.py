@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -22,6 +23,25 @@ PRECISION_CHOICES = ("auto", "32")
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _method_options(given: Any) -> Dict[str, Dict[str, Any]]:
+    """``method_options`` as ``{method name: {option: value}}``; anything else is refused, with an example."""
+    example = "e.g. {'reciprocam': {'gaussian': True}}"
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"method_options must be a dict of method name -> options ({example}), got {given!r}")
+    per_method: Dict[str, Dict[str, Any]] = {}
+    for name, options in given.items():
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"method_options[{name!r}] must be a dict of option -> value ({example}), got {options!r}")
+        per_method[name] = dict(options or {})
+    return per_method
 
 
 @dataclass(frozen=True)
@@ -102,7 +122,7 @@ class ExplainOptions:
             raise TypeError(f"tail must be a callable activations -> logits, got {type(self.tail).__name__}")
         check_output_transform(self.output_transform)
         object.__setattr__(self, "reshape", as_token_grid(self.reshape))
-        per_method = {name: dict(opts or {}) for name, opts in dict(self.method_options or {}).items()}
+        per_method = _method_options(self.method_options)
         for name, opts in per_method.items():
             get_method(name).resolve_options(opts)  # unknown methods and options fail here, listing the valid ones
         object.__setattr__(self, "method_options", per_method)
@@ -115,11 +135,17 @@ class ExplainOptions:
         object.__setattr__(self, "seed", int(self.seed))
         if not _is_positive_int(self.smooth_samples):
             raise ValueError(f"smooth_samples must be a positive int, got {self.smooth_samples!r}")
-        if not float(self.smooth_sigma) >= 0:
-            raise ValueError(f"smooth_sigma must be >= 0, got {self.smooth_sigma!r}")
-        scales = tuple(self.smooth_scales)
-        if not scales or any(not float(s) > 0 for s in scales):
-            raise ValueError(f"smooth_scales must be a non-empty sequence of positive numbers, got {self.smooth_scales!r}")
+        sigma = self.smooth_sigma
+        if not _is_number(sigma) or not math.isfinite(float(sigma)) or not float(sigma) >= 0:
+            raise ValueError(f"smooth_sigma must be a finite number >= 0 (noise std relative to each image's range), got {sigma!r}")
+        object.__setattr__(self, "smooth_sigma", float(sigma))
+        scales = self.smooth_scales
+        message = f"smooth_scales must be a non-empty sequence of positive numbers (e.g. (0.9, 1.0, 1.1)), got {scales!r}"
+        if isinstance(scales, (str, bytes, Mapping)) or not isinstance(scales, Iterable):
+            raise ValueError(message)
+        scales = tuple(scales)
+        if not scales or not all(_is_number(s) and math.isfinite(float(s)) and float(s) > 0 for s in scales):
+            raise ValueError(message)
         object.__setattr__(self, "smooth_scales", tuple(float(s) for s in scales))
 
     @property
