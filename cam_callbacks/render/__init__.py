@@ -1,11 +1,4 @@
-"""Images for people: colormaps, overlays, heatmap grids, the callback's per-run images, PNG files. Torch only."""
-
-from cam_callbacks.render.images import apply_colormap, colormap_lut, heatmap_grid, map_tiles, mask_outline, overlay, to_display
-from cam_callbacks.render.notebook import plot_maps, show_maps
-from cam_callbacks.render.png import encode_png, save_pngs, save_text
-from cam_callbacks.render.publish import ImageStyle, ProbeView, run_images
-
-__all__ = [
-    "ImageStyle", "ProbeView", "apply_colormap", "colormap_lut", "encode_png", "heatmap_grid", "map_tiles", "mask_outline",
-    "overlay", "plot_maps", "run_images", "save_pngs", "save_text", "show_maps", "to_display",
-]  # fmt: skip
+"""Images for people: colormaps and the overlay (:mod:`~cam_callbacks.render.images`), the one grid builder
+(:mod:`~cam_callbacks.render.grids`), colour bars (:mod:`~cam_callbacks.render.legend`), text, the callback's per-run
+images (:mod:`~cam_callbacks.render.publish`), the notebook helpers (:mod:`~cam_callbacks.render.notebook`), PNG files.
+Torch only (PIL and matplotlib lazily). Internal: import from the defining module."""

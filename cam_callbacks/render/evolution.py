@@ -13,8 +13,6 @@ from typing import Dict, List, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MapStrip"]
-
 
 class MapStrip:
     """Small maps of selected rows per run, by method (see the module docstring).
@@ -34,7 +32,8 @@ class MapStrip:
     def __init__(self, max_columns: int = 8, size: int = 32) -> None:
         if max_columns < 2:
             raise ValueError(f"max_columns must be at least 2 (the first and the latest run), got {max_columns}")
-        self.max_columns, self.size = max_columns, size
+        self.max_columns = max_columns
+        self.size = size
         self._columns: Dict[str, List[Tuple[str, Tensor]]] = {}
 
     def add(self, method: str, title: str, maps: Tensor) -> None:

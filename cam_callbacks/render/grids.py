@@ -1,6 +1,9 @@
 """Captioned image grids: one cell per probe image (caption, original, overlay), labelled map tiles, the evolution strip.
 
-Functions of tensors and strings; the callback decides what goes in them (:mod:`cam_callbacks.render.publish`).
+The one grid builder: the callback's images (:mod:`cam_callbacks.render.publish`) and the notebook helpers
+(:mod:`cam_callbacks.render.notebook`) both draw their cells with :func:`captioned_grid`, so the same images, maps,
+``alpha`` and colormap give the same pixels in TensorBoard and in a notebook.
+Functions of tensors and strings; the callers decide what goes in them.
 Layout: tiles are enlarged by an integer factor (nearest neighbour) to at least ``min_tile`` pixels;
 cells sit on a white background with :data:`GAP` pixels between them.
 """
@@ -13,14 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cam_callbacks.render.images import apply_colormap, draw_outline, mask_outline
+from cam_callbacks.render.images import apply_colormap, draw_outline, mask_outline, weighted_overlay
 from cam_callbacks.render.legend import LEGEND_FONT, NUISANCE_COLOR, OBJECT_COLOR
 from cam_callbacks.render.text import fit_text, line_height, paint_text, text_width
-
-__all__ = [
-    "Caption", "GAP", "WRONG_COLOR", "weighted_overlay", "enlarge", "captioned_grid", "labelled_tiles", "tile_rows", "evolution_grid",
-    "cell_boxes", "caption_height",
-]  # fmt: skip
 
 #: White pixels between cells.
 GAP = 6
@@ -36,25 +34,14 @@ class Caption(NamedTuple):
     wrong: bool = False
 
 
-def weighted_overlay(display_images: Tensor, maps: Tensor, alpha: float = 0.5, colormap: str = "jet") -> Tensor:
-    """Coloured maps over RGB images with an opacity that follows the map: ``a = clamp(alpha * (0.25 + 1.25 m), 0, 1)``,
-    ``out = (1 - a) * image + a * colormap(m)``: where the map is low the image shows through (a quarter of ``alpha``),
-    where it is high the colour dominates (``1.5 * alpha``).
-
-    Example::
-
-        >>> image, maps = torch.zeros(1, 3, 1, 2), torch.tensor([[[0.0, 1.0]]])
-        >>> weighted_overlay(image, maps, 0.4, "gray")[0, 0]
-        tensor([[0.0000, 0.6000]])
-    """
-    m = maps.to(display_images.device).float().clamp(0, 1)
-    opacity = (alpha * (0.25 + 1.25 * m)).clamp(0, 1).unsqueeze(1)
-    return (display_images + opacity * (apply_colormap(m, colormap) - display_images)).clamp(0, 1)
+def enlarge_factor(height: int, width: int, min_tile: int) -> int:
+    """The integer factor :func:`enlarge` applies to ``height`` x ``width`` tiles: ``max(1, ceil(min_tile / min(height, width)))``."""
+    return max(1, -(-min_tile // min(height, width)))
 
 
 def enlarge(images: Tensor, min_tile: int) -> Tensor:
-    """``(N, C, H, W)`` enlarged by the integer factor ``ceil(min_tile / min(H, W))`` (nearest neighbour), if above 1."""
-    factor = -(-min_tile // min(images.shape[-2:]))
+    """``(N, C, H, W)`` enlarged by :func:`enlarge_factor` (nearest neighbour), if above 1."""
+    factor = enlarge_factor(images.shape[-2], images.shape[-1], min_tile)
     return F.interpolate(images, scale_factor=factor, mode="nearest") if factor > 1 else images
 
 
@@ -65,7 +52,8 @@ def tile_rows(cells: Tensor, per_row: int, gap: int = GAP) -> Tensor:
     rows = -(-n // per_row)
     out = torch.ones(3, rows * (h + gap) + gap, per_row * (w + gap) + gap, dtype=cells.dtype)
     for i in range(n):
-        top, left = gap + (i // per_row) * (h + gap), gap + (i % per_row) * (w + gap)
+        top = gap + (i // per_row) * (h + gap)
+        left = gap + (i % per_row) * (w + gap)
         out[:, top : top + h, left : left + w] = cells[i]
     return out
 
@@ -79,18 +67,27 @@ def cell_boxes(n: int, per_row: int, tile_h: int, tile_w: int) -> List[Tuple[int
     """Where :func:`captioned_grid` puts cell ``i``'s tiles: ``(top, left of the original, left of the overlay)``
     for enlarged ``tile_h`` x ``tile_w`` tiles (the original and the overlay are 2 pixels apart)."""
     per_row = max(1, min(per_row, n))
-    cell_h, cell_w = caption_height() + tile_h, 2 * tile_w + 2
+    cell_h = caption_height() + tile_h
+    cell_w = 2 * tile_w + 2
     boxes = []
     for i in range(n):
-        top, left = GAP + (i // per_row) * (cell_h + GAP), GAP + (i % per_row) * (cell_w + GAP)
+        top = GAP + (i // per_row) * (cell_h + GAP)
+        left = GAP + (i % per_row) * (cell_w + GAP)
         boxes.append((top + caption_height(), left, left + tile_w + 2))
     return boxes
 
 
 def captioned_grid(
-    display_images: Tensor, maps: Tensor, captions: Sequence[Caption], alpha: float = 0.5, colormap: str = "jet", per_row: int = 4,
-    min_tile: int = 96, masks: Optional[Tensor] = None, nuisance: Optional[Tensor] = None,
-) -> Tensor:  # fmt: skip
+    display_images: Tensor,
+    maps: Tensor,
+    captions: Sequence[Caption],
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    per_row: int = 4,
+    min_tile: int = 96,
+    masks: Optional[Tensor] = None,
+    nuisance: Optional[Tensor] = None,
+) -> Tensor:
     """A ``(3, H, W)`` grid of cells: caption (two lines) over the original and, right of it, its overlay
     (:func:`weighted_overlay`); object outlines in :data:`OBJECT_COLOR`, nuisance outlines in :data:`NUISANCE_COLOR`,
     drawn after enlarging so they stay one pixel thin.
@@ -111,10 +108,13 @@ def captioned_grid(
     for regions, color in ((masks, OBJECT_COLOR), (nuisance, NUISANCE_COLOR)):
         if regions is not None:
             outline = mask_outline(enlarge(regions.float().unsqueeze(1), min_tile).squeeze(1) > 0.5)
-            big, overlays = draw_outline(big, outline, color), draw_outline(overlays, outline, color)
+            big = draw_outline(big, outline, color)
+            overlays = draw_outline(overlays, outline, color)
     n, _, tile_h, tile_w = big.shape
     per_row = max(1, min(per_row, n))
-    cell_h, cell_w, band = caption_height() + tile_h, 2 * tile_w + 2, caption_height()
+    band = caption_height()
+    cell_h = band + tile_h
+    cell_w = 2 * tile_w + 2
     out = torch.ones(3, -(-n // per_row) * (cell_h + GAP) + GAP, per_row * (cell_w + GAP) + GAP)
     line = line_height(LEGEND_FONT)
     for i, (top, left, overlay_left) in enumerate(cell_boxes(n, per_row, tile_h, tile_w)):  # written in place: no copies
@@ -139,9 +139,13 @@ def labelled_tiles(maps: Tensor, names: Sequence[str], colormap: str = "jet", pe
 
 
 def evolution_grid(
-    display_images: Tensor, history: Sequence[Tuple[str, Tensor]], row_names: Sequence[str], alpha: float = 0.5,
-    colormap: str = "jet", tile: int = 64,
-) -> Tensor:  # fmt: skip
+    display_images: Tensor,
+    history: Sequence[Tuple[str, Tensor]],
+    row_names: Sequence[str],
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    tile: int = 64,
+) -> Tensor:
     """Rows of probe images, columns: the original, then one overlay per run (``history``: ``(column title, (R, h, w)
     maps)``, oldest first; the maps of any size, resized to ``tile``). Row names and column titles are written on
     the left and on top. Returns ``(3, H, W)``.
@@ -155,7 +159,8 @@ def evolution_grid(
         small = F.interpolate(maps.float().unsqueeze(1), size=(tile, tile), mode="bilinear", align_corners=False).squeeze(1)
         columns.append(weighted_overlay(images, small, alpha, colormap))
     line = line_height(LEGEND_FONT)
-    label_w, step = max(text_width(name, LEGEND_FONT) for name in row_names) + 8, tile + 2
+    label_w = max(text_width(name, LEGEND_FONT) for name in row_names) + 8
+    step = tile + 2
     out = torch.ones(3, line + 4 + rows * step, label_w + len(columns) * step)
     for c, column in enumerate(columns):
         left = label_w + c * step

@@ -1,4 +1,5 @@
-"""Rendering maps for people: colormaps, overlays and image grids (no computing of maps here).
+"""Pixels for people: colormaps, display images, the overlay of a map on its image, region outlines (no layouts here:
+see :mod:`cam_callbacks.render.grids`).
 
 All functions are batched torch operations on any device; matplotlib is used only to read a
 colormap's lookup table, lazily.
@@ -13,8 +14,6 @@ import torch
 from torch import Tensor
 
 from cam_callbacks.utils.numeric import safe_divide
-
-__all__ = ["colormap_lut", "apply_colormap", "to_display", "overlay", "heatmap_grid", "mask_outline", "draw_outline", "map_tiles"]
 
 
 @lru_cache(maxsize=8)
@@ -65,9 +64,21 @@ def to_display(images: Tensor, mean: Optional[Sequence[float]] = None, std: Opti
     return x
 
 
-def overlay(display_images: Tensor, maps: Tensor, alpha: float = 0.5, colormap: str = "jet") -> Tensor:
-    """Blend coloured maps over RGB images: ``(1 - alpha) * image + alpha * colormap(map)``."""
-    return ((1.0 - alpha) * display_images + alpha * apply_colormap(maps, colormap)).clamp(0, 1)
+def weighted_overlay(display_images: Tensor, maps: Tensor, alpha: float = 0.5, colormap: str = "jet") -> Tensor:
+    """Coloured maps over RGB images with an opacity that follows the map: ``a = clamp(alpha * (0.25 + 1.25 m), 0, 1)``,
+    ``out = (1 - a) * image + a * colormap(m)``: where the map is low the image shows through (a quarter of ``alpha``),
+    where it is high the colour dominates (``1.5 * alpha``). The only overlay: the callback's grids and the notebook
+    helpers draw with it.
+
+    Example::
+
+        >>> image, maps = torch.zeros(1, 3, 1, 2), torch.tensor([[[0.0, 1.0]]])
+        >>> weighted_overlay(image, maps, 0.4, "gray")[0, 0]
+        tensor([[0.0000, 0.6000]])
+    """
+    m = maps.to(display_images.device).float().clamp(0, 1)
+    opacity = (alpha * (0.25 + 1.25 * m)).clamp(0, 1).unsqueeze(1)
+    return (display_images + opacity * (apply_colormap(m, colormap) - display_images)).clamp(0, 1)
 
 
 def mask_outline(masks: Tensor) -> Tensor:
@@ -93,64 +104,3 @@ def draw_outline(rgb: Tensor, outline: Tensor, color: Sequence[float] = (1.0, 1.
     """``(N, 3, H, W)`` images with the ``(N, H, W)`` outline pixels painted in ``color``."""
     paint = torch.as_tensor(color, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1).expand_as(rgb)
     return torch.where(outline.unsqueeze(1).to(rgb.device), paint, rgb)
-
-
-def map_tiles(maps: Tensor, colormap: str = "jet", per_row: int = 8, min_tile: int = 96) -> Tensor:
-    """A ``(3, H', W')`` grid of coloured ``(M, H, W)`` maps in [0, 1] (class means, the shortcut mean map)."""
-    from torchvision.utils import make_grid
-
-    tiles = apply_colormap(maps.float(), colormap)
-    factor = -(-min_tile // min(tiles.shape[-2:]))
-    if factor > 1:
-        tiles = torch.nn.functional.interpolate(tiles, scale_factor=factor, mode="nearest")
-    return make_grid(tiles, nrow=max(1, min(per_row, tiles.shape[0])), padding=2, pad_value=1.0)
-
-
-def heatmap_grid(
-    display_images: Tensor,
-    maps: Tensor,
-    alpha: float = 0.5,
-    colormap: str = "jet",
-    per_row: int = 8,
-    min_tile: int = 96,
-    outlines: Optional[Tensor] = None,
-) -> Tensor:
-    """A ``(3, H', W')`` grid: rows of originals, each followed by a row of their overlays.
-
-    Tiles smaller than ``min_tile`` pixels are enlarged by an integer factor (nearest neighbour,
-    so pixels stay sharp) to stay readable in TensorBoard.
-
-    Args:
-        display_images: ``(N, 3, H, W)`` RGB in [0, 1] (see :func:`to_display`).
-        maps: ``(N, H, W)`` maps in [0, 1].
-        alpha: Heatmap opacity.
-        colormap: Matplotlib colormap name.
-        per_row: Images per row.
-        min_tile: Smallest tile side in pixels after enlargement.
-        outlines: ``(N, H, W)`` bool pixels to paint white on originals and overlays (mask outlines).
-    """
-    from torchvision.utils import make_grid
-
-    if display_images.shape[0] != maps.shape[0]:
-        raise ValueError(f"{display_images.shape[0]} images but {maps.shape[0]} maps")
-    overlays = overlay(display_images, maps.to(display_images.device), alpha, colormap)
-    if outlines is not None:
-        display_images = draw_outline(display_images, outlines)
-        overlays = draw_outline(overlays, outlines)
-    factor = -(-min_tile // min(display_images.shape[-2:]))
-    if factor > 1:
-        display_images = torch.nn.functional.interpolate(display_images, scale_factor=factor, mode="nearest")
-        overlays = torch.nn.functional.interpolate(overlays, scale_factor=factor, mode="nearest")
-    n = display_images.shape[0]
-    per_row = max(1, min(per_row, n))
-    rows = []
-    for start in range(0, n, per_row):
-        block_images = display_images[start : start + per_row]
-        block_overlays = overlays[start : start + per_row]
-        pad = per_row - block_images.shape[0]
-        if pad:
-            blank = torch.ones((pad,) + tuple(block_images.shape[1:]), dtype=block_images.dtype, device=block_images.device)
-            block_images = torch.cat([block_images, blank])
-            block_overlays = torch.cat([block_overlays, blank])
-        rows.extend([block_images, block_overlays])
-    return make_grid(torch.cat(rows), nrow=per_row, padding=2, pad_value=1.0)

@@ -14,8 +14,6 @@ from torch import Tensor
 from cam_callbacks.render.images import colormap_lut
 from cam_callbacks.render.text import line_height, paint_text, text_width, wrap_text
 
-__all__ = ["OBJECT_COLOR", "NUISANCE_COLOR", "LEGEND_FONT", "BAR_WIDTH", "legend_band", "with_legend"]
-
 #: Outline of the object region (where the explanation should be): white, a colour no offered colormap contains.
 OBJECT_COLOR: Tuple[float, float, float] = (1.0, 1.0, 1.0)
 #: Outline of the nuisance region (where it must not be): magenta, in no offered colormap either.
@@ -57,7 +55,8 @@ def legend_band(
         (3, 400)
     """
     line = line_height(LEGEND_FONT)
-    left, bar = 8, max(40, min(BAR_WIDTH, width // 3))
+    left = 8
+    bar = max(40, min(BAR_WIDTH, width // 3))
     x = left + bar + 12
     beside = text_width(label, LEGEND_FONT) <= width - x - 4  # else the label goes on its own lines under the ticks
     lines = [label] if beside else wrap_text(label, LEGEND_FONT, width - left - 4)
@@ -75,7 +74,7 @@ def legend_band(
     else:
         for k, text in enumerate(lines):
             paint_text(band, text, left, 9 + _BAR_HEIGHT + (k + 1) * line, LEGEND_FONT)
-        x, y = left + bar + 12, 4
+        y = 4  # x stays beside the bar
     for color, name in outlines:
         if x + text_width(name, LEGEND_FONT) + 30 > width:
             break
@@ -83,8 +82,13 @@ def legend_band(
     return band
 
 
-def with_legend(image: Tensor, colormap: str, label: str, ticks: Optional[Sequence[Tuple[float, str]]] = None,
-                outlines: Sequence[Tuple[Tuple[float, float, float], str]] = ()) -> Tensor:  # fmt: skip
+def with_legend(
+    image: Tensor,
+    colormap: str,
+    label: str,
+    ticks: Optional[Sequence[Tuple[float, str]]] = None,
+    outlines: Sequence[Tuple[Tuple[float, float, float], str]] = (),
+) -> Tensor:
     """``image`` ``(3, H, W)`` with a :func:`legend_band` appended under it (bands are drawn once per layout and reused)."""
     ticks = tuple(ticks) if ticks is not None else ((0.0, "0"), (0.5, "0.5"), (1.0, "1"))
     band = _shared_band(image.shape[-1], colormap, ticks, label, tuple(outlines))
@@ -93,7 +97,11 @@ def with_legend(image: Tensor, colormap: str, label: str, ticks: Optional[Sequen
 
 @lru_cache(maxsize=64)
 def _shared_band(
-    width: int, colormap: str, ticks: Tuple[Tuple[float, str], ...], label: str, outlines: Tuple[Tuple[Tuple[float, float, float], str], ...]
-) -> Tensor:  # fmt: skip
+    width: int,
+    colormap: str,
+    ticks: Tuple[Tuple[float, str], ...],
+    label: str,
+    outlines: Tuple[Tuple[Tuple[float, float, float], str], ...],
+) -> Tensor:
     """:func:`legend_band`, kept for the next run (the same images get the same band every run; it is only read)."""
     return legend_band(width, colormap, ticks, label, outlines)

@@ -3,8 +3,12 @@
 ::
 
     maps = cc.explain(model, x, "gradcam", "layer4")
-    cc.show_maps(x, maps, mean=mean, std=std)   # PIL image: originals above their overlays
-    cc.plot_maps(x, maps, mean=mean, std=std)   # matplotlib figure: overlays, titles, colour bar
+    cc.show_maps(x, maps, mean=mean, std=std)   # PIL image: captioned cells (original, overlay), colour bar
+    cc.plot_maps(x, maps, mean=mean, std=std)   # the same picture as a matplotlib figure, one axis per image
+
+Both draw what the callback logs to TensorBoard: the cells of :func:`cam_callbacks.render.grids.captioned_grid`
+(the overlay of :func:`cam_callbacks.render.images.weighted_overlay`) and the colour bar of
+:func:`cam_callbacks.render.legend.with_legend`.
 
 Torch and PIL; matplotlib is imported lazily by :func:`plot_maps` (and for colormaps). No backend is
 chosen here: the figure is a plain :class:`matplotlib.figure.Figure`, not registered with pyplot, so a
@@ -14,26 +18,24 @@ accumulates in pyplot's figure list; in a script, ``fig.savefig(path)``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from cam_callbacks.render.images import colormap_lut, heatmap_grid, overlay, to_display
+from cam_callbacks.render.grids import Caption, caption_height, captioned_grid, cell_boxes, enlarge_factor
+from cam_callbacks.render.images import colormap_lut, to_display
+from cam_callbacks.render.legend import with_legend
 from cam_callbacks.render.publish import to_uint8
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-__all__ = ["show_maps", "plot_maps", "COLORBAR_LABEL", "TITLE_BAND"]
-
-#: The label of :func:`plot_maps`'s colour bar.
+#: The label of the colour bar under :func:`show_maps`'s and :func:`plot_maps`'s pictures.
 COLORBAR_LABEL = "map value (0 = not used, 1 = most important)"
-#: Height in pixels of the white band above each row of originals that holds :func:`show_maps`'s titles.
-TITLE_BAND = 16
-_PAD = 2  # make_grid's padding in heatmap_grid
-_MIN_TILE = 96  # heatmap_grid's default smallest tile side
+#: Smallest tile side in pixels: smaller images are enlarged by an integer factor (nearest neighbour), as in the callback's grids.
+MIN_TILE = 96
 
 
 def _as_batch(images: Tensor, maps: Tensor) -> Tuple[Tensor, Tensor]:
@@ -62,7 +64,7 @@ def _as_batch(images: Tensor, maps: Tensor) -> Tuple[Tensor, Tensor]:
     if tuple(maps.shape[-2:]) != tuple(images.shape[-2:]):
         raise ValueError(
             f"maps are {maps.shape[-2]}x{maps.shape[-1]} but the images are {images.shape[-2]}x{images.shape[-1]}: "
-            "pass maps at the images' size (explain returns them so; cc.upsample_and_normalize(maps, size) resizes raw maps)"
+            "pass maps at the images' size (explain returns them so; resize raw maps with torch.nn.functional.interpolate(maps[:, None], size=(H, W), mode='bilinear')[:, 0])"
         )
     maps = torch.nan_to_num(maps.detach().float().cpu(), nan=0.0)  # NaN maps (non-finite images) are shown as 0
     return images.detach().float().cpu(), maps
@@ -87,6 +89,33 @@ def _check_titles(titles: Optional[Sequence[str]], n: int) -> Optional[list]:
     return titles
 
 
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _cells(
+    x: Tensor,
+    m: Tensor,
+    mean: Optional[Sequence[float]],
+    std: Optional[Sequence[float]],
+    colormap: str,
+    alpha: float,
+    per_row: int,
+    titles: Optional[List[str]],
+) -> Tensor:
+    """The ``(3, H, W)`` grid both helpers show: :func:`captioned_grid`'s cells, captioned with the titles (``#<i>`` without them)."""
+    captions = [Caption(title) for title in titles] if titles is not None else [Caption(f"#{i}") for i in range(x.shape[0])]
+    return captioned_grid(to_display(x, mean, std), m, captions, alpha=float(alpha), colormap=colormap, per_row=per_row, min_tile=MIN_TILE)
+
+
+def _picture(grid: Tensor, colormap: str, colorbar: bool) -> Tensor:
+    """``grid`` as uint8 ``(H, W, 3)``, with :func:`with_legend`'s colour bar under it when ``colorbar``."""
+    if colorbar:
+        grid = with_legend(grid, colormap, COLORBAR_LABEL)
+    return to_uint8(grid).permute(1, 2, 0).contiguous()
+
+
 def show_maps(
     images: Tensor,
     maps: Tensor,
@@ -95,10 +124,12 @@ def show_maps(
     std: Optional[Sequence[float]] = None,
     colormap: str = "jet",
     alpha: float = 0.5,
-    per_row: int = 8,
+    per_row: int = 4,
     titles: Optional[Sequence[str]] = None,
+    colorbar: bool = True,
 ) -> Image:
-    """A PIL image of the originals, each row of them above a row of their overlays (Jupyter shows it inline).
+    """A PIL image of one cell per image, as the callback logs them (Jupyter shows it inline): a caption over the
+    original and, right of it, its overlay; the colour bar under the cells.
 
     Args:
         images: ``(N, C, H, W)`` model inputs (or ``(C, H, W)`` / ``(H, W)`` for one image), any device and dtype.
@@ -108,51 +139,25 @@ def show_maps(
         mean, std: How the images were normalised: the originals are shown as ``(x * std + mean).clamp(0, 1)``;
             without them each image is min-max scaled.
         colormap: A matplotlib colormap name.
-        alpha: Heatmap opacity: an overlay is ``(1 - alpha) * original + alpha * colormap(map)``.
-        per_row: Images per row.
-        titles: One string per image, written in a white band above each original.
+        alpha: Heatmap opacity. The opacity follows the map value ``m``: ``a = clamp(alpha * (0.25 + 1.25 m), 0, 1)``
+            and the overlay is ``(1 - a) * original + a * colormap(m)`` (the image shows through where the map is low).
+        per_row: Cells (images) per row.
+        titles: One string per image, written in its cell's caption; without them the captions are ``#0``, ``#1``, ...
+        colorbar: Draw the colour bar (labelled :data:`COLORBAR_LABEL`) under the cells.
 
     Returns:
-        An RGB :class:`PIL.Image.Image`. The layout is :func:`cam_callbacks.render.heatmap_grid`'s: tiles are
-        enlarged by the integer factor ``f = ceil(96 / min(H, W))`` (nearest neighbour), 2-pixel white
-        padding, so the size is ``(k * (f*W + 2) + 2, 2 * r * (f*H + 2) + 2)`` for ``k = min(per_row, N)``
-        images per row and ``r = ceil(N / k)`` rows, plus ``16 * r`` pixels of height with titles.
+        An RGB :class:`PIL.Image.Image` with the layout of :func:`cam_callbacks.render.grids.captioned_grid`: tiles
+        enlarged by the integer factor ``f = ceil(96 / min(H, W))`` (nearest neighbour), a two-line caption band over
+        each cell (the original, 2 white pixels, the overlay), 6 white pixels between cells.
     """
     from PIL import Image as PILImage
 
     x, m = _as_batch(images, maps)
     _check_style(mean, std, alpha, colormap)
     names = _check_titles(titles, x.shape[0])
-    if not isinstance(per_row, int) or isinstance(per_row, bool) or per_row < 1:
-        raise ValueError(f"per_row must be an int >= 1, got {per_row!r}")
-    grid = heatmap_grid(to_display(x, mean, std), m, alpha=float(alpha), colormap=colormap, per_row=per_row, min_tile=_MIN_TILE)
-    picture = PILImage.fromarray(to_uint8(grid).permute(1, 2, 0).contiguous().numpy())
-    if names is None:
-        return picture
-    return _with_titles(picture, names, (x.shape[-2], x.shape[-1]), per_row)
-
-
-def _with_titles(picture: Image, names: list, size: Tuple[int, int], per_row: int) -> Image:
-    """``picture`` with a :data:`TITLE_BAND` band of titles inserted above each row of originals."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    factor = -(-_MIN_TILE // min(size))
-    tile_h, tile_w = size[0] * factor + _PAD, size[1] * factor + _PAD
-    per_row = min(per_row, len(names))
-    blocks = -(-len(names) // per_row)
-    out = PILImage.new("RGB", (picture.width, picture.height + blocks * TITLE_BAND), (255, 255, 255))
-    draw = ImageDraw.Draw(out)
-    for block in range(blocks):
-        top = block * 2 * tile_h  # first row of this block's originals in the grid (padding row above it)
-        out.paste(picture.crop((0, top, picture.width, top + 2 * tile_h)), (0, top + (block + 1) * TITLE_BAND))
-        for col, name in enumerate(names[block * per_row : (block + 1) * per_row]):
-            text = name
-            while text and draw.textlength(text) > tile_w - 4:
-                text = text[:-1]
-            draw.text((_PAD + col * tile_w, top + block * TITLE_BAND + 3), text, fill=(0, 0, 0))
-    out.paste(picture.crop((0, picture.height - _PAD, picture.width, picture.height)), (0, out.height - _PAD))
-    return out
+    _check_count("per_row", per_row)
+    grid = _cells(x, m, mean, std, colormap, alpha, per_row, names)
+    return PILImage.fromarray(_picture(grid, colormap, bool(colorbar)).numpy())
 
 
 def plot_maps(
@@ -167,36 +172,37 @@ def plot_maps(
     ncols: int = 4,
     colorbar: bool = True,
 ) -> Figure:
-    """A matplotlib figure with one axis per image showing its overlay, optional titles and a colour bar.
+    """:func:`show_maps`'s picture as a matplotlib figure: one axis per image holding its cell (caption, original,
+    overlay) and, with ``colorbar=True``, one axis holding the colour bar (labelled :data:`COLORBAR_LABEL`).
 
-    Arguments as in :func:`show_maps`; ``ncols`` axes per row. The colour bar (``colorbar=True``) is
-    labelled :data:`COLORBAR_LABEL`. The figure is not registered with pyplot and no backend is set: a
-    notebook displays it as the cell's value; ``fig.savefig(path)`` writes it anywhere.
+    Arguments as in :func:`show_maps`; ``ncols`` cells per row. The axes sit where the cells are in
+    :func:`show_maps`'s picture and the figure is sized for one figure pixel per picture pixel at its dpi (100), so
+    ``fig.savefig(path)`` writes that picture. The figure is not registered with pyplot and no backend is set: a
+    notebook displays it as the cell's value.
     """
-    import matplotlib
-    import matplotlib.pyplot  # loads the active backend: in IPython, registers how figures are displayed
+    import matplotlib.pyplot  # noqa: F401 - loads the active backend: in IPython, registers how figures are displayed
     from matplotlib.figure import Figure
 
     x, m = _as_batch(images, maps)
     _check_style(mean, std, alpha, colormap)
     names = _check_titles(titles, x.shape[0])
-    if not isinstance(ncols, int) or isinstance(ncols, bool) or ncols < 1:
-        raise ValueError(f"ncols must be an int >= 1, got {ncols!r}")
-    rgb = overlay(to_display(x, mean, std), m, float(alpha), colormap).permute(0, 2, 3, 1).numpy()
-    n = x.shape[0]
-    cols = min(ncols, n)
-    rows = -(-n // cols)
-    cell_h = 3.0 * x.shape[-2] / x.shape[-1] + (0.3 if names else 0.0)
-    figure = Figure(figsize=(3.0 * cols + (1.0 if colorbar else 0.0), cell_h * rows), layout="constrained")
-    axes = []
-    for i in range(n):
-        ax = figure.add_subplot(rows, cols, i + 1)
-        ax.imshow(rgb[i], interpolation="nearest")
+    _check_count("ncols", ncols)
+    grid = _cells(x, m, mean, std, colormap, alpha, ncols, names)
+    picture = _picture(grid, colormap, bool(colorbar)).numpy()
+    height, width = picture.shape[:2]
+    factor = enlarge_factor(x.shape[-2], x.shape[-1], MIN_TILE)
+    tile_h = x.shape[-2] * factor
+    tile_w = x.shape[-1] * factor
+    band = caption_height()
+    figure = Figure(figsize=(width / 100, height / 100), dpi=100, facecolor="white")
+    boxes = cell_boxes(x.shape[0], ncols, tile_h, tile_w)
+    for i, (top, left, _) in enumerate(boxes):
+        cell = picture[top - band : top + tile_h, left : left + 2 * tile_w + 2]
+        ax = figure.add_axes((left / width, 1 - (top + tile_h) / height, cell.shape[1] / width, cell.shape[0] / height), label=f"image {i}")
+        ax.imshow(cell, interpolation="nearest")
         ax.set_axis_off()
-        if names is not None:
-            ax.set_title(names[i])
-        axes.append(ax)
-    if colorbar:
-        mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=colormap)
-        figure.colorbar(mappable, ax=axes, label=COLORBAR_LABEL, shrink=0.9)
+    if colorbar:  # the band under the grid
+        ax = figure.add_axes((0.0, 0.0, 1.0, (height - grid.shape[1]) / height), label="colorbar")
+        ax.imshow(picture[grid.shape[1] :], interpolation="nearest")
+        ax.set_axis_off()
     return figure

@@ -7,8 +7,6 @@ from typing import Any, Dict, List
 
 from torch import Tensor
 
-__all__ = ["PNG_COMPRESS_LEVEL", "encode_png", "save_pngs", "save_text"]
-
 #: zlib level of the PNG files: level 1 encodes ~2.3x faster than PIL's default 6 for a few % more bytes
 #: (measured on a 1042x522 heatmap grid: 61 ms / 519 kB against 142 ms / 502 kB).
 PNG_COMPRESS_LEVEL = 1

@@ -22,11 +22,6 @@ from cam_callbacks.render.shortcuts import shortcut_tiles
 from cam_callbacks.render.style import ImageStyle
 from cam_callbacks.utils.types import Probability
 
-__all__ = [
-    "ImageStyle", "ProbeView", "RunInfo", "run_images", "method_grids", "summary_maps", "probe_captions", "class_name", "evidence_grid",
-    "rows_grid", "to_uint8",
-]  # fmt: skip
-
 
 class ProbeView(NamedTuple):
     """The rows the callback explains: probe images (or one row per positive label) and their masks."""
@@ -59,8 +54,14 @@ def class_name(index: int, names: Optional[Sequence[str]]) -> str:
     return str(names[index]) if names is not None and 0 <= index < len(names) else str(index)
 
 
-def probe_captions(view: ProbeView, explanation: Explanation, rows: Tensor, score: Optional[Tensor], score_name: str,
-                   names: Optional[Sequence[str]]) -> List[Caption]:  # fmt: skip
+def probe_captions(
+    view: ProbeView,
+    explanation: Explanation,
+    rows: Tensor,
+    score: Optional[Tensor],
+    score_name: str,
+    names: Optional[Sequence[str]],
+) -> List[Caption]:
     """One :class:`Caption` per row: ``#<probe index> <label> → <prediction>`` (``✗`` when wrong), then the target's
     probability and the row's ``score`` (a fraction) in percent, through the format string ``score_name`` (``"ADCC {:.0f}"``)."""
     logits = explanation.logits.detach().float().cpu()[rows]
@@ -94,8 +95,14 @@ def _row_score(method: str, analysis: MethodAnalysis, view: ProbeView, info: Run
     return None, ""
 
 
-def method_grids(view: ProbeView, explanation: Explanation, method: str, analysis: MethodAnalysis, style: ImageStyle,
-                 info: RunInfo = RunInfo()) -> Dict[str, Tensor]:  # noqa: B008 - never mutated # fmt: skip
+def method_grids(
+    view: ProbeView,
+    explanation: Explanation,
+    method: str,
+    analysis: MethodAnalysis,
+    style: ImageStyle,
+    info: RunInfo = RunInfo(),  # noqa: B008 - never mutated
+) -> Dict[str, Tensor]:
     """``{"grid": ...}`` in probe order (the same images in the same places at every run) and, with masks,
     ``{"worst": ...}`` in ``analysis.order`` (worst first); ``{"label_<c>/grid": ...}`` per label for multi-hot labels
     (the ``max_labels`` most frequent ones). Captioned cells, outlined regions, a colour scale under each."""
@@ -111,13 +118,21 @@ def method_grids(view: ProbeView, explanation: Explanation, method: str, analysi
     return {name: rows_grid(view, explanation, method, analysis, style, info, rows[: style.max_images], name == "worst") for name, rows in groups.items()}
 
 
-def rows_grid(view: ProbeView, explanation: Explanation, method: str, analysis: MethodAnalysis, style: ImageStyle, info: RunInfo,
-              rows: Tensor, worst_first: bool = False) -> Tensor:  # fmt: skip
+def rows_grid(
+    view: ProbeView,
+    explanation: Explanation,
+    method: str,
+    analysis: MethodAnalysis,
+    style: ImageStyle,
+    info: RunInfo,
+    rows: Tensor,
+    worst_first: bool = False,
+) -> Tensor:
     """The captioned grid of ``rows`` (probe rows, in that order) with its colour scale and outline legend."""
     maps = explanation.maps[method].detach().float().cpu()
     score, score_name = _row_score(method, analysis, view, info)
-    outlines = [(color, name) for regions, color, name in ((view.masks, OBJECT_COLOR, "object"), (view.nuisance, NUISANCE_COLOR, "nuisance"))
-                if regions is not None]  # fmt: skip
+    regions = ((view.masks, OBJECT_COLOR, "object"), (view.nuisance, NUISANCE_COLOR, "nuisance"))
+    outlines = [(color, name) for region, color, name in regions if region is not None]
     display = to_display(view.images[rows], style.mean_values, style.std_values)
     captions = probe_captions(view, explanation, rows, score, score_name, info.class_names)
     masks = None if view.masks is None else view.masks[rows]
@@ -126,8 +141,15 @@ def rows_grid(view: ProbeView, explanation: Explanation, method: str, analysis: 
     return with_legend(grid, style.colormap, GRID_LABEL + ("; worst first" if worst_first else "; probe order"), outlines=outlines)
 
 
-def evidence_grid(view: ProbeView, explanation: Explanation, method: str, analysis: MethodAnalysis, style: ImageStyle, info: RunInfo,
-                  worst: Sequence[int]) -> Optional[Tensor]:  # fmt: skip
+def evidence_grid(
+    view: ProbeView,
+    explanation: Explanation,
+    method: str,
+    analysis: MethodAnalysis,
+    style: ImageStyle,
+    info: RunInfo,
+    worst: Sequence[int],
+) -> Optional[Tensor]:
     """The grid of the probe images ``worst`` (an :class:`~cam_callbacks.monitor.alarm.AlarmHit`'s), in that order; None if none is shown."""
     index = view.image_index.tolist()
     rows = [row for image in list(worst)[: style.max_images] for row, i in enumerate(index) if i == image]
@@ -166,8 +188,13 @@ def evolution_image(view: ProbeView, method: str, style: ImageStyle, info: RunIn
     return with_legend(grid, style.colormap, GRID_LABEL)
 
 
-def run_images(view: ProbeView, explanation: Explanation, analyses: Dict[str, MethodAnalysis], style: ImageStyle,
-               info: RunInfo = RunInfo()) -> Dict[str, Dict[str, Tensor]]:  # noqa: B008 - never mutated # fmt: skip
+def run_images(
+    view: ProbeView,
+    explanation: Explanation,
+    analyses: Dict[str, MethodAnalysis],
+    style: ImageStyle,
+    info: RunInfo = RunInfo(),  # noqa: B008 - never mutated
+) -> Dict[str, Dict[str, Tensor]]:
     """``{method: {"grid" | "worst" | "label_<c>/grid" | "class_means" | "mean_map" | "evolution" | "shortcut_prototypes": (3, H, W)}}`` for one
     run; the maps of the first :data:`EVOLUTION_ROWS` rows are added to ``info.strip`` first."""
     images = {}

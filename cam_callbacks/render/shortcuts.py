@@ -12,9 +12,8 @@ import torch
 from torch import Tensor
 
 from cam_callbacks.metrics.shortcuts import ShortcutCandidate, ShortcutFindings
+from cam_callbacks.render.grids import enlarge, enlarge_factor, tile_rows
 from cam_callbacks.render.images import apply_colormap, draw_outline, mask_outline
-
-__all__ = ["box_mask", "best_per_class", "shortcut_tiles"]
 
 
 def box_mask(shape: Sequence[int], box: Sequence[int]) -> Tensor:
@@ -42,17 +41,15 @@ def best_per_class(findings: ShortcutFindings) -> List[ShortcutCandidate]:
 def shortcut_tiles(findings: ShortcutFindings, colormap: str = "jet", min_tile: int = 96) -> Tensor:
     """``(3, H', W')``: each class's best prototype map, coloured, with its region's box outlined in white.
 
-    Tiles are in class order (one per class with a candidate), scaled up to at least ``min_tile`` pixels.
+    Tiles are in class order (one per class with a candidate), scaled up to at least ``min_tile`` pixels and laid
+    out as :func:`~cam_callbacks.render.grids.labelled_tiles` lays out its tiles (8 per row, white gaps).
     """
-    from torchvision.utils import make_grid
-
     chosen = best_per_class(findings)
     if not chosen:
         return torch.ones(3, min_tile, min_tile)
     prototypes = torch.stack([c.prototype.float().cpu() for c in chosen])
-    factor = max(1, -(-min_tile // min(prototypes.shape[-2:])))
-    tiles = apply_colormap(prototypes, colormap)
-    tiles = torch.nn.functional.interpolate(tiles, scale_factor=factor, mode="nearest")
+    factor = enlarge_factor(prototypes.shape[-2], prototypes.shape[-1], min_tile)
+    tiles = enlarge(apply_colormap(prototypes, colormap), min_tile)
     boxes = torch.stack([box_mask(tiles.shape[-2:], [v * factor for v in c.box]) for c in chosen])
     tiles = draw_outline(tiles, mask_outline(boxes))
-    return make_grid(tiles, nrow=min(8, len(chosen)), padding=2, pad_value=1.0)
+    return tile_rows(tiles, per_row=8)

@@ -15,8 +15,6 @@ from typing import Any, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["font_path", "glyph", "text_mask", "text_width", "line_height", "paint_text", "fit_text", "wrap_text"]
-
 Color = Tuple[float, float, float]
 
 
@@ -109,8 +107,10 @@ def paint_text(canvas: Tensor, text: str, x: int, y: int, size: int, color: Sequ
     """
     mask = text_mask(text, size)
     height, width = mask.shape
-    top, left = max(0, y), max(0, x)
-    bottom, right = min(canvas.shape[1], y + height), min(canvas.shape[2], x + width)
+    top = max(0, y)
+    left = max(0, x)
+    bottom = min(canvas.shape[1], y + height)
+    right = min(canvas.shape[2], x + width)
     if bottom <= top or right <= left:
         return x + width
     alpha = mask[top - y : bottom - y, left - x : right - x]

@@ -11,17 +11,8 @@ import torch
 from cam_callbacks.engine.result import Explanation
 from cam_callbacks.metrics.watch import analyze_maps
 from cam_callbacks.render.evolution import MapStrip
-from cam_callbacks.render.grids import (
-    GAP,
-    WRONG_COLOR,
-    Caption,
-    caption_height,
-    captioned_grid,
-    cell_boxes,
-    evolution_grid,
-    labelled_tiles,
-    weighted_overlay,
-)  # fmt: skip
+from cam_callbacks.render.grids import GAP, WRONG_COLOR, Caption, caption_height, captioned_grid, cell_boxes, evolution_grid, labelled_tiles
+from cam_callbacks.render.images import weighted_overlay
 from cam_callbacks.render.legend import BAR_WIDTH, LEGEND_FONT, NUISANCE_COLOR, OBJECT_COLOR, legend_band
 from cam_callbacks.render.publish import ImageStyle, ProbeView, RunInfo, probe_captions, run_images, summary_maps
 from cam_callbacks.render.text import glyph, line_height, paint_text, text_mask, text_width, wrap_text

@@ -1,7 +1,9 @@
-"""cc.show_maps / cc.plot_maps: exact pixels of the PIL grid, the figure's axes, titles and colour bar, input checks."""
+"""cc.show_maps / cc.plot_maps: the callback's cells and colour bar (exact pixels, the same as the callback's grid function),
+the figure's axes, captions, input checks."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import matplotlib
@@ -11,7 +13,12 @@ import torch
 from PIL import Image
 
 import cam_callbacks as cc
-from cam_callbacks.render.notebook import COLORBAR_LABEL, TITLE_BAND
+from cam_callbacks.engine.result import Explanation
+from cam_callbacks.metrics.watch import analyze_maps
+from cam_callbacks.render.grids import GAP, caption_height, cell_boxes
+from cam_callbacks.render.legend import BAR_WIDTH, legend_band
+from cam_callbacks.render.notebook import COLORBAR_LABEL
+from cam_callbacks.render.publish import ImageStyle, ProbeView, RunInfo, rows_grid, to_uint8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,56 +34,85 @@ def _batch(n=5, h=8, w=12, seed=0):
 
 
 def _u8(t):
-    return (t.clamp(0, 1) * 255).round().to(torch.uint8)
+    """As to_uint8 converts: rounds half up."""
+    return (t * 255 + 0.5).clamp(0, 255).to(torch.uint8)
 
 
-def _grid_size(n, h, w, per_row):
+def _layout(n, h, w, per_row):
+    """(width, height of the cells without the colour bar, enlargement factor) of the grid arithmetic."""
     f = math.ceil(96 / min(h, w))
     k = min(per_row, n)
     r = math.ceil(n / k)
-    return k * (f * w + 2) + 2, 2 * r * (f * h + 2) + 2, f
+    return k * (2 * f * w + 2 + GAP) + GAP, r * (caption_height() + f * h + GAP) + GAP, f
+
+
+def _tiles(picture, n, per_row, tile_h, tile_w):
+    """[(original, overlay)] of each cell, (tile_h, tile_w, 3) uint8 arrays cut from an (H, W, 3) picture."""
+    return [
+        (picture[top : top + tile_h, left : left + tile_w], picture[top : top + tile_h, right : right + tile_w])
+        for top, left, right in cell_boxes(n, per_row, tile_h, tile_w)
+    ]
 
 
 @pytest.mark.parametrize("n,h,w,per_row", [(5, 8, 12, 3), (1, 8, 8, 8), (4, 96, 100, 2), (9, 40, 30, 8)])
-def test_show_maps_size_is_the_grid_arithmetic(n, h, w, per_row):
+def test_show_maps_size_is_the_grid_arithmetic_plus_the_colour_bar(n, h, w, per_row):
     x, maps = _batch(n, h, w)
     picture = cc.show_maps(x, maps, mean=MEAN, std=STD, per_row=per_row)
     assert isinstance(picture, Image.Image) and picture.mode == "RGB"
-    width, height, _ = _grid_size(n, h, w, per_row)
-    assert picture.size == (width, height)
+    width, height, _ = _layout(n, h, w, per_row)
+    assert picture.size == (width, height + legend_band(width, "jet", label=COLORBAR_LABEL).shape[1])
+    assert cc.show_maps(x, maps, mean=MEAN, std=STD, per_row=per_row, colorbar=False).size == (width, height)
 
 
-def test_show_maps_top_row_is_the_unnormalised_originals_and_overlays_the_alpha_blend():
+@pytest.mark.parametrize("alpha,colormap", [(0.3, "viridis"), (0.5, "jet"), (1.0, "gray")])
+def test_show_maps_draws_the_callbacks_cells_pixel_for_pixel(alpha, colormap):
+    """The same images, maps, alpha and colormap through cc.show_maps and through the callback's grid function
+    (render.publish.rows_grid, what CAMMonitor logs as <prefix>/<method>/grid): identical originals, overlays and colour bar."""
+    n, h, w = 3, 8, 12
+    x, maps = _batch(n, h, w, seed=4)
+    labels = torch.tensor([0, 1, 0])
+    view = ProbeView(x, labels, None, None, torch.arange(n), "softmax")
+    explanation = Explanation({"gradcam": maps}, torch.randn(n, 2), labels, "layer")
+    style = ImageStyle(mean=MEAN, std=STD, overlay_alpha=alpha, colormap=colormap)
+    per_row = 2  # the callback's cells per row (ImageStyle's default)
+    logged = to_uint8(rows_grid(view, explanation, "gradcam", analyze_maps(maps), style, RunInfo(), torch.arange(n)))
+    logged = logged.permute(1, 2, 0).numpy()
+    shown = np.asarray(cc.show_maps(x, maps, mean=MEAN, std=STD, alpha=alpha, colormap=colormap, per_row=per_row))
+    width, height, f = _layout(n, h, w, per_row)
+    assert logged.shape[1] == shown.shape[1] == width  # the same layout
+    for (original, overlay), (want_original, want_overlay) in zip(_tiles(shown, n, per_row, f * h, f * w), _tiles(logged, n, per_row, f * h, f * w)):
+        np.testing.assert_array_equal(original, want_original)
+        np.testing.assert_array_equal(overlay, want_overlay)
+        assert (overlay != original).any()
+    bar = slice(8, 8 + min(BAR_WIDTH, width // 3))  # the colour bar under the cells: the same colours, left to right
+    np.testing.assert_array_equal(shown[height + 6, bar], logged[height + 6, bar])
+
+
+def test_show_maps_originals_are_unnormalised_and_overlays_follow_the_map():
     n, h, w, per_row, alpha = 5, 8, 12, 3, 0.3
     x, maps = _batch(n, h, w)
     picture = np.asarray(cc.show_maps(x, maps, mean=MEAN, std=STD, per_row=per_row, alpha=alpha, colormap="viridis"))
-    _, _, f = _grid_size(n, h, w, per_row)
+    _, _, f = _layout(n, h, w, per_row)
     shown = (x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).clamp(0, 1)
-    lut = matplotlib.colormaps["viridis"](np.arange(256))[:, :3]
-    tile_h, tile_w = f * h + 2, f * w + 2
-    for i in range(n):
-        block, col = divmod(i, per_row)
-        top, left = 2 + block * 2 * tile_h, 2 + col * tile_w
-        original = picture[top : top + f * h : f, left : left + f * w : f]  # one pixel per enlarged source pixel
-        np.testing.assert_array_equal(original, _u8(shown[i]).permute(1, 2, 0).numpy())
-        # each source pixel is an f x f block (nearest neighbour)
-        np.testing.assert_array_equal(picture[top : top + f, left : left + f], np.broadcast_to(original[0, 0], (f, f, 3)))
+    lut = torch.tensor(matplotlib.colormaps["viridis"](np.arange(256))[:, :3], dtype=torch.float32)
+    for i, (original, overlay) in enumerate(_tiles(picture, n, per_row, f * h, f * w)):
+        np.testing.assert_array_equal(original[::f, ::f], _u8(shown[i]).permute(1, 2, 0).numpy())  # one pixel per source pixel
+        np.testing.assert_array_equal(original[:f, :f], np.broadcast_to(original[0, 0], (f, f, 3)))  # f x f blocks (nearest neighbour)
         for y, xx in [(0, 0), (h - 1, w - 1), (3, 5)]:
-            value = float(maps[i, y, xx])
-            colour = torch.tensor(lut[int(round(value * 255))], dtype=torch.float32)
-            want = _u8((1 - alpha) * shown[i, :, y, xx] + alpha * colour)
-            got = picture[top + tile_h + y * f, left + xx * f]
-            assert got.tolist() == want.tolist(), (i, y, xx)
+            m = float(maps[i, y, xx])
+            opacity = min(1.0, alpha * (0.25 + 1.25 * m))  # the heatmap's opacity follows the map value
+            want = shown[i, :, y, xx] + opacity * (lut[int(round(m * 255))] - shown[i, :, y, xx])
+            assert np.abs(overlay[y * f, xx * f].astype(int) - _u8(want).numpy().astype(int)).max() <= 1, (i, y, xx)
 
 
 def test_show_maps_without_mean_std_min_max_scales_each_image_and_pads_white():
     x = torch.arange(2 * 3 * 96 * 96, dtype=torch.float64).view(2, 3, 96, 96) * 7 - 5  # any dtype and range
-    picture = np.asarray(cc.show_maps(x, torch.zeros(2, 96, 96), per_row=2))
-    for i in range(2):
+    picture = np.asarray(cc.show_maps(x, torch.zeros(2, 96, 96), per_row=2, colorbar=False))
+    for i, (original, _) in enumerate(_tiles(picture, 2, 2, 96, 96)):
         low, high = x[i].min(), x[i].max()
-        want = _u8(((x[i] - low) / (high - low)).float()).permute(1, 2, 0).numpy()
-        np.testing.assert_array_equal(picture[2 : 2 + 96, 2 + i * 98 : 2 + i * 98 + 96], want)
-    assert (picture[:2] == 255).all() and (picture[:, :2] == 255).all()
+        np.testing.assert_array_equal(original, _u8(((x[i] - low) / (high - low)).float()).permute(1, 2, 0).numpy())
+    for edge in (picture[:GAP], picture[-GAP:], picture[:, :GAP], picture[:, -GAP:]):
+        assert (edge == 255).all()
 
 
 def test_show_maps_one_image_shapes_and_nan_maps():
@@ -91,42 +127,65 @@ def test_show_maps_one_image_shapes_and_nan_maps():
     assert low.shape == whole.shape
 
 
-def test_show_maps_titles_add_a_band_above_each_row_of_originals():
+def test_show_maps_titles_are_the_captions_and_change_nothing_else():
     n, h, w, per_row = 5, 8, 12, 3
     x, maps = _batch(n, h, w)
     plain = np.asarray(cc.show_maps(x, maps, mean=MEAN, std=STD, per_row=per_row))
+    numbered = np.asarray(cc.show_maps(x, maps, mean=MEAN, std=STD, per_row=per_row, titles=[f"#{i}" for i in range(n)]))
+    np.testing.assert_array_equal(plain, numbered)  # without titles the captions are the image numbers
     titled = np.asarray(cc.show_maps(x, maps, mean=MEAN, std=STD, per_row=per_row, titles=[f"image {i}" for i in range(n)]))
-    width, height, f = _grid_size(n, h, w, per_row)
-    assert titled.shape == (height + 2 * TITLE_BAND, width, 3)
-    block = 2 * (f * h + 2)
-    np.testing.assert_array_equal(titled[TITLE_BAND : TITLE_BAND + block], plain[:block])
-    np.testing.assert_array_equal(titled[2 * TITLE_BAND + block : 2 * TITLE_BAND + 2 * block], plain[block : 2 * block])
-    assert (titled[:TITLE_BAND] < 128).any()  # some dark text in the band
+    assert titled.shape == plain.shape
+    _, _, f = _layout(n, h, w, per_row)
+    band = caption_height()
+    changed = np.zeros(plain.shape[:2], dtype=bool)
+    for top, left, _ in cell_boxes(n, per_row, f * h, f * w):
+        caption = titled[top - band : top, left : left + 2 * f * w + 2]
+        assert (caption < 128).any()  # dark text in the caption band
+        changed[top - band : top, left : left + 2 * f * w + 2] = True
+    assert (titled != plain).any(axis=2)[changed].any()
+    np.testing.assert_array_equal(titled[~changed], plain[~changed])  # only the caption bands differ
 
 
-def test_plot_maps_figure_axes_titles_and_colour_bar():
+def test_show_maps_colour_bar_is_the_colormap_under_the_cells():
+    x, maps = _batch(2, 8, 8)
+    picture = np.asarray(cc.show_maps(x, maps, colormap="viridis", per_row=2))
+    width, height, _ = _layout(2, 8, 8, 2)
+    bar = min(BAR_WIDTH, width // 3)
+    lut = matplotlib.colormaps["viridis"](np.arange(256))[:, :3]
+    want = _u8(torch.tensor(lut[torch.linspace(0, 255, bar).round().long().numpy()], dtype=torch.float32)).numpy()
+    np.testing.assert_array_equal(picture[height + 6, 8 : 8 + bar], want)
+    assert (picture[height:, 8 + bar + 12 :] < 128).any()  # the label beside the bar
+
+
+def test_plot_maps_is_show_maps_picture_with_one_axis_per_image():
     from matplotlib.figure import Figure
 
-    x, maps = _batch(5, 8, 12)
+    n, h, w, ncols = 5, 8, 12, 2
+    x, maps = _batch(n, h, w)
     backend = matplotlib.get_backend()
-    fig = cc.plot_maps(x, maps, mean=MEAN, std=STD, titles=list("abcde"), ncols=2)
+    fig = cc.plot_maps(x, maps, mean=MEAN, std=STD, titles=list("abcde"), ncols=ncols)
     assert matplotlib.get_backend() == backend  # no backend forced
     assert isinstance(fig, Figure)
-    images = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
-    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    assert len(images) == 5 and len(bars) == 1 and len(fig.axes) == 6
-    assert [ax.get_title() for ax in images] == list("abcde")
-    assert bars[0].get_ylabel() == COLORBAR_LABEL
-    shown = images[1].images[0].get_array()
-    want = cc.render.overlay(cc.render.to_display(x[1:2], MEAN, STD), maps[1:2]).permute(0, 2, 3, 1)[0].numpy()
-    np.testing.assert_allclose(np.asarray(shown), want, atol=1e-6)
-    fig.canvas.draw()  # renders
+    picture = np.asarray(cc.show_maps(x, maps, mean=MEAN, std=STD, titles=list("abcde"), per_row=ncols))
+    assert [ax.get_label() for ax in fig.axes] == [f"image {i}" for i in range(n)] + ["colorbar"]
+    assert tuple(fig.get_size_inches() * fig.dpi) == (picture.shape[1], picture.shape[0])
+    _, height, f = _layout(n, h, w, ncols)
+    band = caption_height()
+    for ax, (top, left, _) in zip(fig.axes, cell_boxes(n, ncols, f * h, f * w)):
+        cell = picture[top - band : top + f * h, left : left + 2 * f * w + 2]  # caption, original, overlay
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), cell)
+    np.testing.assert_array_equal(np.asarray(fig.axes[-1].images[0].get_array()), picture[height:])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")  # one figure pixel per picture pixel: the file is show_maps's picture
+    np.testing.assert_array_equal(np.asarray(Image.open(buffer).convert("RGB")), picture)
 
 
-def test_plot_maps_without_colour_bar_or_titles():
+def test_plot_maps_without_colour_bar():
     x, maps = _batch(3, 8, 8)
     fig = cc.plot_maps(x, maps, colorbar=False)
-    assert len(fig.axes) == 3 and all(ax.get_title() == "" for ax in fig.axes)
+    assert [ax.get_label() for ax in fig.axes] == ["image 0", "image 1", "image 2"]
+    width, height, _ = _layout(3, 8, 8, 4)
+    assert tuple(fig.get_size_inches() * fig.dpi) == (width, height)
 
 
 @pytest.mark.parametrize(
@@ -150,9 +209,10 @@ def test_bad_inputs_raise_with_messages(fn, images, maps, kwargs, error, match):
         getattr(cc, fn)(images, maps, **kwargs)
 
 
-def test_show_maps_per_row_is_checked():
-    with pytest.raises(ValueError, match="per_row must be an int >= 1"):
-        cc.show_maps(torch.zeros(1, 3, 8, 8), torch.zeros(1, 8, 8), per_row=0)
+@pytest.mark.parametrize("fn,name", [("show_maps", "per_row"), ("plot_maps", "ncols")])
+def test_cells_per_row_is_checked(fn, name):
+    with pytest.raises(ValueError, match=f"{name} must be an int >= 1"):
+        getattr(cc, fn)(torch.zeros(1, 3, 8, 8), torch.zeros(1, 8, 8), **{name: 0})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

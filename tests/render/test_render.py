@@ -1,4 +1,5 @@
-"""The render layer as pure functions of tensors: colormaps, display images, overlays, outlines, grids, PNG files."""
+"""The render layer's pixels as pure functions of tensors: colormaps, display images, outlines, PNG files (grids and the
+overlay: test_grids.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cam_callbacks.render import apply_colormap, encode_png, heatmap_grid, mask_outline, overlay, save_pngs, to_display
+from cam_callbacks.render.images import apply_colormap, mask_outline, to_display
+from cam_callbacks.render.png import encode_png, save_pngs
 
 
 @pytest.mark.parametrize("name", ["jet", "viridis", "inferno"])
@@ -84,20 +86,6 @@ def test_to_display_one_channel_is_repeated_and_other_counts_are_grey():
     np.testing.assert_allclose(grey[0, :, 0, 1].numpy(), [0.25] * 3)  # mean of (1, 0, 0, 0)
 
 
-def test_overlay_is_the_alpha_blend():
-    jet = matplotlib.colormaps["jet"]
-    image = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1).expand(1, 3, 1, 2).clone()
-    maps = torch.tensor([[[1.0, 0.0]]])
-    out = overlay(image, maps, alpha=0.25, colormap="jet")
-    top, bottom = np.asarray(jet(255))[:3], np.asarray(jet(0))[:3]  # jet(1.0) = (0.5, 0, 0), jet(0.0) = (0, 0, 0.5)
-    np.testing.assert_allclose(top, [0.5, 0.0, 0.0], atol=1e-9)
-    np.testing.assert_allclose(out[0, :, 0, 0].numpy(), [0.75 * 0.2 + 0.25 * 0.5, 0.75 * 0.4, 0.75 * 0.6], atol=1e-6)
-    np.testing.assert_allclose(out[0, :, 0, 1].numpy(), 0.75 * np.array([0.2, 0.4, 0.6]) + 0.25 * bottom, atol=1e-6)
-    # alpha 0 leaves the image, alpha 1 is the colour alone
-    assert torch.allclose(overlay(image, maps, alpha=0.0), image)
-    np.testing.assert_allclose(overlay(image, maps, alpha=1.0)[0, :, 0, 0].numpy(), top, atol=1e-6)
-
-
 def test_mask_outline_of_a_hand_drawn_square_is_its_border():
     masks = torch.zeros(2, 8, 9, dtype=torch.bool)
     masks[0, 2:6, 3:7] = True  # 4x4 square inside the image
@@ -119,45 +107,6 @@ def test_mask_outline_single_pixel_and_empty_mask():
     outline = mask_outline(masks)
     assert outline[0].nonzero().tolist() == [[1, 1]]
     assert not outline[1].any()
-
-
-@pytest.mark.parametrize(
-    "n, per_row, size, min_tile, grid_rows, grid_cols, tile",
-    [
-        (5, 2, 8, 16, 6, 2, 16),  # 3 blocks of (originals, overlays); tiles enlarged x2
-        (5, 8, 8, 8, 2, 5, 8),  # per_row capped at N; no enlargement
-        (1, 4, 10, 96, 2, 1, 100),  # factor ceil(96 / 10) = 10
-    ],
-)
-def test_heatmap_grid_shape(n, per_row, size, min_tile, grid_rows, grid_cols, tile):
-    images = torch.rand(n, 3, size, size)
-    maps = torch.rand(n, size, size)
-    grid = heatmap_grid(images, maps, per_row=per_row, min_tile=min_tile)
-    pad = 2  # torchvision make_grid's padding
-    assert tuple(grid.shape) == (3, grid_rows * (tile + pad) + pad, grid_cols * (tile + pad) + pad)
-
-
-def test_heatmap_grid_tiles_are_originals_overlays_and_blank_padding():
-    g = torch.Generator().manual_seed(3)
-    images, maps = torch.rand(3, 3, 4, 4, generator=g), torch.rand(3, 4, 4, generator=g)
-    grid = heatmap_grid(images, maps, alpha=0.5, per_row=2, min_tile=4)
-
-    def tile(row, col):
-        top, left = 2 + row * 6, 2 + col * 6
-        return grid[:, top : top + 4, left : left + 4]
-
-    jet = torch.tensor(matplotlib.colormaps["jet"](np.arange(256))[:, :3], dtype=torch.float32)
-    colour = jet[(maps * 255).round().long()].permute(0, 3, 1, 2)
-    blend = 0.5 * images + 0.5 * colour
-    assert torch.allclose(tile(0, 0), images[0]) and torch.allclose(tile(0, 1), images[1])
-    assert torch.allclose(tile(1, 0), blend[0], atol=1e-6) and torch.allclose(tile(1, 1), blend[1], atol=1e-6)
-    assert torch.allclose(tile(2, 0), images[2]) and torch.allclose(tile(3, 0), blend[2], atol=1e-6)
-    assert torch.equal(tile(2, 1), torch.ones(3, 4, 4)) and torch.equal(tile(3, 1), torch.ones(3, 4, 4))
-
-
-def test_heatmap_grid_rejects_count_mismatch():
-    with pytest.raises(ValueError, match="2 images but 3 maps"):
-        heatmap_grid(torch.rand(2, 3, 4, 4), torch.rand(3, 4, 4))
 
 
 def test_encode_png_round_trips_through_pil():
