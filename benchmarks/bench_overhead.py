@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from train_shapes import ShapesClassifier, ShapesDataModule
 
-from cam_callbacks import CAMMonitor
+from cam_callbacks import CAMMonitor, ImageStyle
 from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 
 #: CAMMonitor.last_timings phase -> label in the report

@@ -64,7 +64,8 @@ def _as_batch(images: Tensor, maps: Tensor) -> Tuple[Tensor, Tensor]:
     if tuple(maps.shape[-2:]) != tuple(images.shape[-2:]):
         raise ValueError(
             f"maps are {maps.shape[-2]}x{maps.shape[-1]} but the images are {images.shape[-2]}x{images.shape[-1]}: "
-            "pass maps at the images' size (explain returns them so; resize raw maps with torch.nn.functional.interpolate(maps[:, None], size=(H, W), mode='bilinear')[:, 0])"
+            "pass maps at the images' size (explain returns them so; resize raw maps with "
+            "torch.nn.functional.interpolate(maps[:, None], size=(H, W), mode='bilinear')[:, 0])"
         )
     maps = torch.nan_to_num(maps.detach().float().cpu(), nan=0.0)  # NaN maps (non-finite images) are shown as 0
     return images.detach().float().cpu(), maps

@@ -82,7 +82,9 @@ CONSTRUCTION = [
     _row(ValueError, dict(metrics=["road", "road"]), r"metrics lists a name twice: \['road', 'road'\]"),
     _row(ValueError, dict(metrics=True), r"metrics must be a list of names"),
     # alarm
-    _row(ValueError, dict(alarm="x"), r"alarm must be None or a list of ThresholdAlarm / ShortcutAlarm objects, e\.g\. alarm=\[ShortcutAlarm\(score=0\.2\)\], got 'x'"),
+    _row(ValueError, dict(alarm="x"), (
+         r"alarm must be None or a list of ThresholdAlarm / ShortcutAlarm objects, e\.g\. alarm=\[ShortcutAlarm\(score=0\.2\)\], got 'x'"
+     )),
     _row(ValueError, dict(alarm={"max_shortcut_score": 0.5}), r"alarm must be None or a list of ThresholdAlarm / ShortcutAlarm objects"),
     _row(ValueError, dict(alarm=[5]), r"alarm must hold ThresholdAlarm or ShortcutAlarm objects, got a int"),
     _row(ValueError, dict(alarm=[cc.ShortcutAlarm(), cc.ShortcutAlarm(score=0.3)]), r"alarm holds two ShortcutAlarm objects; give one"),
@@ -100,7 +102,9 @@ CONSTRUCTION = [
     _row(ValueError, dict(step="steps"), r"step='steps' is not valid; choose from \['global_step', 'epoch'\]"),
     _row(ValueError, dict(report="yes"), "report must be True or False, got 'yes'"),
     # the option objects
-    _row(ValueError, dict(explain_options={"batch_size": 8}), r"explain_options must be an ExplainOptions, e\.g\. explain_options=ExplainOptions\(\*\*\{'batch_size': 8\}\); got a dict"),
+    _row(ValueError, dict(explain_options={"batch_size": 8}), (
+         r"explain_options must be an ExplainOptions, e\.g\. explain_options=ExplainOptions\(\*\*\{'batch_size': 8\}\); got a dict"
+     )),
     _row(ValueError, dict(explain_options=5), r"explain_options must be a cam_callbacks\.ExplainOptions, got int"),
     _row(ValueError, dict(methods=["gradcam"], explain_options=cc.ExplainOptions(method_options={"gradcampp": {}})),
          r"explain_options\.method_options names \['gradcampp'\], which are not in methods=\['gradcam'\]"),
@@ -139,9 +143,13 @@ EXPLAIN_OPTIONS = [
     _row(TypeError, dict(tail=5), "tail must be a callable activations -> logits, got int"),
     _row(ValueError, dict(smooth="blur"), r"smooth='blur' is not valid; choose from \[None, 'noise', 'aug'\]"),
     _row(ValueError, dict(smooth="noise", smooth_samples=0), "smooth_samples must be a positive int, got 0"),
-    _row(ValueError, dict(smooth="noise", smooth_sigma=-1.0), r"smooth_sigma must be a finite number >= 0 \(noise std relative to each image's range\), got -1.0"),
+    _row(ValueError, dict(smooth="noise", smooth_sigma=-1.0), (
+         r"smooth_sigma must be a finite number >= 0 \(noise std relative to each image's range\), got -1.0"
+     )),
     _row(ValueError, dict(smooth="noise", smooth_sigma="a"), "smooth_sigma must be a finite number >= 0"),
-    _row(ValueError, dict(smooth="aug", smooth_scales=[]), r"smooth_scales must be a non-empty sequence of positive numbers \(e\.g\. \(0\.9, 1\.0, 1\.1\)\), got \[\]"),
+    _row(ValueError, dict(smooth="aug", smooth_scales=[]), (
+         r"smooth_scales must be a non-empty sequence of positive numbers \(e\.g\. \(0\.9, 1\.0, 1\.1\)\), got \[\]"
+     )),
     _row(ValueError, dict(smooth="aug", smooth_scales=[1.0, 0.0]), r"smooth_scales must be a non-empty sequence of positive numbers .*, got \[1.0, 0.0\]"),
     _row(ValueError, dict(smooth="aug", smooth_scales=5), r"smooth_scales must be a non-empty sequence of positive numbers .*, got 5"),
     _row(ValueError, dict(perturbation_batch=0), "perturbation_batch must be None or a positive int, got 0"),

@@ -25,8 +25,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 import cam_callbacks as cc_public
+from cam_callbacks.datasets.shapes import SHAPES_MEAN, SHAPES_STD
 from cam_callbacks.monitor.alarm import DEFAULT_ALARM
 
 ROOT = Path(__file__).resolve().parents[2]
