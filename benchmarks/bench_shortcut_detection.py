@@ -39,10 +39,9 @@ from cam_callbacks.callbacks.shortcut_watch import probe_outcome, shortcut_hits
 from cam_callbacks.datasets.cues import CUE_KINDS, make_cue_set
 from cam_callbacks.datasets.patches import patch_mask
 from cam_callbacks.engine.occlusion import occlusion_effect
-from cam_callbacks.engine.result import Explanation
+from cam_callbacks.engine.result import Explanation, ProbeView
 from cam_callbacks.monitor.alarm import DEFAULT_ALARM, AlarmPolicy, ShortcutAlarm, shortcut_policy, threshold_hits
 from cam_callbacks.monitor.history import MapHistory
-from cam_callbacks.render.publish import ProbeView
 
 REGIMES = ("nuisance", "objects", "none")
 SIZE, CLASSES = 32, 4

@@ -21,15 +21,16 @@ from torch import Tensor
 
 from cam_callbacks.callbacks.destinations import Destinations, destinations, mlflow_upload, wandb_upload
 from cam_callbacks.callbacks.errors import ErrorReporter
-from cam_callbacks.callbacks.report import RunReport, find_class_names, how_to_read
 from cam_callbacks.callbacks.writer import BackgroundWriter, add_png
-from cam_callbacks.engine.result import Explanation, Scores
+from cam_callbacks.engine.result import Explanation, ProbeView, Scores
 from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.monitor.alarm import AlarmHit, format_alarm
 from cam_callbacks.render.evolution import MapStrip
 from cam_callbacks.render.png import save_pngs, save_text
-from cam_callbacks.render.publish import ImageStyle, ProbeView, RunInfo, evidence_grid, run_images, to_uint8
+from cam_callbacks.render.publish import RunInfo, evidence_grid, run_images, to_uint8
+from cam_callbacks.render.report import RunReport, find_class_names, how_to_read
+from cam_callbacks.render.style import ImageStyle
 
 __all__ = ["RunLogger", "RunSummary", "run_scalars", "lightning_step", "STEP_CHOICES"]
 

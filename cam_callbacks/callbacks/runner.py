@@ -27,9 +27,8 @@ from cam_callbacks.engine.compute import compute_explanations, compute_faithfuln
 from cam_callbacks.engine.curves import CurveSettings, curve_scores
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import model_device
-from cam_callbacks.engine.result import Explanation, ScoredExplanation
+from cam_callbacks.engine.result import Explanation, ProbeView, ScoredExplanation
 from cam_callbacks.monitor.budget import CostBudget
-from cam_callbacks.render.publish import ProbeView
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import expand_multilabel, first_out_of_range
 

@@ -16,10 +16,9 @@ from torch import nn
 
 from cam_callbacks.engine.occlusion import occlusion_effect
 from cam_callbacks.engine.options import ExplainOptions
-from cam_callbacks.engine.result import Explanation
+from cam_callbacks.engine.result import Explanation, ProbeView
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.monitor.alarm import AlarmHit, ShortcutAlarm
-from cam_callbacks.render.publish import ProbeView
 
 
 def probe_outcome(explanation: Explanation, view: ProbeView, rule: Optional[ShortcutAlarm]) -> Dict[str, Any]:

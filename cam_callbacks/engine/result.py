@@ -1,13 +1,13 @@
-"""What the engine returns: maps of several methods, and the same with per-image scores."""
+"""What the engine takes and returns: the rows of a probe set, maps of several methods, and the same with per-image scores."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
 from torch import Tensor
 
-__all__ = ["Explanation", "Scores", "ScoredExplanation"]
+from cam_callbacks.utils.types import Probability
 
 #: Method name -> metric name -> ``(N,)`` per-image values.
 Scores = Dict[str, Dict[str, Tensor]]
@@ -38,3 +38,14 @@ class ScoredExplanation(NamedTuple):
 
     explanation: Explanation
     scores: Scores
+
+
+class ProbeView(NamedTuple):
+    """The rows the callback explains: probe images (or one row per positive label) and their masks."""
+
+    images: Tensor
+    targets: Optional[Tensor]
+    masks: Optional[Tensor]
+    nuisance: Optional[Tensor]
+    image_index: Tensor
+    probability: Probability

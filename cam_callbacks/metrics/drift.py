@@ -9,8 +9,7 @@ epochs):
 - :func:`shortcut_score`: one number in ``[0, 1]`` that is high when the same small region is
   salient for most probe images whatever they show: the signature of a spurious cue at a fixed
   place (a watermark, a border, a coloured corner patch), as opposed to objects that move from
-  image to image. :func:`shortcut_scores_by_class` does the same within each class, for cues
-  whose place depends on the label.
+  image to image (per class, and per cluster of a class's maps: :func:`cam_callbacks.find_shortcuts`).
 
 Example::
 
@@ -34,12 +33,10 @@ from cam_callbacks.utils.numeric import pearson, safe_divide
 __all__ = [
     "ClassMeanMaps",
     "ShortcutReport",
-    "ClassShortcutScores",
     "map_correlation",
     "mean_map",
     "class_mean_maps",
     "shortcut_score",
-    "shortcut_scores_by_class",
 ]
 
 
@@ -72,13 +69,6 @@ class ShortcutReport(NamedTuple):
     mean_map: Tensor
     region: Tensor
     per_image: Tensor
-
-
-class ClassShortcutScores(NamedTuple):
-    """Output of :func:`shortcut_scores_by_class`."""
-
-    scores: Tensor  # (num_classes,), 0 for classes with fewer than 2 images
-    counts: Tensor  # (num_classes,) long
 
 
 def _check_3d(maps: Tensor, name: str = "maps") -> None:
@@ -271,37 +261,3 @@ def shortcut_score(maps: Tensor, coverage: float = 0.8) -> ShortcutReport:
         region=region.view(height, width),
         per_image=per_image.to(maps.dtype),
     )
-
-
-def shortcut_scores_by_class(maps: Tensor, labels: Tensor, num_classes: int, coverage: float = 0.8) -> ClassShortcutScores:
-    """:func:`shortcut_score` within each class, for cues whose place depends on the label.
-
-    A cue placed in a class-specific corner is salient in a different place for each class, so the
-    score over all images stays low while each class's score is high. Classes with fewer than 2
-    images score 0 (one map says nothing about agreement between images).
-
-    Args:
-        maps: ``(N, H, W)`` non-negative maps.
-        labels: ``(N,)`` integer classes (e.g. the explained target class).
-        num_classes: Number of classes.
-        coverage: As in :func:`shortcut_score`.
-
-    Returns:
-        ``(scores (num_classes,), counts (num_classes,))``.
-
-    Example::
-
-        >>> maps = torch.zeros(4, 8, 8)
-        >>> maps[:2, 0, 0] = 1.0  # class 0 looks at the top-left pixel
-        >>> maps[2:, 7, 7] = 1.0  # class 1 at the bottom-right one
-        >>> labels = torch.tensor([0, 0, 1, 1])
-        >>> round(float(shortcut_score(maps).score), 3), shortcut_scores_by_class(maps, labels, 3).scores.tolist()
-        (0.0, [0.984375, 0.984375, 0.0])
-    """
-    check_maps(maps)
-    counts = class_mean_maps(maps, labels, num_classes).counts  # validates labels and num_classes
-    labels = labels.to(maps.device).long()
-    scores = torch.zeros(num_classes, dtype=maps.dtype, device=maps.device)
-    for k in (counts >= 2).nonzero().flatten().tolist():  # one batched call per class
-        scores[k] = shortcut_score(maps[labels == k], coverage).score
-    return ClassShortcutScores(scores, counts)

@@ -11,7 +11,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from cam_callbacks.engine.result import Explanation
+from cam_callbacks.engine.result import Explanation, ProbeView
 from cam_callbacks.metrics.drift import class_mean_maps
 from cam_callbacks.metrics.watch import MethodAnalysis
 from cam_callbacks.render.evolution import MapStrip
@@ -20,19 +20,6 @@ from cam_callbacks.render.images import to_display
 from cam_callbacks.render.legend import NUISANCE_COLOR, OBJECT_COLOR, with_legend
 from cam_callbacks.render.shortcuts import shortcut_tiles
 from cam_callbacks.render.style import ImageStyle
-from cam_callbacks.utils.types import Probability
-
-
-class ProbeView(NamedTuple):
-    """The rows the callback explains: probe images (or one row per positive label) and their masks."""
-
-    images: Tensor
-    targets: Optional[Tensor]
-    masks: Optional[Tensor]
-    nuisance: Optional[Tensor]
-    image_index: Tensor
-    probability: Probability
-
 
 #: Rows of the evolution strip (the first probe rows).
 EVOLUTION_ROWS = 6
