@@ -50,7 +50,7 @@ def probe_captions(
     names: Optional[Sequence[str]],
 ) -> List[Caption]:
     """One :class:`Caption` per row: ``#<probe index> <label> → <prediction>`` (``✗`` when wrong), then the target's
-    probability and the row's ``score`` (a fraction) in percent, through the format string ``score_name`` (``"ADCC {:.0f}"``)."""
+    probability and the row's ``score`` (a fraction), through the format string ``score_name`` (``"ADCC {:.2f}"``)."""
     logits = explanation.logits.detach().float().cpu()[rows]
     explained = explanation.targets.cpu()[rows]
     softmax = view.probability == "softmax"
@@ -69,16 +69,16 @@ def probe_captions(
             wrong = float(probability[k]) < 0.5
             title = f"#{index} {class_name(int(explained[k]), names)}{' ✗' if wrong else ''}"
         value = float(score[row]) if score is not None else float("nan")
-        detail = f"p={float(probability[k]):.2f}" + ("  " + score_name.format(100 * value) if value == value else "")
+        detail = f"p={float(probability[k]):.2f}" + ("  " + score_name.format(value) if value == value else "")
         captions.append(Caption(title, detail, wrong))
     return captions
 
 
 def _row_score(method: str, analysis: MethodAnalysis, view: ProbeView, info: RunInfo) -> Tuple[Optional[Tensor], str]:
     if view.masks is not None and "energy_in_mask" in analysis.per_image:
-        return analysis.per_image["energy_in_mask"].cpu(), "in object {:.0f}%"
+        return analysis.per_image["energy_in_mask"].cpu(), "in object {:.2f}"
     if info.scores and method in info.scores and "adcc" in info.scores[method]:
-        return info.scores[method]["adcc"].detach().cpu(), "ADCC {:.0f}"
+        return info.scores[method]["adcc"].detach().cpu(), "ADCC {:.2f}"
     return None, ""
 
 

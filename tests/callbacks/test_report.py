@@ -18,8 +18,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 import cam_callbacks as cc
-from cam_callbacks.render.report import RunReport, find_class_names, markdown_to_html
 from cam_callbacks.monitor.alarm import AlarmHit
+from cam_callbacks.render.report import RunReport, find_class_names, markdown_to_html
 
 from _lightning_models import TinyNet, loaders, read_events, trainer
 

@@ -111,11 +111,11 @@ def test_captions_say_index_label_prediction_probability_and_score():
     view = ProbeView(images, labels, None, None, torch.tensor([4, 5, 9]), "softmax")
     explanation = Explanation({"gradcam": torch.zeros(3, 4, 4)}, logits, labels, "layer")
     adcc = torch.tensor([0.84, float("nan"), 0.5])
-    captions = probe_captions(view, explanation, torch.tensor([0, 1, 2]), adcc, "ADCC {:.0f}", ["cat", "dog"])
+    captions = probe_captions(view, explanation, torch.tensor([0, 1, 2]), adcc, "ADCC {:.2f}", ["cat", "dog"])
     p0 = 1 / (1 + np.exp(-2.0))  # softmax of (2, 0) at class 0
-    assert captions[0] == Caption("#4 cat → cat", f"p={p0:.2f}  ADCC 84", False)
+    assert captions[0] == Caption("#4 cat → cat", f"p={p0:.2f}  ADCC 0.84", False)
     assert captions[1] == Caption("#5 cat → dog ✗", f"p={1 / (1 + np.exp(3.0)):.2f}", True)  # NaN score: left out
-    assert captions[2] == Caption("#9 dog → cat ✗", f"p={1 / (1 + np.exp(1.0)):.2f}  ADCC 50", True)
+    assert captions[2] == Caption("#9 dog → cat ✗", f"p={1 / (1 + np.exp(1.0)):.2f}  ADCC 0.50", True)
     unnamed = probe_captions(view, explanation, torch.tensor([0]), None, "", None)
     assert unnamed[0].title == "#4 0 → 0"
 
