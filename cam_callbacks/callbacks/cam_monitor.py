@@ -103,7 +103,7 @@ class CAMMonitor(_Callback):
         ValueError: At construction for bad arguments; at ``setup`` (or the first validation) for a model, layer
             or probe set that cannot work: the setup runs every method on two probe images first.
 
-    Example:
+    Examples:
         >>> from cam_callbacks import CAMMonitor, ExplainOptions, ImageStyle
         >>> monitor = CAMMonitor(
         ...     methods=["gradcam", "layercam"],

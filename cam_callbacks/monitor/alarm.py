@@ -142,7 +142,7 @@ class ThresholdAlarm:
         top_k: Worst probe images named in the alarm (``>= 0``).
         stop: Stop training (as ``EarlyStopping`` does) when this alarm fires.
 
-    Example:
+    Examples:
         >>> rule = ThresholdAlarm("energy_in_nuisance_ratio", above=2.0)
         >>> hits = rule.evaluate(
         ...     {"cam/gradcam/energy_in_nuisance_ratio": 6.5, "cam/gradcam/shortcut_score": 0.2},
@@ -252,7 +252,7 @@ class ShortcutAlarm:
         top_k: Probe images named per hit (``>= 0``).
         stop: Stop training (as ``EarlyStopping`` does) when this alarm fires.
 
-    Example:
+    Examples:
         >>> ShortcutAlarm(score=0.2).score
         0.2
         >>> ShortcutAlarm(score=1.5)
@@ -459,7 +459,7 @@ class AlarmState:
     A firing rule is keyed by ``(method, metric, class)``: the per-class rule moving from one class to
     another is a change, and is told.
 
-    Example:
+    Examples:
         >>> state = AlarmState()
         >>> hit = AlarmHit("gradcam", "shortcut_score", 0.9, 0.5, "above")
         >>> state.update([hit]), state.update([hit]), state.update([])

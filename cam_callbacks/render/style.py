@@ -61,7 +61,7 @@ class ImageStyle:
         class_names: One name per class, used in captions, alarm messages and the report (default: the
             ``classes``/``class_names`` attribute of the datamodule or dataset, when there is one).
 
-    Example:
+    Examples:
         >>> style = ImageStyle(mean=[0.5, 0.5, 0.5], std=0.25, class_names=["cat", "dog"])
         >>> style.std, style.class_names
         ((0.25,), ('cat', 'dog'))
