@@ -20,8 +20,7 @@ from cam_callbacks.callbacks.distributed import gather_rows, gather_tensor
 from cam_callbacks.callbacks.errors import ErrorReporter
 from cam_callbacks.callbacks.probe import Probe
 from cam_callbacks.callbacks.skipping import explain_skipping_bad_images
-from cam_callbacks.capture.hooks import OneByOneMapError
-from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer, spatial_layer_hint
+from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
 from cam_callbacks.engine.compute import compute_explanations, compute_faithfulness
 from cam_callbacks.engine.curves import CurveSettings, curve_scores
@@ -121,6 +120,8 @@ class ProbeRunner:
         self.display_std: Optional[Sequence[float]] = display_std
         self.probe: Optional[Probe] = None
         self.layer_names: Optional[List[str]] = None
+        #: what ``target_layer="auto"`` chose (layer and layout, in a sentence) at the last :meth:`prepare`; None when named
+        self.layer_choice: Optional[str] = None
         #: probe rows skipped in the last run -> why (the model raised, or non-finite logits or maps)
         self.skipped: Dict[int, str] = {}
         self._view_cache: Optional[Tuple[Probe, ProbeView]] = None
@@ -201,22 +202,18 @@ class ProbeRunner:
                     f"(per image): {type(error).__name__}: {error}"
                 ) from error
             _check_model_output(output, probe, self.options.output_transform, example.shape[0])
-            layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape)
-            self._dry_run(model, probe, layers, example)
+            choices: List[str] = []
+            layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape, choices)
+            self._dry_run(model, probe, layers)
         self.layer_names = [name for name, _ in layers]
+        self.layer_choice = "; ".join(choices) or None
         return self.layer_names
 
-    def _dry_run(self, model: nn.Module, probe: Probe, layers: List[Tuple[str, nn.Module]], example: Tensor) -> None:
-        """Every method on the first two probe images; a 1x1 target layer's error names a layer that would work."""
+    def _dry_run(self, model: nn.Module, probe: Probe, layers: List[Tuple[str, nn.Module]]) -> None:
+        """Every method on the first two probe images (a bad target layer's error names one of this model that works)."""
         view = self.view(Probe(probe.images[:2], None if probe.labels is None else probe.labels[:2]))
         dry_run = replace(self.options, smooth=None, probability=view.probability)
-        try:
-            compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
-        except OneByOneMapError as error:
-            hint = spatial_layer_hint(model, example[:1])
-            if not hint:
-                raise
-            raise OneByOneMapError(f"{error} {hint}") from None
+        compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
 
     def compute(
         self, model: nn.Module, precision_plugin: Optional[Any] = None, rows: Optional[Tensor] = None,
