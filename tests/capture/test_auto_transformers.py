@@ -82,7 +82,15 @@ FAMILIES: Dict[str, Tuple[Callable[[], nn.Module], str, Optional[TokenGrid], Opt
     ),
     "hf-swin": (
         lambda: _hf(
-            "SwinForImageClassification", "SwinConfig", image_size=SIZE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 1], window_size=2, num_labels=4
+            "SwinForImageClassification",
+            "SwinConfig",
+            image_size=SIZE,
+            patch_size=4,
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[1, 1],
+            window_size=2,
+            num_labels=4,
         ),
         "swin.layernorm",
         TokenGrid(0, 4, 4),
@@ -107,14 +115,20 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
 
 
-_SUGGESTED = re.compile(r"(?:e\.g\.|pass) target_layer='([^']+)'(?:, reshape=(TokenGrid\([^)]*\)|'nhwc'|'vit'))?")
+_SUGGESTED = re.compile(
+    r"(?:e\.g\.|pass) target_layer='([^']+)'(?:, reshape=(?:TokenGrid\(prefix_tokens=(\d+)(?:, height=(\d+), width=(\d+))?\)|'(nhwc|vit)'))?"
+)
 
 
 def _suggestions(message: str) -> List[Tuple[str, object]]:
-    """Every ``target_layer=..., reshape=...`` a message suggests (``e.g. ...`` or ``pass ...``), reshape evaluated."""
-    found = []
-    for name, reshape in _SUGGESTED.findall(message):
-        found.append((name, eval(reshape, {"TokenGrid": TokenGrid}) if reshape else None))  # noqa: S307 - the test's own regex
+    """Every ``target_layer=..., reshape=...`` a message suggests (``e.g. ...`` or ``pass ...``), reshape as an object."""
+    found: List[Tuple[str, object]] = []
+    for name, prefix, height, width, word in _SUGGESTED.findall(message):
+        if prefix:
+            reshape: object = TokenGrid(int(prefix), int(height) if height else None, int(width) if width else None)
+        else:
+            reshape = word or None
+        found.append((name, reshape))
     return found
 
 
