@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 __all__ = ["STATE_VERSION", "history_mismatch", "state_problem"]
 
 #: Version of ``CAMMonitor.state_dict``; a checkpoint of another version resumes without the history.
 STATE_VERSION = 2
+
+
+#: Keys every entry :meth:`CAMMonitor.state_dict` writes has (the alarm state and the probe tensors are optional).
+REQUIRED_KEYS = ("version", "layer_name", "last_run", "probe_fingerprint", "first_maps", "previous_maps")
 
 
 def _maps_problem(name: str, value: Any) -> Optional[str]:
@@ -25,19 +30,32 @@ def _maps_problem(name: str, value: Any) -> Optional[str]:
         if not isinstance(method, str) or not isinstance(maps, Tensor) or maps.dim() != 3 or not maps.is_floating_point():
             shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
             return f"{name}[{method!r}] must be a floating (N, H, W) tensor, got {shape}"
+        bad = int((~torch.isfinite(maps)).sum())
+        if bad:
+            return f"{name}[{method!r}] holds {bad} NaN or inf values of {maps.numel()}: drift against it would be meaningless"
     return None
 
 
 def state_problem(state: Any) -> Optional[str]:
-    """What is wrong with a loaded entry's types and shapes (None when it is usable).
+    """What is wrong with a loaded entry (None when it is usable): empty, partial (a key missing), wrong types or shapes,
+    or maps holding NaN or inf.
 
     Example::
 
-        >>> state_problem({"version": 2, "last_run": 3})
+        >>> state_problem({})
+        'the entry is empty: the checkpoint holds no state of this monitor (saved without it, or edited)'
+        >>> state_problem({"version": 2, "last_run": None})  # doctest: +ELLIPSIS
+        "the entry is partial: it lacks ['layer_name', 'probe_fingerprint', 'first_maps', 'previous_maps'] (...)"
+        >>> state_problem({**dict.fromkeys(REQUIRED_KEYS), "version": 2, "last_run": 3, "first_maps": {}, "previous_maps": {}})
         'last_run must be None or a (stage, epoch) pair, got 3'
     """
     if not isinstance(state, Mapping):
         return f"the entry must be a dict, got {type(state).__name__}"
+    if not state:
+        return "the entry is empty: the checkpoint holds no state of this monitor (saved without it, or edited)"
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        return f"the entry is partial: it lacks {missing} (saved by another version of cam_callbacks, or edited)"
     if not isinstance(state.get("version"), int):
         return f"version must be an int, got {state.get('version')!r}"
     last_run = state.get("last_run")

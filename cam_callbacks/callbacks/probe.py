@@ -64,7 +64,7 @@ class Probe:
         with torch.inference_mode(False):
             images = self.images
             if not isinstance(images, Tensor):
-                raise TypeError(f"probe images must be a tensor, got {type(images).__name__}")
+                raise TypeError(f"probe images must be a tensor, got {type(images).__name__}; CAMMonitor(probe=...) accepts {PROBE_CHOICES}")
             if images.dim() == 3:
                 raise ValueError(f"probe images must be a batch (N, C, H, W), got a single image of shape {tuple(images.shape)}")
             if images.dim() != 4:
@@ -222,11 +222,49 @@ def _is_map_style(dataset: Any) -> bool:
     return hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") and not isinstance(dataset, torch.utils.data.IterableDataset)
 
 
+def _sample_image(sample: Any) -> Any:
+    """The image of one dataset sample: the sample itself, its first element, or its image key."""
+    if isinstance(sample, Mapping):
+        return _first_matching(dict(sample), _IMAGE_KEYS)
+    if isinstance(sample, (tuple, list)) and sample:
+        return sample[0]
+    return sample
+
+
+def _first_rows(rows: List[int]) -> str:
+    return ", ".join(map(str, rows[:3])) + (", ..." if len(rows) > 3 else "")
+
+
+def _sizes_message(shapes: Sequence[Tuple[int, ...]], source: str) -> str:
+    """The error for probe images of several sizes: the sizes seen (with the first images of each) and the ways out."""
+    seen: Dict[Tuple[int, ...], List[int]] = {}
+    for index, shape in enumerate(shapes):
+        seen.setdefault(shape, []).append(index)
+    listed = ", ".join(f"{shape} (image{'s' if len(rows) > 1 else ''} {_first_rows(rows)})" for shape, rows in seen.items())
+    first = next(iter(seen))
+    size = f"({first[-2]}, {first[-1]})" if len(first) >= 2 else "(H, W)"
+    return (
+        f"CAMMonitor(probe=...): the probe images taken from {source} have {len(seen)} different sizes: {listed}. The probe set "
+        "is one batch, so its images need one size: resize them in the dataset's transforms (e.g. "
+        f"torchvision.transforms.Resize({size}) or CenterCrop), or pass probe= a tensor of images of one size, e.g. "
+        "probe=(images, labels)"
+    )
+
+
+def _collate_probe(samples: List[Any], collate_fn: Callable[[List[Any]], Any], source: str) -> Any:
+    """``collate_fn(samples)``; images of several sizes get a message that names the sizes and the way out."""
+    shapes = [tuple(image.shape) for image in map(_sample_image, samples) if isinstance(image, Tensor)]
+    if len(shapes) == len(samples) and len(set(shapes)) > 1:
+        raise ValueError(_sizes_message(shapes, source))
+    return collate_fn(samples)
+
+
 def _from_dataset(dataset: Any, num: int, collate_fn: Callable[[List[Any]], Any]) -> Probe:
     count = min(num, len(dataset))
     if count == 0:
         raise ValueError("probe set is empty: the dataset has no samples")
-    return Probe(*split_batch(collate_fn([dataset[i] for i in range(count)])))
+    source = f"the first {count} samples of {type(dataset).__name__}"
+    return Probe(*split_batch(_collate_probe([dataset[i] for i in range(count)], collate_fn, source)))
 
 
 def probe_from_dataloader(loader: Any, num: int) -> Probe:
@@ -250,6 +288,9 @@ def probe_from_dataloader(loader: Any, num: int) -> Probe:
                 break
     if not parts:
         raise ValueError("probe set is empty: the validation dataloader yielded no batches")
+    shapes = [tuple(image.shape) for part in parts for image in part.images]
+    if len(set(shapes)) > 1:
+        raise ValueError(_sizes_message(shapes[:num], f"the batches of {type(loader).__name__}"))
 
     def joined(field: int) -> Optional[Tensor]:
         values = [part[field] for part in parts]
@@ -278,6 +319,20 @@ def _unsupported_probe(probe: Any) -> TypeError:
     return TypeError(f"probe must be {PROBE_CHOICES}; got {got}{hint}")
 
 
+def _samples_hint(probe: Sequence[Any]) -> str:
+    """For a list of samples (``[(image, label), ...]``) or of single images, what it is and how to stack it ("" otherwise)."""
+    first = probe[0] if probe else None
+    if isinstance(first, (tuple, list)) and first and isinstance(first[0], Tensor):
+        return (
+            f"a {type(probe).__name__} of {len(probe)} samples ({type(first).__name__}s such as (image, label)); stack them into one "
+            "batch: images = torch.stack([s[0] for s in samples]), labels = torch.tensor([s[1] for s in samples]), then "
+            "probe=(images, labels)"
+        )
+    if isinstance(first, Tensor) and first.dim() == 3 and all(isinstance(x, Tensor) and x.dim() == 3 for x in probe):
+        return f"a {type(probe).__name__} of {len(probe)} single images (C, H, W); stack them: probe=torch.stack(images) or (torch.stack(images), labels)"
+    return ""
+
+
 def make_probe(probe: ProbeLike, num: int) -> Probe:
     """Build a :class:`Probe` from ``probe=`` (tensor, ``(images, labels)`` tuple, Dataset or DataLoader).
 
@@ -289,6 +344,9 @@ def make_probe(probe: ProbeLike, num: int) -> Probe:
     if isinstance(probe, Tensor):
         return Probe(probe)
     if isinstance(probe, (tuple, list)):
+        hint = _samples_hint(probe)
+        if hint:
+            raise TypeError(f"probe must be {PROBE_CHOICES}; got {hint}")
         if not 1 <= len(probe) <= 4:
             raise ValueError(f"probe as a tuple must be (images, labels, masks, nuisance) or a prefix of it, got {len(probe)} elements")
         return Probe(*probe)  # type: ignore[arg-type]  # Probe checks the types

@@ -20,11 +20,11 @@ from cam_callbacks.callbacks.distributed import gather_rows, gather_tensor
 from cam_callbacks.callbacks.errors import ErrorReporter
 from cam_callbacks.callbacks.probe import Probe
 from cam_callbacks.callbacks.skipping import explain_skipping_bad_images
-from cam_callbacks.capture.hooks import OneByOneMapError
-from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer, spatial_layer_hint
+from cam_callbacks.capture.layers import LayersLike, resolve_layers, resolve_named_layer
 from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
 from cam_callbacks.engine.compute import compute_explanations, compute_faithfulness
 from cam_callbacks.engine.curves import CurveSettings, curve_scores
+from cam_callbacks.engine.finite import nonfinite_images
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import Explanation, ProbeView, ScoredExplanation
@@ -142,6 +142,8 @@ class ProbeRunner:
         self.class_names = class_names
         self.probe: Optional[Probe] = None
         self.layer_names: Optional[List[str]] = None
+        #: what ``target_layer="auto"`` chose (layer and layout, in a sentence) at the last :meth:`prepare`; None when named
+        self.layer_choice: Optional[str] = None
         #: probe rows skipped in the last run -> why (the model raised, or non-finite logits or maps)
         self.skipped: Dict[int, str] = {}
         self._view_cache: Optional[Tuple[Probe, ProbeView]] = None
@@ -210,9 +212,10 @@ class ProbeRunner:
         _check_materialised(model)
         _check_display("mean", self.display_mean, probe.images)
         _check_display("std", self.display_std, probe.images)
+        rows = self._finite_rows(probe)
         device = model_device(model, probe.images.device)
         with preserved_rng_state(), torch.inference_mode(False):
-            example = probe.images[:2].to(device)
+            example = probe.images[rows].to(device)
             try:
                 with torch.no_grad(), preserved_model_state(model), eager():
                     output = model(example)
@@ -223,22 +226,34 @@ class ProbeRunner:
                 ) from error
             _check_model_output(output, probe, self.options.output_transform, example.shape[0])
             _check_class_names(self.class_names, logits_of(output, self.options.output_transform, example.shape[0]))
-            layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape)
-            self._dry_run(model, probe, layers, example)
+            choices: List[str] = []
+            layers = resolve_layers(model, self.target_layer, example[:1], self.options.reshape, choices)
+            self._dry_run(model, probe, layers, rows)
         self.layer_names = [name for name, _ in layers]
+        self.layer_choice = "; ".join(choices) or None
         return self.layer_names
 
-    def _dry_run(self, model: nn.Module, probe: Probe, layers: List[Tuple[str, nn.Module]], example: Tensor) -> None:
-        """Every method on the first two probe images; a 1x1 target layer's error names a layer that would work."""
-        view = self.view(Probe(probe.images[:2], None if probe.labels is None else probe.labels[:2]))
+    def _finite_rows(self, probe: Probe) -> Tensor:
+        """The first two probe images without NaN or inf (the dry run's); all of them non-finite is refused, some warned of."""
+        bad = nonfinite_images(probe.images)
+        count = int(bad.sum())
+        if count == len(probe):
+            raise ValueError(
+                f"CAMMonitor: all {count} probe images are non-finite (they hold NaN or inf values), so there is nothing to "
+                "explain and every run would be skipped; check the validation data and its transforms (e.g. a normalisation "
+                "dividing by a zero std), or pass probe= finite images"
+            )
+        if count:
+            shown = ", ".join(str(i) for i in bad.nonzero().flatten()[:10].tolist()) + (", ..." if count > 10 else "")
+            message = f"CAMMonitor: {count} of {len(probe)} probe images hold NaN or inf values (images {shown}); they are skipped in every run"
+            self.warn("nonfinite-probe", message)
+        return (~bad).nonzero().flatten()[:2]
+
+    def _dry_run(self, model: nn.Module, probe: Probe, layers: List[Tuple[str, nn.Module]], rows: Tensor) -> None:
+        """Every method on two finite probe images (a bad target layer's error names one of this model that works)."""
+        view = self.view(Probe(probe.images[rows], None if probe.labels is None else probe.labels[rows]))
         dry_run = replace(self.options, smooth=None, probability=view.probability)
-        try:
-            compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
-        except OneByOneMapError as error:
-            hint = spatial_layer_hint(model, example[:1])
-            if not hint:
-                raise
-            raise OneByOneMapError(f"{error} {hint}") from None
+        compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
 
     def compute(
         self,

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence, Set
 import torch
 from torch import Tensor, nn
 
-from cam_callbacks.capture.layouts import TokenGrid, remembered_layout
+from cam_callbacks.capture.layouts import TokenGrid, grid_advice, remembered_layout
 
 __all__ = ["LayerCapture", "LayerOutputError", "NotAFeatureMapError", "OneByOneMapError", "feature_map_problem"]
 
@@ -74,8 +74,7 @@ def feature_map_problem(shape: Sequence[int], input_shape: Sequence[int], reshap
         return (
             f"dimension 2 ({b}) is a vision transformer's token count (prefix + h*w patches) for a {height}x{width} input, "
             "not a height: it looks like an attention tensor (N, heads, tokens, head_dim). Choose a block's output or its "
-            "first norm with reshape='vit' or reshape=TokenGrid(prefix_tokens=...), e.g. target_layer='blocks.11.norm1' "
-            "(timm) or 'encoder.layers.encoder_layer_11.ln_1' (torchvision), or target_layer='auto'"
+            "first norm with reshape=TokenGrid(prefix_tokens=...), or target_layer='auto'"
         )
     return None
 
@@ -133,7 +132,7 @@ class LayerCapture:
             if self.reshape is None:
                 advice = (
                     "CAM methods need a 4-D (N, C, H, W) feature map. Choose a convolutional layer or block (e.g. the last one "
-                    "before global pooling), or target_layer='auto'; for transformer tokens (N, tokens, C) pass reshape='vit'."
+                    f"before global pooling), or target_layer='auto'; {self._tokens_advice(output)}."
                 )
             elif expected == 4:
                 advice = f"reshape={self.reshape!r} needs a 4-D channels-last (N, H, W, C) output (e.g. a Swin stage)."
@@ -150,12 +149,26 @@ class LayerCapture:
                 "pooling), or target_layer='auto' (the last layer with an output larger than 1x1)."
             )
 
+    def _tokens_advice(self, output: Any) -> str:
+        """For an ``(N, tokens, C)`` output, the layout with the numbers found; else the general advice."""
+        if not isinstance(output, Tensor) or output.dim() != 3 or output.shape[1] < 2:
+            return "for transformer tokens (N, tokens, C) pass reshape=TokenGrid(prefix_tokens=...) (or 'vit': one class token)"
+        image = (int(self.input_shape[2]), int(self.input_shape[3])) if self.input_shape is not None and len(self.input_shape) == 4 else None
+        return f"if these are transformer tokens: {grid_advice(int(output.shape[1]), image)}"
+
+    def _to_grid(self, tokens: Tensor) -> Tensor:
+        assert self.reshape is not None
+        try:
+            return self.reshape.to_grid(tokens).contiguous()
+        except ValueError as error:
+            raise LayerOutputError(f"target_layer={self.layer_name!r} outputs shape {tuple(tokens.shape)}: {error}.") from None
+
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Optional[Tensor]:
         self._check_output(output)
         # A private copy: in-place ops downstream (e.g. densenet's F.relu(inplace=True)) cannot rewrite it.
         self.raw = output.detach().clone()
         # Without reshape, raw and activation are one tensor (the autograd leaf when grad_tail is set).
-        captured = self.raw if self.reshape is None else self.reshape.to_grid(self.raw).contiguous()
+        captured = self.raw if self.reshape is None else self._to_grid(self.raw)
         if not self.grad_tail:
             self.activation = captured
             return None

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from cam_callbacks.capture.hooks import feature_map_problem
 from cam_callbacks.capture.layouts import ChannelsLast, TokenGrid, remember_layout
+from cam_callbacks.capture.token_layers import (
+    TokenLayer,
+    Trace,
+    describe_layout,
+    grid_for,
+    guess_token_layer,
+    inside_attention,
+    is_attention,
+    layout_argument,
+    named_modules,
+    suggestion,
+    trace_forward,
+)
 
 __all__ = [
     "LayerSpec", "LayersLike", "resolve_layers", "resolve_named_layer", "resolve_target_layer", "find_auto_layer", "cam_class_weights",
@@ -23,10 +36,6 @@ LayerSpec = Union[str, nn.Module]
 LayersLike = Union[LayerSpec, Sequence[LayerSpec]]
 
 log = logging.getLogger("cam_callbacks")
-
-
-def _named_modules(model: nn.Module) -> Dict[str, nn.Module]:
-    return {name: module for name, module in model.named_modules() if name}
 
 
 def _suggest(name: str, names: List[str]) -> str:
@@ -44,7 +53,7 @@ def resolve_named_layer(model: nn.Module, target_layer: LayerSpec) -> Tuple[str,
         ValueError: Unknown name (with close-name suggestions), or a module not inside ``model``.
         TypeError: Anything else.
     """
-    modules = _named_modules(model)
+    modules = named_modules(model)
     if isinstance(target_layer, nn.Module):
         for name, module in modules.items():
             if module is target_layer:
@@ -60,34 +69,15 @@ def resolve_named_layer(model: nn.Module, target_layer: LayerSpec) -> Tuple[str,
     return target_layer, modules[target_layer]
 
 
-_FIXED_SIZE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+class AutoLayerError(ValueError):
+    """``target_layer="auto"`` refuses to choose; :attr:`suggestion` is a layer of this model that works, when one is known."""
+
+    def __init__(self, message: str, suggestion: Optional[TokenLayer] = None) -> None:
+        super().__init__(message)
+        self.suggestion = suggestion
 
 
-def _output_shapes(model: nn.Module, example: Tensor) -> List[Tuple[str, Tuple[int, ...]]]:
-    """``(name, output shape)`` of every module with a tensor output, in completion order of one forward pass of
-    ``example`` without gradients; adaptive pooling layers are left out (their output size is fixed by construction)."""
-    modules = _named_modules(model)
-    names = {id(m): n for n, m in modules.items()}
-    order: List[Tuple[str, Tuple[int, ...]]] = []
-
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        # Adaptive pools have a fixed output size (vgg's AdaptiveAvgPool2d((7, 7))), not a feature map.
-        if isinstance(output, Tensor) and not isinstance(module, _FIXED_SIZE_POOLS):
-            order.append((names[id(module)], tuple(output.shape)))
-
-    handles = [m.register_forward_hook(hook) for m in modules.values()]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return order
-
-
-def _last_spatial(
-    order: List[Tuple[str, Tuple[int, ...]]], input_shape: Optional[Tuple[int, ...]] = None
-) -> Optional[Tuple[str, Tuple[int, ...]]]:
+def _last_spatial(order: List[Tuple[str, Tuple[int, ...]]], input_shape: Optional[Tuple[int, ...]] = None) -> Optional[Tuple[str, Tuple[int, ...]]]:
     for name, shape in reversed(order):
         if len(shape) == 4 and shape[2] * shape[3] > 1:
             if input_shape is not None and feature_map_problem(shape, input_shape) is not None:
@@ -96,14 +86,18 @@ def _last_spatial(
     return None
 
 
+def _advice(model: nn.Module, trace: Trace, example: Tensor) -> Tuple[str, Optional[TokenLayer]]:
+    """What to pass instead, with names of this model: the guessed token layer and its layout, checked on ``example``."""
+    found = guess_token_layer(model, trace, example)
+    if found is not None:
+        return f"on this {type(model).__name__} pass {suggestion(found.name, found.layout)} ({found.where})", found
+    return (
+        "pass target_layer= a module whose output is a transformer block's tokens (N, tokens, C), with "
+        "reshape=TokenGrid(prefix_tokens=<class + distillation + register tokens>) (see model.named_modules())"
+    ), None
+
+
 # --- transformers ------------------------------------------------------------------------------------------
-
-
-def _is_attention(module: nn.Module) -> bool:
-    """An attention module: torch's MultiheadAttention, or one with an int ``num_heads``/``num_attention_heads``."""
-    if isinstance(module, nn.MultiheadAttention):
-        return True
-    return any(isinstance(getattr(module, a, None), int) for a in ("num_heads", "num_attention_heads"))
 
 
 def _last_child_name(container: nn.Module) -> Optional[str]:
@@ -127,6 +121,36 @@ def _grid(prefix_tokens: int, patch: Any, example: Tensor) -> TokenGrid:
     return TokenGrid(prefix_tokens=prefix_tokens, height=max(1, example.shape[2] // size[0]), width=max(1, example.shape[3] // size[1]))
 
 
+def _hugging_face(module: nn.Module, example: Tensor) -> Optional[Tuple[str, TokenGrid]]:
+    """Hugging Face ViT, DeiT, BEiT, Dinov2 (class token, + distillation / register tokens; blocks in ``encoder.layer``
+    or, transformers 5, ``layers``; first norm ``layernorm_before`` or ``norm1``) and Swin (final ``layernorm``)."""
+    embeddings = getattr(module, "embeddings", None)
+    if isinstance(getattr(embeddings, "cls_token", None), Tensor):
+        prefix = 1 + int(isinstance(getattr(embeddings, "distillation_token", None), Tensor))
+        registers = getattr(embeddings, "register_tokens", None)
+        prefix += int(registers.shape[1]) if isinstance(registers, Tensor) and registers.dim() == 3 else 0
+        for path in ("encoder.layer", "layers"):
+            try:
+                layers = module.get_submodule(path)
+            except AttributeError:
+                continue
+            last = _last_child_name(layers)
+            for norm in ("layernorm_before", "norm1"):
+                if last is not None and isinstance(getattr(layers.get_submodule(last), norm, None), nn.Module):
+                    patch = getattr(getattr(embeddings, "patch_embeddings", None), "patch_size", None)
+                    return f"{path}.{last}.{norm}", _grid(prefix, patch, example)
+    # Swin: encoder.layers.K stages (they return tuples), then layernorm over (N, h*w, C) tokens without a prefix token
+    if isinstance(getattr(embeddings, "patch_embeddings", None), nn.Module) and isinstance(getattr(module, "layernorm", None), nn.LayerNorm):
+        try:
+            stages = module.get_submodule("encoder.layers")
+        except AttributeError:
+            return None
+        last = _last_child_name(stages)
+        if last is not None and isinstance(getattr(stages.get_submodule(last), "blocks", None), nn.Module):
+            return "layernorm", TokenGrid(prefix_tokens=0)
+    return None
+
+
 def _candidate(module: nn.Module, example: Tensor) -> Optional[Tuple[str, TokenGrid]]:
     """``(name inside module, layout)`` when ``module`` is a ViT or Swin backbone this function knows (by attributes)."""
     blocks = getattr(module, "blocks", None)
@@ -143,20 +167,9 @@ def _candidate(module: nn.Module, example: Tensor) -> Optional[Tuple[str, TokenG
         last = _last_child_name(encoder.layers)  # type: ignore[union-attr]
         if last is not None and isinstance(getattr(encoder.layers.get_submodule(last), "ln_1", None), nn.Module):  # type: ignore[union-attr]
             return f"encoder.layers.{last}.ln_1", _grid(1, getattr(module, "patch_size", None), example)
-    # Hugging Face ViT / DeiT: embeddings.cls_token (+ distillation_token); encoder.layer.K (transformers 4) or layers.K (5)
-    embeddings = getattr(module, "embeddings", None)
-    if isinstance(getattr(embeddings, "cls_token", None), Tensor):
-        prefix = 1 + int(isinstance(getattr(embeddings, "distillation_token", None), Tensor))
-        prefix += int(getattr(embeddings, "register_tokens", None) is not None and getattr(embeddings.register_tokens, "shape", (0, 0))[1])  # type: ignore[union-attr]
-        for path in ("encoder.layer", "layers"):
-            try:
-                layers = module.get_submodule(path)
-            except AttributeError:
-                continue
-            last = _last_child_name(layers)
-            if last is not None and isinstance(getattr(layers.get_submodule(last), "layernorm_before", None), nn.Module):
-                patch = getattr(getattr(embeddings, "patch_embeddings", None), "patch_size", None)
-                return f"{path}.{last}.layernorm_before", _grid(prefix, patch, example)
+    found = _hugging_face(module, example)
+    if found is not None:
+        return found
     stages = getattr(module, "layers", None)
     # timm SwinTransformer: layers.K are stages (with .blocks) whose output is channels-last (N, H, W, C)
     if patch_embed is not None and isinstance(stages, nn.Module) and prefix is None:
@@ -172,12 +185,39 @@ def _candidate(module: nn.Module, example: Tensor) -> Optional[Tuple[str, TokenG
     return None
 
 
-def _layout_advice() -> str:
-    return (
-        "pass the layer and its layout, e.g. target_layer='blocks.11.norm1', reshape=TokenGrid(prefix_tokens=1) (timm ViT; "
-        "prefix_tokens = class + distillation + register tokens) or reshape='vit', or the last stage of a Swin with "
-        "reshape='nhwc' (target_layer='layers.3' in timm, 'features.7' in torchvision)"
-    )
+def _checked_layout(layout: TokenGrid, shape: Optional[Tuple[int, ...]], example: Tensor) -> Optional[TokenGrid]:
+    """``layout`` for a layer output of ``shape`` (a grid without a size gets the images' aspect ratio), or None if it does not fit."""
+    if shape is None or len(shape) != layout.output_dims or shape[0] != example.shape[0]:
+        return None
+    if isinstance(layout, ChannelsLast):
+        return layout
+    if layout.height is None and layout.width is None:
+        grid = grid_for(shape[1] - layout.prefix_tokens, example) if shape[1] > layout.prefix_tokens else None
+        layout = layout if grid is None else TokenGrid(prefix_tokens=layout.prefix_tokens, height=grid[0], width=grid[1])
+    try:
+        layout.grid_size(shape[1])
+    except ValueError:
+        return None
+    return layout
+
+
+def _known_transformer(model: nn.Module, example: Tensor, trace: Trace) -> Optional[Tuple[str, TokenGrid]]:
+    for path, module in [("", model), *named_modules(model).items()]:
+        found = _candidate(module, example)
+        if found is None:
+            continue
+        name = f"{path}.{found[0]}" if path else found[0]
+        shape = dict(trace.outputs).get(name)
+        layout = _checked_layout(found[1], shape, example)
+        if layout is None:
+            advice, guess = _advice(model, trace, example)
+            raise AutoLayerError(
+                f"target_layer='auto' chose {name!r} with {layout_argument(found[1])} on {type(model).__name__}, but its output "
+                f"is {shape} for input {tuple(example.shape)}; {advice}",
+                guess,
+            )
+        return name, layout
+    return None
 
 
 def transformer_layer(model: nn.Module, example: Tensor) -> Optional[Tuple[str, TokenGrid]]:
@@ -185,74 +225,69 @@ def transformer_layer(model: nn.Module, example: Tensor) -> Optional[Tuple[str, 
 
     Recognised by attributes, wherever the backbone sits in ``model`` (wrapped models included):
 
-    - ViT family (timm ViT/DeiT, torchvision ``vit_b_16``, Hugging Face ViT): the last block's first norm, patch tokens
-      laid out on the grid after the prefix tokens (timm ``num_prefix_tokens``, torchvision 1, Hugging Face 1 or 2);
-    - Swin (timm, torchvision ``swin_t``): the last stage's output, channels-last (:class:`ChannelsLast`).
+    - ViT family (timm ViT/DeiT, torchvision ``vit_b_16``, Hugging Face ViT, DeiT, BEiT, Dinov2): the last block's first
+      norm, patch tokens laid out on the grid after the prefix tokens (timm ``num_prefix_tokens``, torchvision 1,
+      Hugging Face 1 + distillation and register tokens);
+    - Swin (timm, torchvision ``swin_t``): the last stage's output, channels-last (:class:`ChannelsLast`); Hugging Face
+      Swin: the final ``layernorm``, tokens without a prefix token.
 
     The choice is checked on one forward pass of ``example`` (no gradients; the caller restores modes). Returns None
     when ``model`` has no attention module.
 
     Raises:
-        ValueError: A transformer whose layer this function cannot be sure of; the message says what to pass.
+        AutoLayerError: A transformer whose layer this function cannot be sure of; the message says what to pass.
     """
-    modules = _named_modules(model)
-    if not any(_is_attention(m) for m in modules.values()):
+    if not any(is_attention(m) for m in named_modules(model).values()):
         return None
-    for path, module in [("", model), *modules.items()]:
-        found = _candidate(module, example)
-        if found is None:
-            continue
-        name, layout = f"{path}.{found[0]}" if path else found[0], found[1]
-        shape = dict(_output_shapes(model, example)).get(name)
-        ok = shape is not None and len(shape) == layout.output_dims and shape[0] == example.shape[0]
-        if ok and not isinstance(layout, ChannelsLast):
-            try:
-                layout.grid_size(shape[1])  # type: ignore[index]
-            except ValueError:
-                ok = False
-        if not ok:
-            raise ValueError(
-                f"target_layer='auto' chose {name!r} with reshape={layout!r} on {type(model).__name__}, but its output is "
-                f"{shape} for input {tuple(example.shape)}; {_layout_advice()}"
-            )
-        return name, layout
-    return None
+    return _known_transformer(model, example, trace_forward(model, example))
 
 
-def _inside_attention(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    return any(_is_attention(model.get_submodule(".".join(parts[:i]))) for i in range(1, len(parts) + 1))
+def _find_in_trace(model: nn.Module, example: Tensor, trace: Trace) -> Tuple[str, nn.Module]:
+    found = _last_spatial(trace.outputs, tuple(example.shape))
+    model_name = type(model).__name__
+    advice, guess = _advice(model, trace, example) if trace.token_attention else ("pass target_layer explicitly.", None)
+    if found is None:
+        raise AutoLayerError(
+            f"target_layer='auto' found no module of {model_name} with a 4-D output larger than 1x1 for input of shape {tuple(example.shape)}; {advice}",
+            guess,
+        )
+    name, shape = found
+    if inside_attention(model, name):
+        advice, guess = _advice(model, trace, example)
+        raise AutoLayerError(
+            f"target_layer='auto' found {name!r} (output {shape}) inside an attention module of {model_name}, not a feature map; {advice}", guess
+        )
+    later = [a for a in trace.token_attention if trace.completed[a] > trace.completed[name]]
+    if later:
+        raise AutoLayerError(
+            f"target_layer='auto' will not explain {name!r} (output {shape}) of {model_name}: its output feeds the attention "
+            f"blocks ({later[-1]!r} runs after it), so it is an embedding, not what the model decides on; {advice}",
+            guess,
+        )
+    return name, named_modules(model)[name]
 
 
 def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
     """The last module (in completion order of a forward pass) with a 4-D output larger than 1x1.
 
     Adaptive pooling layers are skipped: their output size is fixed by construction (vgg's
-    ``AdaptiveAvgPool2d((7, 7))``), so it is not the network's feature map.
+    ``AdaptiveAvgPool2d((7, 7))``), so it is not the network's feature map. A layer inside an attention module,
+    or one whose output attention blocks read afterwards (a patch embedding), is refused.
 
     Runs one forward pass of ``example`` (typically one image) in eval mode and without gradients;
     the caller is responsible for restoring modes (see :func:`preserved_model_state`).
 
     Raises:
-        ValueError: If no module produces such an output.
+        AutoLayerError: If no module produces such an output, or the one found is refused; the message names a layer
+            of this model that works, when one is found.
     """
-    found = _last_spatial(_output_shapes(model, example), tuple(example.shape))
-    if found is not None:
-        if _inside_attention(model, found[0]):
-            raise ValueError(
-                f"target_layer='auto' found {found[0]!r} (output {found[1]}) inside an attention module of "
-                f"{type(model).__name__}, not a feature map; {_layout_advice()}"
-            )
-        return found[0], _named_modules(model)[found[0]]
-    raise ValueError(
-        f"target_layer='auto' found no module of {type(model).__name__} with a 4-D output larger than 1x1 "
-        f"for input of shape {tuple(example.shape)}; pass target_layer explicitly."
-    )
+    return _find_in_trace(model, example, trace_forward(model, example))
 
 
 def spatial_layer_hint(model: nn.Module, example: Tensor) -> str:
-    """A sentence naming the last layer of ``model`` with a 4-D output larger than 1x1 for ``example`` and its output
-    shape (``""`` when there is none or the forward pass fails), for error messages about a bad target layer.
+    """A sentence naming the layer (and layout) ``target_layer="auto"`` chooses for ``model`` and ``example``, or the one
+    its refusal suggests, with its output shape (``""`` when there is none or the forward pass fails), for error
+    messages about a bad target layer.
 
     The forward pass runs in eval mode without autograd; modes, hooks and the RNG are left as found.
 
@@ -262,14 +297,20 @@ def spatial_layer_hint(model: nn.Module, example: Tensor) -> str:
         >>> spatial_layer_hint(net, torch.randn(1, 3, 8, 8))
         "For this model and input: e.g. target_layer='1', whose output is (1, 4, 6, 6)."
     """
-    from cam_callbacks.capture.state import eager, preserved_model_state, preserved_rng_state
+    from cam_callbacks.capture.state import preserved_rng_state
 
     try:
-        with preserved_rng_state(), preserved_model_state(model), eager():
-            found = _last_spatial(_output_shapes(model, example))
+        with preserved_rng_state():
+            name, _, layout = auto_layer(model, example)
+            shape = dict(trace_forward(model, example).outputs).get(name)
+    except AutoLayerError as refusal:
+        if refusal.suggestion is None:
+            return ""
+        name, layout, shape = refusal.suggestion.name, refusal.suggestion.layout, None
     except Exception:  # noqa: BLE001 - only a hint: the caller's error is raised either way
         return ""
-    return "" if found is None else f"For this model and input: e.g. target_layer={found[0]!r}, whose output is {found[1]}."
+    whose = "" if shape is None else f", whose output is {shape}"
+    return f"For this model and input: e.g. {suggestion(name, layout)}{whose}."
 
 
 def auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module, Optional[TokenGrid]]:
@@ -278,11 +319,18 @@ def auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module, Optio
     from cam_callbacks.capture.state import eager, preserved_model_state
 
     with preserved_model_state(model), eager():
-        found = transformer_layer(model, example)
+        trace = trace_forward(model, example)
+        found = _known_transformer(model, example, trace) if any(is_attention(m) for m in named_modules(model).values()) else None
         if found is not None:
             return found[0], model.get_submodule(found[0]), found[1]
-        name, module = find_auto_layer(model, example)
+        name, module = _find_in_trace(model, example, trace)
     return name, module, None
+
+
+def describe_choice(model: nn.Module, name: str, layout: Optional[TokenGrid]) -> str:
+    """The sentence that says what ``target_layer="auto"`` chose: the layer, its layout and how to name it instead."""
+    how = f"target_layer={name!r}" + (f" and {layout_argument(layout)}" if layout is not None else "")
+    return f"target_layer='auto' chose {name!r} of {type(model).__name__} ({describe_layout(layout)}); to fix the choice, pass {how}"
 
 
 def resolve_target_layer(model: nn.Module, target_layer: LayerSpec, example: Optional[Tensor] = None) -> Tuple[str, nn.Module]:
@@ -354,13 +402,18 @@ def cam_class_weights(model: nn.Module, layer_name: str, activations: Tensor, lo
 
 
 def resolve_layers(
-    model: nn.Module, target_layer: LayersLike, example: Tensor, reshape: Optional[object] = None
+    model: nn.Module,
+    target_layer: LayersLike,
+    example: Tensor,
+    reshape: Optional[object] = None,
+    choices: Optional[List[str]] = None,
 ) -> List[Tuple[str, nn.Module]]:
     """Resolve one target layer or a list of them to ``(name, module)`` pairs.
 
-    ``"auto"`` is logged on the ``cam_callbacks`` logger, and refused with ``reshape`` (it chooses the layout
-    itself: on transformers it is remembered for the module, see :func:`~cam_callbacks.capture.layouts.remembered_layout`);
-    a layer listed twice is refused.
+    ``"auto"`` is logged on the ``cam_callbacks`` logger (and, when ``choices`` is given, the sentence saying what it
+    chose, :func:`describe_choice`, is appended to it for the caller to show), and refused with ``reshape`` (it chooses
+    the layout itself: on transformers it is remembered for the module, see
+    :func:`~cam_callbacks.capture.layouts.remembered_layout`); a layer listed twice is refused.
     """
     specs: List[LayerSpec] = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]  # type: ignore[list-item]
     if not specs:
@@ -368,14 +421,15 @@ def resolve_layers(
     layers: List[Tuple[str, nn.Module]] = []
     for spec in specs:
         if isinstance(spec, str) and spec == "auto" and reshape is not None:
-            raise ValueError(
-                "target_layer='auto' chooses the layout itself (reshape=None); with reshape= name the layer, e.g. "
-                "'encoder.layers.encoder_layer_11.ln_1' for torchvision's vit_b_16"
-            )
+            hint = spatial_layer_hint(model, example)
+            raise ValueError(f"target_layer='auto' chooses the layout itself (reshape=None); with reshape= name the layer. {hint}".strip())
         if isinstance(spec, str) and spec == "auto":
             name, module, layout = auto_layer(model, example)
             remember_layout(module, layout)
-            log.info("cam_callbacks: target_layer='auto' chose %r%s", name, "" if layout is None else f" with reshape={layout!r}")
+            said = describe_choice(model, name, layout)
+            log.info("cam_callbacks: %s", said)
+            if choices is not None:
+                choices.append(said)
         else:
             name, module = resolve_named_layer(model, spec)
             remember_layout(module, None)

@@ -31,6 +31,9 @@ from torch import Tensor, nn
 __all__ = ["TokenGrid", "ChannelsLast", "ReshapeLike", "as_token_grid", "remember_layout", "remembered_layout"]
 
 
+_NOT_SQUARE = "; for a grid that is not square give TokenGrid(prefix_tokens=..., height=..., width=...)"
+
+
 class TokenGrid:
     """Convert transformer tokens ``(N, prefix_tokens + h*w, C)`` to feature maps ``(N, C, h, w)`` and back.
 
@@ -71,19 +74,22 @@ class TokenGrid:
         """``(h, w)`` of the patch grid for ``num_tokens`` tokens in all (prefix included)."""
         patches = num_tokens - self.prefix_tokens
         if patches < 1:
-            raise ValueError(f"{num_tokens} tokens leave no patch token after {self.prefix_tokens} prefix token(s)")
+            raise ValueError(f"{num_tokens} tokens leave no patch token after {self.prefix_tokens} prefix token(s); {grid_advice(num_tokens)}{_NOT_SQUARE}")
         if self.height is None and self.width is None:
             side = math.isqrt(patches)
             if side * side != patches:
                 raise ValueError(
                     f"{patches} patch tokens ({num_tokens} tokens - {self.prefix_tokens} prefix) do not form a square grid; "
-                    "give TokenGrid(height=..., width=...) or the right prefix_tokens"
+                    f"{grid_advice(num_tokens)}{_NOT_SQUARE}"
                 )
             return side, side
         height = self.height if self.height is not None else patches // int(self.width)  # type: ignore[arg-type]
         width = self.width if self.width is not None else patches // height
         if height * width != patches:
-            raise ValueError(f"a {height}x{width} grid does not hold the {patches} patch tokens")
+            raise ValueError(
+                f"a {height}x{width} grid does not hold the {patches} patch tokens ({num_tokens} tokens - {self.prefix_tokens} prefix): "
+                "give height * width = the number of patch tokens"
+            )
         return height, width
 
     def to_grid(self, tokens: Tensor) -> Tensor:
@@ -105,6 +111,41 @@ class TokenGrid:
             )
         patches = grid.flatten(2).transpose(1, 2)
         return torch.cat([prefix.to(patches.dtype), patches], dim=1)
+
+
+def patch_grid(patches: int, image_size: Optional[Tuple[int, int]] = None) -> Optional[Tuple[int, int]]:
+    """``(h, w)`` with ``h * w == patches``: square, or with the aspect ratio of ``image_size`` ``(H, W)``; None if none."""
+    height, width = image_size if image_size is not None else (1, 1)
+    for h in range(1, math.isqrt(patches * max(height, 1)) + 2):
+        if patches % h == 0 and h * width == (patches // h) * height:
+            return h, patches // h
+    return None
+
+
+def grid_advice(num_tokens: int, image_size: Optional[Tuple[int, int]] = None, max_prefix: int = 16) -> str:
+    """What to pass for ``num_tokens`` tokens: the fewest prefix tokens that leave a patch grid (square, or with the
+    aspect ratio of ``image_size``), said with the numbers.
+
+    Example::
+
+        >>> grid_advice(18)  # a distilled DeiT at 64 px: class + distillation token + 4x4 patches  # doctest: +ELLIPSIS
+        '18 tokens fit 2 prefix tokens + a 4x4 patch grid (a square image): pass reshape=TokenGrid(prefix_tokens=2) (prefix tokens: ...)'
+        >>> grid_advice(24, (32, 48))
+        '24 tokens fit 0 prefix tokens + a 4x6 patch grid: pass reshape=TokenGrid(prefix_tokens=0, height=4, width=6)'
+    """
+    for prefix in range(0, min(max_prefix, num_tokens - 1) + 1):
+        grid = patch_grid(num_tokens - prefix, image_size)
+        if grid is None or grid[0] * grid[1] < 4:  # a 1x1 or 1x2 "grid" is no map
+            continue
+        count = f"{prefix} prefix token{'' if prefix == 1 else 's'}"
+        size = "" if grid[0] == grid[1] else f", height={grid[0]}, width={grid[1]}"
+        which = " (prefix tokens: a class token, + a distillation token in a distilled DeiT, + register tokens)" if prefix else ""
+        image = " (a square image)" if image_size is None else ""
+        layout = f"TokenGrid(prefix_tokens={prefix}{size})"
+        argument = f"'vit' (= {layout})" if prefix == 1 and not size else layout
+        return f"{num_tokens} tokens fit {count} + a {grid[0]}x{grid[1]} patch grid{image}: pass reshape={argument}{which}"
+    shape = "square " if image_size is None else ""
+    return f"{num_tokens} tokens form no {shape}patch grid after up to {max_prefix} prefix tokens: give TokenGrid(prefix_tokens=..., height=..., width=...)"
 
 
 class ChannelsLast(TokenGrid):

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from cam_callbacks.capture.attention import attention_gradients
 from cam_callbacks.capture.bias_gradients import bias_gradients
 from cam_callbacks.capture.guided import input_gradients
-from cam_callbacks.capture.hooks import LayerCapture
-from cam_callbacks.capture.layers import cam_class_weights
+from cam_callbacks.capture.hooks import LayerCapture, LayerOutputError
+from cam_callbacks.capture.layers import cam_class_weights, spatial_layer_hint
 from cam_callbacks.capture.layouts import remembered_layout
 from cam_callbacks.engine.caches import cached_cost, store_cost, tail_for
 from cam_callbacks.engine.layer_gradients import LayerGradients
@@ -60,6 +60,12 @@ def check_logits(output: Any, n: int, transform: OutputTransform = None) -> Tens
     return logits_of(output, transform, n)
 
 
+def _with_layer_hint(error: LayerOutputError, model: nn.Module, x: Tensor) -> LayerOutputError:
+    """``error`` with a layer (and layout) of this model that works added (:func:`spatial_layer_hint`), when one is found."""
+    hint = spatial_layer_hint(model, x[:1])
+    return type(error)(f"{error} {hint}") if hint and hint not in str(error) else error
+
+
 # --- one chunk --------------------------------------------------------------------------------------------
 
 
@@ -82,10 +88,13 @@ def _main_pass(
     cost = cached_cost(model, cost_key) if perturbs else None
     meter = ForwardCost(model, layer, x.shape[0]) if perturbs and cost is None else None
     layout = options.token_grid or remembered_layout(layer)  # the layout "auto" chose for a transformer layer
-    with LayerCapture(layer, layer_name, grad_tail=bool(needs & {"gradients", "hessian_vector"}), reshape=layout, input_shape=tuple(x.shape)) as capture:
-        second_order = twice_differentiable() if "hessian_vector" in needs else nullcontext()
-        with torch.no_grad(), meter if meter is not None else nullcontext(), second_order:  # the hook turns autograd on for the tail
-            logits = check_logits(model(x), x.shape[0], options.output_transform)
+    try:
+        with LayerCapture(layer, layer_name, grad_tail=bool(needs & {"gradients", "hessian_vector"}), reshape=layout, input_shape=tuple(x.shape)) as capture:
+            second_order = twice_differentiable() if "hessian_vector" in needs else nullcontext()
+            with torch.no_grad(), meter if meter is not None else nullcontext(), second_order:  # the hook turns autograd on for the tail
+                logits = check_logits(model(x), x.shape[0], options.output_transform)
+    except LayerOutputError as error:
+        raise _with_layer_hint(error, model, x) from None
     if capture.activation is None or capture.raw is None:
         raise RuntimeError(f"target_layer={layer_name!r} was not called during the forward pass")
     if meter is not None:

@@ -59,6 +59,7 @@ for a built-in method, with a reference test)::
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -197,14 +198,44 @@ def available_methods() -> List[str]:
     return list(_REGISTRY)
 
 
+def _normalised(name: str) -> str:
+    """A method name as people write it, reduced for comparison: lower case, ``++`` -> ``pp``, no ``-``, ``_`` or spaces."""
+    return name.lower().replace("++", "pp").replace("-", "").replace("_", "").replace(" ", "")
+
+
+def method_choices(name: object) -> str:
+    """The end of an unknown-method message: a did-you-mean when a registered name is close, then the valid names.
+
+    ``"GradCAM"``, ``"grad-cam"`` and ``"gradcam++"`` normalise to a registered name (``'gradcam'``, ``'gradcampp'``);
+    others are compared with :func:`difflib.get_close_matches` on the normalised names.
+
+    Example::
+
+        >>> method_choices("Grad-CAM++").split("?")[0]
+        "did you mean 'gradcampp'"
+    """
+    names = available_methods()
+    hint = ""
+    if isinstance(name, str):
+        by_form: Dict[str, str] = {}
+        for known in names:
+            by_form.setdefault(_normalised(known), known)
+        form = _normalised(name)
+        close = [by_form[form]] if form in by_form else [by_form[c] for c in difflib.get_close_matches(form, list(by_form), n=3, cutoff=0.75)]
+        if close:
+            hint = f"did you mean {close[0]!r}? " if len(close) == 1 else f"did you mean one of {close}? "
+    return f"{hint}choose from {names}"
+
+
 def get_method(name: str) -> CAMMethod:
     """Look up a method by name.
 
     Raises:
-        ValueError: For an unknown name; the message lists the valid names.
+        ValueError: For an unknown name; the message lists the valid names, after a did-you-mean when one is close
+            (``"GradCAM"``, ``"grad-cam"`` -> ``'gradcam'``; ``"gradcam++"`` -> ``'gradcampp'``).
     """
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"method={name!r} is not a known CAM method; choose from {available_methods()}")
+        raise ValueError(f"method={name!r} is not a known CAM method; {method_choices(name)}")
     return _REGISTRY[name]
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from cam_callbacks.monitor.alarm import AlarmHit
 from cam_callbacks.render.png import encode_png
+from cam_callbacks.utils.files import atomic_write
 
 __all__ = ["AlarmRecord", "RunReport", "how_to_read", "markdown_to_html", "find_class_names", "MAX_ALARMS"]
 
@@ -231,10 +232,11 @@ class RunReport:
         return "\n".join(parts)
 
     def write(self, directory: str, prefix: str, config: str, how_to: str, x_axis: str) -> str:
-        """Write ``<directory>/<prefix>/report.html``; returns its path."""
+        """Write ``<directory>/<prefix>/report.html``; returns its path.
+
+        The page goes to a temporary file beside it that then replaces it (:func:`~cam_callbacks.utils.files.atomic_write`):
+        a kill or Ctrl-C during the write leaves the previous report whole, never a truncated or empty one.
+        """
         path = os.path.join(directory, prefix, "report.html")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         page = self.html(f"CAMMonitor report ({prefix})", config, how_to, x_axis, prefix)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        return path
+        return atomic_write(path, page)

@@ -11,6 +11,7 @@ never wrapped or changed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, Callable, List, Mapping, Optional, Union
 
 from torch import Tensor
@@ -81,17 +82,41 @@ def _suggestion(output: Any, n: Optional[int]) -> Optional[Union[str, int]]:
     return next((a for a in attributes if _is_logits(getattr(output, a, None), n)), None)
 
 
+def _names(output: Any) -> List[str]:
+    """The keys (of a mapping) or attribute names (of an object) that ``output_transform`` may name."""
+    if isinstance(output, Mapping):
+        return [k for k in output if isinstance(k, str)]
+    return _attributes(output)
+
+
+def _on_tensor(transform: str, output: Tensor) -> ValueError:
+    """A name on a tensor output: ``Tensor.logit``, ``.T``, ``.data`` resolve, but none of them selects the logits."""
+    member = getattr(type(output), transform, None)
+    kind = "method" if callable(member) else "attribute" if member is not None else None
+    what = f"{transform!r} would be the tensor {kind} Tensor.{transform}, not a part of the output" if kind else f"a tensor has no {transform!r}"
+    return ValueError(
+        f"output_transform={transform!r}: the model returns {describe_output(output)}, which is used as the logits as it is; "
+        f"did you mean output_transform=None? ({what}; a name selects a key of a dict output or an attribute of an output "
+        "object, such as Hugging Face's 'logits')"
+    )
+
+
 def _select(output: Any, transform: OutputTransform) -> Any:
-    """``output`` through ``transform``; a ValueError naming ``output_transform`` when the key, attribute or index is missing."""
+    """``output`` through ``transform``; a ValueError naming ``output_transform`` when the key, attribute or index is missing,
+    or when a name resolves to a method (``Tensor.logit`` for ``"logit"``) instead of a part of the output."""
     if transform is None:
         return output
     if isinstance(transform, str):
+        if isinstance(output, Tensor):
+            raise _on_tensor(transform, output)
         if isinstance(output, Mapping):
             if transform in output:
                 return output[transform]
-        elif hasattr(output, transform):
+        elif hasattr(output, transform) and not callable(getattr(output, transform)):
             return getattr(output, transform)
         what = "key" if isinstance(output, Mapping) else "attribute"
+        if not isinstance(output, Mapping) and hasattr(output, transform):
+            what = f"data attribute ({transform!r} is a method of {type(output).__name__})"
     elif isinstance(transform, int):
         if isinstance(output, (tuple, list)) and -len(output) <= transform < len(output):
             return output[transform]
@@ -100,6 +125,9 @@ def _select(output: Any, transform: OutputTransform) -> Any:
         return transform(output)
     suggestion = _suggestion(output, None)
     hint = f"; pass output_transform={suggestion!r}" if suggestion is not None else ""
+    close = difflib.get_close_matches(transform, _names(output), n=1, cutoff=0.6) if isinstance(transform, str) else []
+    if close and close[0] != suggestion:
+        hint += f" (did you mean {close[0]!r}?)" if hint else f"; did you mean {close[0]!r}?"
     raise ValueError(f"output_transform={transform!r}: no such {what} in the model's output, {describe_output(output)}{hint}")
 
 

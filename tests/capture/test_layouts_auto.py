@@ -146,8 +146,11 @@ def test_auto_never_explains_an_attention_tensor_as_an_image():
     torch.manual_seed(0)
     model = UnknownTransformer().eval()
     x = torch.randn(1, 3, 32, 32)
-    # the only 4-D outputs are the patch embedding (a real map) and the heads tensor (not one): auto takes the embedding
-    assert auto_layer(model, x)[0] == "embed"
+    # the only 4-D outputs are the patch embedding (read by the attention afterwards: an embedding, refused) and the
+    # heads tensor (not an image); no module outputs the tokens, so no layer is suggested
+    with pytest.raises(ValueError, match="will not explain 'embed'.*feeds the attention") as refusal:
+        auto_layer(model, x)
+    assert refusal.value.suggestion is None and "pass target_layer= a module whose output is a transformer block's tokens" in str(refusal.value)
     with LayerCapture(model.qk, "qk", input_shape=x.shape), pytest.raises(NotAFeatureMapError, match="attention tensor"):
         model(x)
 

@@ -61,7 +61,8 @@ def test_token_grid_two_prefix_tokens_square():
 @pytest.mark.parametrize(
     "grid, count, pattern",
     [
-        (TokenGrid(), 1 + 6, "6 patch tokens .* do not form a square grid; give TokenGrid\\(height=..., width=...\\)"),
+        (TokenGrid(), 1 + 6, "6 patch tokens .* do not form a square grid; .*give TokenGrid\\(prefix_tokens=..., height=..., width=...\\)"),
+        (TokenGrid(), 2 + 16, "17 patch tokens .* square grid; 18 tokens fit 2 prefix tokens \\+ a 4x4 patch grid .*TokenGrid\\(prefix_tokens=2\\)"),
         (TokenGrid(prefix_tokens=2), 2 + 12, "do not form a square grid"),
         (TokenGrid(height=5), 1 + 12, "does not hold the 12 patch tokens"),
         (TokenGrid(height=3, width=3), 1 + 12, "a 3x3 grid does not hold the 12 patch tokens"),
@@ -379,7 +380,8 @@ def test_vit_smoothing_and_scorecam_run(vit, vit_images):
 
 
 def test_vit_auto_layer_with_reshape_raises(vit, vit_images):
-    with pytest.raises(ValueError, match=r"target_layer='auto' .*with reshape= name the layer.*encoder_layer_11\.ln_1"):
+    # the layer named is one of this model (2 blocks), not vit_b_16's encoder_layer_11
+    with pytest.raises(ValueError, match=r"target_layer='auto' .*with reshape= name the layer.*e\.g\. target_layer='encoder\.layers\.encoder_layer_1\.ln_1'"):
         cc.explain(vit, vit_images, method="gradcam", reshape="vit")
     with pytest.raises(ValueError, match="target_layer='auto'"):
         cc.explain(vit, vit_images, method="gradcam", target_layer=["auto", LAYER], reshape="vit")

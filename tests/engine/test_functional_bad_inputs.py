@@ -57,7 +57,7 @@ BAD_INPUTS = [
     ("images integer", {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8)}, TypeError, r"images must be a floating tensor.*torch\.uint8"),
     ("images on meta", {"images": torch.empty(2, 3, 8, 8, device="meta")}, ValueError, r"images are on the meta device"),
     ("images all NaN", {"images": torch.full((2, 3, 8, 8), float("nan"))}, ValueError, r"images: all 2 images hold NaN or inf values"),
-    ("method unknown", {"method": "gradcamm"}, ValueError, r"method='gradcamm' is not a known CAM method; choose from \[.*'gradcam'"),
+    ("method unknown", {"method": "gradcamm"}, ValueError, r"method='gradcamm' is not a known CAM method; did you mean one of \['gradcam', .*\]\? choose"),
     ("target_layer misspelt", {"target_layer": "feature.conv2"}, ValueError,
      r"target_layer='feature\.conv2' is not a module of Net\. Did you mean one of \[.*'features\.conv2'"),
     ("target_layer empty list", {"target_layer": []}, ValueError, r"target_layer is an empty list"),

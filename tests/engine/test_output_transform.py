@@ -236,3 +236,44 @@ def test_hugging_face_classifier_end_to_end_with_output_transform():
         assert torch.allclose(direct, wrapped, atol=1e-6), method
     scores = cc.faithfulness(model, x, "gradcam", "auto", output_transform="logits")
     assert 0.0 <= scores["adcc"] <= 100.0
+
+
+# --- names that resolve to something that is not a part of the output ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "transform, member",
+    [("logit", "the tensor method Tensor.logit"), ("T", "the tensor attribute Tensor.T"), ("data", "the tensor attribute Tensor.data")],
+)
+def test_a_name_on_a_tensor_output_is_refused_with_did_you_mean_none(transform, member):
+    """Before: output_transform='logit' (a typo of 'logits') on a model returning its logits resolved Tensor.logit, and
+    'T' silently explained the transposed logits of a square batch."""
+    model = Plain().eval()
+    x = torch.randn(3, 3, 10, 10)
+    message = (
+        f"output_transform='{transform}': the model returns a tensor of shape (3, 3), which is used as the logits as it is; "
+        f"did you mean output_transform=None? ('{transform}' would be {member}, not a part of the output"
+    )
+    with pytest.raises(ValueError) as refused:
+        cc.explain(model, x, "gradcam", LAYER, output_transform=transform)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert cc.explain(model, x, "gradcam", LAYER, output_transform=None).shape == (3, 10, 10)
+
+
+def test_a_method_of_an_output_object_is_not_a_part_of_it():
+    @dataclass
+    class WithMethod:
+        logits: torch.Tensor
+
+        def to_tuple(self):
+            return (self.logits,)
+
+    message = r"output_transform='to_tuple': no such data attribute \('to_tuple' is a method of WithMethod\).*pass output_transform='logits'"
+    with pytest.raises(ValueError, match=message):
+        logits_of(WithMethod(torch.zeros(2, 3)), "to_tuple", n=2)
+
+
+def test_a_misspelt_key_gets_a_did_you_mean():
+    output = {"logits": torch.zeros(2, 3), "features": torch.zeros(2, 5)}
+    with pytest.raises(ValueError, match=r"output_transform='featurs': no such key .*; pass output_transform='logits' \(did you mean 'features'\?\)"):
+        logits_of(output, "featurs", n=2)
