@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from cam_callbacks.capture.layers import resolve_named_layer
 from cam_callbacks.engine.curves import CurveSettings, check_curves
 from cam_callbacks.engine.options import ExplainOptions
-from cam_callbacks.methods.registry import available_methods, get_method
+from cam_callbacks.methods.registry import available_methods, method_choices
 from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
 from cam_callbacks.monitor.alarm import AlarmPolicy, ShortcutAlarm, ThresholdAlarm
 from cam_callbacks.render.style import ImageStyle
@@ -49,10 +49,8 @@ def check_methods(methods: Any) -> List[str]:
     if not names:
         raise ValueError(f"methods must name at least one method; choose from {available_methods()}")
     for name in names:
-        try:
-            get_method(name)
-        except ValueError as error:  # the registry's message: the valid names (and a close one when there is one)
-            raise ValueError(f"methods contains {name!r}: {error}") from None
+        if not isinstance(name, str) or name not in available_methods():
+            raise ValueError(f"methods contains {name!r}, which is not a known CAM method; {method_choices(name)}")
     if len(set(names)) != len(names):
         raise ValueError(f"methods lists a method twice: {names}")
     return names

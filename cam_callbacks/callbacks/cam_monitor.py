@@ -258,6 +258,9 @@ class CAMMonitor(_Callback):
         names = self._runner.prepare(pl_module)
         if first_time:
             rank_zero_info(f"CAMMonitor: explaining target layer {'+'.join(names)!r} with {self.methods} on {len(self.probe or ())} probe images")
+            if self._runner.layer_choice:
+                where = "CAMMonitor(target_layer=..., explain_options=ExplainOptions(reshape=...))"
+                rank_zero_warn(f"CAMMonitor: {self._runner.layer_choice} (in the monitor: {where})")
         self._apply_pending_state()  # a checkpoint loaded before the layer was known (the probe came late) is checked now
 
     def _set_probe(self, probe: Optional[Probe], trainer: Optional["pl.Trainer"] = None) -> None:
@@ -466,7 +469,9 @@ class CAMMonitor(_Callback):
         """Restore a checked :meth:`state_dict` (see :mod:`cam_callbacks.callbacks.checkpoint`); unusable entries are reported."""
         problem = state_problem(state_dict)
         if problem is not None:
-            self._errors.report("loading the checkpoint's CAMMonitor entry", ValueError(problem), "its history is not used")
+            consequence = "its history is not used: drift is measured afresh and the alarm state starts empty"
+            self._errors.report("loading the checkpoint's CAMMonitor entry", ValueError(problem), consequence)
+            self._reset_history()
             return
         self._last_run = tuple(state_dict["last_run"]) if state_dict.get("last_run") else None
         saved_probe = state_dict.get("probe")
@@ -486,6 +491,20 @@ class CAMMonitor(_Callback):
         reason = history_mismatch(state, self.layer_name or "", self.probe.fingerprint(), shape, self.methods)
         if reason is not None:
             rank_zero_warn(f"CAMMonitor: {reason}; drift is measured from this run on and the alarm state starts afresh")
+            self._reset_history()
             return
         self._history.load_state_dict(state, self.methods)
         self._alarm_state.load_state_dict(state)
+
+    @override
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: Dict[str, Any]) -> None:
+        entry = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        if isinstance(entry, dict) and not entry:
+            self.load_state_dict(entry)  # Lightning calls load_state_dict only for a non-empty entry: an empty one is reported here
+
+    def _reset_history(self) -> None:
+        """Forget the drift history, the alarm state and the last run (a checkpoint entry that cannot be used)."""
+        self._pending_state = None
+        self._last_run = None
+        self._history.load_state_dict({}, self.methods)
+        self._alarm_state.load_state_dict({})

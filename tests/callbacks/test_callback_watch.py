@@ -18,7 +18,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import cam_callbacks as cc
-from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.render.grids import cell_boxes
 
 from _lightning_models import TinyNet, loaders, read_events, trainer

@@ -86,13 +86,6 @@ def test_nan_first_maps_in_a_checkpoint_are_reported_and_drift_starts_afresh(tmp
     assert bool(torch.isfinite(resumed.history.first["gradcam"]).all())
 
 
-NEEDS_MONITOR = pytest.mark.xfail(
-    strict=True,
-    reason="needs CAMMonitor.on_load_checkpoint / _reset_history (cam_monitor.py, owned by the 1.0 restructuring): see issue 19 item 9",
-)
-
-
-@NEEDS_MONITOR
 def test_an_empty_entry_in_a_checkpoint_is_reported_at_resume(tmp_path):
     """Lightning calls load_state_dict only for a non-empty entry, so an empty one passed silently."""
     _fit(tmp_path, max_epochs=1)
@@ -104,7 +97,6 @@ def test_an_empty_entry_in_a_checkpoint_is_reported_at_resume(tmp_path):
         _fit(tmp_path, max_epochs=2, ckpt_path=str(tmp_path / "empty.ckpt"))
 
 
-@NEEDS_MONITOR
 def test_a_bad_entry_resets_the_history_the_monitor_had(tmp_path):
     monitor = _fit(tmp_path, max_epochs=1)
     assert "gradcam" in monitor.history.first

@@ -15,8 +15,8 @@ import traceback
 import pytest
 import torch
 
-from cam_callbacks.callbacks.report import RunReport
 from cam_callbacks.monitor.alarm import AlarmHit
+from cam_callbacks.render.report import RunReport
 from cam_callbacks.utils import files
 from cam_callbacks.utils.files import atomic_write
 
@@ -179,7 +179,6 @@ def test_report_write_returns_its_path_and_leaves_no_temporary_file(tmp_path):
     assert os.listdir(tmp_path / "cam") == ["report.html"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs render/png.py's save_pngs and save_text to write through atomic_write: issue 19 item 4")
 def test_png_and_text_rewrites_keep_the_old_file_when_interrupted(tmp_path, monkeypatch):
     """A rerun of the same epoch (validate() again, a resume) rewrites <prefix>/<method>/grid_epoch=NNNN.png and the alarm text."""
     from cam_callbacks.render.png import save_pngs, save_text

@@ -10,7 +10,6 @@ import cam_callbacks as cc
 from _lightning_models import TinyNet, make_data, trainer
 
 
-@pytest.mark.xfail(strict=True, reason="needs CAMMonitor._prepare to warn ProbeRunner.layer_choice (cam_monitor.py): issue 19 item 5")
 def test_the_auto_choice_is_warned_once_at_setup(tmp_path):
     pl.seed_everything(0)
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=make_data(4, seed=1))

@@ -44,7 +44,6 @@ def test_explain_and_options_say_it_too():
         ExplainOptions(method_options={"gradcam++": {}})
 
 
-@pytest.mark.xfail(strict=True, reason="needs check_methods (callbacks/arguments.py) to end its message with method_choices(name): issue 19 item 8")
 def test_the_monitor_s_methods_argument_says_it_too():
     with pytest.raises(ValueError, match=r"methods contains 'GradCAM', which is not a known CAM method; did you mean 'gradcam'\? choose from \["):
         cc.CAMMonitor(methods=["GradCAM"])
