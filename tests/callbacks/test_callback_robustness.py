@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
+from cam_callbacks.engine.caches import cache_info, clear_caches
 from cam_callbacks.methods import available_methods, register_method, unregister_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, trainer
@@ -191,7 +192,7 @@ def _assert_restored(model: nn.Module, before: Dict[str, Any], where: str = "") 
 
 def _cache_sizes(model: nn.Module) -> Tuple[int, int, int, int]:
     """(models with cached tails, tail entries for this model, models with cached costs, cost entries for this model)."""
-    everything, mine = cc.cache_info(), cc.cache_info(model)
+    everything, mine = cache_info(), cache_info(model)
     return (everything.tail_models, mine.tail_entries, everything.cost_models, mine.cost_entries)
 
 
@@ -298,7 +299,7 @@ def test_explain_does_not_keep_the_model_alive(method):
     reference to its own key, so models explained with Recipro-CAM/Ablation-CAM were never freed.
     """
     gc.collect()
-    tails_before = cc.cache_info().tail_models
+    tails_before = cache_info().tail_models
     model = TinyNet().eval()
     cc.explain(model, make_data(2, seed=3)[0], method=method, target_layer="features")
     ref = weakref.ref(model)
@@ -307,7 +308,7 @@ def test_explain_does_not_keep_the_model_alive(method):
     assert ref() is None, (
         f"{method}: the model is still alive after explain; referrers: {[type(r).__name__ for r in gc.get_referrers(ref())]}"
     )
-    assert cc.cache_info().tail_models <= tails_before
+    assert cache_info().tail_models <= tails_before
 
 
 def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
@@ -324,7 +325,7 @@ def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
         del model, monitor, t, val
         gc.collect()
     alive = [i for i, ref in enumerate(refs) if ref() is not None]
-    assert not alive, f"models of trials {alive} are still alive ({cc.cache_info().tail_models} models in the tail cache)"
+    assert not alive, f"models of trials {alive} are still alive ({cache_info().tail_models} models in the tail cache)"
 
 
 # ------------------------------------------------------------------ interrupts
@@ -422,7 +423,7 @@ def test_keyboard_interrupt_at_any_forward_of_the_callbacks_passes_restores_ever
 
     def clear() -> None:
         if caches == "cold":
-            cc.clear_caches(model)
+            clear_caches(model)
 
     with context():
         clear()

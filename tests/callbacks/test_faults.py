@@ -28,6 +28,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import cam_callbacks as cc
 from cam_callbacks.callbacks import loggers as logger_module
+from cam_callbacks.methods.registry import unregister_method
 
 from _lightning_models import TinyNet, loaders
 
@@ -126,7 +127,7 @@ def _fit(root: str, model: TinyNet, monitor: cc.CAMMonitor, extra: List[pl.Callb
 
 def _cleanup_method() -> None:
     if "fault_method" in cc.available_methods():
-        cc.unregister_method("fault_method")
+        unregister_method("fault_method")
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -236,7 +237,7 @@ def test_keyboard_interrupt_in_a_method_is_not_swallowed(tmp_path: Any) -> None:
             trainer = _fit(str(tmp_path), model, monitor, [])
         assert trainer is None
     finally:
-        cc.unregister_method("interrupting")
+        unregister_method("interrupting")
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks, "hooks left after the interrupt"
 

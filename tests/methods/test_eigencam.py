@@ -94,4 +94,4 @@ def test_faithfulness_runs_with_eigencam():
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     scores = cc.faithfulness(model, torch.randn(3, 3, 64, 64), method="eigencam", target_layer="layer4")
     assert all(np.isfinite(v) for v in scores.values())
-    assert 0 <= scores["adcc"] <= 100
+    assert 0 <= scores["adcc"] <= 1
