@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from typing import Dict
 
@@ -79,8 +80,9 @@ def test_two_monitors_with_different_methods_run_in_one_trainer(fitted):
     assert set(first.state_dict()["first_maps"]) == {"gradcam"} and set(second.state_dict()["first_maps"]) == {"layercam"}
 
 
-def _new_monitor(probe=None, **kwargs):
-    return cc.CAMMonitor(methods=["gradcam"], target_layer="features", faithfulness=False, probe=probe, **kwargs)
+def _new_monitor(probe=32, **kwargs):
+    """A monitor with ``probe`` given explicitly, or (an int) none of its own: it would take the validation data's."""
+    return cc.CAMMonitor(methods=["gradcam"], target_layer="features", metrics=(), probe=probe, **kwargs)
 
 
 def _set_up(monitor, model, tmp_path):
@@ -94,7 +96,7 @@ def test_state_dict_round_trip_restores_history_and_probe(fitted, tmp_path):
     saved = first.state_dict()
     assert saved["version"] == 2 and saved["layer_name"] == "features" and saved["last_run"] == ("fit", 0)
     assert saved["probe"] is not None  # given explicitly: the tensors travel with the checkpoint
-    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score"]]}
+    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score", -1]]}
     restored = _new_monitor()  # no probe of its own: it takes the checkpoint's
     restored.load_state_dict(saved)
     assert torch.equal(restored.probe.images, saved["probe"]["images"]) and torch.equal(restored.probe.labels, saved["probe"]["labels"])
@@ -114,7 +116,7 @@ def test_state_of_another_version_is_not_restored_and_warns(fitted, tmp_path):
     saved = first.state_dict()
     restored = _set_up(_new_monitor(probe=(saved["probe"]["images"], saved["probe"]["labels"])), model, tmp_path)
     with pytest.warns(UserWarning, match=r"version 1, this one 2.*drift is measured from this run on"):
-        restored.load_state_dict({**saved, "version": 1, "alarm_state": [["gradcam", "shortcut_score"]]})
+        restored.load_state_dict({**saved, "version": 1, "alarm_state": [["gradcam", "shortcut_score", -1]]})
     assert restored.history.first == {} and restored.history.previous == {}
     assert restored.state_dict()["alarm_state"] == []
 
@@ -125,7 +127,7 @@ def test_state_of_another_layer_is_not_restored_and_warns(fitted, tmp_path):
     restored = _set_up(_new_monitor(probe=(saved["probe"]["images"], saved["probe"]["labels"])), model, tmp_path)
     assert restored.layer_name == "features"
     with pytest.warns(UserWarning, match=r"layer 'features\.3', this monitor 'features'"):
-        restored.load_state_dict({**saved, "layer_name": "features.3", "alarm_state": [["gradcam", "shortcut_score"]]})
+        restored.load_state_dict({**saved, "layer_name": "features.3", "alarm_state": [["gradcam", "shortcut_score", -1]]})
     assert restored.history.first == {} and restored.state_dict()["alarm_state"] == []
     # the same layer restores
     restored.load_state_dict(saved)
@@ -138,7 +140,7 @@ def test_every_state_key_is_read_or_tolerated_when_missing(fitted, tmp_path):
     probe = (saved["probe"]["images"], saved["probe"]["labels"])
     handled = {"version", "layer_name", "last_run", "probe_fingerprint", "probe", "first_maps", "previous_maps", "alarm_state"}
     assert set(saved) == handled, "a new key in CAMMonitor.state_dict needs a case here"
-    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score"]]}
+    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score", -1]]}
     for key in sorted(handled):
         partial = {k: v for k, v in saved.items() if k != key}
         restored = _set_up(_new_monitor(probe=probe), model, tmp_path)
@@ -165,19 +167,23 @@ def test_every_state_key_is_read_or_tolerated_when_missing(fitted, tmp_path):
     assert torch.equal(restored.probe.images, probe[0])
 
 
-def test_each_monitor_copies_a_shared_alarm_rule():
-    rule = cc.AlarmRule(max_shortcut_score=0.3, extra={"adcc": ("min", 40.0)}, top_k=2)
-    m1, m2 = cc.CAMMonitor(methods=["gradcam"], alarm=rule), cc.CAMMonitor(methods=["layercam"], alarm=rule)
-    assert m1.alarm is not rule and m2.alarm is not rule and m1.alarm is not m2.alarm
-    assert m1.alarm == rule and m2.alarm == rule
-    d1, d2 = cc.CAMMonitor(methods=["gradcam"]), cc.CAMMonitor(methods=["layercam"])  # the default rule object is shared too
-    assert d1.alarm is not d2.alarm and d1.alarm == d2.alarm == cc.AlarmRule()
-    # changing the caller's rule afterwards changes no monitor's rule
-    rule.max_shortcut_score = 0.9
-    rule.extra["complexity"] = ("max", 80.0)  # type: ignore[index]
-    assert m1.alarm.max_shortcut_score == 0.3
-    assert dict(m1.alarm.extra) == {"adcc": ("min", 40.0)} and dict(m2.alarm.extra) == {"adcc": ("min", 40.0)}
-    assert cc.CAMMonitor(methods=["gradcam"], alarm=None).alarm is None
+def test_each_monitor_keeps_its_own_copy_of_a_shared_alarm():
+    policies = [cc.ThresholdAlarm("shortcut_score", above=0.3, top_k=2), cc.ThresholdAlarm("adcc", below=0.4, top_k=2)]
+    m1, m2 = cc.CAMMonitor(methods=["gradcam"], alarm=policies), cc.CAMMonitor(methods=["layercam"], alarm=policies)
+    assert isinstance(m1.alarm, tuple) and isinstance(m2.alarm, tuple)
+    assert m1.alarm == m2.alarm == tuple(policies)
+    d1, d2 = cc.CAMMonitor(methods=["gradcam"]), cc.CAMMonitor(methods=["layercam"])  # the default alarm
+    default = (cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0), cc.ThresholdAlarm("shortcut_score", above=0.5), cc.ShortcutAlarm())
+    assert d1.alarm == d2.alarm == default
+    # changing the caller's list afterwards changes no monitor's alarm, and a policy itself cannot be changed
+    policies.append(cc.ThresholdAlarm("complexity", above=0.8))
+    policies[0] = cc.ThresholdAlarm("shortcut_score", above=0.9)
+    assert m1.alarm == m2.alarm == (cc.ThresholdAlarm("shortcut_score", above=0.3, top_k=2), cc.ThresholdAlarm("adcc", below=0.4, top_k=2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m1.alarm[0].above = 0.9  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d1.alarm[2].score = 0.9  # type: ignore[misc]
+    assert cc.CAMMonitor(methods=["gradcam"], alarm=None).alarm == ()
 
 
 def test_skipped_images_and_history_are_typed_properties(fitted):
