@@ -40,8 +40,8 @@ def test_new_methods_through_the_callback_are_logged_and_invisible_to_training(t
             watched, monitor.probe.images, method, "features", targets=monitor.probe.labels, method_options=OPTIONS.get(method)
         )
         for metric, value in direct.items():
-            assert 0.0 <= value <= 100.0, (method, metric, value)
-            assert float(t.callback_metrics[f"cam/{method}/{metric}"]) == pytest.approx(value, abs=1e-3), (method, metric)
+            assert 0.0 <= value <= 1.0, (method, metric, value)
+            assert float(t.callback_metrics[f"cam/{method}/{metric}"]) == pytest.approx(value, abs=1e-5), (method, metric)
 
 
 @pytest.mark.parametrize(

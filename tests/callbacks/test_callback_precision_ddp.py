@@ -44,15 +44,15 @@ def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
         # for the CAM family; max |diff| up to 0.31 on single pixels of guided backprop (bf16 gradients at the input)
         assert float(difference.mean()) < 0.03, (method, float(difference.mean()))
         assert torch.all(torch.isfinite(low.maps[method]))
-        per_image = 100 * (low_scores[method]["adcc"].double() - full_scores[method]["adcc"].double()).abs()
+        per_image = (low_scores[method]["adcc"].double() - full_scores[method]["adcc"].double()).abs()
         if method == "eigencam":
             # Eigen-CAM's sign is that of the first principal component's correlation with the channel mean. On an
             # explanation image x * L where that correlation is close to 0, bf16 and fp32 can pick opposite signs and
-            # that image's coherency (so its ADCC) jumps by ~60 points; seen on one machine for 1 of the 8 images,
+            # that image's coherency (so its ADCC) jumps by ~0.6; seen on one machine for 1 of the 8 images,
             # with the fp32 side flipped (coherency 0.10 against 0.91). Every other image must agree.
-            assert int((per_image > 1.0).sum()) <= 1, (method, per_image.tolist())
+            assert int((per_image > 0.01).sum()) <= 1, (method, per_image.tolist())
         else:
-            assert float(per_image.mean()) < 1.0, (method, per_image.tolist())  # measured: within 0.35 points
+            assert float(per_image.mean()) < 0.01, (method, per_image.tolist())  # measured: within 0.0035
         # the low-precision maps are not the fp32 ones computed twice: bf16 really was used
     assert max(float((low.maps[m] - full.maps[m]).abs().max()) for m in METHODS) > 1e-4
 
@@ -66,7 +66,7 @@ def test_precision_32_ignores_autocast(tmp_path):
     t.fit(model, train, val)
     full, _ = monitor.compute(model)
     direct = cc.faithfulness(model, monitor.probe.images, "reciprocam", "features", targets=monitor.probe.labels)
-    assert float(t.callback_metrics["cam/reciprocam/adcc"]) == pytest.approx(direct["adcc"], abs=1e-4)
+    assert float(t.callback_metrics["cam/reciprocam/adcc"]) == pytest.approx(direct["adcc"], abs=1e-6)
     with pytest.raises(ValueError, match=r"precision='16'.*\['auto', '32'\]"):
         cc.CAMMonitor(explain_options=cc.ExplainOptions(precision="16"))
 
@@ -110,7 +110,7 @@ def test_ddp_two_processes_split_the_probe_and_rank_zero_logs_the_whole(tmp_path
     for method in ["gradcam", "reciprocam"]:
         direct = cc.faithfulness(model, images[:7], method, "features", targets=labels[:7])
         for metric, value in direct.items():
-            assert metrics[f"cam/{method}/{metric}"] == pytest.approx(value, abs=1e-3), (method, metric)
+            assert metrics[f"cam/{method}/{metric}"] == pytest.approx(value, abs=1e-5), (method, metric)
     maps = cc.explain(model, images[:7], "gradcam", "features", targets=labels[:7])
     from cam_callbacks.metrics.drift import shortcut_score
 

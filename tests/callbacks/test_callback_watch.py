@@ -18,7 +18,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import cam_callbacks as cc
-from cam_callbacks.monitor.alarm import AlarmRule
 from cam_callbacks.render.grids import cell_boxes
 
 from _lightning_models import TinyNet, loaders, read_events, trainer
@@ -111,12 +110,17 @@ def test_localisation_metrics_logged_and_equal_to_numpy_on_explain_maps(tmp_path
 
 def test_alarm_fires_warns_writes_text_and_can_stop_training(tmp_path):
     images, labels, masks, nuisance = corner_probe()
-    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), metrics=(), alarm=[cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0, stop=True), cc.ThresholdAlarm("shortcut_score", above=0.5, stop=True), cc.ShortcutAlarm(stop=True)], step="epoch")
+    alarm = [
+        cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0, stop=True),
+        cc.ThresholdAlarm("shortcut_score", above=0.5, stop=True),
+        cc.ShortcutAlarm(stop=True),
+    ]  # the default alarm, every policy with stop=True
+    monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), metrics=(), alarm=alarm, step="epoch")
     model = CornerNet()
     t = trainer(tmp_path, [monitor], max_epochs=5)
     with pytest.warns(UserWarning, match=r"CAMMonitor alarm at epoch 0: .*gradcam.*energy_in_nuisance_ratio"):
         t.fit(model, _train_loader(), DataLoader(TensorDataset(images, labels), batch_size=3))
-    assert t.current_epoch == 1, "stop_on_alarm ends training after the epoch that raised it"
+    assert t.current_epoch == 1, "stop=True ends training after the epoch that raised the alarm"
     assert float(t.callback_metrics["cam/alarm"]) == 1.0
     events = read_events(tmp_path)
     assert [step for step, _ in events["scalars"]["cam/alarm"]] == [0]
@@ -244,7 +248,7 @@ def test_multilabel_probe_one_map_per_positive_label(tmp_path):
     t.fit(model, DataLoader(TensorDataset(images, multi_hot), batch_size=3), DataLoader(TensorDataset(images, multi_hot), batch_size=3))
     direct = cc.faithfulness(model, images, "reciprocam", "features", targets=multi_hot)
     for metric, value in direct.items():
-        assert float(t.callback_metrics[f"cam/reciprocam/{metric}"]) == pytest.approx(value, abs=1e-3), metric
+        assert float(t.callback_metrics[f"cam/reciprocam/{metric}"]) == pytest.approx(value, abs=1e-5), metric
     images_logged = read_events(tmp_path)["images"]
     # labels 0, 1, 2 each have 3 positives; the two first in frequency order (ties: lowest index) get grids
     assert sorted(tag for tag in images_logged if tag.startswith("cam/gradcam/label_")) == [
@@ -277,9 +281,10 @@ def test_bad_probe_masks_and_labels(probe, message):
 
 
 def test_bad_alarm_argument():
-    with pytest.raises(TypeError, match="alarm must be an AlarmRule or None"):
+    with pytest.raises(ValueError, match="alarm must be None or a list of ThresholdAlarm / ShortcutAlarm objects"):
         cc.CAMMonitor(alarm={"max_shortcut_score": 0.5})
-    assert cc.CAMMonitor(alarm=[cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0), cc.ShortcutAlarm()]).alarm.rules()["energy_in_nuisance_ratio"] == ("max", 2.0)
+    nuisance_only = cc.CAMMonitor(alarm=[cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0), cc.ShortcutAlarm()]).alarm
+    assert [(p.metric, p.direction, p.bound) for p in nuisance_only if isinstance(p, cc.ThresholdAlarm)] == [("energy_in_nuisance_ratio", "above", 2.0)]
 
 
 def test_shortcut_score_ignores_objects_at_a_fixed_place_when_masks_are_given():
