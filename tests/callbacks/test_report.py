@@ -57,8 +57,8 @@ def _report_page() -> str:
     report = RunReport()
     for step in (5, 11):
         report.add_run(step, step // 6, {
-            "cam/gradcam/adcc": 50.0 + step, "cam/gradcam/deletion_auc": 30.0, "cam/gradcam/shortcut_score": 0.1,
-            "cam/gradcam/class_shortcut_class": 2.0, "cam/alarm": float(step > 6),
+            "cam/gradcam/adcc": 0.5 + step / 100, "cam/gradcam/deletion_auc": 0.3, "cam/gradcam/shortcut_score": 0.1,
+            "cam/gradcam/energy_in_nuisance_ratio": 6.5, "cam/gradcam/class_shortcut_class": 2.0, "cam/alarm": float(step > 6),
         })  # fmt: skip
     evidence = torch.zeros(3, 20, 30, dtype=torch.uint8)
     report.add_alarm(11, 1, [AlarmHit("gradcam", "energy_in_nuisance_ratio", 6.5, 2.0, "above", (9, 14))], {"gradcam": evidence})
@@ -72,7 +72,7 @@ def test_report_is_self_contained_and_lists_the_alarm_with_its_evidence():
     assert parsed.links == [] and parsed.scripts == 0  # no external file, no script, no network
     sizes = [_decoded(source).size for source in parsed.sources]
     assert (30, 20) in sizes and (10, 10) in sizes and (8, 8) in sizes  # evidence, final grid, evolution strip
-    # three curve charts (gradcam in percent with deletion_auc, its fractions, the monitor; a class index is no curve)
+    # three curve charts (gradcam's fractions with deletion_auc, its ratios, the monitor; a class index is no curve)
     assert len(sizes) == 3 + 3  # and the three images
     assert "gradcam: energy_in_nuisance_ratio = 6.5 is above 2 (worst probe images: 9, 14)" in page
     assert "<li><b>rows</b>: images</li>" in page
