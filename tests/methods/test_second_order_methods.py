@@ -403,7 +403,7 @@ def test_faithfulness_of_the_new_methods(method):
 )
 def test_bad_option_values_fail_when_the_options_are_built(method, options, message):
     """Before any work: ExplainOptions (what explain, faithfulness and CAMMonitor build first) checks the values
-    (CAMMonitor: tests/callbacks/test_callback_methods_b.py)."""
+    (CAMMonitor: tests/callbacks/test_callback_methods.py)."""
     from cam_callbacks.engine.options import ExplainOptions
 
     with pytest.raises(ValueError, match=message):

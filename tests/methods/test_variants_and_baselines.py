@@ -2,7 +2,8 @@
 
 Grad-CAM element-wise, Eigen-Grad-CAM, KPCA-CAM (also against scikit-learn's KernelPCA, which pytorch-grad-cam
 calls), FEM, Random-CAM, Sobel-CAM and Smooth Grad-CAM++ (its noise, its averaging and the engine's
-``layer_gradients`` input); every new method through ``cc.explain``, ``cc.faithfulness`` and ``CAMMonitor``.
+``layer_gradients`` input); every new method through ``cc.explain`` and ``cc.faithfulness`` (through ``CAMMonitor``:
+tests/callbacks/test_callback_methods.py).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from cam_callbacks.methods.decomposition_variants import KPCA_KERNELS, eigengrad
 from cam_callbacks.methods.gradient import gradcampp, hirescam
 from cam_callbacks.methods.gradient_variants import gradcamelementwise, smoothgradcampp
 from cam_callbacks.methods.registry import get_method
-
-from _lightning_models import TinyNet, loaders, trainer
 
 NEW_METHODS = ["gradcamelementwise", "smoothgradcampp", "eigengradcam", "kpcacam", "fem", "randomcam", "sobelcam"]
 SEEDED = {"smoothgradcampp": "seed", "randomcam": "seed"}
@@ -331,18 +330,3 @@ def test_explain_and_faithfulness_run_every_new_method(method):
 def test_unknown_option_of_a_new_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"\['num_samples', 'seed', 'std'\]"):
         cc.explain(small_cnn(), torch.zeros(1, 3, 8, 8), method="smoothgradcampp", target_layer="1", method_options={"sigma": 1})
-
-
-@pytest.mark.slow
-def test_cammonitor_runs_the_new_methods(tmp_path):
-    import pytorch_lightning as pl
-
-    pl.seed_everything(0)
-    monitor = cc.CAMMonitor(methods=NEW_METHODS, probe=4, budget=None, explain_options=cc.ExplainOptions(method_options={"smoothgradcampp": {"num_samples": 2}}))
-    model = TinyNet()
-    train, val = loaders()
-    fit = trainer(tmp_path, [monitor], max_epochs=1)
-    fit.fit(model, train, val)
-    for method in NEW_METHODS:
-        value = float(fit.callback_metrics[f"cam/{method}/adcc"])
-        assert 0.0 <= value <= 1.0, (method, value)
