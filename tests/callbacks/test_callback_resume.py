@@ -11,7 +11,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 import cam_callbacks as cc
 
-from _lightning_models import TinyNet, loaders, read_events, trainer
+from _lightning_models import TinyNet, fit, read_events
 
 
 def _pearson(a, b):
@@ -34,23 +34,23 @@ class SaveMaps(pl.Callback):
             self.saved[trainer.current_epoch] = cc.explain(pl_module, probe.images, "gradcam", "features", targets=probe.labels)
 
 
-def _run(tmp_path, monitor, max_epochs, ckpt_path=None, saved=None):
-    pl.seed_everything(11)
-    model = TinyNet(lr=0.2)
-    train, val = loaders()
+def _fit_checkpointed(tmp_path, monitor, max_epochs, ckpt_path=None, saved=None):
+    """The shared :func:`fit` with a ``last.ckpt`` checkpoint and one TensorBoard run that a resumed fit continues."""
     checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
     callbacks = [monitor, checkpoint] + ([SaveMaps(monitor, saved)] if saved is not None else [])
-    t = trainer(tmp_path, callbacks, max_epochs=max_epochs, logger=logger, enable_checkpointing=True)
-    t.fit(model, train, val, ckpt_path=ckpt_path)
+    _, t = fit(
+        tmp_path, callbacks, model=lambda: TinyNet(lr=0.2), seed=11, max_epochs=max_epochs, logger=logger, enable_checkpointing=True,
+        ckpt_path=ckpt_path,
+    )  # fmt: skip
     return t
 
 
 def test_resume_continues_curves_and_drift_history(tmp_path):
     saved = {}
-    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=2, saved=saved)
+    _fit_checkpointed(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=2, saved=saved)
     resumed = cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch")
-    t = _run(tmp_path, resumed, max_epochs=4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), saved=saved)
+    t = _fit_checkpointed(tmp_path, resumed, max_epochs=4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), saved=saved)
     scalars = read_events(tmp_path / "tb")["scalars"]
     for tag in ["cam/gradcam/adcc", "cam/gradcam/shortcut_score", "cam/alarm"]:
         assert sorted(step for step, _ in scalars[tag]) == [0, 1, 2, 3], tag  # no duplicate, none missing
@@ -65,10 +65,10 @@ def test_resume_continues_curves_and_drift_history(tmp_path):
 
 
 def test_changed_probe_set_is_reported_and_history_restarts(tmp_path):
-    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=1)
+    _fit_checkpointed(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=1)
     changed = cc.CAMMonitor(methods=["gradcam"], probe=5, step="epoch")  # other probe images than in the checkpoint
     with pytest.warns(UserWarning, match="probe set differs from the one in the checkpoint"):
-        _run(tmp_path, changed, max_epochs=3, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+        _fit_checkpointed(tmp_path, changed, max_epochs=3, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     drift = dict(read_events(tmp_path / "tb")["scalars"]["cam/gradcam/drift_prev"])
     assert sorted(drift) == [2], "epoch 1 has nothing to compare with: the old maps were of other images"
 
@@ -76,10 +76,10 @@ def test_changed_probe_set_is_reported_and_history_restarts(tmp_path):
 def test_explicit_probe_comes_back_from_the_checkpoint(tmp_path):
     g = torch.Generator().manual_seed(5)
     images, labels = torch.randn(5, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0, 1])
-    _run(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=(images, labels)), max_epochs=1)
+    _fit_checkpointed(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=(images, labels)), max_epochs=1)
     state = torch.load(str(tmp_path / "ckpt" / "last.ckpt"), weights_only=False)["callbacks"]
     (monitor_state,) = [v for k, v in state.items() if k.startswith("CAMMonitor")]
     assert torch.equal(monitor_state["probe"]["images"], images)
     restored = cc.CAMMonitor(methods=["gradcam"])  # no probe given: the checkpoint's is used
-    _run(tmp_path, restored, max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    _fit_checkpointed(tmp_path, restored, max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert torch.equal(restored.probe.images, images) and torch.equal(restored.probe.labels, labels)

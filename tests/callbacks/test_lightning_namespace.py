@@ -46,6 +46,7 @@ def test_lightning_tensorboard_logger_gets_the_images_and_checkpoints_monitor_ca
     stopping = EarlyStopping(monitor="cam/gradcam/adcc", mode="max", patience=5)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        default_root_dir=str(tmp_path),
         logger=[TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")],
         callbacks=[monitor, checkpoint, stopping],
     )  # fmt: skip

@@ -7,28 +7,26 @@ import typing
 from typing import Dict
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import cam_callbacks as cc
 from cam_callbacks.monitor.history import MapHistory
 
-from _lightning_models import TinyNet, loaders, trainer
+from _lightning_models import TinyNet, fit, loaders, trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit_two(tmp_path):
     """One short fit (1 epoch, 2 train and 1 val batches) with two monitors that differ in their method."""
-    pl.seed_everything(3)
     g = torch.Generator().manual_seed(4)
     probe = (torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0]))
     first = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, metrics=())
     second = cc.CAMMonitor(methods=["layercam"], target_layer="features", probe=4, metrics=(), prefix="cam_layercam")
-    train, val = loaders(n_train=16, n_val=8)
-    t = trainer(tmp_path, [first, second], max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, num_sanity_val_steps=0)
-    model = TinyNet()
-    t.fit(model, train, val)
+    model, t = fit(
+        tmp_path, [first, second], seed=3, n_train=16, n_val=8, max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
     return model, t, first, second
 
 
@@ -230,19 +228,19 @@ def test_resume_where_auto_finds_another_layer_warns_when_the_probe_comes_late(t
     probe, and so the layer, is known only at the first validation (the dataloaders need the module's ``setup``)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    def fit(model, max_epochs, ckpt_path=None):
-        pl.seed_everything(5)
+    def fit_checkpointed(model, max_epochs, ckpt_path=None):
         monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="auto", probe=4, metrics=())
         checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
-        t = trainer(tmp_path, [monitor, checkpoint], max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=1,
-                    logger=False, num_sanity_val_steps=0, enable_checkpointing=True)  # fmt: skip
-        t.fit(model, ckpt_path=ckpt_path)
+        fit(
+            tmp_path, [monitor, checkpoint], model=model, seed=5, data=(), max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=1,
+            logger=False, num_sanity_val_steps=0, enable_checkpointing=True, ckpt_path=ckpt_path,
+        )  # fmt: skip
         return monitor
 
-    before = fit(_LateDataNet(), max_epochs=1)
+    before = fit_checkpointed(_LateDataNet, max_epochs=1)
     assert before.layer_name == "features"
     with pytest.warns(UserWarning, match=r"the checkpoint explained layer 'features', this monitor 'post'"):
-        after = fit(_LateDataNetWithPost(), max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+        after = fit_checkpointed(_LateDataNetWithPost, max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert after.layer_name == "post"
     assert after.state_dict()["last_run"] == ("fit", 1)
 
