@@ -4,21 +4,16 @@ equal to ``cc.perturbation_scores`` on the probe at the last epoch; the argument
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 
 import cam_callbacks as cc
 
-from _lightning_models import TinyNet, loaders, read_events, trainer
+from _lightning_models import fit, read_events
 
 
 @pytest.mark.slow  # a 2-epoch fit with ROAD's 18 imputed copies per probe image: ~5 s
 def test_curves_are_logged_and_equal_the_functional_api(tmp_path):
-    pl.seed_everything(7)
-    model = TinyNet()
-    train, val = loaders()
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=4, metrics=("deletion_auc", "insertion_auc", "road"), budget=None)
-    trained = trainer(tmp_path, [monitor], max_epochs=2)
-    trained.fit(model, train, val)
+    model, trained = fit(tmp_path, monitor, max_epochs=2)
     events = read_events(tmp_path)
     val_steps = sorted(step for step, _ in events["scalars"]["val_loss"])  # logged at Lightning's step, once per epoch
     assert len(val_steps) == 2

@@ -13,7 +13,7 @@ import torch
 
 import cam_callbacks as cc
 
-from _lightning_models import TinyNet, loaders, make_data, trainer
+from _lightning_models import TinyNet, fit, make_data
 
 METHODS = ["gradcam", "gradcampp", "scorecam", "reciprocam", "guidedbackprop", "eigencam"]
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "ddp_fit.py")
@@ -24,12 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
-    pl.seed_everything(0)
-    model = TinyNet()
-    train, val = loaders()
     monitor = cc.CAMMonitor(methods=METHODS, probe=8, alarm=None, budget=None)
-    t = trainer(tmp_path, [monitor], max_epochs=2, precision=precision)
-    t.fit(model, train, val)
+    model, t = fit(tmp_path, monitor, seed=0, max_epochs=2, precision=precision)
     for method in METHODS:
         assert torch.isfinite(torch.tensor(float(t.callback_metrics[f"cam/{method}/adcc"]))), method
     low, low_scores = monitor.compute(model, t.precision_plugin)
@@ -58,12 +54,8 @@ def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
 
 
 def test_precision_32_ignores_autocast(tmp_path):
-    pl.seed_everything(0)
-    model = TinyNet()
-    train, val = loaders()
     monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=6, alarm=None, explain_options=cc.ExplainOptions(precision="32"))
-    t = trainer(tmp_path, [monitor], max_epochs=1, precision="bf16-mixed")
-    t.fit(model, train, val)
+    model, t = fit(tmp_path, monitor, seed=0, max_epochs=1, precision="bf16-mixed")
     full, _ = monitor.compute(model)
     direct = cc.faithfulness(model, monitor.probe.images, "reciprocam", "features", targets=monitor.probe.labels)
     assert float(t.callback_metrics["cam/reciprocam/adcc"]) == pytest.approx(direct["adcc"], abs=1e-6)
@@ -72,12 +64,8 @@ def test_precision_32_ignores_autocast(tmp_path):
 
 
 def test_channels_last_model(tmp_path):
-    pl.seed_everything(0)
-    model = TinyNet().to(memory_format=torch.channels_last)
-    train, val = loaders()
     monitor = cc.CAMMonitor(methods=["gradcam", "scorecam", "ablationcam", "reciprocam"], probe=6, alarm=None)
-    t = trainer(tmp_path, [monitor], max_epochs=1)
-    t.fit(model, train, val)
+    model, t = fit(tmp_path, monitor, model=lambda: TinyNet().to(memory_format=torch.channels_last), seed=0, max_epochs=1)
     contiguous = TinyNet()
     contiguous.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
     for method in ["gradcam", "scorecam", "ablationcam", "reciprocam"]:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import cam_callbacks as cc
 from cam_callbacks.render.grids import cell_boxes
 
-from _lightning_models import TinyNet, loaders, read_events, trainer
+from _lightning_models import TinyNet, fit, read_events, trainer
 
 SIZE = 16
 
@@ -154,9 +154,6 @@ def test_no_alarm_without_the_cue(tmp_path):
 
 
 def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
-    pl.seed_everything(3)
-    model = TinyNet(lr=0.2)
-    train, val = loaders()
     saved = []
 
     class Save(pl.Callback):  # the maps the functional API gives at the end of each validation
@@ -165,8 +162,7 @@ def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
                 saved.append(cc.explain(pl_module, monitor.probe.images, "gradcam", "features", targets=monitor.probe.labels))
 
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=8, metrics=(), step="epoch")
-    t = trainer(tmp_path, [monitor, Save()], max_epochs=3)
-    t.fit(model, train, val)
+    _, t = fit(tmp_path, [monitor, Save()], model=lambda: TinyNet(lr=0.2), seed=3, max_epochs=3)
 
     def pearson(a, b):
         a, b = a.flatten(1).double().numpy(), b.flatten(1).double().numpy()
@@ -238,14 +234,12 @@ class SigmoidNet(pl.LightningModule):
 
 
 def test_multilabel_probe_one_map_per_positive_label(tmp_path):
-    pl.seed_everything(0)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(6, 3, SIZE, SIZE, generator=g)
     multi_hot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
-    model = SigmoidNet()
     monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=(images, multi_hot), alarm=None, style=cc.ImageStyle(max_labels=2))
-    t = trainer(tmp_path, [monitor], max_epochs=1)
-    t.fit(model, DataLoader(TensorDataset(images, multi_hot), batch_size=3), DataLoader(TensorDataset(images, multi_hot), batch_size=3))
+    data = [DataLoader(TensorDataset(images, multi_hot), batch_size=3) for _ in range(2)]
+    model, t = fit(tmp_path, monitor, model=SigmoidNet, seed=0, data=data, max_epochs=1)
     direct = cc.faithfulness(model, images, "reciprocam", "features", targets=multi_hot)
     for metric, value in direct.items():
         assert float(t.callback_metrics[f"cam/reciprocam/{metric}"]) == pytest.approx(value, abs=1e-5), metric

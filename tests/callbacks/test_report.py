@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -21,7 +20,7 @@ import cam_callbacks as cc
 from cam_callbacks.callbacks.report import RunReport, find_class_names, markdown_to_html
 from cam_callbacks.monitor.alarm import AlarmHit
 
-from _lightning_models import TinyNet, loaders, read_events, trainer
+from _lightning_models import TinyNet, fit, loaders, read_events, trainer
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -103,12 +102,10 @@ def test_class_names_given_found_or_refused():
 
 @pytest.mark.slow
 def test_fit_writes_report_how_to_read_and_titled_charts(tmp_path):
-    pl.seed_everything(0)
     train, val = loaders()
     val.dataset.classes = ["red", "green", "blue"]  # found on the validation dataset, as torchvision datasets have it
     monitor = cc.CAMMonitor(methods=["gradcam", "layercam"], probe=4, prefix="probe")
-    t = trainer(tmp_path, [monitor], max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name="tb"))
-    t.fit(TinyNet(), train, val)
+    _, t = fit(tmp_path, monitor, seed=0, data=(train, val), max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name="tb"))
     path = os.path.join(t.logger.log_dir, "probe", "report.html")
     with open(path, encoding="utf-8") as handle:
         page = handle.read()
@@ -128,11 +125,9 @@ def test_fit_writes_report_how_to_read_and_titled_charts(tmp_path):
 
 @pytest.mark.slow
 def test_report_off_and_validate_writes_it(tmp_path):
-    pl.seed_everything(0)
-    train, val = loaders()
-    t = trainer(tmp_path / "off", [cc.CAMMonitor(methods=["gradcam"], probe=4, report=False)], max_epochs=1)
-    t.fit(TinyNet(), train, val)
+    _, t = fit(tmp_path / "off", cc.CAMMonitor(methods=["gradcam"], probe=4, report=False), seed=0, max_epochs=1)
     assert not os.path.exists(os.path.join(t.logger.log_dir, "cam", "report.html"))
+    _, val = loaders()
     t = trainer(tmp_path / "validate", [cc.CAMMonitor(methods=["gradcam"], probe=4)])
     t.validate(TinyNet(), val, verbose=False)
     assert os.path.exists(os.path.join(t.logger.log_dir, "cam", "report.html"))
