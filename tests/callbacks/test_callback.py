@@ -26,6 +26,7 @@ from _lightning_models import NUM_CLASSES, TinyNet, fit, loaders, make_data, rea
 METRICS = ["average_drop", "increase_in_confidence", "coherency", "complexity", "adcc"]
 
 
+@pytest.mark.slow
 def test_fit_logs_grids_scalars_layout_and_callback_metrics(tmp_path):
     methods = ["gradcam", "gradcampp", "cam"]
     monitor = cc.CAMMonitor(methods=methods, probe=8, every_n_epochs=1)
@@ -60,6 +61,7 @@ def test_fit_logs_grids_scalars_layout_and_callback_metrics(tmp_path):
         assert component_chart == [[f"cam/{method}/{k}" for k in METRICS if k != "adcc"]]
 
 
+@pytest.mark.slow
 def test_probe_is_first_samples_of_val_dataset_and_fixed(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=5)
     _, t = fit(tmp_path, monitor, max_epochs=2)
@@ -69,6 +71,7 @@ def test_probe_is_first_samples_of_val_dataset_and_fixed(tmp_path):
     assert not monitor.probe.images.is_inference()
 
 
+@pytest.mark.slow
 def test_grid_cells_show_originals_in_real_colours_beside_overlays_in_probe_order(tmp_path):
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     g = torch.Generator().manual_seed(3)
@@ -90,6 +93,7 @@ def test_grid_cells_show_originals_in_real_colours_beside_overlays_in_probe_orde
             assert grid[top - caption_height() : top, left : left + 2 * tile].min() < 0.3  # a caption is written above
 
 
+@pytest.mark.slow
 def test_invisible_to_training_bit_identical_weights(tmp_path):
     baseline, _ = fit(tmp_path / "a", None, max_epochs=2)
     monitor = cc.CAMMonitor(methods=["gradcam", "gradcampp", "cam", "layercam"], probe=8)
@@ -99,6 +103,7 @@ def test_invisible_to_training_bit_identical_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_invisible_with_gradient_accumulation_and_mid_epoch_validation(tmp_path):
     # 6 training batches per epoch, validation after batch 3: in the middle of a 2-batch accumulation
     options = dict(accumulate_grad_batches=2, val_check_interval=0.5)
@@ -113,6 +118,7 @@ def test_invisible_with_gradient_accumulation_and_mid_epoch_validation(tmp_path)
     assert set(events["images"]["cam/gradcam/grid"]) <= {s for s, _ in events["scalars"]["val_loss"]}
 
 
+@pytest.mark.slow
 def test_validate_runs_in_inference_mode(tmp_path):
     pl.seed_everything(0)
     model = TinyNet()
@@ -125,6 +131,7 @@ def test_validate_runs_in_inference_mode(tmp_path):
     assert read_events(tmp_path)["images"]["cam/xgradcam/grid"] == [0]
 
 
+@pytest.mark.slow
 def test_every_n_epochs(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=4, every_n_epochs=2, step="epoch")
     fit(tmp_path, monitor, max_epochs=4)
@@ -133,6 +140,7 @@ def test_every_n_epochs(tmp_path):
     assert sorted(s for s, _ in events["scalars"]["cam/gradcam/adcc"]) == [1, 3]
 
 
+@pytest.mark.slow
 def test_early_stopping_can_monitor_adcc(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=4)
     stopper = EarlyStopping(monitor="cam/gradcam/adcc", mode="max", patience=50, strict=True)
@@ -142,6 +150,7 @@ def test_early_stopping_can_monitor_adcc(tmp_path):
     assert float(stopper.best_score) == pytest.approx(max(logged), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     originals = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
@@ -163,6 +172,7 @@ def test_without_tensorboard_saves_pngs_and_logs_scalars(tmp_path):
     np.testing.assert_allclose(top, originals[0].permute(1, 2, 0).numpy(), atol=1.0 / 255 + 1e-6)
 
 
+@pytest.mark.slow
 def test_without_any_logger_pngs_go_to_the_root_dir_and_tensorboard_beside_csv_gets_images(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=4)
     fit(tmp_path / "none", monitor, max_epochs=1, logger=False)
@@ -191,6 +201,7 @@ class _LazyDataModel(TinyNet):
         return DataLoader(self.val_set, batch_size=8)
 
 
+@pytest.mark.slow
 def test_probe_from_dataloader_built_in_module_setup(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features.5", probe=3)
     model = _LazyDataModel()

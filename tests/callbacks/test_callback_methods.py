@@ -84,6 +84,7 @@ def test_second_order_methods_through_the_callback_are_logged_and_invisible_to_t
             assert float(t.callback_metrics[f"cam/{method}/{metric}"]) == pytest.approx(value, abs=1e-5), (method, metric)
 
 
+@pytest.mark.slow
 def test_smoothing_and_fused_layers_through_the_callback(tmp_path):
     monitor = cc.CAMMonitor(
         methods=["gradcam", "saliency"], target_layer=["features.2", "features.6"], probe=4, step="epoch",

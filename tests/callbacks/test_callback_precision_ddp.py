@@ -22,6 +22,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
     monitor = cc.CAMMonitor(methods=METHODS, probe=8, alarm=None, budget=None)
@@ -53,6 +54,7 @@ def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
     assert max(float((low.maps[m] - full.maps[m]).abs().max()) for m in METHODS) > 1e-4
 
 
+@pytest.mark.slow
 def test_precision_32_ignores_autocast(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=6, alarm=None, explain_options=cc.ExplainOptions(precision="32"))
     model, t = fit(tmp_path, monitor, seed=0, max_epochs=1, precision="bf16-mixed")
@@ -63,6 +65,7 @@ def test_precision_32_ignores_autocast(tmp_path):
         cc.CAMMonitor(explain_options=cc.ExplainOptions(precision="16"))
 
 
+@pytest.mark.slow
 def test_channels_last_model(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam", "scorecam", "ablationcam", "reciprocam"], probe=6, alarm=None)
     model, t = fit(tmp_path, monitor, model=lambda: TinyNet().to(memory_format=torch.channels_last), seed=0, max_epochs=1)

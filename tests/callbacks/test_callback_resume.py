@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -46,6 +48,7 @@ def _fit_checkpointed(tmp_path, monitor, max_epochs, ckpt_path=None, saved=None)
     return t
 
 
+@pytest.mark.slow
 def test_resume_continues_curves_and_drift_history(tmp_path):
     saved = {}
     _fit_checkpointed(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=2, saved=saved)
@@ -64,6 +67,7 @@ def test_resume_continues_curves_and_drift_history(tmp_path):
     assert float(t.callback_metrics["cam/gradcam/drift_first"]) == pytest.approx(first[3], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_changed_probe_set_is_reported_and_history_restarts(tmp_path):
     _fit_checkpointed(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch"), max_epochs=1)
     changed = cc.CAMMonitor(methods=["gradcam"], probe=5, step="epoch")  # other probe images than in the checkpoint
@@ -73,6 +77,7 @@ def test_changed_probe_set_is_reported_and_history_restarts(tmp_path):
     assert sorted(drift) == [2], "epoch 1 has nothing to compare with: the old maps were of other images"
 
 
+@pytest.mark.slow
 def test_explicit_probe_comes_back_from_the_checkpoint(tmp_path):
     g = torch.Generator().manual_seed(5)
     images, labels = torch.randn(5, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0, 1])
@@ -83,3 +88,30 @@ def test_explicit_probe_comes_back_from_the_checkpoint(tmp_path):
     restored = cc.CAMMonitor(methods=["gradcam"])  # no probe given: the checkpoint's is used
     _fit_checkpointed(tmp_path, restored, max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert torch.equal(restored.probe.images, images) and torch.equal(restored.probe.labels, labels)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_while_the_alarm_fires_restores_the_history_and_the_alarm_state(tmp_path):
+    """The alarm state is saved as ``[method, metric, class]`` entries (class -1: not a per-class hit); a checkpoint
+    written while an alarm fires must load like any other: drift keeps its history, and the alarm that goes on firing
+    after the resume is not announced again."""
+    always = [cc.ThresholdAlarm("adcc", above=0.0)]  # fires at every run (an ADCC of exactly 0 is all it lets through)
+
+    def monitor():
+        return cc.CAMMonitor(methods=["gradcam"], probe=6, step="epoch", alarm=always)
+
+    with pytest.warns(UserWarning, match="CAMMonitor alarm at epoch 0"):
+        _fit_checkpointed(tmp_path, monitor(), max_epochs=2)
+    state = torch.load(str(tmp_path / "ckpt" / "last.ckpt"), weights_only=False)["callbacks"]
+    (monitor_state,) = [v for k, v in state.items() if k.startswith("CAMMonitor")]
+    assert monitor_state["alarm_state"] == [["gradcam", "adcc", -1]]
+    resumed = monitor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit_checkpointed(tmp_path, resumed, max_epochs=3, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    said = [str(w.message) for w in caught if "CAMMonitor" in str(w.message)]
+    assert not [m for m in said if "checkpoint" in m], said  # the entry was read, not refused
+    assert not [m for m in said if "CAMMonitor alarm at epoch" in m], said  # still the same alarm: not told again
+    assert resumed.state_dict()["alarm_state"] == [["gradcam", "adcc", -1]]
+    drift = dict(read_events(tmp_path / "tb")["scalars"]["cam/gradcam/drift_prev"])
+    assert sorted(drift) == [1, 2], "the resumed epoch 2 compares with the checkpoint's maps of epoch 1"

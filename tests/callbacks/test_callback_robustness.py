@@ -291,7 +291,9 @@ def test_twenty_five_epochs_of_fit_keep_objects_and_tensors_flat(tmp_path):
     assert not _hooks(model)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "scorecam", "guidedbackprop", "reciprocam", "ablationcam"])
+@pytest.mark.parametrize(
+    "method", ["gradcam"] + [pytest.param(m, marks=pytest.mark.slow) for m in ("scorecam", "guidedbackprop", "reciprocam", "ablationcam")]
+)
 def test_explain_does_not_keep_the_model_alive(method):
     """The per-model caches are WeakKeyDictionaries: once the user drops the model it must be freed.
 
@@ -311,6 +313,7 @@ def test_explain_does_not_keep_the_model_alive(method):
     assert cache_info().tail_models <= tails_before
 
 
+@pytest.mark.slow
 def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
     """A sweep that builds a model, a monitor and a trainer per trial must not keep every trial's model alive."""
     refs = []
@@ -409,6 +412,7 @@ def _signature_points(contexts: List[Tuple[str, ...]]) -> List[int]:
     return sorted(points)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("caches", ["warm", "cold"])
 @pytest.mark.parametrize("grad_context", ["enabled", "inference_mode"])
 def test_keyboard_interrupt_at_any_forward_of_the_callbacks_passes_restores_everything(tmp_path, caches, grad_context):
@@ -464,6 +468,7 @@ def test_keyboard_interrupt_at_any_forward_of_the_callbacks_passes_restores_ever
             torch.testing.assert_close(got_scores[method][metric], values, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_keyboard_interrupt_inside_a_method_restores_everything(tmp_path):
     """A registered method that draws random numbers and raises KeyboardInterrupt (after the main and guided passes)."""
     name = "interrupting_method_for_test"

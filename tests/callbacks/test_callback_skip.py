@@ -21,6 +21,7 @@ class FragileNet(TinyNet):
         return torch.where((marker < -999).view(-1, 1), torch.full_like(logits, float("nan")), logits)
 
 
+@pytest.mark.slow
 def test_bad_probe_images_are_reported_skipped_and_training_continues(tmp_path):
     images, labels = make_data(8, seed=1)
     images[2, 0, 0, 0] = 1000.0  # the model raises on this one
@@ -45,6 +46,7 @@ def _plain(model):
     return plain
 
 
+@pytest.mark.slow
 def test_an_error_that_is_not_about_images_still_raises(tmp_path):
     class Broken(TinyNet):
         def forward(self, x):

@@ -81,6 +81,7 @@ def _np_energy(maps, masks):
     return (maps * masks).sum((1, 2)) / maps.sum((1, 2))
 
 
+@pytest.mark.slow
 def test_localisation_metrics_logged_and_equal_to_numpy_on_explain_maps(tmp_path):
     images, labels, masks, nuisance = corner_probe()
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels, masks, nuisance), metrics=(), alarm=None, step="epoch")
@@ -108,6 +109,7 @@ def test_localisation_metrics_logged_and_equal_to_numpy_on_explain_maps(tmp_path
         assert events["images"][tag] == [0], tag
 
 
+@pytest.mark.slow
 def test_alarm_fires_warns_writes_text_and_can_stop_training(tmp_path):
     images, labels, masks, nuisance = corner_probe()
     alarm = [
@@ -134,6 +136,7 @@ def test_alarm_fires_warns_writes_text_and_can_stop_training(tmp_path):
     assert len(worst) == 4 and all(0 <= i < len(images) for i in worst)
 
 
+@pytest.mark.slow
 def test_no_alarm_without_the_cue(tmp_path):
     images, labels, masks, nuisance = corner_probe()
     images[:, 0, :4, :4] = 0.05  # no bright corner: the red channel is dim noise everywhere
@@ -153,6 +156,7 @@ def test_no_alarm_without_the_cue(tmp_path):
     assert float(t.callback_metrics["cam/gradcam/drift_first"]) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
     saved = []
 
@@ -179,6 +183,7 @@ def test_drift_is_the_correlation_with_earlier_maps(tmp_path):
     assert prev[2] < 1.0 - 1e-4  # the model learned, so the maps moved
 
 
+@pytest.mark.slow
 def test_grid_keeps_probe_order_worst_puts_worst_first_and_both_outline_the_regions(tmp_path):
     images, labels, masks, nuisance = corner_probe(4)
     images[:, 0, :4, :4] = torch.tensor([0.2, 5.0, 0.2, 0.2]).view(4, 1, 1)  # only image 1 shows the bright cue
@@ -233,6 +238,7 @@ class SigmoidNet(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.slow
 def test_multilabel_probe_one_map_per_positive_label(tmp_path):
     g = torch.Generator().manual_seed(1)
     images = torch.randn(6, 3, SIZE, SIZE, generator=g)
@@ -250,6 +256,7 @@ def test_multilabel_probe_one_map_per_positive_label(tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_probe_with_masks_from_a_dataset(tmp_path):
     images, labels, masks, nuisance = corner_probe(6)
     dataset = TensorDataset(images, labels, masks, nuisance)

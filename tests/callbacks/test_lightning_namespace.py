@@ -39,6 +39,7 @@ def test_the_monitor_is_a_callback_of_both_namespaces():
     assert isinstance(monitor, L.Callback) and isinstance(monitor, pl.Callback)
 
 
+@pytest.mark.slow
 def test_lightning_tensorboard_logger_gets_the_images_and_checkpoints_monitor_cam_metrics(tmp_path):
     torch.manual_seed(0)
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=8)

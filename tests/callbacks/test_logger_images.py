@@ -119,6 +119,7 @@ def test_wandb_offline_run_holds_the_images(tmp_path, monkeypatch):
     assert glob.glob(os.path.join(str(tmp_path), "**", "files", "cam", "report.html"), recursive=True)
 
 
+@pytest.mark.slow
 def test_csv_two_runs_write_into_their_own_version_folders(tmp_path):
     dirs = []
     for _ in range(2):
@@ -175,6 +176,7 @@ class _SharedDirLogger(Logger):
         pass
 
 
+@pytest.mark.slow
 def test_a_logger_with_only_a_shared_save_dir_gets_a_run_folder_or_nothing_with_one_warning(tmp_path):
     assert run_directory(_SharedDirLogger(str(tmp_path), version=3)) == os.path.join(str(tmp_path), "shared", "version_3")
     assert run_directory(_SharedDirLogger(str(tmp_path), version="abc12")) == os.path.join(str(tmp_path), "shared", "abc12")
@@ -189,6 +191,7 @@ def test_a_logger_with_only_a_shared_save_dir_gets_a_run_folder_or_nothing_with_
     assert not os.path.exists(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_destinations_sort_the_loggers(tmp_path):
     tb, csv = TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")
     t = trainer(tmp_path, [], logger=[tb, csv, _mlflow_logger(tmp_path)])
@@ -197,6 +200,7 @@ def test_destinations_sort_the_loggers(tmp_path):
     assert found.directories == [csv.log_dir] and found.without_images == []
 
 
+@pytest.mark.slow
 def test_a_failing_mlflow_upload_is_reported_once_switched_off_and_the_csv_logger_goes_on(tmp_path):
     (tmp_path / "blocked").write_text("a file where the artifact folder should be: every upload fails")
     mlflow_logger = _mlflow_logger(tmp_path, artifact_location=f"file:{tmp_path}/blocked/artifacts")

@@ -63,6 +63,7 @@ def test_lightning_refuses_two_monitors_with_the_same_state_key(tmp_path):
         trainer(tmp_path, monitors).fit(TinyNet(), *loaders(n_train=8, n_val=8))
 
 
+@pytest.mark.slow
 def test_two_monitors_with_different_methods_run_in_one_trainer(fitted):
     _, t, first, second = fitted
     assert first.state_key != second.state_key
@@ -89,6 +90,7 @@ def _set_up(monitor, model, tmp_path):
     return monitor
 
 
+@pytest.mark.slow
 def test_state_dict_round_trip_restores_history_and_probe(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -109,6 +111,7 @@ def test_state_dict_round_trip_restores_history_and_probe(fitted, tmp_path):
         assert again[key] == saved[key], key
 
 
+@pytest.mark.slow
 def test_state_of_another_version_is_not_restored_and_warns(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -119,6 +122,7 @@ def test_state_of_another_version_is_not_restored_and_warns(fitted, tmp_path):
     assert restored.state_dict()["alarm_state"] == []
 
 
+@pytest.mark.slow
 def test_state_of_another_layer_is_not_restored_and_warns(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -132,6 +136,7 @@ def test_state_of_another_layer_is_not_restored_and_warns(fitted, tmp_path):
     assert torch.equal(restored.history.first["gradcam"], saved["first_maps"]["gradcam"])
 
 
+@pytest.mark.slow
 def test_every_state_key_is_read_or_tolerated_when_missing(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -184,6 +189,7 @@ def test_each_monitor_keeps_its_own_copy_of_a_shared_alarm():
     assert cc.CAMMonitor(methods=["gradcam"], alarm=None).alarm == ()
 
 
+@pytest.mark.slow
 def test_skipped_images_and_history_are_typed_properties(fitted):
     _, _, first, second = fitted
     for name, hint in (("skipped_images", Dict[int, str]), ("history", MapHistory)):
@@ -223,6 +229,7 @@ class _LateDataNetWithPost(_LateDataNet):
         return self.fc(self.dropout(torch.flatten(self.pool(self.post(self.features(x))), 1)))
 
 
+@pytest.mark.slow
 def test_resume_where_auto_finds_another_layer_warns_when_the_probe_comes_late(tmp_path):
     """``target_layer="auto"`` (same state key) resolving to another layer after a model change is reported, also when the
     probe, and so the layer, is known only at the first validation (the dataloaders need the module's ``setup``)."""
@@ -245,6 +252,7 @@ def test_resume_where_auto_finds_another_layer_warns_when_the_probe_comes_late(t
     assert after.state_dict()["last_run"] == ("fit", 1)
 
 
+@pytest.mark.slow
 def test_two_prefixes_share_one_tensorboard_layout(tmp_path):
     """TensorBoard keeps one custom-scalars layout per writer (the last one written): it must hold both monitors' charts."""
     from pytorch_lightning.loggers import TensorBoardLogger

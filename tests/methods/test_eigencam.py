@@ -89,6 +89,7 @@ def test_against_pytorch_grad_cam_up_to_sign():
     assert agreeing_sign >= 1
 
 
+@pytest.mark.slow
 def test_faithfulness_runs_with_eigencam():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()

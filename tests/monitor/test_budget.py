@@ -43,6 +43,7 @@ def test_no_budget_no_strides():
     assert budget.update(100.0, now=101.0) == {} and budget.stride("scorecam") == 1
 
 
+@pytest.mark.slow
 def test_callback_slows_an_expensive_method_down_and_says_so(tmp_path, caplog):
     @register_method("slow_tail_method_for_test", needs=("activations", "tail_scorer"))
     def slow(activations, tail_scorer):
