@@ -324,6 +324,7 @@ def test_cam_on_head_that_is_not_gap_linear(tmp_path):
         fit(tmp_path, cc.CAMMonitor(methods=["cam"]), model=TwoLinearHead, seed=0, max_epochs=1)
 
 
+@pytest.mark.slow
 def test_every_tensorboard_logger_gets_grids_and_scalars(tmp_path):
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -339,7 +340,7 @@ def test_every_tensorboard_logger_gets_grids_and_scalars(tmp_path):
 def test_probe_from_dataset_and_prediction_targets(tmp_path):
     xv, yv = make_data(10, seed=5)
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=Subset(TensorDataset(xv, yv), range(6)), target="prediction")
-    model, t = fit(tmp_path, monitor, max_epochs=1)
+    model, t = fit(tmp_path, monitor, max_epochs=1, limit_train_batches=1)
     assert torch.equal(monitor.probe.images, xv[:6]) and torch.equal(monitor.probe.labels, yv[:6])
     # target="prediction": the maps explain the top-1 class, not the label
     explanation, _ = monitor.compute(model)

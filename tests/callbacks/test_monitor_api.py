@@ -32,6 +32,7 @@ def _fit_two(tmp_path):
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
+    """One small fit (~1.5 s) shared by the state and property tests below, which keeps them in the quick subset."""
     return _fit_two(tmp_path_factory.mktemp("fit"))
 
 
@@ -63,7 +64,6 @@ def test_lightning_refuses_two_monitors_with_the_same_state_key(tmp_path):
         trainer(tmp_path, monitors).fit(TinyNet(), *loaders(n_train=8, n_val=8))
 
 
-@pytest.mark.slow
 def test_two_monitors_with_different_methods_run_in_one_trainer(fitted):
     _, t, first, second = fitted
     assert first.state_key != second.state_key
@@ -90,7 +90,6 @@ def _set_up(monitor, model, tmp_path):
     return monitor
 
 
-@pytest.mark.slow
 def test_state_dict_round_trip_restores_history_and_probe(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -111,7 +110,6 @@ def test_state_dict_round_trip_restores_history_and_probe(fitted, tmp_path):
         assert again[key] == saved[key], key
 
 
-@pytest.mark.slow
 def test_state_of_another_version_is_not_restored_and_warns(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -122,7 +120,6 @@ def test_state_of_another_version_is_not_restored_and_warns(fitted, tmp_path):
     assert restored.state_dict()["alarm_state"] == []
 
 
-@pytest.mark.slow
 def test_state_of_another_layer_is_not_restored_and_warns(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -136,7 +133,6 @@ def test_state_of_another_layer_is_not_restored_and_warns(fitted, tmp_path):
     assert torch.equal(restored.history.first["gradcam"], saved["first_maps"]["gradcam"])
 
 
-@pytest.mark.slow
 def test_every_state_key_is_read_or_tolerated_when_missing(fitted, tmp_path):
     model, _, first, _ = fitted
     saved = first.state_dict()
@@ -189,7 +185,6 @@ def test_each_monitor_keeps_its_own_copy_of_a_shared_alarm():
     assert cc.CAMMonitor(methods=["gradcam"], alarm=None).alarm == ()
 
 
-@pytest.mark.slow
 def test_skipped_images_and_history_are_typed_properties(fitted):
     _, _, first, second = fitted
     for name, hint in (("skipped_images", Dict[int, str]), ("history", MapHistory)):
