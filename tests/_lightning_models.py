@@ -1,10 +1,11 @@
-"""Tiny LightningModules and data for the callback tests (CPU, seconds per fit)."""
+"""Tiny LightningModules and data for the callback tests (CPU, seconds per fit), and the one way the tests fit:
+:func:`fit` (seed, model, data, :func:`trainer`, ``Trainer.fit``)."""
 
 from __future__ import annotations
 
 import glob
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -83,6 +84,43 @@ def trainer(tmp_path, callbacks: List[pl.Callback], **kwargs) -> pl.Trainer:
     )
     options.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **options)
+
+
+def fit(
+    root,
+    callbacks: Union[None, pl.Callback, Sequence[pl.Callback]] = (),
+    *,
+    model: Union[pl.LightningModule, Callable[[], pl.LightningModule]] = TinyNet,
+    seed: Optional[int] = 7,
+    data: Optional[Sequence[DataLoader]] = None,
+    n_train: int = 48,
+    n_val: int = 16,
+    ckpt_path: Optional[str] = None,
+    **trainer_options,
+) -> Tuple[pl.LightningModule, pl.Trainer]:
+    """One fit, the way every callback test fits: returns ``(model, trainer)``.
+
+    Args:
+        root: The Trainer's ``default_root_dir`` (a test's ``tmp_path``: nothing is written elsewhere).
+        callbacks: A callback, a list of them, or None.
+        model: A LightningModule, or a class or function that builds one (called after seeding, so that its initial
+            weights follow ``seed``).
+        seed: ``pl.seed_everything(seed)`` first; None: the global RNG as it is.
+        data: ``(train, val)`` loaders, ``(train,)``, or ``()`` for the module's own dataloaders; None:
+            :func:`loaders` of ``n_train`` and ``n_val`` images.
+        ckpt_path: Resume from this checkpoint.
+        trainer_options: Passed to :func:`trainer` (``max_epochs`` is 2 unless given).
+    """
+    if seed is not None:
+        pl.seed_everything(seed)
+    module = model if isinstance(model, nn.Module) else model()
+    if callbacks is None:
+        callbacks = []
+    elif isinstance(callbacks, pl.Callback):
+        callbacks = [callbacks]
+    fitted = trainer(root, list(callbacks), **trainer_options)
+    fitted.fit(module, *(loaders(n_train, n_val) if data is None else data), ckpt_path=ckpt_path)
+    return module, fitted
 
 
 def read_events(root) -> Dict[str, Dict]:

@@ -43,6 +43,21 @@ if os.environ.get("CAM_CALLBACKS_LIGHTNING") == "lightning":
     assert pytorch_lightning.__name__ == "lightning.pytorch"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_per_process():
+    """Every test process computes with one intra-op torch thread (restored at the end of the session).
+
+    The tests use small tensors, and run on a shared 2-core machine, often two at a time (``pytest -n 2``): extra
+    OpenMP threads only spin against each other and against the other processes (see ``one_thread`` below).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op torch thread for a test module, restored afterwards (use: ``pytestmark = pytest.mark.usefixtures("one_thread")``).

@@ -1,4 +1,4 @@
-"""``CAMMonitor(output_transform=...)`` with a LightningModule whose ``forward`` returns a dict."""
+"""``CAMMonitor(explain_options=ExplainOptions(output_transform=...))`` with a LightningModule whose ``forward`` returns a dict."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 import cam_callbacks as cc
 
-from _lightning_models import TinyNet, loaders, make_data, read_events, trainer
+from _lightning_models import TinyNet, fit, make_data, read_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,18 +32,13 @@ class DictNet(TinyNet):
         self.log("val_loss", nn.functional.cross_entropy(self(x)["logits"], y))
 
 
-def _fit(tmp_path, monitor, steps=None):
-    pl.seed_everything(0)
-    train, val = loaders(n_train=16, n_val=8)
-    callbacks = [monitor] if steps is None else [monitor, steps]
-    t = trainer(tmp_path, callbacks, max_epochs=1, num_sanity_val_steps=0)
-    t.fit(DictNet(), train, val)
-    return t
+#: One short fit of DictNet: 2 training batches, 1 validation batch.
+SHORT = dict(model=DictNet, seed=0, n_train=16, n_val=8, max_epochs=1, num_sanity_val_steps=0)
 
 
 def test_a_dict_output_is_explained_with_output_transform(tmp_path):
     monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=4, budget=None, explain_options=cc.ExplainOptions(output_transform="logits"))
-    t = _fit(tmp_path, monitor)
+    _, t = fit(tmp_path, monitor, **SHORT)
     for method in ("gradcam", "reciprocam"):
         assert torch.isfinite(t.callback_metrics[f"cam/{method}/adcc"])
     assert monitor.skipped_images == {}
@@ -55,7 +50,7 @@ def test_the_bad_image_screening_takes_the_logits_from_the_output(tmp_path):
     images, labels = make_data(4, seed=3)
     images[3, 0, 0, 0] = 1000.0  # the model raises on this image (not among the two of the dry run)
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=(images, labels), budget=None, explain_options=cc.ExplainOptions(output_transform="logits"))
-    t = _fit(tmp_path, monitor)
+    _, t = fit(tmp_path, monitor, **SHORT)
     assert list(monitor.skipped_images) == [3] and "a marked image" in monitor.skipped_images[3]
     assert torch.isfinite(t.callback_metrics["cam/gradcam/adcc"])
 
@@ -69,7 +64,7 @@ def test_without_output_transform_the_setup_error_suggests_it(tmp_path):
 
     message = r"CAMMonitor: the model returned a dict with keys \['logits', 'features'\] .* pass output_transform='logits'"
     with pytest.raises(ValueError, match=message):
-        _fit(tmp_path, cc.CAMMonitor(methods=["gradcam"], probe=4), Count())
+        fit(tmp_path, [cc.CAMMonitor(methods=["gradcam"], probe=4), Count()], **SHORT)
     assert calls["n"] == 0
 
 

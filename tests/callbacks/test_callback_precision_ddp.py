@@ -13,7 +13,7 @@ import torch
 
 import cam_callbacks as cc
 
-from _lightning_models import TinyNet, loaders, make_data, trainer
+from _lightning_models import TinyNet, fit, make_data
 
 METHODS = ["gradcam", "gradcampp", "scorecam", "reciprocam", "guidedbackprop", "eigencam"]
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "ddp_fit.py")
@@ -22,14 +22,11 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
-    pl.seed_everything(0)
-    model = TinyNet()
-    train, val = loaders()
     monitor = cc.CAMMonitor(methods=METHODS, probe=8, alarm=None, budget=None)
-    t = trainer(tmp_path, [monitor], max_epochs=2, precision=precision)
-    t.fit(model, train, val)
+    model, t = fit(tmp_path, monitor, seed=0, max_epochs=2, precision=precision)
     for method in METHODS:
         assert torch.isfinite(torch.tensor(float(t.callback_metrics[f"cam/{method}/adcc"]))), method
     low, low_scores = monitor.compute(model, t.precision_plugin)
@@ -44,40 +41,34 @@ def test_training_precision_is_used_and_close_to_fp32(tmp_path, precision):
         # for the CAM family; max |diff| up to 0.31 on single pixels of guided backprop (bf16 gradients at the input)
         assert float(difference.mean()) < 0.03, (method, float(difference.mean()))
         assert torch.all(torch.isfinite(low.maps[method]))
-        per_image = 100 * (low_scores[method]["adcc"].double() - full_scores[method]["adcc"].double()).abs()
+        per_image = (low_scores[method]["adcc"].double() - full_scores[method]["adcc"].double()).abs()
         if method == "eigencam":
             # Eigen-CAM's sign is that of the first principal component's correlation with the channel mean. On an
             # explanation image x * L where that correlation is close to 0, bf16 and fp32 can pick opposite signs and
-            # that image's coherency (so its ADCC) jumps by ~60 points; seen on one machine for 1 of the 8 images,
+            # that image's coherency (so its ADCC) jumps by ~0.6; seen on one machine for 1 of the 8 images,
             # with the fp32 side flipped (coherency 0.10 against 0.91). Every other image must agree.
-            assert int((per_image > 1.0).sum()) <= 1, (method, per_image.tolist())
+            assert int((per_image > 0.01).sum()) <= 1, (method, per_image.tolist())
         else:
-            assert float(per_image.mean()) < 1.0, (method, per_image.tolist())  # measured: within 0.35 points
+            assert float(per_image.mean()) < 0.01, (method, per_image.tolist())  # measured: within 0.0035
         # the low-precision maps are not the fp32 ones computed twice: bf16 really was used
     assert max(float((low.maps[m] - full.maps[m]).abs().max()) for m in METHODS) > 1e-4
 
 
+@pytest.mark.slow
 def test_precision_32_ignores_autocast(tmp_path):
-    pl.seed_everything(0)
-    model = TinyNet()
-    train, val = loaders()
     monitor = cc.CAMMonitor(methods=["gradcam", "reciprocam"], probe=6, alarm=None, explain_options=cc.ExplainOptions(precision="32"))
-    t = trainer(tmp_path, [monitor], max_epochs=1, precision="bf16-mixed")
-    t.fit(model, train, val)
+    model, t = fit(tmp_path, monitor, seed=0, max_epochs=1, precision="bf16-mixed")
     full, _ = monitor.compute(model)
     direct = cc.faithfulness(model, monitor.probe.images, "reciprocam", "features", targets=monitor.probe.labels)
-    assert float(t.callback_metrics["cam/reciprocam/adcc"]) == pytest.approx(direct["adcc"], abs=1e-4)
+    assert float(t.callback_metrics["cam/reciprocam/adcc"]) == pytest.approx(direct["adcc"], abs=1e-6)
     with pytest.raises(ValueError, match=r"precision='16'.*\['auto', '32'\]"):
         cc.CAMMonitor(explain_options=cc.ExplainOptions(precision="16"))
 
 
+@pytest.mark.slow
 def test_channels_last_model(tmp_path):
-    pl.seed_everything(0)
-    model = TinyNet().to(memory_format=torch.channels_last)
-    train, val = loaders()
     monitor = cc.CAMMonitor(methods=["gradcam", "scorecam", "ablationcam", "reciprocam"], probe=6, alarm=None)
-    t = trainer(tmp_path, [monitor], max_epochs=1)
-    t.fit(model, train, val)
+    model, t = fit(tmp_path, monitor, model=lambda: TinyNet().to(memory_format=torch.channels_last), seed=0, max_epochs=1)
     contiguous = TinyNet()
     contiguous.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
     for method in ["gradcam", "scorecam", "ablationcam", "reciprocam"]:
@@ -110,7 +101,7 @@ def test_ddp_two_processes_split_the_probe_and_rank_zero_logs_the_whole(tmp_path
     for method in ["gradcam", "reciprocam"]:
         direct = cc.faithfulness(model, images[:7], method, "features", targets=labels[:7])
         for metric, value in direct.items():
-            assert metrics[f"cam/{method}/{metric}"] == pytest.approx(value, abs=1e-3), (method, metric)
+            assert metrics[f"cam/{method}/{metric}"] == pytest.approx(value, abs=1e-5), (method, metric)
     maps = cc.explain(model, images[:7], "gradcam", "features", targets=labels[:7])
     from cam_callbacks.metrics.drift import shortcut_score
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
+from cam_callbacks.engine.caches import cache_info, clear_caches
 from cam_callbacks.methods import available_methods, register_method, unregister_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, trainer
@@ -191,7 +192,7 @@ def _assert_restored(model: nn.Module, before: Dict[str, Any], where: str = "") 
 
 def _cache_sizes(model: nn.Module) -> Tuple[int, int, int, int]:
     """(models with cached tails, tail entries for this model, models with cached costs, cost entries for this model)."""
-    everything, mine = cc.cache_info(), cc.cache_info(model)
+    everything, mine = cache_info(), cache_info(model)
     return (everything.tail_models, mine.tail_entries, everything.cost_models, mine.cost_entries)
 
 
@@ -290,7 +291,9 @@ def test_twenty_five_epochs_of_fit_keep_objects_and_tensors_flat(tmp_path):
     assert not _hooks(model)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "scorecam", "guidedbackprop", "reciprocam", "ablationcam"])
+@pytest.mark.parametrize(
+    "method", ["gradcam"] + [pytest.param(m, marks=pytest.mark.slow) for m in ("scorecam", "guidedbackprop", "reciprocam", "ablationcam")]
+)
 def test_explain_does_not_keep_the_model_alive(method):
     """The per-model caches are WeakKeyDictionaries: once the user drops the model it must be freed.
 
@@ -298,7 +301,7 @@ def test_explain_does_not_keep_the_model_alive(method):
     reference to its own key, so models explained with Recipro-CAM/Ablation-CAM were never freed.
     """
     gc.collect()
-    tails_before = cc.cache_info().tail_models
+    tails_before = cache_info().tail_models
     model = TinyNet().eval()
     cc.explain(model, make_data(2, seed=3)[0], method=method, target_layer="features")
     ref = weakref.ref(model)
@@ -307,9 +310,10 @@ def test_explain_does_not_keep_the_model_alive(method):
     assert ref() is None, (
         f"{method}: the model is still alive after explain; referrers: {[type(r).__name__ for r in gc.get_referrers(ref())]}"
     )
-    assert cc.cache_info().tail_models <= tails_before
+    assert cache_info().tail_models <= tails_before
 
 
+@pytest.mark.slow
 def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
     """A sweep that builds a model, a monitor and a trainer per trial must not keep every trial's model alive."""
     refs = []
@@ -324,7 +328,7 @@ def test_dropped_trainer_monitor_and_model_are_freed(tmp_path):
         del model, monitor, t, val
         gc.collect()
     alive = [i for i, ref in enumerate(refs) if ref() is not None]
-    assert not alive, f"models of trials {alive} are still alive ({cc.cache_info().tail_models} models in the tail cache)"
+    assert not alive, f"models of trials {alive} are still alive ({cache_info().tail_models} models in the tail cache)"
 
 
 # ------------------------------------------------------------------ interrupts
@@ -408,6 +412,7 @@ def _signature_points(contexts: List[Tuple[str, ...]]) -> List[int]:
     return sorted(points)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("caches", ["warm", "cold"])
 @pytest.mark.parametrize("grad_context", ["enabled", "inference_mode"])
 def test_keyboard_interrupt_at_any_forward_of_the_callbacks_passes_restores_everything(tmp_path, caches, grad_context):
@@ -422,7 +427,7 @@ def test_keyboard_interrupt_at_any_forward_of_the_callbacks_passes_restores_ever
 
     def clear() -> None:
         if caches == "cold":
-            cc.clear_caches(model)
+            clear_caches(model)
 
     with context():
         clear()
@@ -463,6 +468,7 @@ def test_keyboard_interrupt_at_any_forward_of_the_callbacks_passes_restores_ever
             torch.testing.assert_close(got_scores[method][metric], values, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_keyboard_interrupt_inside_a_method_restores_everything(tmp_path):
     """A registered method that draws random numbers and raises KeyboardInterrupt (after the main and guided passes)."""
     name = "interrupting_method_for_test"

@@ -28,8 +28,9 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import cam_callbacks as cc
 from cam_callbacks.callbacks import loggers as logger_module
+from cam_callbacks.methods.registry import unregister_method
 
-from _lightning_models import TinyNet, loaders
+from _lightning_models import TinyNet, fit, trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,24 +113,27 @@ FAULTS: Dict[str, tuple] = {
 }
 
 
-def _fit(root: str, model: TinyNet, monitor: cc.CAMMonitor, extra: List[pl.Callback]) -> pl.Trainer:
-    train, val = loaders(n_train=16, n_val=8)
+def _fit_logged(root: str, model: TinyNet, monitor: cc.CAMMonitor, extra: List[pl.Callback]) -> pl.Trainer:
+    """The shared :func:`fit` as a user's run has it: CSV and TensorBoard loggers, a checkpoint every epoch."""
     checkpoint = ModelCheckpoint(dirpath=os.path.join(root, "ckpt"), save_last=True)
-    trainer = pl.Trainer(
-        max_epochs=EPOCHS, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-        logger=[CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tb")], callbacks=[monitor, checkpoint, *extra],
-        log_every_n_steps=1, num_sanity_val_steps=0,
+    loggers = [CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tb")]
+    _, trainer = fit(
+        root, [monitor, checkpoint, *extra], model=model, seed=None, n_train=16, n_val=8, max_epochs=EPOCHS, logger=loggers,
+        enable_checkpointing=True, num_sanity_val_steps=0,
     )  # fmt: skip
-    trainer.fit(model, train, val)
     return trainer
 
 
 def _cleanup_method() -> None:
     if "fault_method" in cc.available_methods():
-        cc.unregister_method("fault_method")
+        unregister_method("fault_method")
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
+#: One fault stays in the quick subset (a fit of ~1 s); the others are 2-epoch fits of ~2 s each.
+QUICK_FAULT = "NaN logits on every probe image"
+
+
+@pytest.mark.parametrize("fault", [f if f == QUICK_FAULT else pytest.param(f, marks=pytest.mark.slow) for f in FAULTS])
 def test_a_fault_is_reported_once_and_training_goes_on(fault: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     mode, marked, methods, inject, extra, part = FAULTS[fault]
     root = str(tmp_path)
@@ -140,7 +144,7 @@ def test_a_fault_is_reported_once_and_training_goes_on(fault: str, tmp_path: Any
         monitor = cc.CAMMonitor(methods=methods, target_layer="features", probe=_probe(marked), alarm=None, budget=None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            trainer = _fit(root, model, monitor, extra)
+            trainer = _fit_logged(root, model, monitor, extra)
     finally:
         _cleanup_method()
     assert trainer.current_epoch == EPOCHS, fault  # the fit ran to the end
@@ -161,13 +165,14 @@ def test_a_fault_is_reported_once_and_training_goes_on(fault: str, tmp_path: Any
     assert float(trainer.callback_metrics["cam/errors"]) >= 1.0, fault
 
 
+@pytest.mark.slow
 def test_a_method_that_fails_is_switched_off_and_the_others_are_logged(tmp_path: Any) -> None:
     try:
         _raising_method(str(tmp_path))
         pl.seed_everything(0)
         monitor = cc.CAMMonitor(methods=["gradcam", "fault_method"], target_layer="features", probe=_probe(0), alarm=None, budget=None)
         with pytest.warns(UserWarning, match="method 'fault_method' failed at epoch 0"):
-            trainer = _fit(str(tmp_path), TinyNet(), monitor, [])
+            trainer = _fit_logged(str(tmp_path), TinyNet(), monitor, [])
     finally:
         _cleanup_method()
     assert "cam/gradcam/adcc" in trainer.callback_metrics
@@ -179,7 +184,7 @@ def test_every_probe_image_failing_skips_the_runs_and_counts_them(tmp_path: Any)
     pl.seed_everything(0)
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(6), alarm=None, budget=None)
     with pytest.warns(UserWarning, match="every probe image failed at epoch 0"):
-        trainer = _fit(str(tmp_path), _FailingModel("nan"), monitor, [])
+        trainer = _fit_logged(str(tmp_path), _FailingModel("nan"), monitor, [])
     assert float(trainer.callback_metrics["cam/errors"]) == EPOCHS  # every run skipped and counted
     assert float(trainer.callback_metrics["cam/skipped_images"]) == 6
     assert "cam/gradcam/adcc" not in trainer.callback_metrics
@@ -198,7 +203,7 @@ def test_on_error_raise_lets_the_fault_end_the_fit(fault: str, tmp_path: Any, mo
         ON_ERROR_RAISE[fault](str(tmp_path), monkeypatch)
         monitor = cc.CAMMonitor(methods=methods, target_layer="features", probe=_probe(0), alarm=None, budget=None, on_error="raise")
         with pytest.raises((RuntimeError, OSError)):
-            _fit(str(tmp_path), TinyNet(), monitor, [])
+            _fit_logged(str(tmp_path), TinyNet(), monitor, [])
     finally:
         _cleanup_method()
 
@@ -215,7 +220,7 @@ def test_lightnings_own_exception_is_not_replaced(tmp_path: Any, monkeypatch: py
 
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), alarm=None, budget=None, on_error="raise")
     with pytest.raises(ValueError, match="the user's own bug"):
-        _fit(str(tmp_path), Broken(), monitor, [])
+        _fit_logged(str(tmp_path), Broken(), monitor, [])
 
 
 def test_keyboard_interrupt_in_a_method_is_not_swallowed(tmp_path: Any) -> None:
@@ -233,29 +238,23 @@ def test_keyboard_interrupt_in_a_method_is_not_swallowed(tmp_path: Any) -> None:
         monitor = cc.CAMMonitor(methods=["interrupting"], target_layer="features", probe=_probe(0), alarm=None, budget=None)
         trainer = None
         with pytest.raises((KeyboardInterrupt, SystemExit)):
-            trainer = _fit(str(tmp_path), model, monitor, [])
+            trainer = _fit_logged(str(tmp_path), model, monitor, [])
         assert trainer is None
     finally:
-        cc.unregister_method("interrupting")
+        unregister_method("interrupting")
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks, "hooks left after the interrupt"
 
 
+@pytest.mark.slow
 def test_a_monitor_reused_in_a_new_trainer_starts_afresh(tmp_path: Any) -> None:
     """Before: the second fit skipped its epoch 0 (the last run was 'fit, epoch 0') and measured drift against the
     previous model's maps."""
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
     pl.seed_everything(0)
-    first = _fit(str(tmp_path / "a"), TinyNet(), monitor, [])
+    first = _fit_logged(str(tmp_path / "a"), TinyNet(), monitor, [])
     assert "cam/gradcam/drift_prev" in first.callback_metrics
-    pl.seed_everything(1)
-    second_model = TinyNet()
-    train, val = loaders(n_train=16, n_val=8)
-    second = pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
-        enable_checkpointing=False, callbacks=[monitor], num_sanity_val_steps=0, default_root_dir=str(tmp_path / "b"),
-    )  # fmt: skip
-    second.fit(second_model, train, val)
+    _, second = fit(tmp_path / "b", monitor, seed=1, n_train=16, n_val=8, max_epochs=1, logger=False, num_sanity_val_steps=0)
     assert "cam/gradcam/shortcut_score" in second.callback_metrics  # epoch 0 of the new fit ran
     assert "cam/gradcam/drift_prev" not in second.callback_metrics  # no drift against the other model's maps
     assert set(monitor.history.first) == {"gradcam"} and monitor.history.first["gradcam"].shape == (6, 16, 16)
@@ -269,11 +268,12 @@ BAD_STATES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_STATES))
 def test_a_bad_checkpoint_entry_is_reported_and_the_run_goes_on(case: str, tmp_path: Any) -> None:
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
     pl.seed_everything(0)
-    _fit(str(tmp_path), TinyNet(), monitor, [])
+    _fit_logged(str(tmp_path), TinyNet(), monitor, [])
     change, message = BAD_STATES[case]
     state = None if change is None else {**monitor.state_dict(), **change}
     restored = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), alarm=None, budget=None)
@@ -282,16 +282,17 @@ def test_a_bad_checkpoint_entry_is_reported_and_the_run_goes_on(case: str, tmp_p
     assert restored.history.first == {} and restored.state_dict()["last_run"] is None
 
 
+@pytest.mark.slow
 def test_maps_of_another_shape_in_the_checkpoint_reset_the_history(tmp_path: Any) -> None:
     """Before: previous maps of the wrong shape loaded, and the first resumed validation died."""
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
     pl.seed_everything(0)
     model = TinyNet()
-    _fit(str(tmp_path), model, monitor, [])
+    _fit_logged(str(tmp_path), model, monitor, [])
     state = {**monitor.state_dict(), "previous_maps": {"gradcam": torch.zeros(6, 8, 8)}, "first_maps": {"gradcam": torch.zeros(6, 8, 8)}}
     state["probe_fingerprint"] = None  # only the shapes differ
     restored = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(0), metrics=(), alarm=None, budget=None)
-    restored.setup(pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False), model, stage="fit")
+    restored.setup(trainer(tmp_path, [restored], logger=False), model, stage="fit")
     with pytest.warns(UserWarning, match=r"previous_maps\['gradcam'\] have shape \(6, 8, 8\), this run's maps \(6, 16, 16\)|first_maps"):
         restored.load_state_dict(state)
     assert restored.history.first == {}

@@ -7,6 +7,7 @@ files beside the event files) and LightningCLI of ``lightning`` rejected ``class
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def test_the_monitor_is_a_callback_of_both_namespaces():
     assert isinstance(monitor, L.Callback) and isinstance(monitor, pl.Callback)
 
 
+@pytest.mark.slow
 def test_lightning_tensorboard_logger_gets_the_images_and_checkpoints_monitor_cam_metrics(tmp_path):
     torch.manual_seed(0)
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=8)
@@ -45,6 +47,7 @@ def test_lightning_tensorboard_logger_gets_the_images_and_checkpoints_monitor_ca
     stopping = EarlyStopping(monitor="cam/gradcam/adcc", mode="max", patience=5)
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        default_root_dir=str(tmp_path),
         logger=[TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")],
         callbacks=[monitor, checkpoint, stopping],
     )  # fmt: skip
@@ -69,9 +72,21 @@ def test_lightning_cli_accepts_the_class_path(tmp_path):
         "  enable_checkpointing: false\n  log_every_n_steps: 1\n"
         f"  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n    init_args:\n      save_dir: {tmp_path / 'runs'}\n"
         "  callbacks:\n    - class_path: cam_callbacks.CAMMonitor\n      init_args:\n        methods: [gradcam]\n"
-        "        target_layer: features\n        num_probe: 8\n        prefix: cam_cli\n"
+        "        target_layer: features\n        probe: 8\n        prefix: cam_cli\n"
+        "        explain_options: {batch_size: 4}\n"
+        "        style: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}\n"
+        "        alarm:\n          - class_path: cam_callbacks.ShortcutAlarm\n            init_args: {score: 0.2}\n"
+        "          - class_path: cam_callbacks.ThresholdAlarm\n            init_args: {metric: shortcut_score, above: 0.6}\n"
     )
     done = subprocess.run([sys.executable, SCRIPT, "fit", "--config", str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     events = read_events(tmp_path / "runs")
     assert len(events["images"]["cam_cli/gradcam/grid"]) == 1  # one epoch: one grid (at Lightning's step)
+    # the nested 1.0 settings were read into their objects: explain options, image style, the alarm policies in order
+    (monitor,) = json.loads((tmp_path / "cam_monitors.json").read_text())
+    assert monitor["batch_size"] == 4
+    assert monitor["mean"] == [0.5, 0.5, 0.5] and monitor["std"] == [0.25, 0.25, 0.25]
+    assert [(policy["type"], policy.get("score"), policy.get("metric"), policy.get("above")) for policy in monitor["alarm"]] == [
+        ("ShortcutAlarm", 0.2, None, None),
+        ("ThresholdAlarm", None, "shortcut_score", 0.6),
+    ]

@@ -7,14 +7,13 @@ import os
 import warnings
 
 import pytest
-import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 import cam_callbacks as cc
 from cam_callbacks.callbacks.compat import is_mlflow, is_wandb
 from cam_callbacks.callbacks.destinations import destinations, run_directory
 
-from _lightning_models import TinyNet, loaders, read_events, trainer
+from _lightning_models import fit, read_events, trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,14 +27,8 @@ def _file_store(monkeypatch):
 NAMES = ["class_means", "evolution", "grid", "mean_map"]
 
 
-def _fit(tmp_path, logger, max_epochs=2, methods=("gradcam",)):
-    pl.seed_everything(7)
-    model = TinyNet()
-    train, val = loaders()
-    monitor = cc.CAMMonitor(methods=list(methods), probe=4, step="epoch")
-    t = trainer(tmp_path, [monitor], max_epochs=max_epochs, logger=logger)
-    t.fit(model, train, val)
-    return t
+def _monitor():
+    return cc.CAMMonitor(methods=["gradcam"], probe=4, step="epoch")
 
 
 def _mlflow_logger(tmp_path, namespace="pytorch_lightning", **kwargs):
@@ -83,7 +76,7 @@ def test_mlflow_two_runs_each_get_their_grids_as_artifacts_and_the_store_stays_v
     for attempt in range(2):
         logger = _mlflow_logger(tmp_path, namespace)
         assert is_mlflow(logger)
-        _fit(tmp_path / f"fit{attempt}", logger, max_epochs=2)
+        fit(tmp_path / f"fit{attempt}", _monitor(), logger=logger, max_epochs=2)
         runs.append(logger.run_id)
     assert runs[0] != runs[1]
     for run_id in runs:
@@ -114,7 +107,7 @@ def test_wandb_offline_run_holds_the_images(tmp_path, monkeypatch):
     logger = WandbLogger(project="cam-test", save_dir=str(tmp_path), offline=True)
     assert is_wandb(logger)
     try:
-        _fit(tmp_path, logger, max_epochs=2)
+        fit(tmp_path, _monitor(), logger=logger, max_epochs=2)
     finally:
         wandb.finish()
     images = _wandb_images(tmp_path)
@@ -126,11 +119,12 @@ def test_wandb_offline_run_holds_the_images(tmp_path, monkeypatch):
     assert glob.glob(os.path.join(str(tmp_path), "**", "files", "cam", "report.html"), recursive=True)
 
 
+@pytest.mark.slow
 def test_csv_two_runs_write_into_their_own_version_folders(tmp_path):
     dirs = []
     for _ in range(2):
         logger = CSVLogger(str(tmp_path), name="csv")
-        _fit(tmp_path, logger, max_epochs=1)
+        fit(tmp_path, _monitor(), logger=logger, max_epochs=1)
         dirs.append(logger.log_dir)
     assert [os.path.basename(d) for d in dirs] == ["version_0", "version_1"]
     for directory in dirs:
@@ -147,7 +141,7 @@ def test_mlflow_wandb_and_tensorboard_together_all_get_images(tmp_path, monkeypa
     mlflow_logger = _mlflow_logger(tmp_path)
     loggers = [TensorBoardLogger(str(tmp_path), name="tb"), mlflow_logger, WandbLogger(project="cam-test", save_dir=str(tmp_path), offline=True)]
     try:
-        _fit(tmp_path, loggers, max_epochs=1)
+        fit(tmp_path, _monitor(), logger=loggers, max_epochs=1)
     finally:
         wandb.finish()
     assert read_events(tmp_path / "tb")["images"]["cam/gradcam/grid"] == [0]
@@ -182,20 +176,22 @@ class _SharedDirLogger(Logger):
         pass
 
 
+@pytest.mark.slow
 def test_a_logger_with_only_a_shared_save_dir_gets_a_run_folder_or_nothing_with_one_warning(tmp_path):
     assert run_directory(_SharedDirLogger(str(tmp_path), version=3)) == os.path.join(str(tmp_path), "shared", "version_3")
     assert run_directory(_SharedDirLogger(str(tmp_path), version="abc12")) == os.path.join(str(tmp_path), "shared", "abc12")
-    _fit(tmp_path / "fit", _SharedDirLogger(str(tmp_path / "a"), version="run7"), max_epochs=1)
+    fit(tmp_path / "fit", _monitor(), logger=_SharedDirLogger(str(tmp_path / "a"), version="run7"), max_epochs=1)
     assert os.path.exists(tmp_path / "a" / "shared" / "run7" / "cam" / "gradcam" / "grid_epoch=0000.png")
     assert not os.path.exists(tmp_path / "a" / "cam")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _fit(tmp_path / "fit2", _SharedDirLogger(str(tmp_path / "b")), max_epochs=2)
+        fit(tmp_path / "fit2", _monitor(), logger=_SharedDirLogger(str(tmp_path / "b")), max_epochs=2)
     said = [str(w.message) for w in caught if "no run directory of their own" in str(w.message)]
     assert len(said) == 1 and "_SharedDirLogger" in said[0]
     assert not os.path.exists(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_destinations_sort_the_loggers(tmp_path):
     tb, csv = TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")
     t = trainer(tmp_path, [], logger=[tb, csv, _mlflow_logger(tmp_path)])
@@ -204,16 +200,15 @@ def test_destinations_sort_the_loggers(tmp_path):
     assert found.directories == [csv.log_dir] and found.without_images == []
 
 
+@pytest.mark.slow
 def test_a_failing_mlflow_upload_is_reported_once_switched_off_and_the_csv_logger_goes_on(tmp_path):
     (tmp_path / "blocked").write_text("a file where the artifact folder should be: every upload fails")
     mlflow_logger = _mlflow_logger(tmp_path, artifact_location=f"file:{tmp_path}/blocked/artifacts")
     csv_logger = CSVLogger(str(tmp_path), name="csv")
-    pl.seed_everything(7)
     monitor = cc.CAMMonitor(methods=["gradcam"], probe=4)
-    t = trainer(tmp_path, [monitor], max_epochs=3, logger=[mlflow_logger, csv_logger])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        t.fit(TinyNet(), *loaders())
+        _, t = fit(tmp_path, monitor, max_epochs=3, logger=[mlflow_logger, csv_logger])
     said = [str(w.message) for w in caught if "writing images failed" in str(w.message)]
     assert len(said) == 1 and "MLflow run" in said[0], [str(w.message) for w in caught]
     assert t.current_epoch == 3

@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from typing import Dict
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import cam_callbacks as cc
 from cam_callbacks.monitor.history import MapHistory
 
-from _lightning_models import TinyNet, loaders, trainer
+from _lightning_models import TinyNet, fit, loaders, trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit_two(tmp_path):
     """One short fit (1 epoch, 2 train and 1 val batches) with two monitors that differ in their method."""
-    pl.seed_everything(3)
     g = torch.Generator().manual_seed(4)
     probe = (torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0]))
     first = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=probe, metrics=())
     second = cc.CAMMonitor(methods=["layercam"], target_layer="features", probe=4, metrics=(), prefix="cam_layercam")
-    train, val = loaders(n_train=16, n_val=8)
-    t = trainer(tmp_path, [first, second], max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, num_sanity_val_steps=0)
-    model = TinyNet()
-    t.fit(model, train, val)
+    model, t = fit(
+        tmp_path, [first, second], seed=3, n_train=16, n_val=8, max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
     return model, t, first, second
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
+    """One small fit (~1.5 s) shared by the state and property tests below, which keeps them in the quick subset."""
     return _fit_two(tmp_path_factory.mktemp("fit"))
 
 
@@ -79,8 +79,9 @@ def test_two_monitors_with_different_methods_run_in_one_trainer(fitted):
     assert set(first.state_dict()["first_maps"]) == {"gradcam"} and set(second.state_dict()["first_maps"]) == {"layercam"}
 
 
-def _new_monitor(probe=None, **kwargs):
-    return cc.CAMMonitor(methods=["gradcam"], target_layer="features", faithfulness=False, probe=probe, **kwargs)
+def _new_monitor(probe=32, **kwargs):
+    """A monitor with ``probe`` given explicitly, or (an int) none of its own: it would take the validation data's."""
+    return cc.CAMMonitor(methods=["gradcam"], target_layer="features", metrics=(), probe=probe, **kwargs)
 
 
 def _set_up(monitor, model, tmp_path):
@@ -94,7 +95,7 @@ def test_state_dict_round_trip_restores_history_and_probe(fitted, tmp_path):
     saved = first.state_dict()
     assert saved["version"] == 2 and saved["layer_name"] == "features" and saved["last_run"] == ("fit", 0)
     assert saved["probe"] is not None  # given explicitly: the tensors travel with the checkpoint
-    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score"]]}
+    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score", -1]]}
     restored = _new_monitor()  # no probe of its own: it takes the checkpoint's
     restored.load_state_dict(saved)
     assert torch.equal(restored.probe.images, saved["probe"]["images"]) and torch.equal(restored.probe.labels, saved["probe"]["labels"])
@@ -114,7 +115,7 @@ def test_state_of_another_version_is_not_restored_and_warns(fitted, tmp_path):
     saved = first.state_dict()
     restored = _set_up(_new_monitor(probe=(saved["probe"]["images"], saved["probe"]["labels"])), model, tmp_path)
     with pytest.warns(UserWarning, match=r"version 1, this one 2.*drift is measured from this run on"):
-        restored.load_state_dict({**saved, "version": 1, "alarm_state": [["gradcam", "shortcut_score"]]})
+        restored.load_state_dict({**saved, "version": 1, "alarm_state": [["gradcam", "shortcut_score", -1]]})
     assert restored.history.first == {} and restored.history.previous == {}
     assert restored.state_dict()["alarm_state"] == []
 
@@ -125,7 +126,7 @@ def test_state_of_another_layer_is_not_restored_and_warns(fitted, tmp_path):
     restored = _set_up(_new_monitor(probe=(saved["probe"]["images"], saved["probe"]["labels"])), model, tmp_path)
     assert restored.layer_name == "features"
     with pytest.warns(UserWarning, match=r"layer 'features\.3', this monitor 'features'"):
-        restored.load_state_dict({**saved, "layer_name": "features.3", "alarm_state": [["gradcam", "shortcut_score"]]})
+        restored.load_state_dict({**saved, "layer_name": "features.3", "alarm_state": [["gradcam", "shortcut_score", -1]]})
     assert restored.history.first == {} and restored.state_dict()["alarm_state"] == []
     # the same layer restores
     restored.load_state_dict(saved)
@@ -140,7 +141,7 @@ def test_every_state_key_is_read_or_reported_when_missing(fitted, tmp_path):
     probe = (saved["probe"]["images"], saved["probe"]["labels"])
     handled = {"version", "layer_name", "last_run", "probe_fingerprint", "probe", "first_maps", "previous_maps", "alarm_state"}
     assert set(saved) == handled, "a new key in CAMMonitor.state_dict needs a case here"
-    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score"]]}
+    saved = {**saved, "alarm_state": [["gradcam", "shortcut_score", -1]]}
     for key in sorted(handled):
         partial = {k: v for k, v in saved.items() if k != key}
         restored = _set_up(_new_monitor(probe=probe), model, tmp_path)
@@ -167,19 +168,23 @@ def test_every_state_key_is_read_or_reported_when_missing(fitted, tmp_path):
     assert torch.equal(restored.probe.images, probe[0])
 
 
-def test_each_monitor_copies_a_shared_alarm_rule():
-    rule = cc.AlarmRule(max_shortcut_score=0.3, extra={"adcc": ("min", 40.0)}, top_k=2)
-    m1, m2 = cc.CAMMonitor(methods=["gradcam"], alarm=rule), cc.CAMMonitor(methods=["layercam"], alarm=rule)
-    assert m1.alarm is not rule and m2.alarm is not rule and m1.alarm is not m2.alarm
-    assert m1.alarm == rule and m2.alarm == rule
-    d1, d2 = cc.CAMMonitor(methods=["gradcam"]), cc.CAMMonitor(methods=["layercam"])  # the default rule object is shared too
-    assert d1.alarm is not d2.alarm and d1.alarm == d2.alarm == cc.AlarmRule()
-    # changing the caller's rule afterwards changes no monitor's rule
-    rule.max_shortcut_score = 0.9
-    rule.extra["complexity"] = ("max", 80.0)  # type: ignore[index]
-    assert m1.alarm.max_shortcut_score == 0.3
-    assert dict(m1.alarm.extra) == {"adcc": ("min", 40.0)} and dict(m2.alarm.extra) == {"adcc": ("min", 40.0)}
-    assert cc.CAMMonitor(methods=["gradcam"], alarm=None).alarm is None
+def test_each_monitor_keeps_its_own_copy_of_a_shared_alarm():
+    policies = [cc.ThresholdAlarm("shortcut_score", above=0.3, top_k=2), cc.ThresholdAlarm("adcc", below=0.4, top_k=2)]
+    m1, m2 = cc.CAMMonitor(methods=["gradcam"], alarm=policies), cc.CAMMonitor(methods=["layercam"], alarm=policies)
+    assert isinstance(m1.alarm, tuple) and isinstance(m2.alarm, tuple)
+    assert m1.alarm == m2.alarm == tuple(policies)
+    d1, d2 = cc.CAMMonitor(methods=["gradcam"]), cc.CAMMonitor(methods=["layercam"])  # the default alarm
+    default = (cc.ThresholdAlarm("energy_in_nuisance_ratio", above=2.0), cc.ThresholdAlarm("shortcut_score", above=0.5), cc.ShortcutAlarm())
+    assert d1.alarm == d2.alarm == default
+    # changing the caller's list afterwards changes no monitor's alarm, and a policy itself cannot be changed
+    policies.append(cc.ThresholdAlarm("complexity", above=0.8))
+    policies[0] = cc.ThresholdAlarm("shortcut_score", above=0.9)
+    assert m1.alarm == m2.alarm == (cc.ThresholdAlarm("shortcut_score", above=0.3, top_k=2), cc.ThresholdAlarm("adcc", below=0.4, top_k=2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m1.alarm[0].above = 0.9  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d1.alarm[2].score = 0.9  # type: ignore[misc]
+    assert cc.CAMMonitor(methods=["gradcam"], alarm=None).alarm == ()
 
 
 def test_skipped_images_and_history_are_typed_properties(fitted):
@@ -221,28 +226,30 @@ class _LateDataNetWithPost(_LateDataNet):
         return self.fc(self.dropout(torch.flatten(self.pool(self.post(self.features(x))), 1)))
 
 
+@pytest.mark.slow
 def test_resume_where_auto_finds_another_layer_warns_when_the_probe_comes_late(tmp_path):
     """``target_layer="auto"`` (same state key) resolving to another layer after a model change is reported, also when the
     probe, and so the layer, is known only at the first validation (the dataloaders need the module's ``setup``)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    def fit(model, max_epochs, ckpt_path=None):
-        pl.seed_everything(5)
+    def fit_checkpointed(model, max_epochs, ckpt_path=None):
         monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="auto", probe=4, metrics=())
         checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
-        t = trainer(tmp_path, [monitor, checkpoint], max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=1,
-                    logger=False, num_sanity_val_steps=0, enable_checkpointing=True)  # fmt: skip
-        t.fit(model, ckpt_path=ckpt_path)
+        fit(
+            tmp_path, [monitor, checkpoint], model=model, seed=5, data=(), max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=1,
+            logger=False, num_sanity_val_steps=0, enable_checkpointing=True, ckpt_path=ckpt_path,
+        )  # fmt: skip
         return monitor
 
-    before = fit(_LateDataNet(), max_epochs=1)
+    before = fit_checkpointed(_LateDataNet, max_epochs=1)
     assert before.layer_name == "features"
     with pytest.warns(UserWarning, match=r"the checkpoint explained layer 'features', this monitor 'post'"):
-        after = fit(_LateDataNetWithPost(), max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+        after = fit_checkpointed(_LateDataNetWithPost, max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert after.layer_name == "post"
     assert after.state_dict()["last_run"] == ("fit", 1)
 
 
+@pytest.mark.slow
 def test_two_prefixes_share_one_tensorboard_layout(tmp_path):
     """TensorBoard keeps one custom-scalars layout per writer (the last one written): it must hold both monitors' charts."""
     from pytorch_lightning.loggers import TensorBoardLogger

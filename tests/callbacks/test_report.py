@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -21,7 +20,7 @@ import cam_callbacks as cc
 from cam_callbacks.monitor.alarm import AlarmHit
 from cam_callbacks.render.report import RunReport, find_class_names, markdown_to_html
 
-from _lightning_models import TinyNet, loaders, read_events, trainer
+from _lightning_models import TinyNet, fit, loaders, read_events, trainer
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -57,8 +56,8 @@ def _report_page() -> str:
     report = RunReport()
     for step in (5, 11):
         report.add_run(step, step // 6, {
-            "cam/gradcam/adcc": 50.0 + step, "cam/gradcam/deletion_auc": 30.0, "cam/gradcam/shortcut_score": 0.1,
-            "cam/gradcam/class_shortcut_class": 2.0, "cam/alarm": float(step > 6),
+            "cam/gradcam/adcc": 0.5 + step / 100, "cam/gradcam/deletion_auc": 0.3, "cam/gradcam/shortcut_score": 0.1,
+            "cam/gradcam/energy_in_nuisance_ratio": 6.5, "cam/gradcam/class_shortcut_class": 2.0, "cam/alarm": float(step > 6),
         })  # fmt: skip
     evidence = torch.zeros(3, 20, 30, dtype=torch.uint8)
     report.add_alarm(11, 1, [AlarmHit("gradcam", "energy_in_nuisance_ratio", 6.5, 2.0, "above", (9, 14))], {"gradcam": evidence})
@@ -72,7 +71,7 @@ def test_report_is_self_contained_and_lists_the_alarm_with_its_evidence():
     assert parsed.links == [] and parsed.scripts == 0  # no external file, no script, no network
     sizes = [_decoded(source).size for source in parsed.sources]
     assert (30, 20) in sizes and (10, 10) in sizes and (8, 8) in sizes  # evidence, final grid, evolution strip
-    # three curve charts (gradcam in percent with deletion_auc, its fractions, the monitor; a class index is no curve)
+    # three curve charts (gradcam's fractions with deletion_auc, its ratios, the monitor; a class index is no curve)
     assert len(sizes) == 3 + 3  # and the three images
     assert "gradcam: energy_in_nuisance_ratio = 6.5 is above 2 (worst probe images: 9, 14)" in page
     assert "<li><b>rows</b>: images</li>" in page
@@ -103,12 +102,10 @@ def test_class_names_given_found_or_refused():
 
 @pytest.mark.slow
 def test_fit_writes_report_how_to_read_and_titled_charts(tmp_path):
-    pl.seed_everything(0)
     train, val = loaders()
     val.dataset.classes = ["red", "green", "blue"]  # found on the validation dataset, as torchvision datasets have it
     monitor = cc.CAMMonitor(methods=["gradcam", "layercam"], probe=4, prefix="probe")
-    t = trainer(tmp_path, [monitor], max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name="tb"))
-    t.fit(TinyNet(), train, val)
+    _, t = fit(tmp_path, monitor, seed=0, data=(train, val), max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name="tb"))
     path = os.path.join(t.logger.log_dir, "probe", "report.html")
     with open(path, encoding="utf-8") as handle:
         page = handle.read()
@@ -128,11 +125,9 @@ def test_fit_writes_report_how_to_read_and_titled_charts(tmp_path):
 
 @pytest.mark.slow
 def test_report_off_and_validate_writes_it(tmp_path):
-    pl.seed_everything(0)
-    train, val = loaders()
-    t = trainer(tmp_path / "off", [cc.CAMMonitor(methods=["gradcam"], probe=4, report=False)], max_epochs=1)
-    t.fit(TinyNet(), train, val)
+    _, t = fit(tmp_path / "off", cc.CAMMonitor(methods=["gradcam"], probe=4, report=False), seed=0, max_epochs=1)
     assert not os.path.exists(os.path.join(t.logger.log_dir, "cam", "report.html"))
+    _, val = loaders()
     t = trainer(tmp_path / "validate", [cc.CAMMonitor(methods=["gradcam"], probe=4)])
     t.validate(TinyNet(), val, verbose=False)
     assert os.path.exists(os.path.join(t.logger.log_dir, "cam", "report.html"))

@@ -8,7 +8,7 @@ from torch import nn
 
 from cam_callbacks.callbacks.shortcut_watch import probe_outcome, shortcut_hits
 from cam_callbacks.engine.result import Explanation
-from cam_callbacks.monitor.alarm import AlarmRule
+from cam_callbacks.monitor.alarm import ShortcutAlarm
 from cam_callbacks.monitor.history import MapHistory
 from cam_callbacks.render.publish import ProbeView
 
@@ -39,7 +39,7 @@ def probe():
     return images, labels, maps
 
 
-def run(model: nn.Module, rule: AlarmRule):
+def run(model: nn.Module, rule: ShortcutAlarm):
     images, labels, maps = probe()
     with torch.no_grad():
         logits = model(images)
@@ -52,22 +52,22 @@ def run(model: nn.Module, rule: AlarmRule):
 
 
 def test_probe_outcome_is_right_or_wrong_and_confidence():
-    rule = AlarmRule(max_class_shortcut_score=0.3, min_occlusion_effect=0.1)
+    rule = ShortcutAlarm(score=0.3, min_occlusion_effect=0.1)
     outcome, _, _, _, logits = run(Reader(corner=True), rule)
     _, labels, _ = probe()
-    assert torch.equal(outcome["targets"], labels) and outcome["clusters"] == rule.shortcut_clusters
+    assert torch.equal(outcome["targets"], labels) and outcome["clusters"] == rule.clusters
     assert torch.equal(outcome["correct"], logits.argmax(1) == labels)
     assert torch.allclose(outcome["confidence"], torch.softmax(logits, 1)[torch.arange(16), labels])
     images, labels, maps = probe()
     explanation = Explanation({"gradcam": maps}, logits, labels, "layer")
     view = ProbeView(images, None, None, None, torch.arange(16), "softmax")
     assert probe_outcome(explanation, view, rule)["correct"] is None  # explaining predictions: right or wrong unknown
-    assert probe_outcome(explanation, view, None) == {} and probe_outcome(explanation, view, AlarmRule(max_class_shortcut_score=None)) == {}
+    assert probe_outcome(explanation, view, None) == {}  # no per-class rule: no per-class findings
     assert probe_outcome(explanation, view._replace(probability="sigmoid"), rule) == {}
 
 
 def test_a_region_the_model_reads_is_confirmed():
-    rule = AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=0.9, min_occlusion_effect=0.1)
+    rule = ShortcutAlarm(score=0.3, min_accuracy=0.9, min_occlusion_effect=0.1)
     _, analyses, hits, scalars, _ = run(Reader(corner=True), rule)
     assert analyses["gradcam"].scalars["class_shortcut_class"] == 1.0
     assert [(h.class_index, h.box) for h in hits] == [(1, (0, 0, 3, 3))]
@@ -79,6 +79,6 @@ def test_a_region_the_model_reads_is_confirmed():
 
 
 def test_a_region_the_model_ignores_is_not():
-    rule = AlarmRule(max_class_shortcut_score=0.3, min_class_accuracy=0.9, min_occlusion_effect=0.1)
+    rule = ShortcutAlarm(score=0.3, min_accuracy=0.9, min_occlusion_effect=0.1)
     _, _, hits, scalars, _ = run(Reader(corner=False), rule)  # same maps, but the model reads the object
     assert hits == [] and scalars["cam/gradcam/occlusion_effect"] == pytest.approx(0.0, abs=1e-6)

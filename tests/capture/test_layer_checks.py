@@ -9,7 +9,7 @@ from torch import nn
 
 import cam_callbacks as cc
 from cam_callbacks.capture.hooks import LayerCapture, LayerOutputError, OneByOneMapError
-from cam_callbacks.capture.layers import spatial_layer_hint
+from cam_callbacks.capture.layers import resolve_target_layer, spatial_layer_hint
 
 ONE_BY_ONE = r"target_layer='{}' outputs \(N, C, 1, 1\) = \(2, 4, 1, 1\): a 1x1 map cannot localise anything\. Choose an earlier layer"
 
@@ -45,7 +45,7 @@ def test_explain_refuses_a_1x1_convolution_output_and_auto_skips_it():
     with pytest.raises(ValueError, match=ONE_BY_ONE.format("late")):
         cc.explain(model, images, "gradcam", target_layer=["early", "late"])  # fused: every layer is checked
     assert cc.explain(model, images, "gradcam", target_layer="auto").shape == (2, 8, 8)  # 'auto' picks 'early'
-    assert cc.resolve_target_layer(model, "auto", images[:1])[0] == "early"
+    assert resolve_target_layer(model, "auto", images[:1])[0] == "early"
 
 
 def test_a_map_of_one_row_is_not_refused():

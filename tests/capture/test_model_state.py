@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
+from cam_callbacks.capture.layers import resolve_target_layer
 from cam_callbacks.methods import unregister_method
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
@@ -148,13 +149,13 @@ def test_faithfulness_leaves_model_as_found(method):
     got = cc.faithfulness(model, x, method=method, target_layer="block", reduction="none")
     assert_unchanged(model, before)
     for name, value in want.items():
-        torch.testing.assert_close(got[name], value, atol=1e-4, rtol=0)
+        torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0)
 
 
 def test_auto_layer_leaves_model_as_found():
     model = make_model()
     before = snapshot(model)
-    name, _ = cc.resolve_target_layer(model, "auto", images(1))
+    name, _ = resolve_target_layer(model, "auto", images(1))
     assert name == "block"
     cc.explain(model, images(), method="gradcampp", target_layer="auto")
     assert_unchanged(model, before)
@@ -236,8 +237,8 @@ def test_faithfulness_under_inference_mode():
         got = cc.faithfulness(model, x.clone(), method="gradcampp", target_layer="block", reduction="none")
         mean = cc.faithfulness(model, x.clone(), method="gradcampp", target_layer="block")
     for name, value in want.items():
-        torch.testing.assert_close(got[name], value, atol=1e-4, rtol=0)
-        assert mean[name] == pytest.approx(float(value.double().mean()), abs=1e-4)
+        torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0)
+        assert mean[name] == pytest.approx(float(value.double().mean()), abs=1e-6)
     assert_unchanged(model, before)
 
 

@@ -123,6 +123,7 @@ def test_torchvision_tail_is_fx_and_matches_model(name, layer_name, size, reques
     assert_logits_close(stacked[2:4], replaced(model, layer_name, x, half))
 
 
+@pytest.mark.slow
 def test_resnet_block_with_skip_crossing_the_cut():
     """layer4.1.conv2: the block's identity (layer4.0's output) crosses the cut."""
     torch.manual_seed(0)

@@ -184,6 +184,7 @@ def test_global_rng_and_thread_count_untouched():
 
 
 # ---------------------------------------------------------------- masks and drawing
+@pytest.mark.slow
 def test_object_pixels_have_the_object_colour_and_nothing_else_does(batch):
     for i in range(len(batch)):
         image, mask, color = batch.images[i], batch.masks[i], batch.colors[i]

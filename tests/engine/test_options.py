@@ -11,6 +11,8 @@ from torch import nn
 
 import cam_callbacks as cc
 from cam_callbacks.engine import SMOOTH_CHOICES
+from cam_callbacks.engine.caches import cache_info, clear_caches
+from cam_callbacks.methods.registry import get_method, unregister_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,8 +74,8 @@ def test_valid_options_are_normalised_and_frozen():
     assert isinstance(options.reshape, cc.TokenGrid) and options.reshape.prefix_tokens == 1
     assert options.token_grid is options.reshape
     assert options.smooth_scales == (1.0, 2.0) and all(isinstance(s, float) for s in options.smooth_scales)
-    assert options.options_for(cc.get_method("reciprocam")) == {"gaussian": True}
-    assert options.options_for(cc.get_method("gradcam")) == {}
+    assert options.options_for(get_method("reciprocam")) == {"gaussian": True}
+    assert options.options_for(get_method("gradcam")) == {}
     grid = cc.TokenGrid(prefix_tokens=2, height=3, width=4)
     assert cc.ExplainOptions(reshape=grid).reshape is grid
     assert cc.ExplainOptions().token_grid is None
@@ -105,26 +107,26 @@ def test_cache_info_and_clear_caches_per_model():
     for model in (a, b):
         maps = cc.explain(model, x, method="reciprocam", target_layer="2")
         assert tuple(maps.shape) == (2, 8, 8)
-    info_a, info_b = cc.cache_info(a), cc.cache_info(b)
+    info_a, info_b = cache_info(a), cache_info(b)
     assert info_a.tail_entries > 0 and info_a.cost_entries > 0
     assert info_b.tail_entries > 0 and info_b.cost_entries > 0
-    total = cc.cache_info()
+    total = cache_info()
     assert total.tail_models >= 2 and total.cost_models >= 2
     assert total.tail_entries >= info_a.tail_entries + info_b.tail_entries
 
-    cc.clear_caches(a)
-    cleared = cc.cache_info(a)
+    clear_caches(a)
+    cleared = cache_info(a)
     assert cleared.tail_entries == 0 and cleared.cost_entries == 0
-    kept = cc.cache_info(b)  # the other model keeps its entries (the model counts are over all models)
+    kept = cache_info(b)  # the other model keeps its entries (the model counts are over all models)
     assert (kept.tail_entries, kept.cost_entries) == (info_b.tail_entries, info_b.cost_entries)
-    after = cc.cache_info()
+    after = cache_info()
     assert after.tail_models == total.tail_models - 1 and after.cost_models == total.cost_models - 1
 
-    cc.clear_caches()
-    assert tuple(cc.cache_info()) == (0, 0, 0, 0)
-    assert tuple(cc.cache_info(b)) == (0, 0, 0, 0)
+    clear_caches()
+    assert tuple(cache_info()) == (0, 0, 0, 0)
+    assert tuple(cache_info(b)) == (0, 0, 0, 0)
     cc.explain(b, x, method="reciprocam", target_layer="2")  # filled again after a clear
-    assert cc.cache_info(b).tail_entries > 0 and cc.cache_info(b).cost_entries > 0
+    assert cache_info(b).tail_entries > 0 and cache_info(b).cost_entries > 0
 
 
 def test_register_explain_unregister_round_trip():
@@ -145,10 +147,10 @@ def test_register_explain_unregister_round_trip():
         low, high = raw.flatten(1).min(1).values.view(-1, 1, 1), raw.flatten(1).max(1).values.view(-1, 1, 1)
         assert torch.allclose(maps, (raw - low) / (high - low), atol=1e-5)
     finally:
-        removed = cc.unregister_method(name)
+        removed = unregister_method(name)
     assert removed.fn is channel_max and removed.name == name and removed.needs == ("activations",)
     assert name not in cc.available_methods()
     with pytest.raises(ValueError, match=r"method='test_options_channel_max' is not a known CAM method; choose from \['cam', 'gradcam'"):
-        cc.unregister_method(name)
+        unregister_method(name)
     with pytest.raises(ValueError, match="is not a known CAM method"):
         cc.explain(_tiny_cnn(), torch.randn(1, 3, 8, 8), method=name, target_layer="1")

@@ -235,7 +235,7 @@ def test_hugging_face_classifier_end_to_end_with_output_transform():
         wrapped = cc.explain(Wrapper(model), x, method, "auto")
         assert torch.allclose(direct, wrapped, atol=1e-6), method
     scores = cc.faithfulness(model, x, "gradcam", "auto", output_transform="logits")
-    assert 0.0 <= scores["adcc"] <= 100.0
+    assert 0.0 <= scores["adcc"] <= 1.0
 
 
 # --- names that resolve to something that is not a part of the output ------------------------------------------------

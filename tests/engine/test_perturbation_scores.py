@@ -16,7 +16,7 @@ from torch import nn
 
 import cam_callbacks as cc
 from cam_callbacks.engine.scorers import ModelScorer
-from cam_callbacks.metrics.perturbation_curves import deletion_insertion, road
+from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS, deletion_insertion, road
 
 
 def small_net() -> nn.Module:
@@ -34,14 +34,14 @@ def images():
 
 def test_same_numbers_as_the_metric_functions_on_explains_maps(images):
     net = small_net()
-    got = cc.perturbation_scores(net, images, "gradcam", "3", targets=[0, 1, 2], metrics=cc.CURVE_METRICS, reduction="none",
+    got = cc.perturbation_scores(net, images, "gradcam", "3", targets=[0, 1, 2], metrics=CURVE_METRICS, reduction="none",
                                  steps=5, baseline="blur", percentiles=[25, 75], seed=3)  # fmt: skip
     maps = cc.explain(net, images, "gradcam", "3", targets=[0, 1, 2])
     targets = torch.tensor([0, 1, 2])
     want = deletion_insertion(images, maps, targets, ModelScorer(net, 7), steps=5, baseline="blur")
     want.update(road(images, maps, targets, ModelScorer(net, 7), percentiles=[25, 75], seed=3))
-    assert list(got) == list(cc.CURVE_METRICS)
-    for metric in cc.CURVE_METRICS:
+    assert list(got) == list(CURVE_METRICS)
+    for metric in CURVE_METRICS:
         torch.testing.assert_close(got[metric], want[metric], rtol=1e-5, atol=1e-6)
     means = cc.perturbation_scores(net, images, "gradcam", "3", targets=[0, 1, 2], steps=5, baseline="blur", percentiles=[25, 75], seed=3)
     assert sorted(means) == ["deletion_auc", "insertion_auc", "road"]

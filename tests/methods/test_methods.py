@@ -38,7 +38,10 @@ from torch import nn
 
 import cam_callbacks as cc
 from cam_callbacks import methods as M
+from cam_callbacks.capture.layers import resolve_target_layer
 from cam_callbacks.methods import unregister_method
+from cam_callbacks.methods.registry import get_method
+from cam_callbacks.utils.maps import minmax_normalize, upsample_and_normalize
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 GRAD_METHODS = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
@@ -333,7 +336,7 @@ def test_xgradcam_zero_activation_sums_no_nan():
     # all channels zero: the map is zero, and explain-level normalisation keeps it zero
     zero = M.xgradcam(activations=torch.zeros(1, 2, 3, 3), gradients=torch.ones(1, 2, 3, 3))
     assert torch.equal(zero, torch.zeros(1, 3, 3))
-    assert torch.equal(cc.upsample_and_normalize(zero, (6, 6)), torch.zeros(1, 6, 6))
+    assert torch.equal(upsample_and_normalize(zero, (6, 6)), torch.zeros(1, 6, 6))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +440,7 @@ def test_available_methods_order():
 
 
 def test_unknown_method_lists_choices(hand_net, two_images):
-    for call in (lambda: cc.get_method("gradcamm"), lambda: cc.explain(hand_net, two_images, method="gradcamm")):
+    for call in (lambda: get_method("gradcamm"), lambda: cc.explain(hand_net, two_images, method="gradcamm")):
         with pytest.raises(ValueError) as info:
             call()
         message = str(info.value)
@@ -456,7 +459,7 @@ def test_register_method_new_method_works_end_to_end(hand_net, two_images):
             return torch.relu((gradients.amax((2, 3), keepdim=True) * activations).sum(1))
 
         assert cc.available_methods()[-1] == name
-        assert cc.get_method(name).fn is maxgradcam and cc.get_method(name).needs_gradients
+        assert get_method(name).fn is maxgradcam and get_method(name).needs_gradients
         maps = cc.explain(hand_net, two_images[:1], method=name, target_layer="conv", targets=0)
         # class 0: max g0 = 1/9, max g1 = 2/9 -> (A0 + 2*A1)/9 = [[4,3,0],[3,1,-3],[0,-3,-6]]/9 -> ReLU, /4
         np.testing.assert_allclose(maps[0].double().numpy(), np.array([[4, 3, 0], [3, 1, 0], [0, 0, 0]]) / 4, atol=1e-6)
@@ -464,7 +467,7 @@ def test_register_method_new_method_works_end_to_end(hand_net, two_images):
             cc.register_method(name, needs=("activations",))(maxgradcam)
         with pytest.raises(ValueError, match="already registered"):
             cc.register_method("gradcam", needs=("activations", "gradients"))(maxgradcam)
-        assert cc.get_method("gradcam").fn is M.gradcam
+        assert get_method("gradcam").fn is M.gradcam
     finally:
         if name in cc.available_methods():
             unregister_method(name)
@@ -497,9 +500,9 @@ def test_unregister_method_returns_the_method_and_rejects_unknown_names():
 
 def test_registered_functions_are_the_module_functions():
     for name in ALL_METHODS:
-        assert cc.get_method(name).fn is getattr(M, name)
-    assert cc.get_method("cam").needs == ("activations", "class_weights")
-    assert not cc.get_method("cam").needs_gradients
+        assert get_method(name).fn is getattr(M, name)
+    assert get_method("cam").needs == ("activations", "class_weights")
+    assert not get_method("cam").needs_gradients
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,19 +519,19 @@ def test_minmax_normalize_values_and_constant_maps():
             [[-2.0, 0.0], [2.0, -1.0]],  # negative values -> (x + 2) / 4
         ]
     )
-    out = cc.minmax_normalize(maps)
+    out = minmax_normalize(maps)
     want = torch.tensor(
         [[[0.0, 0.5], [0.25, 1.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.5], [1.0, 0.25]]]
     )
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, want)
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        cc.minmax_normalize(torch.zeros(2, 2))
+        minmax_normalize(torch.zeros(2, 2))
 
 
 def test_minmax_normalize_tiny_span_is_finite():
     maps = torch.tensor([[[1.0, 1.0 + 1e-7], [1.0, 1.0]]])
-    out = cc.minmax_normalize(maps)
+    out = minmax_normalize(maps)
     assert torch.isfinite(out).all() and float(out.max()) == 1.0 and float(out.min()) == 0.0
 
 
@@ -536,7 +539,7 @@ def test_minmax_normalize_tiny_span_is_finite():
 def test_upsample_and_normalize_against_numpy_bilinear(size):
     gen = torch.Generator().manual_seed(5)
     raw = torch.rand(2, 3, 5, generator=gen) * 3
-    out = cc.upsample_and_normalize(raw, size)
+    out = upsample_and_normalize(raw, size)
     assert out.shape == (2, *size) and out.dtype == torch.float32
     for n in range(2):
         want = np_minmax(np_bilinear(raw[n].double().numpy(), *size))
@@ -544,10 +547,10 @@ def test_upsample_and_normalize_against_numpy_bilinear(size):
 
 
 def test_upsample_and_normalize_constant_and_dtype():
-    out = cc.upsample_and_normalize(torch.full((1, 2, 2), 7.0, dtype=torch.float64), (4, 4))
+    out = upsample_and_normalize(torch.full((1, 2, 2), 7.0, dtype=torch.float64), (4, 4))
     assert out.dtype == torch.float32 and torch.equal(out, torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match=r"\(N, h, w\)"):
-        cc.upsample_and_normalize(torch.zeros(1, 1, 2, 2), (4, 4))
+        upsample_and_normalize(torch.zeros(1, 1, 2, 2), (4, 4))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,13 +659,13 @@ def test_target_layer_dotted_name_and_module():
     by_module = cc.explain(net, x, method="gradcam", target_layer=net.backbone.net.conv)
     np.testing.assert_allclose(by_name[0].double().numpy(), want, atol=1e-6)
     np.testing.assert_allclose(by_module[0].double().numpy(), want, atol=1e-6)
-    assert cc.resolve_target_layer(net, net.backbone.net.conv) == ("backbone.net.conv", net.backbone.net.conv)
+    assert resolve_target_layer(net, net.backbone.net.conv) == ("backbone.net.conv", net.backbone.net.conv)
 
 
 def test_target_layer_auto_custom_model(hand_net, two_images, caplog):
     # Module outputs in completion order: conv (N,2,3,3), relu (N,2,3,3), pool (N,2,1,1), flatten, fc.
     # The last 4-D output larger than 1x1 is the ReLU's.
-    assert cc.resolve_target_layer(hand_net, "auto", two_images[:1])[0] == "relu"
+    assert resolve_target_layer(hand_net, "auto", two_images[:1])[0] == "relu"
     with caplog.at_level(logging.INFO, logger="cam_callbacks"):
         maps = cc.explain(hand_net, two_images[:1], method="gradcam", target_layer="auto", targets=0)
     assert "'relu'" in caplog.text
@@ -679,7 +682,7 @@ def resnet18():
 
 def test_target_layer_auto_resnet18(resnet18):
     x = torch.randn(1, 3, 64, 64)
-    name, module = cc.resolve_target_layer(resnet18, "auto", x)
+    name, module = resolve_target_layer(resnet18, "auto", x)
     assert name == "layer4" and module is resnet18.layer4
 
 
@@ -691,7 +694,7 @@ def test_target_layer_auto_vgg11(random_vgg11):
     feature map), so it must not be chosen. At 64 px the maps on 'avgpool' differ from those on 'features' by up to
     ~0.5. (Fails on the first implementation: find_auto_layer picks 'avgpool'.)
     """
-    name, _ = cc.resolve_target_layer(random_vgg11, "auto", torch.randn(1, 3, 64, 64))
+    name, _ = resolve_target_layer(random_vgg11, "auto", torch.randn(1, 3, 64, 64))
     assert name == "features"
 
 

@@ -528,7 +528,9 @@ def test_skipnet_against_reference_loops(skipnet_maps, method):
         assert (maps[method] - uniform).abs().amax() > 0.05
 
 
-@pytest.mark.parametrize("method", PERTURBATION_METHODS + ["reciprocam-gaussian"])
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m == "scorecam" else m for m in PERTURBATION_METHODS + ["reciprocam-gaussian"]]
+)
 def test_chunking_and_batch_size_do_not_change_maps(skipnet_maps, method):
     """Rows per perturbation pass and images per chunk change only float32 rounding (matmul blocking depends on the
     batch). Raw Score-/Ablation-CAM maps then move by ~1e-7 relative; Recipro-CAM's probabilities by ~6e-8 absolute,
@@ -932,8 +934,8 @@ def test_faithfulness_runs(method, options):
     scores = cc.faithfulness(model, x, method, "block", method_options=options)
     assert sorted(scores) == ["adcc", "average_drop", "coherency", "complexity", "increase_in_confidence"]
     for name, value in scores.items():
-        assert math.isfinite(value) and 0.0 <= value <= 100.0, (name, value)
+        assert math.isfinite(value) and 0.0 <= value <= 1.0, (name, value)
     per_image = cc.faithfulness(model, x, method, "block", method_options=options, reduction="none")
     assert all(v.shape == (3,) for v in per_image.values())
-    assert per_image["adcc"].mean().item() == pytest.approx(scores["adcc"], abs=1e-4)
+    assert per_image["adcc"].mean().item() == pytest.approx(scores["adcc"], abs=1e-6)
     assert_unchanged(model, before)

@@ -15,6 +15,7 @@ from torch import nn
 
 import cam_callbacks as cc
 from cam_callbacks.metrics import faithfulness as metrics
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
 
 METRICS = ["average_drop", "increase_in_confidence", "coherency", "complexity", "adcc"]
 
@@ -69,8 +70,8 @@ def _check_functions(L, Lp, Y, O, atol=1e-6):
         "complexity": metrics.complexity(L_t),
     }
     got["adcc"] = metrics.adcc(got["average_drop"], got["coherency"], got["complexity"])
-    scores = cc.faithfulness_scores(L_t, Lp_t, Y_t, O_t)
-    assert list(scores) == METRICS == list(cc.FAITHFULNESS_METRICS)
+    scores = faithfulness_scores(L_t, Lp_t, Y_t, O_t)
+    assert list(scores) == METRICS == list(FAITHFULNESS_METRICS)
     for name in METRICS:
         assert got[name].shape == (len(Y),) and scores[name].shape == (len(Y),)
         assert torch.isfinite(scores[name]).all()
@@ -207,15 +208,15 @@ def test_faithfulness_end_to_end_against_reference(build, explicit_targets):
     assert list(got) == METRICS
     # Tolerance: our maps and pytorch_grad_cam's agree to ~1e-6 (it adds 1e-7 to the min-max denominator and
     # round-trips through float32 NumPy/OpenCV); AD, Coh, Com and ADCC are smooth in the maps and in O (derivatives
-    # of order 1/Y and 1/term^2, all O(1)-O(10) here), so the percentages agree to ~1e-4; 2e-3 points leaves margin
-    # while any convention error (another target, unnormalised x, Pearson on other pixels) moves them by >= 0.1.
+    # of order 1/Y and 1/term^2, all O(1)-O(10) here), so the fractions agree to ~1e-6; 2e-5 leaves margin
+    # while any convention error (another target, unnormalised x, Pearson on other pixels) moves them by >= 1e-3.
     for name in METRICS:
         assert isinstance(got[name], torch.Tensor) and got[name].shape == (len(images),)
-        np.testing.assert_allclose(got[name].double().numpy(), 100.0 * want[name], atol=2e-3, rtol=0, err_msg=name)
-    np.testing.assert_array_equal(got["increase_in_confidence"].numpy(), 100.0 * want["increase_in_confidence"])
+        np.testing.assert_allclose(got[name].double().numpy(), want[name], atol=2e-5, rtol=0, err_msg=name)
+    np.testing.assert_array_equal(got["increase_in_confidence"].numpy(), want["increase_in_confidence"])
 
 
-def test_reduction_mean_percent_and_invalid():
+def test_reduction_mean_fractions_and_invalid():
     model, layer_name, images = _small_net()
     per_image = cc.faithfulness(model, images, target_layer=layer_name, reduction="none")
     mean = cc.faithfulness(model, images, target_layer=layer_name, reduction="mean")
@@ -224,16 +225,16 @@ def test_reduction_mean_percent_and_invalid():
     for name in METRICS:
         assert isinstance(mean[name], float)
         assert mean[name] == pytest.approx(float(per_image[name].double().mean()), abs=1e-9)
-        assert 0.0 <= mean[name] <= 100.0
-        assert ((per_image[name] >= 0) & (per_image[name] <= 100)).all()
-    # percent, not fractions: Complexity is 100 x the mean of the (independent) pytorch_grad_cam maps
+        assert 0.0 <= mean[name] <= 1.0
+        assert ((per_image[name] >= 0) & (per_image[name] <= 1)).all()
+    # fractions, not percent: Complexity is the mean of the (independent) pytorch_grad_cam maps
     with torch.no_grad():
         top1 = model(images).argmax(1).tolist()
     ref = copy.deepcopy(model)
     with GradCAM(ref, [ref.features]) as cam:
         L = cam(images, targets=[ClassifierOutputTarget(c) for c in top1])
-    assert mean["complexity"] == pytest.approx(100.0 * L.mean(), abs=1e-3)
-    assert mean["complexity"] > 1.0  # would be < 1 if fractions were returned
+    assert mean["complexity"] == pytest.approx(L.mean(), abs=1e-5)
+    assert 0.01 < mean["complexity"] < 1.0  # would be > 1 if percent were returned
     with pytest.raises(ValueError) as info:
         cc.faithfulness(model, images, target_layer=layer_name, reduction="sum")
     assert "'sum'" in str(info.value) and "'mean'" in str(info.value) and "'none'" in str(info.value)

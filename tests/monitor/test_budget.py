@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-import pytorch_lightning as pl
 
 import cam_callbacks as cc
 from cam_callbacks.methods import register_method, unregister_method
 from cam_callbacks.monitor.budget import CostBudget
 
-from _lightning_models import TinyNet, loaders, read_events, trainer
+from _lightning_models import fit, read_events
 
 
 def test_strides_share_what_the_cheap_methods_leave():
@@ -44,6 +43,7 @@ def test_no_budget_no_strides():
     assert budget.update(100.0, now=101.0) == {} and budget.stride("scorecam") == 1
 
 
+@pytest.mark.slow
 def test_callback_slows_an_expensive_method_down_and_says_so(tmp_path, caplog):
     @register_method("slow_tail_method_for_test", needs=("activations", "tail_scorer"))
     def slow(activations, tail_scorer):
@@ -51,12 +51,9 @@ def test_callback_slows_an_expensive_method_down_and_says_so(tmp_path, caplog):
         return activations.sum(1)
 
     try:
-        pl.seed_everything(0)
         monitor = cc.CAMMonitor(methods=["gradcam", "slow_tail_method_for_test"], probe=4, metrics=(), alarm=None, step="epoch")
-        train, val = loaders()
-        t = trainer(tmp_path, [monitor], max_epochs=4)
         with caplog.at_level("INFO"):
-            t.fit(TinyNet(), train, val)
+            _, t = fit(tmp_path, monitor, seed=0, max_epochs=4)
         events = read_events(tmp_path)
         assert events["images"]["cam/gradcam/grid"] == [0, 1, 2, 3]  # cheap: every epoch
         assert events["images"]["cam/slow_tail_method_for_test/grid"] == [0]  # expensive: not again within 4 epochs

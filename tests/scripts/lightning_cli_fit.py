@@ -1,8 +1,13 @@
 """A LightningCLI of the ``lightning`` package (``import lightning as L``) whose config names ``cam_callbacks.CAMMonitor``.
 
     python tests/scripts/lightning_cli_fit.py fit --config CONFIG.yaml
+
+After the fit, the settings of every CAMMonitor the CLI built (explain options, image style, alarm policies) are
+written to ``cam_monitors.json`` in the working directory, so the test can check how the YAML was read.
 """
 
+import dataclasses
+import json
 import os
 import sys
 
@@ -44,6 +49,24 @@ class Data(L.LightningDataModule):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*make_data(16, seed=1)), batch_size=16)
 
 
+class RecordingCLI(LightningCLI):
+    def after_fit(self) -> None:
+        import cam_callbacks as cc
+
+        monitors = [
+            {
+                "batch_size": callback.options.batch_size,
+                "mean": list(callback.style.mean or ()),
+                "std": list(callback.style.std or ()),
+                "alarm": [{"type": type(policy).__name__, **dataclasses.asdict(policy)} for policy in callback.alarm],
+            }
+            for callback in self.trainer.callbacks
+            if isinstance(callback, cc.CAMMonitor)
+        ]
+        with open("cam_monitors.json", "w") as handle:
+            json.dump(monitors, handle)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    LightningCLI(Net, Data)
+    RecordingCLI(Net, Data)
