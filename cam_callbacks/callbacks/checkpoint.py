@@ -73,10 +73,19 @@ def state_problem(state: Any) -> Optional[str]:
         problem = _maps_problem(field, state.get(field, {}))
         if problem:
             return problem
-    pairs = state.get("alarm_state", [])
-    if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
-        return f"alarm_state must be a list of [method, metric] pairs, got {pairs!r}"
+    entries = state.get("alarm_state", [])
+    if not isinstance(entries, (list, tuple)) or not all(_alarm_entry(entry) for entry in entries):
+        return f"alarm_state must be a list of [method, metric, class] entries ([method, metric] before 1.0), got {entries!r}"
     return None
+
+
+def _alarm_entry(entry: object) -> bool:
+    """``[method, metric, class]`` (1.0) or ``[method, metric]`` (before): strings, and an int class (-1: no class)."""
+    if not isinstance(entry, (list, tuple)) or len(entry) not in (2, 3):
+        return False
+    if not all(isinstance(part, str) for part in entry[:2]):
+        return False
+    return len(entry) == 2 or (isinstance(entry[2], int) and not isinstance(entry[2], bool))
 
 
 def history_mismatch(
