@@ -23,7 +23,7 @@ from cam_callbacks.methods.registry import CAMMethod, get_method
 from cam_callbacks.metrics.faithfulness import faithfulness_scores
 from cam_callbacks.utils.targets import probabilities
 
-__all__ = ["check_layer_count", "compute_explanations", "compute_faithfulness"]
+__all__ = ["check_layer_count", "compute_explanations", "compute_faithfulness", "explanation_pass", "nonfinite_rows"]
 
 
 def compute_explanations(
@@ -117,14 +117,27 @@ def compute_faithfulness(
     scores: Dict[str, Dict[str, Tensor]] = {}
     for name in methods:
         maps = explanation.maps[name]
-        explanation_images = images.to(maps.device) * maps.unsqueeze(1).to(images.dtype)
-        second = compute_explanations(model, explanation_images, [name], layers, explanation.targets, options)
+        second = explanation_pass(model, images, explanation, name, options, layers)
         probs_on_explanation = _target_probabilities(second.logits, explanation.targets, options)
         per_image = faithfulness_scores(maps, second.maps[name], probs, probs_on_explanation)
-        bad = _nonfinite_rows(explanation.logits, maps) | _nonfinite_rows(second.logits, second.maps[name])
+        bad = nonfinite_rows(explanation.logits, maps) | nonfinite_rows(second.logits, second.maps[name])
         scores[name] = {metric: torch.where(bad.to(v.device), torch.full_like(v, float("nan")), v) for metric, v in per_image.items()}
     return ScoredExplanation(explanation, scores)
 
 
-def _nonfinite_rows(logits: Tensor, maps: Tensor) -> Tensor:
+def explanation_pass(
+    model: nn.Module, images: Tensor, explanation: Explanation, method: str, options: ExplainOptions, layers: Optional[Layers] = None
+) -> Explanation:
+    """``method``'s maps of its explanation images ``images * map`` (same targets, same layers): the second pass of
+    Coherency and Average Drop. ``layers`` default to those ``explanation`` was computed at."""
+    layers = explanation.layers if layers is None else layers
+    if not layers:
+        raise ValueError("the target layers of the explanation are not known; pass layers=")
+    maps = explanation.maps[method]
+    explanation_images = images.to(maps.device) * maps.unsqueeze(1).to(images.dtype)
+    return compute_explanations(model, explanation_images, [method], layers, explanation.targets, options)
+
+
+def nonfinite_rows(logits: Tensor, maps: Tensor) -> Tensor:
+    """``(N,)`` bool: rows whose logits or map hold NaN or inf."""
     return ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(maps).flatten(1).all(dim=1).to(logits.device)

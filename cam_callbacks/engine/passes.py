@@ -222,6 +222,7 @@ def _single_layer(
         logits=torch.cat(all_logits),
         targets=torch.cat(all_targets),
         layer_name=layer_name,
+        layers=[(layer_name, layer)],
     )
 
 
@@ -239,4 +240,4 @@ def explain_layers(
     for method in layered:
         fuse = method.fuse_layers or fuse_layer_maps
         maps[method.name] = fuse([first.maps[method.name], *(e.maps[method.name] for e in others)])
-    return Explanation(maps, first.logits, first.targets, "+".join(name for name, _ in layers))
+    return Explanation(maps, first.logits, first.targets, "+".join(name for name, _ in layers), list(layers))

@@ -43,7 +43,7 @@ STD_SEQUENCE = (
 PROBE_CHOICES = r"probe must be an images tensor \(N, C, H, W\), an \(images, labels\[, masks\[, nuisance\]\]\) tuple, a map-style Dataset or a DataLoader"
 BUDGET = r"budget must be None or a share of the training time in \(0, 1\] \(a number, e\.g\. budget=0\.05\), got "
 ALPHA = r"ImageStyle: overlay_alpha must be a number in \[0, 1\] \(the heatmap's opacity\), got "
-METRIC_CHOICES = r"Choose from \['faithfulness', 'deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road'\]"
+METRIC_CHOICES = r"Choose from \['faithfulness', 'deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road', 'arcc'\]"
 
 
 def _row(error: type, kwargs: Dict[str, Any], message: str, marks: Any = ()) -> Any:
