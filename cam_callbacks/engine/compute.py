@@ -23,7 +23,7 @@ from cam_callbacks.methods.registry import CAMMethod, get_method
 from cam_callbacks.metrics.faithfulness import faithfulness_scores
 from cam_callbacks.utils.targets import probabilities
 
-__all__ = ["check_layer_count", "compute_explanations", "compute_faithfulness", "explanation_pass", "nonfinite_rows"]
+__all__ = ["compute_explanations", "compute_faithfulness"]
 
 
 def compute_explanations(

@@ -29,7 +29,7 @@ from cam_callbacks.methods.baselines import randomcam, sobelcam
 from cam_callbacks.methods.scored import finercam, shapleycam
 from cam_callbacks.methods.full_gradient import fullgrad
 from cam_callbacks.methods.transformer import legrad
-from cam_callbacks.methods.multi_layer import refinecam
+import cam_callbacks.methods.multi_layer  # noqa: F401 - importing it registers refinecam
 
 # isort: on
 
@@ -41,4 +41,3 @@ __all__ = [
     "finercam", "fullgrad", "legrad", "shapleycam",
 ]  # fmt: skip
 __all__ += ["integration_scales", "iscam", "sscam"]
-__all__ += ["refinecam"]

@@ -39,8 +39,6 @@ __all__ = [
     "coherency",
     "complexity",
     "adcc",
-    "arcc",
-    "ARCC_ROAD_PERCENTILES",
     "faithfulness_scores",
 ]
 
