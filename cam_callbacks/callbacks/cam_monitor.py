@@ -81,7 +81,8 @@ class CAMMonitor(_Callback):
         every_n_epochs: Run after validation when ``(epoch + 1) % every_n_epochs == 0``; at most once per epoch.
         metrics: Scores of the maps: ``"faithfulness"`` (Average Drop, Increase in Confidence, Coherency, Complexity,
             ADCC: one extra pass per method) and the perturbation curves ``"deletion_auc"``, ``"insertion_auc"``,
-            ``"road"``, ``"road_morf"``, ``"road_lerf"`` (many passes each). ``()``: maps only.
+            ``"road"``, ``"road_morf"``, ``"road_lerf"``, and ``"arcc"`` (ADCC with ROAD in place of Average Drop) (many
+            passes each). ``()``: maps only.
         alarm: The alarm policies checked after every run: :class:`~cam_callbacks.ThresholdAlarm` and
             :class:`~cam_callbacks.ShortcutAlarm` objects (default: nuisance-region and shortcut-score bounds
             and the per-class shortcut rule). None: no alarm.

@@ -1,26 +1,29 @@
-"""The engine behind :func:`~cam_callbacks.perturbation_scores`: maps, then deletion/insertion and ROAD on them.
+"""The engine behind :func:`~cam_callbacks.perturbation_scores`: maps, then deletion/insertion, ROAD and ARCC on them.
 
 One :func:`~cam_callbacks.engine.compute.compute_explanations` call gives the maps of every method; each metric then
 scores all images and all perturbation steps in batched passes of the whole model
 (:class:`~cam_callbacks.engine.scorers.ModelScorer`, rows sized to the free memory of the model's device by the bytes
-one image costs, measured once per model and input shape and cached).
+one image costs, measured once per model and input shape and cached). ARCC adds ROAD at its own percentiles (20, 40,
+60, 80; shared with ``"road"`` when those are its percentiles) and one explanation pass of each method on its
+explanation images (Coherency).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from cam_callbacks.capture.state import eager, preserved_model_state
 from cam_callbacks.engine.caches import cached_cost, store_cost
-from cam_callbacks.engine.compute import compute_explanations
+from cam_callbacks.engine.compute import compute_explanations, explanation_pass, nonfinite_rows
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import Layers
 from cam_callbacks.engine.result import Explanation, ScoredExplanation, Scores
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, rows_per_pass
+from cam_callbacks.metrics.faithfulness import ARCC_ROAD_PERCENTILES, arcc, coherency, complexity
 from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS, ROAD_PERCENTILES, Baseline, deletion_insertion, road
 
 __all__ = ["CurveSettings", "check_curves", "compute_perturbation_scores", "curve_scorer", "curve_scores"]
@@ -35,7 +38,7 @@ class CurveSettings:
         >>> CurveSettings(metrics=("deletion_auc", "roads"))
         Traceback (most recent call last):
         ...
-        ValueError: metrics: 'roads' is not valid; choose from ['deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road']
+        ValueError: metrics: 'roads' is not valid; choose from ['deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road', 'arcc']
     """
 
     metrics: Tuple[str, ...] = ("deletion_auc", "insertion_auc", "road")
@@ -74,7 +77,7 @@ def check_curves(curves: object) -> Optional[CurveSettings]:
         >>> check_curves("roads")
         Traceback (most recent call last):
         ...
-        ValueError: curves: 'roads' is not valid; choose from ['deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road']
+        ValueError: curves: 'roads' is not valid; choose from ['deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road', 'arcc']
     """
     if curves is None:
         return None
@@ -103,7 +106,10 @@ def curve_scores(
     model: nn.Module, images: Tensor, explanation: Explanation, methods: Sequence[str], options: ExplainOptions, settings: CurveSettings
 ) -> Scores:
     """``scores[method][metric]`` ``(N,)`` of the maps in ``explanation`` (computed for ``images``), in batched passes of
-    ``model`` (eval mode for the call, every flag restored). ROAD's noise is seeded with ``options.seed``."""
+    ``model`` (eval mode for the call, every flag restored). ROAD's noise is seeded with ``options.seed``.
+
+    ARCC also runs each method on its explanation images (:func:`~cam_callbacks.engine.compute.explanation_pass`, at
+    the layers of ``explanation``); a row whose logits or map of that pass are not finite gets NaN."""
     wanted = set(settings.metrics)
     scores: Scores = {}
     with torch.inference_mode(False), preserved_model_state(model), eager():
@@ -115,8 +121,27 @@ def curve_scores(
                 per_image.update(deletion_insertion(x, maps, explanation.targets, scorer, settings.steps, settings.baseline, options.probability))
             if wanted & {"road_morf", "road_lerf", "road"}:
                 per_image.update(road(x, maps, explanation.targets, scorer, settings.percentiles, settings.road_noise, options.seed, options.probability))
+            if "arcc" in wanted:
+                per_image["arcc"] = _arcc(model, x, explanation, name, scorer, options, settings, per_image)
             scores[name] = {metric: per_image[metric] for metric in settings.metrics}
     return scores
+
+
+def _arcc(
+    model: nn.Module, x: Tensor, explanation: Explanation, name: str, scorer: ModelScorer, options: ExplainOptions, settings: CurveSettings,
+    computed: Dict[str, Tensor],
+) -> Tensor:
+    """ARCC of ``name``'s maps: ROAD at :data:`ARCC_ROAD_PERCENTILES` (the ``"road"`` just computed when its percentiles
+    are those), Coherency from one explanation pass, Complexity."""
+    maps = explanation.maps[name]
+    if "road" in computed and tuple(settings.percentiles) == tuple(float(p) for p in ARCC_ROAD_PERCENTILES):
+        road_combined = computed["road"]
+    else:
+        road_combined = road(x, maps, explanation.targets, scorer, ARCC_ROAD_PERCENTILES, settings.road_noise, options.seed, options.probability)["road"]
+    second = explanation_pass(model, x, explanation, name, options)
+    value = arcc(coherency(maps, second.maps[name]), complexity(maps), road_combined.to(maps.device))
+    bad = nonfinite_rows(second.logits, second.maps[name]).to(value.device)
+    return torch.where(bad, torch.full_like(value, float("nan")), value)
 
 
 def compute_perturbation_scores(

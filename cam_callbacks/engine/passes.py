@@ -231,13 +231,15 @@ def _single_layer(
         logits=torch.cat(all_logits),
         targets=torch.cat(all_targets),
         layer_name=layer_name,
+        layers=[(layer_name, layer)],
     )
 
 
 def explain_layers(
     model: nn.Module, images: Tensor, methods: Sequence[CAMMethod], layers: Layers, targets: Optional[Tensor], options: ExplainOptions
 ) -> Explanation:
-    """Maps of ``methods`` at the first layer; with several layers, the layer-using methods' maps fused LayerCAM-style."""
+    """Maps of ``methods`` at the first layer; with several layers, the layer-using methods' maps fused LayerCAM-style
+    (or by the method's own ``fuse_layers``, e.g. RefineCAM's product)."""
     first = _single_layer(model, images, methods, layers[0][0], layers[0][1], targets, options)
     layered = [m for m in methods if m.uses_layer]
     if len(layers) == 1 or not layered:
@@ -245,5 +247,6 @@ def explain_layers(
     others = [_single_layer(model, images, layered, name, layer, first.targets, options) for name, layer in layers[1:]]
     maps = dict(first.maps)
     for method in layered:
-        maps[method.name] = fuse_layer_maps([first.maps[method.name], *(e.maps[method.name] for e in others)])
-    return Explanation(maps, first.logits, first.targets, "+".join(name for name, _ in layers))
+        fuse = method.fuse_layers or fuse_layer_maps
+        maps[method.name] = fuse([first.maps[method.name], *(e.maps[method.name] for e in others)])
+    return Explanation(maps, first.logits, first.targets, "+".join(name for name, _ in layers), list(layers))

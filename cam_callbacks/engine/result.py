@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from cam_callbacks.utils.types import Probability
 
@@ -22,12 +22,15 @@ class Explanation:
         logits: ``(N, num_classes)`` logits of the unmodified images (detached).
         targets: ``(N,)`` class index each map explains.
         layer_name: Dotted name of the target layer (several joined by ``"+"`` when fused).
+        layers: The ``(name, module)`` target layers the maps were computed at (what a second pass on modified
+            images needs, e.g. ARCC's Coherency); empty when not known (results merged across processes).
     """
 
     maps: Dict[str, Tensor]
     logits: Tensor
     targets: Tensor
     layer_name: str
+    layers: Sequence[Tuple[str, nn.Module]] = ()
 
 
 class ScoredExplanation(NamedTuple):

@@ -84,4 +84,4 @@ def explain_smoothed(
             totals[name] = mapped if name not in totals else totals[name] + mapped
         count += 1
     averaged = {name: minmax_normalize(total / count) for name, total in totals.items()}
-    return Explanation(averaged, logits.detach(), targets, "+".join(name for name, _ in layers))
+    return Explanation(averaged, logits.detach(), targets, "+".join(name for name, _ in layers), list(layers))

@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in methods. :func:`available_methods` lists them in
 registration order, so the family modules are imported in that order (not sorted): activation (CAM),
-gradient, decomposition (Eigen-CAM), perturbation, input gradient.
+gradient, decomposition (Eigen-CAM), perturbation, input gradient, ..., multi-layer (RefineCAM) last.
 """
 
 from cam_callbacks.methods.registry import (
@@ -29,6 +29,7 @@ from cam_callbacks.methods.baselines import randomcam, sobelcam
 from cam_callbacks.methods.scored import finercam, shapleycam
 from cam_callbacks.methods.full_gradient import fullgrad
 from cam_callbacks.methods.transformer import legrad
+import cam_callbacks.methods.multi_layer  # noqa: F401 - importing it registers refinecam
 
 # isort: on
 

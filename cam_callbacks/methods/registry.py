@@ -47,6 +47,11 @@ gradients replace those of the target logit in ``gradients`` and ``hessian_vecto
 A method may also take keyword *options* with defaults (``options={"gaussian": False}``), which
 callers set with ``method_options``.
 
+With several target layers (``target_layer=[...]``) a method's maps of the layers (each at the input size, min-max
+normalised) are fused LayerCAM-style (:func:`~cam_callbacks.utils.maps.fuse_layer_maps`) unless it names its own
+fusion (``fuse_layers=``, a function of the list of ``(N, H, W)`` maps, RefineCAM's product); ``min_layers=``
+refuses fewer target layers than a method needs.
+
 Adding a method is one function plus the :func:`register_method` decorator (in its family's module
 for a built-in method, with a reference test)::
 
@@ -62,7 +67,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from torch import Tensor
 
@@ -94,6 +99,10 @@ class CAMMethod:
             this method's ``gradients`` and ``hessian_vector`` are.
         check_options: None, or a function of the resolved options that raises a ValueError for invalid values
             (run by :meth:`resolve_options`, so bad values fail when the options are built, before any work).
+        fuse_layers: None (several target layers are fused LayerCAM-style), or how this method combines its maps of
+            several target layers: a function of the list of ``(N, H, W)`` maps (one per layer, in the order given,
+            each at the input size and min-max normalised) returning the ``(N, H, W)`` map.
+        min_layers: The fewest target layers the method works with (2 for a method that combines layers).
     """
 
     name: str
@@ -103,6 +112,8 @@ class CAMMethod:
     options: Mapping[str, Any] = field(default_factory=dict)
     score: Optional[Callable[..., Tensor]] = None
     check_options: Optional[Callable[[Mapping[str, Any]], None]] = None
+    fuse_layers: Optional[Callable[[Sequence[Tensor]], Tensor]] = None
+    min_layers: int = 1
 
     @property
     def needs_gradients(self) -> bool:
@@ -151,6 +162,7 @@ _REGISTRY: Dict[str, CAMMethod] = {}
 def register_method(
     name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None,
     score: Optional[Callable[..., Tensor]] = None, check_options: Optional[Callable[[Mapping[str, Any]], None]] = None,
+    fuse_layers: Optional[Callable[[Sequence[Tensor]], Tensor]] = None, min_layers: int = 1,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:  # fmt: skip
     """Decorator registering ``fn`` as CAM method ``name``.
 
@@ -162,20 +174,27 @@ def register_method(
         score: The score differentiated for ``gradients``/``hessian_vector`` instead of the target logit:
             ``(logits, targets, **options) -> (N,)`` (see the module docstring).
         check_options: Raises a ValueError for invalid option values (given the resolved options).
+        fuse_layers: How the method combines its maps of several target layers: a function of the list of
+            ``(N, H, W)`` maps (one per layer, each at the input size, min-max normalised) returning one
+            ``(N, H, W)`` map; None: LayerCAM's fusion (:func:`~cam_callbacks.utils.maps.fuse_layer_maps`).
+        min_layers: The fewest target layers the method accepts; fewer are refused with a message saying to pass
+            ``target_layer=[...]``.
 
     Raises:
-        ValueError: If the name is taken or ``needs`` names an unknown input.
+        ValueError: If the name is taken, ``needs`` names an unknown input, or ``min_layers`` is not a positive int.
     """
     unknown = [n for n in needs if n not in KNOWN_INPUTS]
     if unknown:
         raise ValueError(f"register_method: unknown needs {unknown}; valid inputs are {list(KNOWN_INPUTS)}")
+    if isinstance(min_layers, bool) or not isinstance(min_layers, int) or min_layers < 1:
+        raise ValueError(f"register_method: min_layers must be a positive int, got {min_layers!r}")
 
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
         method = CAMMethod(
             name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score,
-            check_options=check_options,
+            check_options=check_options, fuse_layers=fuse_layers, min_layers=min_layers,
         )
         taken = set(method.fn_options(method.options)) | set(method.score_options(method.options))
         if set(method.options) - taken:

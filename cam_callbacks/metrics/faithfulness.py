@@ -9,9 +9,18 @@ Definitions (Poppi et al. 2021; Chattopadhay et al. 2018), all per image ``i``:
   image (0 if either map is constant).
 - Complexity ``Com_i = mean(L_i)``.
 - ``ADCC_i = 3 / (1/Coh_i + 1/(1 - Com_i) + 1/(1 - AD_i))``, 0 when any of the three terms is 0.
+- ARCC ("How to Evaluate and Refine your CAM", arXiv 2605.14641, as pytorch-grad-cam 1.5.7's ``ARCC``):
+  ``ARCC_i = 3 / (1/Coh_i + 1/(1 - Com_i) + 1/R_i)``, ``R_i = clip(2 * ROAD_i, 0, 1)`` with ``ROAD_i`` ROAD-combined
+  (:func:`~cam_callbacks.metrics.perturbation_curves.road`, ``(LeRF - MoRF) / 2`` of the target probability, in
+  [-0.5, 0.5]) at the percentiles 20, 40, 60, 80; 0 when any of the three terms is 0. ADCC with Average Drop
+  replaced by ROAD, which removes pixels and imputes them from their neighbours instead of multiplying the image
+  by the map. pytorch-grad-cam's docstring says "geometric mean"; its code, and this function, compute the
+  harmonic mean.
 
 Every function here returns fractions in [0, 1] per image (shape ``(N,)``), as does
-:func:`cam_callbacks.faithfulness` (the literature often prints them in percent: 81.38 for 0.8138).
+:func:`cam_callbacks.faithfulness` (the literature often prints them in percent: 81.38 for 0.8138). ARCC needs ROAD's
+perturbation passes, so :func:`cam_callbacks.perturbation_scores` computes it (``metrics=["arcc"]``), not
+:func:`cam_callbacks.faithfulness`.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ __all__ = [
 
 #: Names of the faithfulness metrics, in reporting order.
 FAITHFULNESS_METRICS = ("average_drop", "increase_in_confidence", "coherency", "complexity", "adcc")
+#: ROAD's percentiles in ARCC (pytorch-grad-cam's ``ARCC(road_percentiles=[20, 40, 60, 80])``).
+ARCC_ROAD_PERCENTILES = (20, 40, 60, 80)
 
 
 def _check_same_length(*tensors: Tensor) -> None:
@@ -73,10 +84,36 @@ def complexity(maps: Tensor) -> Tensor:
 def adcc(average_drop: Tensor, coherency: Tensor, complexity: Tensor) -> Tensor:
     """Harmonic mean of ``Coh``, ``1 - Com`` and ``1 - AD``; 0 when any of them is 0."""
     _check_same_length(average_drop, coherency, complexity)
-    terms = torch.stack([coherency, 1.0 - complexity, 1.0 - average_drop])
+    return _harmonic_mean_of_three(torch.stack([coherency, 1.0 - complexity, 1.0 - average_drop]))
+
+
+def _harmonic_mean_of_three(terms: Tensor) -> Tensor:
+    """``3 / sum(1 / t)`` over the first dimension of ``(3, N)`` terms, 0 where any term is 0 (or below)."""
     defined = (terms > 0).all(dim=0)
     value = 3.0 / safe_divide(1.0, terms, fallback=1.0, require_positive=True).sum(dim=0)
     return torch.where(defined, value, torch.zeros_like(value))
+
+
+def arcc(coherency: Tensor, complexity: Tensor, road: Tensor) -> Tensor:
+    """Harmonic mean of ``Coh``, ``1 - Com`` and ``clip(2 * ROAD, 0, 1)``; 0 when any of them is 0.
+
+    Args:
+        coherency: ``(N,)`` Coherency in [0, 1].
+        complexity: ``(N,)`` Complexity in [0, 1].
+        road: ``(N,)`` ROAD-combined ``(LeRF - MoRF) / 2`` of the target probability (at
+            :data:`ARCC_ROAD_PERCENTILES`), in [-0.5, 0.5].
+
+    Returns:
+        ``(N,)`` ARCC in [0, 1] (higher is better).
+
+    Example::
+
+        >>> arcc(torch.tensor([0.9, 0.9]), torch.tensor([0.25, 0.25]), torch.tensor([0.3, -0.1]))  # 3 / (1/.9 + 1/.75 + 1/.6)
+        tensor([0.7297, 0.0000])
+    """
+    _check_same_length(coherency, complexity, road)
+    rescaled = (2.0 * road).clamp(0.0, 1.0)
+    return _harmonic_mean_of_three(torch.stack([coherency, 1.0 - complexity, rescaled.to(coherency.dtype)]))
 
 
 def faithfulness_scores(

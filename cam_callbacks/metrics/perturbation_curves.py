@@ -43,8 +43,9 @@ __all__ = [
     "road", "road_known_masks",
 ]  # fmt: skip
 
-#: Names of the per-image values these functions return.
-CURVE_METRICS = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road")
+#: Names of the per-image metrics of :func:`cam_callbacks.perturbation_scores` (and ``CAMMonitor(metrics=...)``): the
+#: values these functions return, and ARCC (:func:`cam_callbacks.metrics.faithfulness.arcc`), which needs ROAD.
+CURVE_METRICS = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road", "arcc")
 #: pytorch-grad-cam's default percentiles of ``ROADCombined``.
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 

@@ -44,7 +44,7 @@ PROBE_CHOICES = r"probe must be an images tensor \(N, C, H, W\), an \(images, la
 BUDGET = r"budget must be None or a share of the training time in \(0, 1\] \(a number, e\.g\. budget=0\.05\), got "
 ALPHA = r"ImageStyle: overlay_alpha must be a number in \[0, 1\] \(the heatmap's opacity\), got "
 GRADCAN = rf"methods contains 'gradcan', which is not a known CAM method; did you mean one of \['gradcam', .*\]\? choose from {METHODS}"
-METRIC_CHOICES = r"Choose from \['faithfulness', 'deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road'\]"
+METRIC_CHOICES = r"Choose from \['faithfulness', 'deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road', 'arcc'\]"
 
 
 def _row(error: type, kwargs: Dict[str, Any], message: str, marks: Any = ()) -> Any:
