@@ -410,8 +410,9 @@ def resolve_layers(
 ) -> List[Tuple[str, nn.Module]]:
     """Resolve one target layer or a list of them to ``(name, module)`` pairs.
 
-    ``"auto"`` is logged on the ``cam_callbacks`` logger (and, when ``choices`` is given, the sentence saying what it
-    chose, :func:`describe_choice`, is appended to it for the caller to show), and refused with ``reshape`` (it chooses
+    ``"auto"`` is logged on the ``cam_callbacks`` logger (and, when ``choices`` is given and the choice carries a layout,
+    transformer tokens or a channels-last map, the sentence saying what it chose, :func:`describe_choice`, is appended to
+    it for the caller to show: a plain ``(N, C, H, W)`` feature map needs no warning), and refused with ``reshape`` (it chooses
     the layout itself: on transformers it is remembered for the module, see
     :func:`~cam_callbacks.capture.layouts.remembered_layout`); a layer listed twice is refused.
     """
@@ -428,7 +429,7 @@ def resolve_layers(
             remember_layout(module, layout)
             said = describe_choice(model, name, layout)
             log.info("cam_callbacks: %s", said)
-            if choices is not None:
+            if choices is not None and layout is not None:
                 choices.append(said)
         else:
             name, module = resolve_named_layer(model, spec)
