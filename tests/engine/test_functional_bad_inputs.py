@@ -83,10 +83,10 @@ BAD_INPUTS = [
     ("smooth_samples 0", {"smooth": "noise", "smooth_samples": 0}, ValueError, r"smooth_samples must be a positive int, got 0"),
     ("smooth_sigma negative", {"smooth": "noise", "smooth_sigma": -1.0}, ValueError, (
         r"smooth_sigma must be a finite number >= 0 \(noise std relative to each image.s range\), got -1\.0"
-    ),
+    )),
     ("smooth_scales empty", {"smooth": "aug", "smooth_scales": ()}, ValueError, (
         r"smooth_scales must be a non-empty sequence of positive numbers \(e\.g\. \(0\.9, 1\.0, 1\.1\)\), got \(\)"
-    ),
+    )),
     ("seed not an int", {"smooth": "noise", "seed": "a"}, TypeError, r"seed must be an int, got str 'a'"),
     ("probability unknown", {"probability": "tanh"}, ValueError, r"probability='tanh' is not valid; choose from \['softmax', 'sigmoid'\]"),
     ("perturbation_batch 0", {"method": "scorecam", "perturbation_batch": 0}, ValueError, r"perturbation_batch must be None or a positive int, got 0"),
