@@ -74,7 +74,7 @@ from bench_gradient_methods import (
 
 import cam_callbacks as cc
 from cam_callbacks.engine.scorers import ForwardCost, rows_per_pass
-from cam_callbacks.methods import position_masks
+from cam_callbacks.methods.perturbation import position_masks
 
 try:
     import tqdm

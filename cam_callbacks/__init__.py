@@ -1,16 +1,16 @@
 """cam_callbacks: watch what your vision model looks at while it trains.
 
-The public API is what this module exports (:data:`__all__`), plus the generated data of
-:mod:`cam_callbacks.datasets`. Every other module is internal and may change between releases.
+The public API is what this module exports (``__all__``), plus the generated data of
+``cam_callbacks.datasets``. Every other module is internal and may change between releases.
 
-- The Lightning callback: :class:`CAMMonitor` (imported lazily, so that the functional core never imports
-  Lightning), its alarm policies :class:`ThresholdAlarm` and :class:`ShortcutAlarm`.
-- The option objects: :class:`ExplainOptions` (how maps are computed), :class:`ImageStyle` (how images are
-  drawn), :class:`TokenGrid` (how a transformer layer's tokens form a feature map).
-- The functional core, on any classifier: :func:`explain`, :func:`faithfulness`, :func:`perturbation_scores`,
-  :func:`find_shortcuts`.
-- The method registry, the one extension point: :func:`available_methods`, :func:`register_method`.
-- Notebook helpers: :func:`show_maps`, :func:`plot_maps`.
+- The Lightning callback: ``CAMMonitor`` (imported lazily, so that the functional core never imports
+  Lightning), its alarm policies ``ThresholdAlarm`` and ``ShortcutAlarm``.
+- The option objects: ``ExplainOptions`` (how maps are computed), ``ImageStyle`` (how images are
+  drawn), ``TokenGrid`` (how a transformer layer's tokens form a feature map).
+- The functional core, on any classifier: ``explain``, ``faithfulness``, ``perturbation_scores``,
+  ``find_shortcuts``.
+- The method registry, the one extension point: ``available_methods``, ``register_method``.
+- Notebook helpers: ``show_maps``, ``plot_maps``.
 
 Every score is a fraction in [0, 1].
 """

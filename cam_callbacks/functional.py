@@ -1,7 +1,7 @@
-"""The public functional API on any classifier: :func:`explain` (maps), :func:`faithfulness` and
-:func:`perturbation_scores` (their scores).
+"""The public functional API on any classifier: ``explain`` (maps), ``faithfulness`` and
+``perturbation_scores`` (their scores).
 
-Each takes one :class:`~cam_callbacks.ExplainOptions` (``options=``), or the same fields as keyword
+Each takes one ``ExplainOptions`` (``options=``), or the same fields as keyword
 arguments, and hands it to the engine. Torch only: nothing here imports Lightning.
 """
 
@@ -34,8 +34,8 @@ from cam_callbacks.utils.types import Probability, Reduction, Smooth
 
 
 class ExplainKwargs(TypedDict, total=False):
-    """The keyword shortcut for :class:`~cam_callbacks.ExplainOptions` of :func:`explain`, :func:`faithfulness` and
-    :func:`perturbation_scores`: the same fields, except that ``method_options`` holds the options of the one method."""
+    """The keyword shortcut for ``ExplainOptions`` of ``explain``, ``faithfulness`` and
+    ``perturbation_scores``: the same fields, except that ``method_options`` holds the options of the one method."""
 
     batch_size: int
     method_options: Optional[Mapping[str, Any]]
@@ -79,13 +79,12 @@ def _check_materialised(model: nn.Module) -> None:
 
 
 def _options(method: str, options: Optional[ExplainOptions], kwargs: Mapping[str, Any]) -> Tuple[ExplainOptions, Optional[Probability]]:
-    """One :class:`ExplainOptions` from ``options=`` or the keyword shortcut, and the probability asked for (None: the
+    """One ``ExplainOptions`` from ``options=`` or the keyword shortcut, and the probability asked for (None: the
     targets decide, later)."""
     if options is not None:
         if kwargs:
             raise TypeError(
-                f"give the explain settings either as options=ExplainOptions(...) or as keyword arguments, not both "
-                f"(got options= and {sorted(kwargs)})"
+                f"give the explain settings either as options=ExplainOptions(...) or as keyword arguments, not both (got options= and {sorted(kwargs)})"
             )
         if not isinstance(options, ExplainOptions):
             raise TypeError(f"options must be a cam_callbacks.ExplainOptions, got {type(options).__name__}")
@@ -154,8 +153,7 @@ def _warn_left_out(rows: FiniteRows, image_index: Optional[Tensor], n: int, cons
     reasons = [f"{counts[0]} hold{'s' if counts[0] == 1 else ''} NaN or inf"] if counts[0] else []
     reasons += [f"for {counts[1]} the model's logits, maps or scores are NaN or inf"] if counts[1] else []
     warnings.warn(
-        f"cam_callbacks: {len(left_out)} of {n} images are not finite and are left out ({'; '.join(reasons)}): {consequence}; "
-        f"images [{shown}]",
+        f"cam_callbacks: {len(left_out)} of {n} images are not finite and are left out ({'; '.join(reasons)}): {consequence}; images [{shown}]",
         UserWarning,
         stacklevel=3,
     )
@@ -175,18 +173,18 @@ def explain(
     Args:
         model: A classifier returning ``(N, num_classes)`` logits (or an output holding them: see ``output_transform``).
         images: ``(N, C, H, W)`` float tensor, exactly as the model receives it (normalised).
-        method: One of :func:`available_methods`.
+        method: One of ``available_methods``.
         target_layer: Dotted module name, a module of ``model``, or ``"auto"`` (the last module
             with a 4-D output larger than 1x1; the choice is logged on the ``cam_callbacks`` logger);
-            or a list of them, whose maps are fused LayerCAM-style (:func:`fuse_layer_maps`).
+            or a list of them, whose maps are fused LayerCAM-style (``fuse_layer_maps``).
             Saliency and guided backprop do not use it.
         targets: None for the top-1 prediction, an int for one class for all images, ``N`` class indices
             (a sequence, an ``(N,)`` tensor or an integer ``(N, 1)`` column), or an ``(N, C)`` multi-hot
             bool/0-1 tensor with one column per class of the model (multi-label models; a bool or float
             ``(N, 1)`` tensor is multi-hot, for a 1-output model).
-        options: How maps are computed: a :class:`~cam_callbacks.ExplainOptions` (batch size, method options, token
+        options: How maps are computed: a ``ExplainOptions`` (batch size, method options, token
             layout, smoothing, output transform, ...). None: the defaults, or the keyword arguments below.
-        **fields: A shortcut for ``options``: the fields of :class:`~cam_callbacks.ExplainOptions` as keyword
+        **fields: A shortcut for ``options``: the fields of ``ExplainOptions`` as keyword
             arguments (``batch_size=8``, ``smooth="noise"``, ``output_transform="logits"``, ...), except that
             ``method_options`` holds the options of ``method`` alone (e.g. ``{"gaussian": True}`` for
             ``"reciprocam"``), and ``probability`` (``"softmax"`` or ``"sigmoid"``) overrides the default, which is
@@ -238,13 +236,26 @@ def explain(
 
 @overload
 def faithfulness(
-    model: nn.Module, images: Tensor, method: str = ..., target_layer: LayersLike = ..., targets: TargetsLike = ...,
-    reduction: Literal["mean"] = ..., options: Optional[ExplainOptions] = ..., **fields: Unpack[ExplainKwargs],
+    model: nn.Module,
+    images: Tensor,
+    method: str = ...,
+    target_layer: LayersLike = ...,
+    targets: TargetsLike = ...,
+    reduction: Literal["mean"] = ...,
+    options: Optional[ExplainOptions] = ...,
+    **fields: Unpack[ExplainKwargs],
 ) -> Dict[str, float]: ...
 @overload
 def faithfulness(
-    model: nn.Module, images: Tensor, method: str = ..., target_layer: LayersLike = ..., targets: TargetsLike = ...,
-    *, reduction: Literal["none"], options: Optional[ExplainOptions] = ..., **fields: Unpack[ExplainKwargs],
+    model: nn.Module,
+    images: Tensor,
+    method: str = ...,
+    target_layer: LayersLike = ...,
+    targets: TargetsLike = ...,
+    *,
+    reduction: Literal["none"],
+    options: Optional[ExplainOptions] = ...,
+    **fields: Unpack[ExplainKwargs],
 ) -> Dict[str, Tensor]: ...
 def faithfulness(
     model: nn.Module,
@@ -259,11 +270,11 @@ def faithfulness(
     """Faithfulness of ``method``'s maps: Average Drop, Increase in Confidence, Coherency, Complexity, ADCC.
 
     Args:
-        model, images, method, target_layer, targets: As in :func:`explain`.
+        model, images, method, target_layer, targets: As in ``explain``.
         reduction: ``"mean"`` for Python floats averaged over the images, ``"none"`` for ``(N,)``
             tensors of per-image values. With multi-hot ``targets``, one value per positive label:
             ``"none"`` gives ``(N, C)`` tensors (NaN where the label is negative), ``"mean"`` averages them.
-        options, fields: As in :func:`explain`.
+        options, fields: As in ``explain``.
 
     Returns:
         Dict with keys ``average_drop``, ``increase_in_confidence``, ``coherency``, ``complexity``,
@@ -271,9 +282,9 @@ def faithfulness(
         ADCC says how well the maps explain *the model*, not whether the model is right: the faithful map of a
         model that learned a shortcut sits on the shortcut, and can score higher than a clean model's.
         ARCC (ADCC with ROAD in place of Average Drop) needs ROAD's perturbation passes, so it is
-        :func:`perturbation_scores`'s (``metrics=["arcc"]``).
+        ``perturbation_scores``'s (``metrics=["arcc"]``).
 
-    Images that cannot be explained (as in :func:`explain`: NaN or inf in the image, or in the model's
+    Images that cannot be explained (as in ``explain``: NaN or inf in the image, or in the model's
     logits or maps, here also on the explanation image) get NaN per-image values, and ``"mean"``
     leaves them out (a NaN-skipping mean over the others, never zeros averaged in). A UserWarning says
     how many images of how many were left out; a ValueError is raised when none can be explained. The
@@ -329,32 +340,32 @@ def perturbation_scores(
     options: Optional[ExplainOptions] = None,
     **fields: Unpack[ExplainKwargs],
 ) -> Union[Dict[str, float], Dict[str, Tensor]]:
-    """Deletion/insertion AUC (RISE) and ROAD of ``method``'s maps (:mod:`cam_callbacks.metrics.perturbation_curves`).
+    """Deletion/insertion AUC (RISE) and ROAD of ``method``'s maps (``cam_callbacks.metrics.perturbation_curves``).
 
     Args:
-        model, images, method, target_layer: As in :func:`explain`.
-        targets: As in :func:`explain`, class indices only (one class per image; not multi-hot).
+        model, images, method, target_layer: As in ``explain``.
+        targets: As in ``explain``, class indices only (one class per image; not multi-hot).
         metrics: Any of ``"deletion_auc"`` (lower is better), ``"insertion_auc"`` (higher is better), ``"road_morf"``,
             ``"road_lerf"``, ``"road"`` (``(lerf - morf) / 2``, higher is better) and ``"arcc"`` (the harmonic mean of
             Coherency, 1 - Complexity and ``clip(2 * road, 0, 1)`` with ROAD at the percentiles 20, 40, 60, 80, as
-            pytorch-grad-cam's ``ARCC``; a fraction, higher is better; :func:`~cam_callbacks.metrics.faithfulness.arcc`).
+            pytorch-grad-cam's ``ARCC``; a fraction, higher is better; ``arcc``).
         reduction: ``"mean"`` (Python floats, NaN-skipping mean over the images) or ``"none"`` (``(N,)`` tensors).
         steps: Deletion/insertion intervals (torchcam's default 20: ``ceil(H*W / steps)`` pixels each).
         baseline: What deletion puts in and insertion starts from: ``"zero"``, ``"blur"`` or a tensor.
         percentiles: ROAD's percentiles (pytorch-grad-cam's 10, 20, ..., 90).
         road_noise: Standard deviation of ROAD's imputation noise (seeded with ``seed``).
-        options, fields: As in :func:`explain`.
+        options, fields: As in ``explain``.
 
     Returns:
         Dict metric -> value, as fractions (AUCs of target probabilities in [0, 1]; ROAD in [-1, 1]; ARCC in [0, 1]).
-        Images that cannot be explained get NaN and are left out of the means (as in :func:`faithfulness`).
+        Images that cannot be explained get NaN and are left out of the means (as in ``faithfulness``).
 
     Cost, in forward passes of the whole model per image (batched, memory-bounded), besides the maps themselves:
     deletion and insertion ``2 * steps`` (about; the image, the baseline and two rows per interior step); ROAD
     ``1 + 2 * len(percentiles)`` plus as many linear imputations (conjugate-gradient solves); ARCC ROAD's 9 at its
     percentiles 20, 40, 60, 80 (shared with ``"road"`` when ``percentiles`` are those) plus one explanation pass of
     ``method`` on the explanation images ``images * map`` (Coherency). The imputations dominate: measured on a CPU
-    (resnet18, 8 images of 64 px, Grad-CAM), ARCC took about 15 times as long as :func:`faithfulness`, and half as
+    (resnet18, 8 images of 64 px, Grad-CAM), ARCC took about 15 times as long as ``faithfulness``, and half as
     long as ``"road"`` at its 9 default percentiles.
 
     Example::
@@ -382,4 +393,3 @@ def perturbation_scores(
     if reduction == "none":
         return {metric: value.to(images.device) for metric, value in per_image.items()}
     return {metric: float(value.double().nanmean()) for metric, value in per_image.items()}
-

@@ -1,4 +1,4 @@
-"""Checks of :class:`~cam_callbacks.CAMMonitor`'s arguments at construction: each message names the argument,
+"""Checks of ``CAMMonitor``'s arguments at construction: each message names the argument,
 shows the value and says what is valid (as Lightning's own callbacks do)."""
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def check_named_layers(model: nn.Module, target_layer: Any) -> None:
 
 def check_probe(probe: Any) -> Tuple[int, Any]:
     """``(size, source)``: an int is the size of a probe taken from the validation data (source None); anything else is
-    the probe itself (checked by :func:`~cam_callbacks.callbacks.probe.make_probe`), taken whole or its first 32 samples."""
+    the probe itself (checked by ``make_probe``), taken whole or its first 32 samples."""
     if isinstance(probe, bool):
         raise ValueError(f"probe must be a positive int (a probe size) or the probe images, got {probe!r}")
     if isinstance(probe, int):
@@ -146,7 +146,7 @@ def check_probe(probe: Any) -> Tuple[int, Any]:
 
 
 def check_metrics(metrics: Any) -> Tuple[bool, Optional[CurveSettings]]:
-    """``(faithfulness on?, curve settings or None)`` from ``metrics=``: names of :data:`METRIC_CHOICES`."""
+    """``(faithfulness on?, curve settings or None)`` from ``metrics=``: names of ``METRIC_CHOICES``."""
     names = (metrics,) if isinstance(metrics, str) else metrics
     if names is None:
         names = ()
@@ -165,15 +165,12 @@ def check_metrics(metrics: Any) -> Tuple[bool, Optional[CurveSettings]]:
 
 
 def check_alarm(alarm: Any) -> Tuple[AlarmPolicy, ...]:
-    """The alarm policies as a tuple (None or an empty sequence: no alarm); at most one :class:`ShortcutAlarm`."""
+    """The alarm policies as a tuple (None or an empty sequence: no alarm); at most one ``ShortcutAlarm``."""
     if alarm is None:
         return ()
     policies = [alarm] if isinstance(alarm, (ThresholdAlarm, ShortcutAlarm)) else alarm
     if isinstance(policies, (str, bytes, Mapping)) or not _iterable(policies):
-        raise ValueError(
-            f"alarm must be None or a list of ThresholdAlarm / ShortcutAlarm objects, e.g. "
-            f"alarm=[ShortcutAlarm(score=0.2)], got {alarm!r}"
-        )
+        raise ValueError(f"alarm must be None or a list of ThresholdAlarm / ShortcutAlarm objects, e.g. alarm=[ShortcutAlarm(score=0.2)], got {alarm!r}")
     policies = tuple(policies)
     for policy in policies:
         if not isinstance(policy, (ThresholdAlarm, ShortcutAlarm)):
@@ -185,7 +182,7 @@ def check_alarm(alarm: Any) -> Tuple[AlarmPolicy, ...]:
 
 
 def check_explain_options(options: Any, methods: Sequence[str]) -> ExplainOptions:
-    """An :class:`ExplainOptions` (None: the defaults) whose ``method_options`` name only ``methods``."""
+    """An ``ExplainOptions`` (None: the defaults) whose ``method_options`` name only ``methods``."""
     if options is None:
         return ExplainOptions()
     if isinstance(options, Mapping):
@@ -199,7 +196,7 @@ def check_explain_options(options: Any, methods: Sequence[str]) -> ExplainOption
 
 
 def check_style(style: Any) -> ImageStyle:
-    """An :class:`ImageStyle` (None: the defaults)."""
+    """An ``ImageStyle`` (None: the defaults)."""
     if style is None:
         return ImageStyle()
     if isinstance(style, Mapping):

@@ -70,7 +70,7 @@ class CAMMonitor(_Callback):
     BatchNorm statistics are left as found. It never ends the fit on its own: see ``on_error``.
 
     Args:
-        methods: Method names (see :func:`~cam_callbacks.available_methods`).
+        methods: Method names (see ``available_methods``).
         target_layer: Dotted module name in the LightningModule (e.g. ``"model.layer4"``), a module, ``"auto"``,
             or a list of them (their maps are fused, LayerCAM-style).
         probe: The images to explain. An int: that many samples of the first validation dataset, by index (the
@@ -83,8 +83,8 @@ class CAMMonitor(_Callback):
             ADCC: one extra pass per method) and the perturbation curves ``"deletion_auc"``, ``"insertion_auc"``,
             ``"road"``, ``"road_morf"``, ``"road_lerf"``, and ``"arcc"`` (ADCC with ROAD in place of Average Drop) (many
             passes each). ``()``: maps only.
-        alarm: The alarm policies checked after every run: :class:`~cam_callbacks.ThresholdAlarm` and
-            :class:`~cam_callbacks.ShortcutAlarm` objects (default: nuisance-region and shortcut-score bounds
+        alarm: The alarm policies checked after every run: ``ThresholdAlarm`` and
+            ``ShortcutAlarm`` objects (default: nuisance-region and shortcut-score bounds
             and the per-class shortcut rule). None: no alarm.
         budget: Share of the training time the callback may take (None: no limit); expensive methods run less
             often to stay inside it, and the callback says so.
@@ -95,9 +95,9 @@ class CAMMonitor(_Callback):
             monitor of one Trainer its own (e.g. one per target layer).
         step: The x-axis of everything logged: ``"global_step"`` (as Lightning logs ``val_loss``) or ``"epoch"``.
         report: Write ``<log_dir>/<prefix>/report.html`` at the end of fit/validate.
-        explain_options: How maps are computed (:class:`~cam_callbacks.ExplainOptions`: batch size, method
+        explain_options: How maps are computed (``ExplainOptions``: batch size, method
             options, token layout, smoothing, output transform, precision, ...).
-        style: How images are drawn (:class:`~cam_callbacks.ImageStyle`: normalisation to undo, colormap,
+        style: How images are drawn (``ImageStyle``: normalisation to undo, colormap,
             opacity, images per grid, class names).
 
     Raises:
@@ -300,7 +300,7 @@ class CAMMonitor(_Callback):
         return self._runner.compute(pl_module, precision_plugin, rows, methods)
 
     def analyze(self, explanation: Explanation) -> Dict[str, MethodAnalysis]:
-        """Localisation, shortcut and drift of each method's maps (see :func:`cam_callbacks.metrics.watch.analyze_maps`).
+        """Localisation, shortcut and drift of each method's maps (see ``cam_callbacks.metrics.watch.analyze_maps``).
 
         Skipped rows (images the model cannot handle) are left out; per-image values and the grid
         order refer to probe rows, with NaN for skipped ones.
@@ -467,7 +467,7 @@ class CAMMonitor(_Callback):
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restore a checked :meth:`state_dict` (see :mod:`cam_callbacks.callbacks.checkpoint`); unusable entries are reported."""
+        """Restore a checked ``state_dict`` (see ``cam_callbacks.callbacks.checkpoint``); unusable entries are reported."""
         problem = state_problem(state_dict)
         if problem is not None:
             consequence = "its history is not used: drift is measured afresh and the alarm state starts empty"

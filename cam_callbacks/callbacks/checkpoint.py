@@ -13,13 +13,11 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["STATE_VERSION", "history_mismatch", "state_problem"]
-
 #: Version of ``CAMMonitor.state_dict``; a checkpoint of another version resumes without the history.
 STATE_VERSION = 2
 
 
-#: Keys every entry :meth:`CAMMonitor.state_dict` writes has (the alarm state and the probe tensors are optional).
+#: Keys every entry ``CAMMonitor.state_dict`` writes has (the alarm state and the probe tensors are optional).
 REQUIRED_KEYS = ("version", "layer_name", "last_run", "probe_fingerprint", "first_maps", "previous_maps")
 
 
@@ -88,9 +86,7 @@ def _alarm_entry(entry: object) -> bool:
     return len(entry) == 2 or (isinstance(entry[2], int) and not isinstance(entry[2], bool))
 
 
-def history_mismatch(
-    state: Mapping[str, Any], layer_name: str, fingerprint: str, map_shape: Tuple[int, int, int], methods: Sequence[str]
-) -> Optional[str]:
+def history_mismatch(state: Mapping[str, Any], layer_name: str, fingerprint: str, map_shape: Tuple[int, int, int], methods: Sequence[str]) -> Optional[str]:
     """Why a (valid) entry's history does not describe this run (None when it does).
 
     Args:

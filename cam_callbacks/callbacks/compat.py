@@ -4,9 +4,9 @@
 They are the same code under two names, but their classes are distinct: a ``pytorch_lightning.Callback``
 is not a ``lightning.pytorch.Callback`` (each LightningCLI rejects the other's callbacks) and
 ``isinstance(logger, pytorch_lightning.loggers.TensorBoardLogger)`` is False for the other's logger.
-:data:`CALLBACK_BASES` and :data:`TENSORBOARD_LOGGERS` hold the classes of every namespace installed,
+``CALLBACK_BASES`` and ``TENSORBOARD_LOGGERS`` hold the classes of every namespace installed,
 so that one ``CAMMonitor`` is a callback of both and recognises the TensorBoard loggers of both;
-:data:`MLFLOW_LOGGERS` and :data:`WANDB_LOGGERS` likewise. Importing the logger classes needs neither
+``MLFLOW_LOGGERS`` and ``WANDB_LOGGERS`` likewise. Importing the logger classes needs neither
 ``mlflow`` nor ``wandb`` (Lightning imports them when a logger is created); a Lightning without them
 simply contributes no class.
 """
@@ -17,11 +17,6 @@ from typing import Any, List, Tuple, Type
 
 import pytorch_lightning
 from pytorch_lightning.loggers import TensorBoardLogger
-
-__all__ = [
-    "CALLBACK_BASES", "MLFLOW_LOGGERS", "NAMESPACES", "TENSORBOARD_LOGGERS", "WANDB_LOGGERS", "callback_base", "is_mlflow",
-    "is_tensorboard", "is_wandb",
-]  # fmt: skip
 
 
 def _other_namespace() -> Tuple[List[Type[Any]], List[Type[Any]], List[str]]:

@@ -1,10 +1,10 @@
 """Where each of the trainer's loggers shows images, and the uploads to the loggers that keep images in their run.
 
-- TensorBoard loggers (either Lightning namespace): images in the event file (:mod:`cam_callbacks.callbacks.loggers`).
-- MLflow loggers: artifacts of the logger's run, ``<prefix>/<method>/<name>_epoch=0003.png`` (:func:`mlflow_upload`);
+- TensorBoard loggers (either Lightning namespace): images in the event file (``cam_callbacks.callbacks.loggers``).
+- MLflow loggers: artifacts of the logger's run, ``<prefix>/<method>/<name>_epoch=0003.png`` (``mlflow_upload``);
   never files in the tracking store's root, which every run shares.
-- Weights & Biases loggers: images of the run, key ``<prefix>/<method>/<name>`` (:func:`wandb_upload`).
-- Every other logger: PNG files in the run's own directory (:func:`run_directory`): its ``log_dir`` (a CSVLogger's
+- Weights & Biases loggers: images of the run, key ``<prefix>/<method>/<name>`` (``wandb_upload``).
+- Every other logger: PNG files in the run's own directory (``run_directory``): its ``log_dir`` (a CSVLogger's
   ``<save_dir>/<name>/version_<n>``), else ``<save_dir>/<name>/<version>``; a logger with neither gets no images.
 - No logger at all: PNG files in the trainer's ``default_root_dir``.
 """
@@ -17,8 +17,6 @@ from typing import Any, Dict, List, NamedTuple, Optional
 from torch import Tensor
 
 from cam_callbacks.callbacks.compat import is_mlflow, is_tensorboard, is_wandb
-
-__all__ = ["Destinations", "destinations", "mlflow_upload", "run_directory", "wandb_upload"]
 
 
 class Destinations(NamedTuple):

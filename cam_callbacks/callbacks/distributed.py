@@ -1,9 +1,9 @@
 """The callback under multi-process training: which strategies work, and gathering each rank's share of the probe.
 
 Under Lightning's DDP (and ``ddp_spawn``, gloo or NCCL) every process explains rows ``rank, rank +
-world, ...`` of the probe set with its own replica of the model, and :func:`gather_rows` puts the
+world, ...`` of the probe set with its own replica of the model, and ``gather_rows`` puts the
 results of all processes back in probe order on every process; rank zero logs. Strategies that
-shard the parameters (FSDP, DeepSpeed, model parallel) are refused by :func:`check_strategy`: a
+shard the parameters (FSDP, DeepSpeed, model parallel) are refused by ``check_strategy``: a
 process holds only part of the weights, so calling the LightningModule outside the strategy's
 wrapped forward would be wrong.
 """
@@ -15,8 +15,6 @@ from typing import Any
 from torch import Tensor
 
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
-
-__all__ = ["check_strategy", "gather_rows", "gather_tensor", "UNSUPPORTED_STRATEGIES"]
 
 #: Strategy class names the callback refuses (sharded parameters).
 UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
@@ -54,6 +52,7 @@ def gather_rows(strategy: Any, result: ScoredExplanation, total: int) -> ScoredE
     Each tensor is padded to ``ceil(total / world)`` rows, all-gathered to ``(world, rows, ...)``; row
     ``k`` of rank ``r`` is probe row ``k * world + r``, so a transpose and a reshape restore the order.
     """
+
     def gather(tensor: Tensor) -> Tensor:
         return gather_tensor(strategy, tensor, total)
 

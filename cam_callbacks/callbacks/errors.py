@@ -1,6 +1,6 @@
 """What goes wrong while the model trains: reported at once, counted, and never allowed to end the fit.
 
-A monitor must never cost a training run. :class:`ErrorReporter` is where every contained failure
+A monitor must never cost a training run. ``ErrorReporter`` is where every contained failure
 goes (a method raising, every probe image failing, an image write failing, a logger refusing a
 scalar): a rank-zero warning naming CAMMonitor, the part and the cause (once per distinct cause),
 a count the monitor logs as ``<prefix>/errors``, and messages for a TensorBoard text entry. With
@@ -12,8 +12,6 @@ from __future__ import annotations
 from typing import List, Optional, Set, Tuple
 
 from pytorch_lightning.utilities import rank_zero_warn
-
-__all__ = ["ON_ERROR_CHOICES", "ErrorReporter"]
 
 #: ``CAMMonitor(on_error=...)``: report, switch the failing part off and train on; or raise.
 ON_ERROR_CHOICES = ("warn", "raise")

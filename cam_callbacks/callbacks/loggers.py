@@ -1,12 +1,12 @@
 """Sending one run's scalars and images to the trainer's loggers.
 
 Scalars go to every logger. Images go where each logger's users look
-(:mod:`cam_callbacks.callbacks.destinations`): TensorBoard's images, MLflow's run artifacts, W&B's run
+(``cam_callbacks.callbacks.destinations``): TensorBoard's images, MLflow's run artifacts, W&B's run
 media, and PNG files in the run directory of every other logger that has one (the trainer's
 ``default_root_dir`` without any logger). Encoding and uploads run on a worker thread
-(:mod:`cam_callbacks.callbacks.writer`). A destination that fails (a
+(``cam_callbacks.callbacks.writer``). A destination that fails (a
 closed writer, a folder that cannot be written) is reported through the monitor's
-:class:`~cam_callbacks.callbacks.errors.ErrorReporter` and not written to again; the others go on.
+``ErrorReporter`` and not written to again; the others go on.
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ from cam_callbacks.render.publish import RunInfo, evidence_grid, run_images, to_
 from cam_callbacks.render.report import RunReport, find_class_names, how_to_read
 from cam_callbacks.render.style import ImageStyle
 
-__all__ = ["RunLogger", "RunSummary", "run_scalars", "lightning_step", "STEP_CHOICES"]
-
-#: ``step=`` of :class:`~cam_callbacks.CAMMonitor`: the x-axis of everything logged.
+#: ``step=`` of ``CAMMonitor``: the x-axis of everything logged.
 STEP_CHOICES = ("global_step", "epoch")
 
 
@@ -64,11 +62,7 @@ def run_scalars(
         >>> run_scalars(scores, ["gradcam"], {})["cam/gradcam/adcc"]
         0.5
     """
-    scalars = {
-        f"{prefix}/{method}/{metric}": float(values.double().nanmean())
-        for method in methods
-        for metric, values in scores.get(method, {}).items()
-    }
+    scalars = {f"{prefix}/{method}/{metric}": float(values.double().nanmean()) for method in methods for metric, values in scores.get(method, {}).items()}
     for method, analysis in analyses.items():
         scalars.update({f"{prefix}/{method}/{metric}": value for metric, value in analysis.scalars.items()})
     return scalars
@@ -94,13 +88,20 @@ class RunLogger:
         faithfulness: Whether faithfulness is logged (for the layout).
         step: ``"global_step"`` (the x-axis of Lightning's own metrics) or ``"epoch"``.
         class_names: Names of the classes for the captions (None: looked up on the datamodule / dataset).
-        report: Keep what ``<log_dir>/<prefix>/report.html`` needs and write it in :meth:`write_report`.
+        report: Keep what ``<log_dir>/<prefix>/report.html`` needs and write it in ``write_report``.
     """
 
     def __init__(
-        self, errors: ErrorReporter, prefix: str = "cam", style: Optional[ImageStyle] = None, methods: Sequence[str] = (),
-        faithfulness: bool = True, step: str = "global_step", class_names: Optional[Sequence[str]] = None, report: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        errors: ErrorReporter,
+        prefix: str = "cam",
+        style: Optional[ImageStyle] = None,
+        methods: Sequence[str] = (),
+        faithfulness: bool = True,
+        step: str = "global_step",
+        class_names: Optional[Sequence[str]] = None,
+        report: bool = True,
+    ) -> None:
         self.writer = BackgroundWriter()
         self.errors = errors
         self.prefix = prefix
@@ -138,9 +139,17 @@ class RunLogger:
                 self._fail(failed.key, "writing images", failed.error)
 
     def log_run(
-        self, trainer: Any, view: ProbeView, explanation: Optional[Explanation], scalars: Dict[str, float],
-        analyses: Mapping[str, MethodAnalysis], hits: List[AlarmHit], config: str, scores: Optional[Scores] = None, probe: Any = None,
-    ) -> None:  # fmt: skip
+        self,
+        trainer: Any,
+        view: ProbeView,
+        explanation: Optional[Explanation],
+        scalars: Dict[str, float],
+        analyses: Mapping[str, MethodAnalysis],
+        hits: List[AlarmHit],
+        config: str,
+        scores: Optional[Scores] = None,
+        probe: Any = None,
+    ) -> None:
         """Log one run of the monitor at the global step (or epoch): its scalars, and its images when it has an explanation.
         The captions show ``probe.labels`` also when the predictions are explained (``target="prediction"``)."""
         labels = getattr(probe, "labels", None)
@@ -162,8 +171,9 @@ class RunLogger:
             if hits and explanation is not None:
                 self._safely("alarm evidence", "drawing the alarm evidence", lambda: self._evidence(step, epoch, view, explanation, analyses, hits, info))
 
-    def _evidence(self, step: int, epoch: int, view: ProbeView, explanation: Explanation, analyses: Mapping[str, MethodAnalysis],
-                  hits: List[AlarmHit], info: RunInfo) -> None:  # fmt: skip
+    def _evidence(
+        self, step: int, epoch: int, view: ProbeView, explanation: Explanation, analyses: Mapping[str, MethodAnalysis], hits: List[AlarmHit], info: RunInfo
+    ) -> None:
         evidence = {}
         for hit in hits:
             if hit.method in analyses and hit.worst and f"{hit.method}: {hit.metric}" not in evidence:
@@ -184,7 +194,7 @@ class RunLogger:
 
     def write_report(self, trainer: Any) -> Optional[str]:
         """Write ``<log_dir>/<prefix>/report.html`` (the first TensorBoard logger's or other run directory; with only
-        MLflow / W&B loggers an artifact of the MLflow run, or a file of the W&B run) after :meth:`flush`; returns its
+        MLflow / W&B loggers an artifact of the MLflow run, or a file of the W&B run) after ``flush``; returns its
         path, or None when the report is off, nothing ran, or writing failed (reported)."""
         if self.report is None or not self.report.runs:
             return None
@@ -213,9 +223,15 @@ class RunLogger:
         return written[0] if written else None
 
     def log(
-        self, trainer: Any, step: int, scalars: Dict[str, float], images: Callable[[], Dict[str, Dict[str, Tensor]]],
-        hits: List[AlarmHit], summary: RunSummary, epoch: Optional[int] = None,
-    ) -> None:  # fmt: skip
+        self,
+        trainer: Any,
+        step: int,
+        scalars: Dict[str, float],
+        images: Callable[[], Dict[str, Dict[str, Tensor]]],
+        hits: List[AlarmHit],
+        summary: RunSummary,
+        epoch: Optional[int] = None,
+    ) -> None:
         """Log one run at ``step``; ``images()`` builds ``{method: {name: (3, H, W) image}}`` when some logger takes images.
         File and artifact names carry ``epoch`` (default: ``step``)."""
         self._step = step
@@ -226,8 +242,11 @@ class RunLogger:
                 self._safely(f"scalars of {type(logger).__name__}", "logging scalars", partial(logger.log_metrics, scalars, step=step))
         found = destinations(trainer)
         if found.without_images:
-            self._say_once("without-images", f"CAMMonitor: {found.without_images} have no run directory of their own; "
-                           "heatmap grids are not sent there (scalars are)", warn=True)  # fmt: skip
+            self._say_once(
+                "without-images",
+                f"CAMMonitor: {found.without_images} have no run directory of their own; heatmap grids are not sent there (scalars are)",
+                warn=True,
+            )
         if not found.any():
             self._say_once("no-image-logger", "CAMMonitor: no logger with a directory; heatmap grids are not saved, scalars still are", warn=True)
             return
@@ -273,9 +292,15 @@ class RunLogger:
             self._safely(key, "writing the alarm text", lambda: save_text(directory, f"alarm_epoch={epoch:04d}.md", alarm_text, self.prefix))
 
     def _log_tensorboard(
-        self, key: str, logger: Any, step: int, images: Dict[str, Dict[str, Tensor]], hits: List[AlarmHit], alarm_text: str,
+        self,
+        key: str,
+        logger: Any,
+        step: int,
+        images: Dict[str, Dict[str, Tensor]],
+        hits: List[AlarmHit],
+        alarm_text: str,
         summary: RunSummary,
-    ) -> None:  # fmt: skip
+    ) -> None:
         writer = logger.experiment
         self._write_layout(writer, summary)
         for method, named in images.items():

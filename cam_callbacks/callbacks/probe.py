@@ -19,8 +19,6 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from cam_callbacks.capture.state import preserved_rng_state
 
-__all__ = ["PROBE_CHOICES", "Batch", "Probe", "ProbeLike", "early_probe", "make_probe", "probe_from_dataloader", "probe_from_loaders", "split_batch"]
-
 #: What ``CAMMonitor(probe=...)`` accepts: images, or ``(images, labels[, masks[, nuisance]])``, or a Dataset/DataLoader.
 ProbeLike = Union[Tensor, Tuple[Optional[Tensor], ...], Dataset]
 
@@ -271,7 +269,7 @@ def probe_from_dataloader(loader: Any, num: int) -> Probe:
     """The first ``num`` samples of a DataLoader's dataset (by index, in dataset order).
 
     Map-style datasets are indexed directly (the loader's sampler and workers are not used, so no
-    random numbers are drawn); iterable ones are iterated under :func:`preserved_rng_state`.
+    random numbers are drawn); iterable ones are iterated under ``preserved_rng_state``.
     """
     dataset = getattr(loader, "dataset", None)
     collate_fn = getattr(loader, "collate_fn", None) or default_collate
@@ -334,7 +332,7 @@ def _samples_hint(probe: Sequence[Any]) -> str:
 
 
 def make_probe(probe: ProbeLike, num: int) -> Probe:
-    """Build a :class:`Probe` from ``probe=`` (tensor, ``(images, labels)`` tuple, Dataset or DataLoader).
+    """Build a ``Probe`` from ``probe=`` (tensor, ``(images, labels)`` tuple, Dataset or DataLoader).
 
     Tensors are used whole; datasets contribute their first ``num`` samples.
 

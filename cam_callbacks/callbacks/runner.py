@@ -1,7 +1,7 @@
 """Explaining the probe set with the live model: the rows to explain, the dry run, precision, DDP and bad images.
 
-:class:`ProbeRunner` holds what one :class:`~cam_callbacks.CAMMonitor` needs to compute maps and
-scores: its probe set, the resolved target layers, the :class:`~cam_callbacks.engine.options.ExplainOptions`
+``ProbeRunner`` holds what one ``CAMMonitor`` needs to compute maps and
+scores: its probe set, the resolved target layers, the ``ExplainOptions``
 and the images skipped in the last run. It reads the trainer by duck typing (strategy, precision plugin,
 ranks) and imports no Lightning.
 """
@@ -32,9 +32,7 @@ from cam_callbacks.monitor.budget import CostBudget
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import expand_multilabel, first_out_of_range
 
-__all__ = ["Compute", "ProbeRunner"]
-
-#: ``(model, precision_plugin, rows, methods) -> (explanation, scores)``, as :meth:`ProbeRunner.compute`.
+#: ``(model, precision_plugin, rows, methods) -> (explanation, scores)``, as ``ProbeRunner.compute``.
 Compute = Callable[[nn.Module, Optional[Any], Optional[Tensor], Optional[Sequence[str]]], ScoredExplanation]
 
 
@@ -107,10 +105,10 @@ class ProbeRunner:
         faithfulness: Also compute the faithfulness scores.
         precision: ``"auto"`` (the trainer's precision plugin) or ``"32"``.
         warn: Called with a key and a message for warnings given once (e.g. a probe without labels).
-        display_mean: ``ImageStyle(mean=...)``: checked against the probe images' channels by :meth:`prepare` (None: no check).
+        display_mean: ``ImageStyle(mean=...)``: checked against the probe images' channels by ``prepare`` (None: no check).
         display_std: ``ImageStyle(std=...)``, likewise.
         curves: The curve metrics of ``CAMMonitor(metrics=...)``, added to each method's scores (None: off).
-        class_names: ``ImageStyle(class_names=...)``: checked against the model's outputs by :meth:`prepare`.
+        class_names: ``ImageStyle(class_names=...)``: checked against the model's outputs by ``prepare``.
     """
 
     def __init__(
@@ -136,19 +134,19 @@ class ProbeRunner:
         self.curves = curves
         self.precision = precision
         self.warn = warn
-        #: the images' per-channel mean and std for display (``CAMMonitor(mean=..., std=...)``), checked by :meth:`prepare`
+        #: the images' per-channel mean and std for display (``CAMMonitor(mean=..., std=...)``), checked by ``prepare``
         self.display_mean: Optional[Sequence[float]] = display_mean
         self.display_std: Optional[Sequence[float]] = display_std
         self.class_names = class_names
         self.probe: Optional[Probe] = None
         self.layer_names: Optional[List[str]] = None
-        #: what ``target_layer="auto"`` chose (layer and layout, in a sentence) at the last :meth:`prepare`; None when named
+        #: what ``target_layer="auto"`` chose (layer and layout, in a sentence) at the last ``prepare``; None when named
         self.layer_choice: Optional[str] = None
         #: probe rows skipped in the last run -> why (the model raised, or non-finite logits or maps)
         self.skipped: Dict[int, str] = {}
         self._view_cache: Optional[Tuple[Probe, ProbeView]] = None
         self._reported: Tuple[int, ...] = ()
-        #: methods switched off after they failed during training (see :meth:`compute_contained`)
+        #: methods switched off after they failed during training (see ``compute_contained``)
         self.disabled: Set[str] = set()
 
     def new_skips_message(self, epoch: int) -> Optional[str]:
@@ -158,10 +156,7 @@ class ProbeRunner:
         if not rows or rows == reported:
             return None
         details = "; ".join(f"row {row}: {self.skipped[row]}" for row in rows[:8])
-        return (
-            f"CAMMonitor: {len(rows)} probe image(s) skipped at epoch {epoch} ({details}). "
-            "The metrics are means over the other images; training goes on."
-        )
+        return f"CAMMonitor: {len(rows)} probe image(s) skipped at epoch {epoch} ({details}). The metrics are means over the other images; training goes on."
 
     def layers(self, model: nn.Module) -> List[Tuple[str, nn.Module]]:
         """The resolved target layers of ``model`` as ``(name, module)`` pairs."""
@@ -221,8 +216,7 @@ class ProbeRunner:
                     output = model(example)
             except Exception as error:
                 raise ValueError(
-                    f"CAMMonitor: the model rejects the probe images of shape {tuple(probe.images.shape[1:])} "
-                    f"(per image): {type(error).__name__}: {error}"
+                    f"CAMMonitor: the model rejects the probe images of shape {tuple(probe.images.shape[1:])} (per image): {type(error).__name__}: {error}"
                 ) from error
             _check_model_output(output, probe, self.options.output_transform, example.shape[0])
             _check_class_names(self.class_names, logits_of(output, self.options.output_transform, example.shape[0]))
@@ -295,7 +289,7 @@ class ProbeRunner:
         return result
 
     def compute_for_run(self, trainer: Any, model: nn.Module, methods: Sequence[str], compute: Optional[Compute] = None) -> ScoredExplanation:
-        """``compute`` (:meth:`compute` by default; the monitor passes its own, so a subclass's override applies) in the
+        """``compute`` (``compute`` by default; the monitor passes its own, so a subclass's override applies) in the
         training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
         compute = self.compute if compute is None else compute
         plugin = trainer.precision_plugin if self.precision == "auto" else None
@@ -323,10 +317,8 @@ class ProbeRunner:
         self.skipped = {row: reasons.get(row, "skipped on another process") for row in everywhere.nonzero().flatten().tolist()}
         return gather_rows(trainer.strategy, result, total)
 
-    def timed_compute(
-        self, trainer: Any, model: nn.Module, methods: Sequence[str], budget: CostBudget, compute: Optional[Compute] = None
-    ) -> ScoredExplanation:
-        """:meth:`compute_for_run` per cost group (cheap methods together, each expensive one alone), timing each group."""
+    def timed_compute(self, trainer: Any, model: nn.Module, methods: Sequence[str], budget: CostBudget, compute: Optional[Compute] = None) -> ScoredExplanation:
+        """``compute_for_run`` per cost group (cheap methods together, each expensive one alone), timing each group."""
         merged: Optional[Explanation] = None
         scores: Dict[str, Dict[str, Tensor]] = {}
         for group in budget.groups(methods):
@@ -348,7 +340,7 @@ class ProbeRunner:
     ) -> Optional[ScoredExplanation]:
         """This run's maps and scores of the due methods, or None when the run is skipped.
 
-        A method that fails on its own is switched off for the rest of the fit (:attr:`disabled`), the
+        A method that fails on its own is switched off for the rest of the fit (``disabled``), the
         others go on; a failure of every method, or of every probe image, skips the run. Each is
         reported through ``errors`` (which raises instead with ``on_error="raise"``).
         """

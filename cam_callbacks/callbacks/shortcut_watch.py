@@ -1,9 +1,9 @@
-"""The per-class shortcut watch of :class:`~cam_callbacks.CAMMonitor`: probe outcome in, alarm hits out.
+"""The per-class shortcut watch of ``CAMMonitor``: probe outcome in, alarm hits out.
 
-Wiring only: the statistics are :func:`cam_callbacks.metrics.shortcuts.find_shortcuts` (run inside
-:meth:`MapHistory.analyze <cam_callbacks.monitor.history.MapHistory.analyze>`), the confirmation
-:func:`cam_callbacks.engine.occlusion.occlusion_effect` (run with the monitor's own explain settings), the
-decision :meth:`ShortcutAlarm.evaluate <cam_callbacks.monitor.alarm.ShortcutAlarm.evaluate>`.
+Wiring only: the statistics are ``cam_callbacks.metrics.shortcuts.find_shortcuts`` (run inside
+``MapHistory.analyze``), the confirmation
+``cam_callbacks.engine.occlusion.occlusion_effect`` (run with the monitor's own explain settings), the
+decision ``ShortcutAlarm.evaluate``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cam_callbacks.monitor.alarm import AlarmHit, ShortcutAlarm
 
 
 def probe_outcome(explanation: Explanation, view: ProbeView, rule: Optional[ShortcutAlarm]) -> Dict[str, Any]:
-    """Keyword arguments for :meth:`MapHistory.analyze`: the explained classes, whether each probe image is
+    """Keyword arguments for ``MapHistory.analyze``: the explained classes, whether each probe image is
     predicted right (when the probe has single labels), the probability of the explained class, the clusters.
 
     Empty (no per-class findings) for multi-label probes and when no alarm rule uses them.
@@ -34,7 +34,7 @@ def probe_outcome(explanation: Explanation, view: ProbeView, rule: Optional[Shor
     confidence = torch.softmax(logits, dim=1).gather(1, targets.view(-1, 1)).flatten().cpu()
     correct = None
     if view.targets is not None and view.targets.dim() == 1:
-        correct = (logits.argmax(dim=1).cpu() == view.targets.cpu().long())
+        correct = logits.argmax(dim=1).cpu() == view.targets.cpu().long()
     return {"targets": targets.cpu(), "correct": correct, "confidence": confidence, "clusters": rule.clusters}
 
 

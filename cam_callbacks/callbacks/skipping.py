@@ -1,10 +1,10 @@
 """Probe images the model cannot handle: found, reported and skipped, so training goes on.
 
 A probe image may make the model raise (an input it rejects) or return non-finite logits (an
-overflow, a NaN in the data). :func:`screen_images` runs the model on the images one at a time to
-find those that raise; :func:`scatter_rows` puts the results computed on the remaining images back
-at their places; :func:`nonfinite_rows` finds rows whose logits or maps are not finite;
-:func:`blank_rows` makes such rows neutral: all-zero maps, NaN scores (left out of the means).
+overflow, a NaN in the data). ``screen_images`` runs the model on the images one at a time to
+find those that raise; ``scatter_rows`` puts the results computed on the remaining images back
+at their places; ``nonfinite_rows`` finds rows whose logits or maps are not finite;
+``blank_rows`` makes such rows neutral: all-zero maps, NaN scores (left out of the means).
 """
 
 from __future__ import annotations
@@ -19,12 +19,8 @@ from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import Explanation, ScoredExplanation
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 
-__all__ = ["explain_skipping_bad_images", "screen_images", "scatter_rows", "nonfinite_rows", "blank_rows"]
 
-
-def screen_images(
-    model: nn.Module, images: Tensor, context: Callable[[], ContextManager], output_transform: OutputTransform = None
-) -> Dict[int, str]:
+def screen_images(model: nn.Module, images: Tensor, context: Callable[[], ContextManager], output_transform: OutputTransform = None) -> Dict[int, str]:
     """``{row: reason}`` for the images the model raises on or returns non-finite logits for, one forward pass per image
     (eval mode, no autograd).
 
@@ -94,8 +90,8 @@ def explain_skipping_bad_images(
 ) -> Tuple[ScoredExplanation, Dict[int, str]]:
     """``explain_rows(images, targets)``, leaving out the images the model cannot handle.
 
-    If it raises, the images are screened one by one (:func:`screen_images`); when some are to blame
-    the rest is explained and the results are put back in place (:func:`scatter_rows`), otherwise the
+    If it raises, the images are screened one by one (``screen_images``); when some are to blame
+    the rest is explained and the results are put back in place (``scatter_rows``), otherwise the
     error is re-raised (it is not about images). Rows whose logits or maps are not finite are blanked.
 
     Returns:

@@ -1,11 +1,11 @@
 """Writing images off the training thread.
 
 Encoding a heatmap grid as PNG takes longer than computing it (about 0.2 s for a 1000x500 grid on
-one CPU core, against a few milliseconds of rendering). :class:`BackgroundWriter` runs those jobs
+one CPU core, against a few milliseconds of rendering). ``BackgroundWriter`` runs those jobs
 (TensorBoard ``add_image`` calls, PNG files) on one worker thread, so training goes on meanwhile:
 PIL's PNG encoder releases the GIL, and TensorBoard's event writer is thread-safe. At most
-``max_pending`` jobs wait (older ones are waited for first), so memory stays bounded; :meth:`flush`
-waits for all. A job that fails is kept with the key it was submitted under (:meth:`BackgroundWriter.take_errors`):
+``max_pending`` jobs wait (older ones are waited for first), so memory stays bounded; ``flush``
+waits for all. A job that fails is kept with the key it was submitted under (``BackgroundWriter.take_errors``):
 a failing write is reported by the caller and never raised into training.
 """
 
@@ -17,10 +17,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from cam_callbacks.render.png import encode_png
 
-__all__ = ["BackgroundWriter", "WriteError", "add_png"]
 
 def add_png(writer: Any, tag: str, image: Any, step: int) -> None:
-    """Add a ``(3, H, W)`` uint8 image to a TensorBoard ``SummaryWriter``, PNG-encoded at :data:`PNG_COMPRESS_LEVEL`.
+    """Add a ``(3, H, W)`` uint8 image to a TensorBoard ``SummaryWriter``, PNG-encoded at ``PNG_COMPRESS_LEVEL``.
 
     Writers without torch's ``_get_file_writer`` (other SummaryWriter implementations) get ``add_image``.
     """
@@ -35,7 +34,7 @@ def add_png(writer: Any, tag: str, image: Any, step: int) -> None:
 
 
 class WriteError(NamedTuple):
-    """A job that failed on the worker thread: where it wrote (the key given to :meth:`BackgroundWriter.submit`) and why."""
+    """A job that failed on the worker thread: where it wrote (the key given to ``BackgroundWriter.submit``) and why."""
 
     key: str
     error: BaseException
@@ -44,9 +43,9 @@ class WriteError(NamedTuple):
 class BackgroundWriter:
     """One worker thread for image writes; a failing write never raises into the caller.
 
-    A job's exception is kept as a :class:`WriteError` (with the key the job was submitted under, e.g.
-    a directory or a logger) and handed out by :meth:`take_errors`, so the caller decides what to do
-    (report it, stop writing there); :meth:`submit`, :meth:`flush` and :meth:`close` never raise a
+    A job's exception is kept as a ``WriteError`` (with the key the job was submitted under, e.g.
+    a directory or a logger) and handed out by ``take_errors``, so the caller decides what to do
+    (report it, stop writing there); ``submit``, ``flush`` and ``close`` never raise a
     job's error.
 
     Example::
@@ -76,7 +75,7 @@ class BackgroundWriter:
 
     def submit(self, key: str, job: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``job(*args, **kwargs)`` on the worker thread (arguments must not change afterwards); ``key`` names
-        where it writes, for :meth:`take_errors`. At most ``max_pending`` jobs wait: beyond that, this waits for the oldest."""
+        where it writes, for ``take_errors``. At most ``max_pending`` jobs wait: beyond that, this waits for the oldest."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam_callbacks_writer")
         self._pending = [future for future in self._pending if not future.done()]
@@ -85,7 +84,7 @@ class BackgroundWriter:
         self._pending.append(self._pool.submit(self._run, key, job, args, kwargs))
 
     def flush(self) -> None:
-        """Wait for every job (their errors are kept for :meth:`take_errors`)."""
+        """Wait for every job (their errors are kept for ``take_errors``)."""
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
@@ -97,7 +96,7 @@ class BackgroundWriter:
         return errors
 
     def close(self) -> None:
-        """Flush and stop the thread (a later :meth:`submit` starts a new one)."""
+        """Flush and stop the thread (a later ``submit`` starts a new one)."""
         try:
             self.flush()
         finally:

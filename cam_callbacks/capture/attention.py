@@ -2,7 +2,7 @@
 
 For every block ``l`` the *block score* ``s^l`` is the model's own head applied to the block's output tokens (the final
 norm, then the class token for torchvision's ``VisionTransformer``, ``forward_head`` with its pooling for timm's);
-for the last block it is the model's logits. :func:`attention_gradients` runs the model once and, per block, takes
+for the last block it is the model's logits. ``attention_gradients`` runs the model once and, per block, takes
 ``d s^l_target / d A^l`` with ``torch.autograd.grad``, where ``A^l`` are the post-softmax attention probabilities
 ``(N, heads, queries, keys)``; it returns LeGrad's relevance per block: the ReLU of that gradient averaged over heads
 and queries, prefix keys (class and register tokens) dropped (torchcam 0.5.0's ``LeGrad``).
@@ -31,8 +31,6 @@ from torch import Tensor, nn
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_range
 
-__all__ = ["VisionTransformerParts", "attention_gradients", "vision_transformer_parts"]
-
 
 @dataclass
 class VisionTransformerParts:
@@ -56,9 +54,13 @@ def _timm_parts(vit: Any) -> Optional[VisionTransformerParts]:
         return None
     norm, forward_head = vit.norm, vit.forward_head
     return VisionTransformerParts(
-        "timm", blocks, [b.attn for b in blocks], lambda tokens: forward_head(norm(tokens)), int(vit.num_prefix_tokens),
+        "timm",
+        blocks,
+        [b.attn for b in blocks],
+        lambda tokens: forward_head(norm(tokens)),
+        int(vit.num_prefix_tokens),
         _pair(vit.patch_embed.patch_size),
-    )  # fmt: skip
+    )
 
 
 def _torchvision_parts(vit: Any) -> Optional[VisionTransformerParts]:
@@ -67,9 +69,7 @@ def _torchvision_parts(vit: Any) -> Optional[VisionTransformerParts]:
     if not blocks or not all(isinstance(getattr(b, "self_attention", None), nn.MultiheadAttention) for b in blocks):
         return None
     ln, heads = encoder.ln, vit.heads
-    return VisionTransformerParts(
-        "torchvision", blocks, [b.self_attention for b in blocks], lambda tokens: heads(ln(tokens)[:, 0]), 1, _pair(vit.patch_size)
-    )
+    return VisionTransformerParts("torchvision", blocks, [b.self_attention for b in blocks], lambda tokens: heads(ln(tokens)[:, 0]), 1, _pair(vit.patch_size))
 
 
 def vision_transformer_parts(model: nn.Module) -> VisionTransformerParts:
@@ -161,7 +161,7 @@ def attention_gradients(
         model: A timm or torchvision vision transformer, or a module holding one (in eval mode).
         images: ``(N, C, H, W)`` input batch (not modified).
         targets: ``(N,)`` classes, or None for the top-1 prediction.
-        output_transform: Where the logits are in the model's output (:func:`~cam_callbacks.utils.outputs.logits_of`).
+        output_transform: Where the logits are in the model's output (``logits_of``).
 
     Returns:
         ``(relevance (N, blocks, h * w), (h, w) patch grid, logits (N, classes) detached, targets (N,))``.

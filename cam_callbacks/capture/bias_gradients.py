@@ -2,7 +2,7 @@
 
 Srinivas & Fleuret (2019) decompose a ReLU network's output into the input gradient times the input plus, for every
 layer with a bias ``b``, the bias times the gradient of the output w.r.t. that layer's output (``b * df/dz``, per
-position). :func:`bias_gradients` runs the whole model once with autograd and returns both, batched:
+position). ``bias_gradients`` runs the whole model once with autograd and returns both, batched:
 
 - every ``nn.Conv2d`` with a bias, and every ``nn.BatchNorm2d`` with running statistics, whose (eval-mode) implicit
   bias is folded: ``beta - running_mean * gamma / sqrt(running_var + eps)`` (``gamma = 1``, ``beta = 0`` without affine
@@ -22,8 +22,6 @@ from torch import Tensor, nn
 
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_range
-
-__all__ = ["bias_gradients", "bias_layers", "folded_bias"]
 
 
 def folded_bias(module: nn.Module) -> Optional[Tensor]:
@@ -46,7 +44,7 @@ def folded_bias(module: nn.Module) -> Optional[Tensor]:
 
 
 def bias_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``(name, module)`` of every layer :func:`folded_bias` gives a bias for, in registration order."""
+    """``(name, module)`` of every layer ``folded_bias`` gives a bias for, in registration order."""
     return [(name, module) for name, module in model.named_modules() if folded_bias(module) is not None]
 
 
@@ -79,7 +77,7 @@ def bias_gradients(
         model: The classifier (in eval mode: BatchNorm's folded bias uses its running statistics).
         images: ``(N, C, H, W)`` input batch (not modified).
         targets: ``(N,)`` classes, or None for the top-1 prediction.
-        output_transform: Where the logits are in the model's output (:func:`~cam_callbacks.utils.outputs.logits_of`).
+        output_transform: Where the logits are in the model's output (``logits_of``).
 
     Returns:
         ``(input_gradients (N, C, H, W), [bias_l * d logit / d output_l, each (N, K_l, h_l, w_l)] in call order,
@@ -94,9 +92,6 @@ def bias_gradients(
             check_target_range(targets, logits.shape[1])
         score = logits.gather(1, targets[:, None]).sum()
         grads = torch.autograd.grad(score, [x, *(output for _, output in kept)], allow_unused=True)
-    terms = [
-        torch.zeros_like(output) if grad is None else bias.to(grad.dtype)[None, :, None, None] * grad
-        for (bias, output), grad in zip(kept, grads[1:])
-    ]  # fmt: skip
+    terms = [torch.zeros_like(output) if grad is None else bias.to(grad.dtype)[None, :, None, None] * grad for (bias, output), grad in zip(kept, grads[1:])]
     input_grad = grads[0] if grads[0] is not None else torch.zeros_like(x)
     return input_grad, [t.detach() for t in terms], logits.detach(), targets

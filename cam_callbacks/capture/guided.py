@@ -1,9 +1,9 @@
 """Gradients with respect to the input, plain (saliency) or guided (guided backpropagation).
 
 Guided backpropagation (Springenberg et al. 2015) lets the gradient through a ReLU only where the
-ReLU's input was positive *and* the gradient arriving from above is positive. :func:`guided_relus`
+ReLU's input was positive *and* the gradient arriving from above is positive. ``guided_relus``
 switches that on for one forward pass without touching the model: a
-:class:`torch.overrides.TorchFunctionMode` sees every ReLU call made while it is active
+``torch.overrides.TorchFunctionMode`` sees every ReLU call made while it is active
 (``nn.ReLU`` modules, also with ``inplace=True``, ``F.relu``, ``F.relu_``, ``torch.relu``,
 ``torch.relu_``, ``Tensor.relu`` and ``Tensor.relu_``) and wraps its result in an identity whose
 backward also drops negative gradients. No module is replaced, no hook is registered, and the mode
@@ -26,8 +26,6 @@ from torch.overrides import TorchFunctionMode
 
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_range
-
-__all__ = ["guided_relus", "input_gradients"]
 
 
 class _GuidedIdentity(torch.autograd.Function):
@@ -80,8 +78,8 @@ def input_gradients(
         model: The classifier (the caller sets eval mode and restores it).
         images: ``(N, C, H, W)`` input batch (not modified).
         targets: ``(N,)`` classes, or None for the top-1 prediction.
-        guided: Guided backpropagation through every ReLU (see :func:`guided_relus`).
-        output_transform: Where the logits are in the model's output (:func:`~cam_callbacks.utils.outputs.logits_of`).
+        guided: Guided backpropagation through every ReLU (see ``guided_relus``).
+        output_transform: Where the logits are in the model's output (``logits_of``).
 
     Returns:
         ``(gradients (N, C, H, W), logits (N, classes) detached, targets (N,))``. Only the input's

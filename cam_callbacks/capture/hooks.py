@@ -1,6 +1,6 @@
 """The forward hook that captures the target layer's output during a forward pass.
 
-:class:`LayerCapture` keeps a private copy of the layer's output (so later in-place ops of the
+``LayerCapture`` keeps a private copy of the layer's output (so later in-place ops of the
 network cannot rewrite it), optionally as an autograd leaf from which only the *tail* of the network
 records a graph. The hook is removed on exit, also on exceptions.
 """
@@ -14,11 +14,9 @@ from torch import Tensor, nn
 
 from cam_callbacks.capture.layouts import TokenGrid, grid_advice, remembered_layout
 
-__all__ = ["LayerCapture", "LayerOutputError", "NotAFeatureMapError", "OneByOneMapError", "feature_map_problem"]
-
 
 class LayerOutputError(ValueError):
-    """The target layer's output is not a 4-D tensor (or a 1x1 one: :class:`OneByOneMapError`)."""
+    """The target layer's output is not a 4-D tensor (or a 1x1 one: ``OneByOneMapError``)."""
 
 
 class NotAFeatureMapError(LayerOutputError):
@@ -89,10 +87,10 @@ class LayerCapture:
     Args:
         layer: The target module.
         layer_name: Its dotted name, for error messages.
-        reshape: For transformer layers, the :class:`~cam_callbacks.capture.layouts.TokenGrid` turning the
-            ``(N, tokens, C)`` output into the ``(N, C, h, w)`` :attr:`activation`; :attr:`raw` keeps the tokens.
+        reshape: For transformer layers, the ``TokenGrid`` turning the
+            ``(N, tokens, C)`` output into the ``(N, C, h, w)`` ``activation``; ``raw`` keeps the tokens.
         input_shape: The model input's shape, when known: outputs that are clearly not feature maps of it are refused
-            (:func:`feature_map_problem`).
+            (``feature_map_problem``).
         grad_tail: If True, the captured output becomes an autograd leaf and grad mode is switched
             on from that point of the forward pass: run the forward under ``torch.no_grad()`` and only
             the tail (target layer -> output) records a graph, so ``torch.autograd.grad(score,
@@ -111,9 +109,13 @@ class LayerCapture:
     """
 
     def __init__(
-        self, layer: nn.Module, layer_name: str, grad_tail: bool = False, reshape: Optional[TokenGrid] = None,
+        self,
+        layer: nn.Module,
+        layer_name: str,
+        grad_tail: bool = False,
+        reshape: Optional[TokenGrid] = None,
         input_shape: Optional[Sequence[int]] = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.layer = layer
         self.layer_name = layer_name
         self.grad_tail = grad_tail

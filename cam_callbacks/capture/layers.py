@@ -25,11 +25,6 @@ from cam_callbacks.capture.token_layers import (
     trace_forward,
 )
 
-__all__ = [
-    "LayerSpec", "LayersLike", "resolve_layers", "resolve_named_layer", "resolve_target_layer", "find_auto_layer", "cam_class_weights",
-    "spatial_layer_hint", "transformer_layer",
-]  # fmt: skip
-
 #: What ``target_layer=`` accepts: a dotted module name, a module of the model, or ``"auto"``.
 LayerSpec = Union[str, nn.Module]
 #: What ``target_layer=`` accepts: one layer (name, module or ``"auto"``) or a list of layers to fuse.
@@ -70,7 +65,7 @@ def resolve_named_layer(model: nn.Module, target_layer: LayerSpec) -> Tuple[str,
 
 
 class AutoLayerError(ValueError):
-    """``target_layer="auto"`` refuses to choose; :attr:`suggestion` is a layer of this model that works, when one is known."""
+    """``target_layer="auto"`` refuses to choose; ``suggestion`` is a layer of this model that works, when one is known."""
 
     def __init__(self, message: str, suggestion: Optional[TokenLayer] = None) -> None:
         super().__init__(message)
@@ -228,7 +223,7 @@ def transformer_layer(model: nn.Module, example: Tensor) -> Optional[Tuple[str, 
     - ViT family (timm ViT/DeiT, torchvision ``vit_b_16``, Hugging Face ViT, DeiT, BEiT, Dinov2): the last block's first
       norm, patch tokens laid out on the grid after the prefix tokens (timm ``num_prefix_tokens``, torchvision 1,
       Hugging Face 1 + distillation and register tokens);
-    - Swin (timm, torchvision ``swin_t``): the last stage's output, channels-last (:class:`ChannelsLast`); Hugging Face
+    - Swin (timm, torchvision ``swin_t``): the last stage's output, channels-last (``ChannelsLast``); Hugging Face
       Swin: the final ``layernorm``, tokens without a prefix token.
 
     The choice is checked on one forward pass of ``example`` (no gradients; the caller restores modes). Returns None
@@ -275,7 +270,7 @@ def find_auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
     or one whose output attention blocks read afterwards (a patch embedding), is refused.
 
     Runs one forward pass of ``example`` (typically one image) in eval mode and without gradients;
-    the caller is responsible for restoring modes (see :func:`preserved_model_state`).
+    the caller is responsible for restoring modes (see ``preserved_model_state``).
 
     Raises:
         AutoLayerError: If no module produces such an output, or the one found is refused; the message names a layer
@@ -314,8 +309,8 @@ def spatial_layer_hint(model: nn.Module, example: Tensor) -> str:
 
 
 def auto_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module, Optional[TokenGrid]]:
-    """``target_layer="auto"``: ``(name, module, layout)``; transformers by :func:`transformer_layer`, other models by
-    :func:`find_auto_layer` (layout None). Modes are restored."""
+    """``target_layer="auto"``: ``(name, module, layout)``; transformers by ``transformer_layer``, other models by
+    ``find_auto_layer`` (layout None). Modes are restored."""
     from cam_callbacks.capture.state import eager, preserved_model_state
 
     with preserved_model_state(model), eager():
@@ -411,10 +406,10 @@ def resolve_layers(
     """Resolve one target layer or a list of them to ``(name, module)`` pairs.
 
     ``"auto"`` is logged on the ``cam_callbacks`` logger (and, when ``choices`` is given and the choice carries a layout,
-    transformer tokens or a channels-last map, the sentence saying what it chose, :func:`describe_choice`, is appended to
+    transformer tokens or a channels-last map, the sentence saying what it chose, ``describe_choice``, is appended to
     it for the caller to show: a plain ``(N, C, H, W)`` feature map needs no warning), and refused with ``reshape`` (it chooses
     the layout itself: on transformers it is remembered for the module, see
-    :func:`~cam_callbacks.capture.layouts.remembered_layout`); a layer listed twice is refused.
+    ``remembered_layout``); a layer listed twice is refused.
     """
     specs: List[LayerSpec] = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]  # type: ignore[list-item]
     if not specs:

@@ -2,10 +2,10 @@
 
 A transformer block outputs tokens ``(N, P + h*w, C)``: ``P`` prefix tokens (the class token, maybe
 distillation or register tokens) followed by one token per image patch in row-major order. CAM
-methods need a feature map ``(N, C, h, w)``. :class:`TokenGrid` converts both ways:
+methods need a feature map ``(N, C, h, w)``. ``TokenGrid`` converts both ways:
 
-- :meth:`TokenGrid.to_grid` drops the prefix tokens and lays the patch tokens out on the grid;
-- :meth:`TokenGrid.to_tokens` is its inverse, with the prefix tokens given, so a modified grid can
+- ``TokenGrid.to_grid`` drops the prefix tokens and lays the patch tokens out on the grid;
+- ``TokenGrid.to_tokens`` is its inverse, with the prefix tokens given, so a modified grid can
   be fed back into the network (Recipro-CAM, Ablation-CAM and the gradient methods use it).
 
 ``reshape="vit"`` everywhere means ``TokenGrid(prefix_tokens=1)`` (torchvision's ``VisionTransformer``,
@@ -15,7 +15,7 @@ timm's ViT/DeiT without distillation token). The recommended target layer on tor
 token's gradient reaches every patch token there (the output of the *last* block reaches the
 classifier through the class token alone, and its patch tokens get no gradient).
 
-``reshape="nhwc"`` means :class:`ChannelsLast`: channels-last feature maps ``(N, H, W, C)`` (timm's and
+``reshape="nhwc"`` means ``ChannelsLast``: channels-last feature maps ``(N, H, W, C)`` (timm's and
 torchvision's Swin stages, ConvNeXt blocks written channels-last) permuted to ``(N, C, H, W)``.
 """
 
@@ -27,9 +27,6 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-
-__all__ = ["TokenGrid", "ChannelsLast", "ReshapeLike", "as_token_grid", "remember_layout", "remembered_layout"]
-
 
 _NOT_SQUARE = "; for a grid that is not square give TokenGrid(prefix_tokens=..., height=..., width=...)"
 
@@ -106,8 +103,7 @@ class TokenGrid:
             raise ValueError(f"grid must be (M, C, h, w), got shape {tuple(grid.shape)}")
         if prefix.dim() != 3 or prefix.shape[0] != grid.shape[0] or prefix.shape[1] != self.prefix_tokens or prefix.shape[2] != grid.shape[1]:
             raise ValueError(
-                f"prefix must be ({grid.shape[0]}, {self.prefix_tokens}, {grid.shape[1]}) for a grid of shape "
-                f"{tuple(grid.shape)}, got {tuple(prefix.shape)}"
+                f"prefix must be ({grid.shape[0]}, {self.prefix_tokens}, {grid.shape[1]}) for a grid of shape {tuple(grid.shape)}, got {tuple(prefix.shape)}"
             )
         patches = grid.flatten(2).transpose(1, 2)
         return torch.cat([prefix.to(patches.dtype), patches], dim=1)
@@ -151,9 +147,9 @@ def grid_advice(num_tokens: int, image_size: Optional[Tuple[int, int]] = None, m
 class ChannelsLast(TokenGrid):
     """Channels-last feature maps ``(N, H, W, C)`` <-> ``(N, C, H, W)`` (``reshape="nhwc"``).
 
-    A :class:`TokenGrid` without prefix tokens whose "tokens" are already laid out on the grid, so it goes
+    A ``TokenGrid`` without prefix tokens whose "tokens" are already laid out on the grid, so it goes
     wherever a ``TokenGrid`` goes (gradients flow through the permutation; the prefix given to
-    :meth:`to_tokens` is ignored).
+    ``to_tokens`` is ignored).
 
     Example::
 
@@ -193,7 +189,7 @@ class ChannelsLast(TokenGrid):
         return grid.permute(0, 2, 3, 1)
 
 
-#: What ``reshape=`` accepts: None (the layer outputs ``(N, C, h, w)``), ``"vit"``, ``"nhwc"`` or a :class:`TokenGrid`.
+#: What ``reshape=`` accepts: None (the layer outputs ``(N, C, h, w)``), ``"vit"``, ``"nhwc"`` or a ``TokenGrid``.
 ReshapeLike = Union[None, str, TokenGrid]
 
 #: The strings ``reshape=`` accepts.
@@ -201,17 +197,15 @@ RESHAPE_NAMES = ("vit", "nhwc")
 
 
 def as_token_grid(reshape: ReshapeLike) -> Optional[TokenGrid]:
-    """Validate ``reshape=``: None, ``"vit"`` (one class token), ``"nhwc"`` (channels-last maps, :class:`ChannelsLast`)
-    or a :class:`TokenGrid`."""
+    """Validate ``reshape=``: None, ``"vit"`` (one class token), ``"nhwc"`` (channels-last maps, ``ChannelsLast``)
+    or a ``TokenGrid``."""
     if reshape is None or isinstance(reshape, TokenGrid):
         return reshape
     if isinstance(reshape, str) and reshape == "vit":
         return TokenGrid(prefix_tokens=1)
     if isinstance(reshape, str) and reshape == "nhwc":
         return ChannelsLast()
-    raise ValueError(
-        f"reshape={reshape!r} is not valid; choose from [None, 'vit', TokenGrid(prefix_tokens=..., height=..., width=...), 'nhwc']"
-    )
+    raise ValueError(f"reshape={reshape!r} is not valid; choose from [None, 'vit', TokenGrid(prefix_tokens=..., height=..., width=...), 'nhwc']")
 
 
 # Layouts that target_layer="auto" chose, by module: LayerCapture uses them when no reshape= is given. An explicit

@@ -1,11 +1,11 @@
 """Context managers that change global or model state and always put it back as found.
 
-- :func:`preserved_model_state`: eval mode for the duration, every module's ``.training`` flag and
+- ``preserved_model_state``: eval mode for the duration, every module's ``.training`` flag and
   every parameter's ``requires_grad`` restored on exit (also on exceptions).
-- :func:`eager`: ``torch.compile``'d modules run eagerly inside the block.
-- :func:`preserved_rng_state`: torch (CPU and CUDA), NumPy and Python RNG states restored on exit.
+- ``eager``: ``torch.compile``'d modules run eagerly inside the block.
+- ``preserved_rng_state``: torch (CPU and CUDA), NumPy and Python RNG states restored on exit.
 
-The forward hook that captures the target layer's output is :class:`cam_callbacks.capture.hooks.LayerCapture`.
+The forward hook that captures the target layer's output is ``cam_callbacks.capture.hooks.LayerCapture``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from typing import Iterator, List, Tuple
 import numpy as np
 import torch
 from torch import nn
-
-__all__ = ["preserved_model_state", "preserved_rng_state", "eager"]
 
 
 @contextmanager

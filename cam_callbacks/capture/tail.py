@@ -1,18 +1,18 @@
 """The *tail* of a classifier: its logits as a function of one layer's output.
 
 Perturbation methods (Recipro-CAM, Ablation-CAM) evaluate the network many times on modified copies
-of the target layer's feature map. :func:`derive_tail` builds a callable ``tail`` with
+of the target layer's feature map. ``derive_tail`` builds a callable ``tail`` with
 ``tail(A) == model(x)`` when the target layer's output is replaced by ``A``, without re-running the
 layers before the target layer, and where ``A`` may hold several modified copies per image.
 
-How the tail is obtained (:attr:`Tail.mode`):
+How the tail is obtained (``Tail.mode``):
 
-- ``"fx"``: the model is traced with :mod:`torch.fx`, the target layer kept as one node (also a
+- ``"fx"``: the model is traced with ``torch.fx``, the target layer kept as one node (also a
   container such as ``layer4`` or ``features``); the tail is every node that depends on the layer's
   output. Values that cross the cut from the head (a skip connection from before the target layer)
   are computed once from ``example`` at derive time and repeated to match the copies. The tail calls
   the model's own modules and parameters, so it follows in-place weight updates and train/eval modes
-  (the tracing machinery is in :mod:`cam_callbacks.capture.tail_fx`).
+  (the tracing machinery is in ``cam_callbacks.capture.tail_fx``).
 - ``"rerun"``: the fallback when tracing fails (data-dependent control flow, ...). Each call runs the
   whole model on the example images, repeated, with a forward hook that replaces the layer's output.
 - ``"user"``: a callable passed as ``tail=``.
@@ -34,8 +34,6 @@ from cam_callbacks.capture.layers import resolve_named_layer
 from cam_callbacks.capture.state import eager, preserved_model_state
 from cam_callbacks.capture.tail_fx import FxTail, trace_cut
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
-
-__all__ = ["Tail", "derive_tail", "tail_from_reference", "tail_mismatch"]
 
 #: Relative and absolute (times the largest logit magnitude, at least 1) tolerance of the derive-time check.
 RTOL = 1e-4
@@ -109,8 +107,7 @@ class _RerunTail:
             if not isinstance(output, Tensor) or output.shape != activations.shape:
                 shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
                 raise ValueError(
-                    f"activations of shape {tuple(activations.shape)} cannot replace the output of {self.layer_name!r}, "
-                    f"which is {shape} for {rows} images"
+                    f"activations of shape {tuple(activations.shape)} cannot replace the output of {self.layer_name!r}, which is {shape} for {rows} images"
                 )
             torch.set_grad_enabled(grad_enabled)  # the surrounding no_grad block restores it on exit
             return activations.clone()  # the model may write into it in place
@@ -126,7 +123,7 @@ class _RerunTail:
 class _Transformed:
     """A derived tail whose model returns a dict, tuple or object: its logits, taken by ``output_transform``.
 
-    Other attributes are those of the wrapped tail (an :class:`FxTail`'s ``graph_module``, ...).
+    Other attributes are those of the wrapped tail (an ``FxTail``'s ``graph_module``, ...).
     """
 
     def __init__(self, fn: Callable[[Tensor], Any], output_transform: OutputTransform) -> None:
@@ -147,9 +144,7 @@ def _transformed(fn: Callable[[Tensor], Any], output_transform: OutputTransform)
 # --- derive_tail ----------------------------------------------------------------------------------
 
 
-def _reference(
-    model: nn.Module, layer: nn.Module, layer_name: str, example: Tensor, output_transform: OutputTransform = None
-) -> Tuple[Tensor, Tensor]:
+def _reference(model: nn.Module, layer: nn.Module, layer_name: str, example: Tensor, output_transform: OutputTransform = None) -> Tuple[Tensor, Tensor]:
     """The layer's output (a private copy) and the logits of one forward pass of ``example``."""
     outputs: List[Any] = []
 
@@ -231,9 +226,12 @@ def _fx_tail(
 
 
 def derive_tail(
-    model: nn.Module, layer_name: str, example: Tensor, tail: Optional[Callable[[Tensor], Tensor]] = None,
+    model: nn.Module,
+    layer_name: str,
+    example: Tensor,
+    tail: Optional[Callable[[Tensor], Tensor]] = None,
     output_transform: OutputTransform = None,
-) -> Tail:  # fmt: skip
+) -> Tail:
     """The part of ``model`` after ``layer_name``: logits as a function of the layer's output.
 
     Args:
@@ -246,10 +244,10 @@ def derive_tail(
             ``"rerun"`` fallback re-runs it; the returned tail then serves these ``N`` images only.
         tail: Your own ``activations -> logits`` callable instead of a derived one (mode ``"user"``).
         output_transform: Where the logits are in what the model returns (a dict, tuple or object; see
-            :func:`~cam_callbacks.utils.outputs.logits_of`); a derived tail returns them. Not applied to ``tail``.
+            ``logits_of``); a derived tail returns them. Not applied to ``tail``.
 
     Returns:
-        A :class:`Tail`. Mode ``"fx"`` when torch.fx can trace the model; otherwise ``"rerun"`` (with
+        A ``Tail``. Mode ``"fx"`` when torch.fx can trace the model; otherwise ``"rerun"`` (with
         a warning), which costs a full forward pass of ``repeats * N`` images per call instead of
         the tail alone.
 
@@ -306,17 +304,17 @@ def tail_from_reference(
     try_fx: bool = True,
     output_transform: OutputTransform = None,
 ) -> Tail:
-    """:func:`derive_tail` for a caller that already ran the model on ``example`` (no extra forward pass).
+    """``derive_tail`` for a caller that already ran the model on ``example`` (no extra forward pass).
 
     Args:
-        model, layer_name, example, tail: As in :func:`derive_tail`; ``layer`` is the module named ``layer_name``.
+        model, layer_name, example, tail: As in ``derive_tail``; ``layer`` is the module named ``layer_name``.
         activation: The layer's output for ``example`` (a private copy), in the mode the tail will be called in.
         logits: The model's logits for ``example`` in that forward pass.
         try_fx: False skips the torch.fx attempt (the caller knows it fails) and warns nothing.
-        output_transform: As in :func:`derive_tail`.
+        output_transform: As in ``derive_tail``.
 
     Call it in eval mode without autograd, with inference mode off. The returned tail is checked against
-    ``logits`` as in :func:`derive_tail`.
+    ``logits`` as in ``derive_tail``.
     """
     advice = "Pass tail= (a callable activations -> logits for the part of the model after the layer)."
     if tail is not None:

@@ -1,10 +1,10 @@
-"""The torch.fx machinery behind the ``"fx"`` tail of :mod:`cam_callbacks.capture.tail`.
+"""The torch.fx machinery behind the ``"fx"`` tail of ``cam_callbacks.capture.tail``.
 
-- :func:`trace_cut` traces the model with :mod:`torch.fx`, the target layer kept as one node (also a
+- ``trace_cut`` traces the model with ``torch.fx``, the target layer kept as one node (also a
   container such as ``layer4`` or ``features``), and splits the graph there: the tail is every node
   that depends on the layer's output; values that cross the cut from the head (a skip connection
   from before the target layer) are listed apart.
-- :meth:`FxTail.from_cut` computes those cross-cut values once from the example images (with a graph
+- ``FxTail.from_cut`` computes those cross-cut values once from the example images (with a graph
   of the head that keeps its in-place writes) and returns the tail as a callable. It calls the
   model's own modules and parameters, gives private copies to the inputs the tail may write into in
   place, and is re-traced when the model's train/eval modes change.
@@ -21,9 +21,6 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
-
-__all__ = ["FxCut", "FxTail", "trace_cut"]
-
 
 # --- tracing and cutting ------------------------------------------------------------------------
 
@@ -72,7 +69,7 @@ def _trace(model: nn.Module, layer_name: str) -> fx.Graph:
 
 @dataclass
 class FxCut:
-    """A traced graph split at the target node (see :func:`trace_cut`)."""
+    """A traced graph split at the target node (see ``trace_cut``)."""
 
     graph: fx.Graph
     target: fx.Node
@@ -84,10 +81,7 @@ class FxCut:
 def _cut(graph: fx.Graph, layer_name: str) -> FxCut:
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer_name]
     if not calls:
-        raise _NoCutError(
-            f"the traced graph has no call of {layer_name!r} (it runs inside a module that torch.fx keeps as a leaf, "
-            "or not through its forward)"
-        )
+        raise _NoCutError(f"the traced graph has no call of {layer_name!r} (it runs inside a module that torch.fx keeps as a leaf, or not through its forward)")
     if len(calls) > 1:
         raise _NoCutError(f"{layer_name!r} is called {len(calls)} times in the traced graph")
     target = calls[0]
@@ -118,7 +112,7 @@ def _cut(graph: fx.Graph, layer_name: str) -> FxCut:
 
 
 def trace_cut(model: nn.Module, layer_name: str) -> FxCut:
-    """Trace ``model`` with :mod:`torch.fx` and cut the graph at the module ``layer_name``.
+    """Trace ``model`` with ``torch.fx`` and cut the graph at the module ``layer_name``.
 
     Raises:
         Exception: What torch.fx raises when it cannot trace the model (data-dependent control flow, ...),
@@ -143,14 +137,37 @@ def _ancestors(nodes: Sequence[fx.Node]) -> Set[fx.Node]:
 # --- in-place writes: which inputs must the tail receive as private copies? ---------------------
 
 _IN_PLACE_OPERATORS = {
-    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-    operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
-}  # fmt: skip
+    operator.setitem,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ifloordiv,
+    operator.imod,
+    operator.ipow,
+    operator.imatmul,
+    operator.iand,
+    operator.ior,
+    operator.ixor,
+}
 #: Functions that always return a new tensor (never a view of an argument).
 _FRESH_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.matmul, operator.neg,
-    operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.stack, torch.matmul,
-}  # fmt: skip
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.floordiv,
+    operator.matmul,
+    operator.neg,
+    operator.pow,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.cat,
+    torch.stack,
+    torch.matmul,
+}
 #: Leaf modules that may return their input itself or a view of it.
 _ALIASING_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
@@ -294,8 +311,7 @@ class FxTail:
             cut = _cut(graph, self.layer_name)
         except Exception as error:
             raise RuntimeError(
-                f"the tail after {self.layer_name!r} cannot be traced in the model's current train/eval modes "
-                f"({type(error).__name__}: {error}). {advice}"
+                f"the tail after {self.layer_name!r} cannot be traced in the model's current train/eval modes ({type(error).__name__}: {error}). {advice}"
             ) from error
         if self.values and (graph.python_code("self").src != self._program or tuple(n.name for n in cut.cross) != self.cut_names):
             raise RuntimeError(

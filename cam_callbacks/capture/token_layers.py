@@ -1,8 +1,8 @@
 """What one forward pass tells about a model's layers, for ``target_layer="auto"`` and the advice of its refusals.
 
-:func:`trace_forward` records every module's output shape in completion order and which attention modules work on
-tokens. From it, :func:`guess_token_layer` finds the layer a Grad-CAM of a vision transformer uses (the first norm of
-the last attention block) and the layout of its tokens (:class:`~cam_callbacks.capture.layouts.TokenGrid`: prefix
+``trace_forward`` records every module's output shape in completion order and which attention modules work on
+tokens. From it, ``guess_token_layer`` finds the layer a Grad-CAM of a vision transformer uses (the first norm of
+the last attention block) and the layout of its tokens (``TokenGrid``: prefix
 tokens and patch grid), checked on the input at hand, for any transformer: the refusals of ``"auto"`` and of a layer
 whose output is not a feature map suggest it with names that exist in *this* model.
 """

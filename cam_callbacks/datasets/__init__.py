@@ -7,7 +7,7 @@ from cam_callbacks.datasets.scenarios import (
     ScenarioDataset,
     make_scenario,
     patch_mask,
-)  # fmt: skip
+)
 from cam_callbacks.datasets.shapes import (
     SHAPE_NAMES,
     SHAPES_MEAN,
@@ -17,9 +17,20 @@ from cam_callbacks.datasets.shapes import (
     make_shapes,
     normalize,
     unnormalize,
-)  # fmt: skip
+)
 
 __all__ = [
-    "SCENARIOS", "SHAPE_NAMES", "SHAPES_MEAN", "SHAPES_STD", "ScenarioBatch", "ScenarioDataset", "ShapesBatch",
-    "ShapesDataset", "make_scenario", "make_shapes", "normalize", "patch_mask", "unnormalize",
-]  # fmt: skip
+    "SCENARIOS",
+    "SHAPE_NAMES",
+    "SHAPES_MEAN",
+    "SHAPES_STD",
+    "ScenarioBatch",
+    "ScenarioDataset",
+    "ShapesBatch",
+    "ShapesDataset",
+    "make_scenario",
+    "make_shapes",
+    "normalize",
+    "patch_mask",
+    "unnormalize",
+]

@@ -1,11 +1,11 @@
 """Random streams and textured backgrounds of the generated images.
 
-Every image has its own ``torch.Generator`` (:func:`image_generator`), so it does not depend on how
+Every image has its own ``torch.Generator`` (``image_generator``), so it does not depend on how
 many images are generated or in what order, and the global RNG is never used. Backgrounds are drawn
-(:func:`sample_background`) and rendered in batches (:func:`render_backgrounds`): smooth coloured
+(``sample_background``) and rendered in batches (``render_backgrounds``): smooth coloured
 noise mixed with stripes of random frequency, orientation and colour, plus faint pixel noise, all in
 ``[0, BACKGROUND_MAX]``. Pixel ``(row i, column j)`` has its centre at ``(x, y) = (j, i)``
-(:func:`pixel_grid`).
+(``pixel_grid``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "BACKGROUND_MAX", "BackgroundParams", "image_generator", "pixel_grid", "render_backgrounds", "sample_background",
-    "single_threaded", "textured_background",
-]  # fmt: skip
+    "BACKGROUND_MAX",
+    "BackgroundParams",
+    "image_generator",
+    "pixel_grid",
+    "render_backgrounds",
+    "sample_background",
+    "single_threaded",
+    "textured_background",
+]
 
 #: Upper bound of every background pixel value.
 BACKGROUND_MAX: float = 0.6
@@ -82,7 +88,7 @@ def pixel_grid(image_size: int) -> Tuple[Tensor, Tensor]:
 
 
 class BackgroundParams(NamedTuple):
-    """The random draws of one background (see :func:`sample_background`)."""
+    """The random draws of one background (see ``sample_background``)."""
 
     coarse: Tensor  # (3, c, c) colour grid, c in 3..6
     period: float  # stripe period in pixels
@@ -95,7 +101,7 @@ class BackgroundParams(NamedTuple):
 
 
 def sample_background(generator: torch.Generator, image_size: int) -> BackgroundParams:
-    """Draw the random parameters of one textured background (rendered by :func:`render_backgrounds`)."""
+    """Draw the random parameters of one textured background (rendered by ``render_backgrounds``)."""
     cells = int(torch.randint(3, 7, (), generator=generator))
     coarse = torch.rand((3, cells, cells), generator=generator)
     period, theta, phase, weight, brightness = torch.rand(5, generator=generator).tolist()
@@ -146,7 +152,7 @@ def render_backgrounds(params: Sequence[BackgroundParams], image_size: int) -> T
 def textured_background(generator: torch.Generator, image_size: int) -> Tensor:
     """A random textured background, ``(3, H, W)`` float32 in ``[0, BACKGROUND_MAX]``.
 
-    Shorthand for :func:`sample_background` followed by :func:`render_backgrounds`.
+    Shorthand for ``sample_background`` followed by ``render_backgrounds``.
 
     Example::
 

@@ -1,13 +1,13 @@
 """Shortcut kinds for benchmarks: a spurious cue drawn on the images of some classes, with its nuisance mask.
 
-:func:`make_cue_set` draws shape images (:func:`cam_callbacks.datasets.shapes.make_shapes`: one object
-of size 0.16-0.3 of the side at a random place) and adds one kind of cue (:data:`CUE_KINDS`) to the
+``make_cue_set`` draws shape images (``cam_callbacks.datasets.shapes.make_shapes``: one object
+of size 0.16-0.3 of the side at a random place) and adds one kind of cue (``CUE_KINDS``) to the
 images of the cued classes. Draw the training set and the probe set with the same arguments and
 different seeds: the cue then follows the label in both (a probe drawn like the training data, the
 usual case, on which validation accuracy cannot reveal the shortcut).
 
-- ``"patch"``: a solid square of side :func:`~cam_callbacks.datasets.patches.patch_side` in the
-  top-left corner, in the class's colour (:data:`~cam_callbacks.datasets.patches.PATCH_COLORS`).
+- ``"patch"``: a solid square of side ``patch_side`` in the
+  top-left corner, in the class's colour (``PATCH_COLORS``).
 - ``"watermark"``: a small text-like mark (strokes of a 3-pixel-high pseudo-glyph row, 1-pixel
   gaps) near the bottom edge, centred; its glyphs depend on the class.
 - ``"frame"``: a 2-pixel border in the class's colour.
@@ -42,7 +42,7 @@ from cam_callbacks.utils.checks import check_choice
 
 __all__ = ["CUE_KINDS", "CUE_CLASSES", "CueSet", "make_cue_set", "cue_mask"]
 
-#: The kinds of shortcut :func:`make_cue_set` can draw.
+#: The kinds of shortcut ``make_cue_set`` can draw.
 CUE_KINDS = ("patch", "watermark", "frame", "background", "position")
 #: Which classes carry the cue: class 0 only, or every class.
 CUE_CLASSES = ("one", "all")
@@ -123,15 +123,21 @@ def _positioned(count: int, image_size: int, num_classes: int, seed: int, cued: 
 
 
 def make_cue_set(
-    num_images: int, kind: str = "patch", classes: str = "one", image_size: int = 32, num_classes: int = 4, seed: int = 0,
-    normalize_images: bool = True, cue: bool = True,
-) -> CueSet:  # fmt: skip
+    num_images: int,
+    kind: str = "patch",
+    classes: str = "one",
+    image_size: int = 32,
+    num_classes: int = 4,
+    seed: int = 0,
+    normalize_images: bool = True,
+    cue: bool = True,
+) -> CueSet:
     """``num_images`` shape images with a cue of ``kind`` on the cued classes (see the module docstring).
 
     Args:
         num_images: Number of images.
-        kind: One of :data:`CUE_KINDS`.
-        classes: One of :data:`CUE_CLASSES`.
+        kind: One of ``CUE_KINDS``.
+        classes: One of ``CUE_CLASSES``.
         image_size: Side in pixels (>= 16).
         num_classes: Number of classes (<= 4 for ``"position"``).
         seed: Dataset seed.

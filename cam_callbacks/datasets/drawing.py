@@ -6,14 +6,14 @@ Geometry conventions (pinned by the tests):
   indices, ``x`` to the right, ``y`` down.
 - A shape is given by its centre ``(cx, cy)``, its *size* ``r`` (the radius of its circumscribed
   circle, in pixels), an angle (radians, counter-clockwise on screen) and an RGB colour; a pixel
-  belongs to it when its centre satisfies the shape's inequality (see :func:`shape_mask`); the
+  belongs to it when its centre satisfies the shape's inequality (see ``shape_mask``); the
   disc, for instance, is ``(x - cx)**2 + (y - cy)**2 <= r**2``. No anti-aliasing: the object's
   pixels have exactly the object colour and nothing else does.
 - Object colours have their brightest channel in ``[OBJECT_MIN_PEAK, 1]``, above every background
-  value (:data:`~cam_callbacks.datasets.backgrounds.BACKGROUND_MAX`), so the object always stands out.
+  value (``BACKGROUND_MAX``), so the object always stands out.
 
 Scenes (one large or one small object, several objects, a nuisance cue) are composed from
-:func:`~cam_callbacks.datasets.backgrounds.textured_background`, :func:`shape_mask` and :func:`draw_shape`.
+``textured_background``, ``shape_mask`` and ``draw_shape``.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def random_object_color(generator: torch.Generator) -> Tensor:
 
 
 def shape_masks(shapes: Sequence[str], image_size: int, centers: Tensor, sizes: Tensor, angles: Tensor) -> Tensor:
-    """Batched :func:`shape_mask`: ``(N, H, W)`` bool for ``N`` shapes.
+    """Batched ``shape_mask``: ``(N, H, W)`` bool for ``N`` shapes.
 
     Args:
-        shapes: ``N`` shape names from :data:`SHAPE_NAMES`.
+        shapes: ``N`` shape names from ``SHAPE_NAMES``.
         image_size: Side of the square images in pixels.
         centers: ``(N, 2)`` centres ``(cx, cy)``.
         sizes: ``(N,)`` circumradii in pixels.
@@ -109,7 +109,7 @@ def shape_mask(shape: str, image_size: int, center: Tuple[float, float], size: f
     - ``ring``: ``(0.55 r)**2 <= u**2 + v**2 <= r**2``.
 
     Args:
-        shape: One of :data:`SHAPE_NAMES`.
+        shape: One of ``SHAPE_NAMES``.
         image_size: Side of the square image in pixels.
         center: ``(cx, cy)`` in pixel coordinates (``x`` = column, ``y`` = row).
         size: Circumradius in pixels.
@@ -140,7 +140,7 @@ def draw_shape(
     Args:
         image: ``(3, H, W)`` float image, modified in place.
         mask: ``(H, W)`` bool mask to OR the shape's pixels into, or None.
-        shape, center, size, angle: As in :func:`shape_mask`.
+        shape, center, size, angle: As in ``shape_mask``.
         color: ``(3,)`` RGB colour.
 
     Returns:

@@ -1,9 +1,9 @@
 """The nuisance patch of the shortcut scenarios: a solid square in one of the four image corners.
 
-Its side is :func:`patch_side`; its colour encodes the cue class (:data:`PATCH_COLORS`, top-left
-corner) or its corner does (:data:`CORNERS`, in :data:`CORNER_CUE_COLOR`), see
-:mod:`cam_callbacks.datasets.scenarios`. Objects keep clear of all four corner squares
-(:func:`corner_boxes`), whether or not a patch is drawn.
+Its side is ``patch_side``; its colour encodes the cue class (``PATCH_COLORS``, top-left
+corner) or its corner does (``CORNERS``, in ``CORNER_CUE_COLOR``), see
+``cam_callbacks.datasets.scenarios``. Objects keep clear of all four corner squares
+(``corner_boxes``), whether or not a patch is drawn.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ def patch_side(image_size: int) -> int:
 
 
 def corner_boxes(image_size: int) -> List[Tuple[float, float, float, float]]:
-    """``(x_lo, x_hi, y_lo, y_hi)`` pixel-centre extents of the patch in each of :data:`CORNERS`."""
+    """``(x_lo, x_hi, y_lo, y_hi)`` pixel-centre extents of the patch in each of ``CORNERS``."""
     p = patch_side(image_size)
     low, high = (0.0, float(p - 1)), (float(image_size - p), float(image_size - 1))
     return [(*low, *low), (*high, *low), (*low, *high), (*high, *high)]
 
 
 def patch_mask(image_size: int, corner: str) -> Tensor:
-    """The ``(H, W)`` bool mask of the nuisance patch in ``corner`` (one of :data:`CORNERS`).
+    """The ``(H, W)`` bool mask of the nuisance patch in ``corner`` (one of ``CORNERS``).
 
     Example::
 

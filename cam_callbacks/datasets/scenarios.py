@@ -1,7 +1,7 @@
 """Benchmark scenarios with known object and nuisance masks: object size, several objects, shortcuts.
 
-Built on :mod:`cam_callbacks.datasets.shapes` (same textured backgrounds, shapes, colours and geometry
-conventions). Scenarios (``scenario=``, see :data:`SCENARIOS`); sizes are circumradii as fractions
+Built on ``cam_callbacks.datasets.shapes`` (same textured backgrounds, shapes, colours and geometry
+conventions). Scenarios (``scenario=``, see ``SCENARIOS``); sizes are circumradii as fractions
 of the image side:
 
 - ``"large"``: one object of size 0.30-0.38.
@@ -10,14 +10,14 @@ of the image side:
 - ``"multi_class"``: 2 or 3 objects of *different* classes (at most ``num_classes``): a primary
   one of size 0.20-0.26 and smaller ones of size 0.07-0.12. The label is the class of the object
   with the most pixels (by construction nearly always the primary; ties go to the primary);
-  :attr:`ScenarioBatch.multi_hot` marks every class present, for multi-label use.
+  ``ScenarioBatch.multi_hot`` marks every class present, for multi-label use.
 
 Objects never overlap one another (their circumscribed circles are at least one pixel apart) and
 stay one pixel clear of the four corner squares where a nuisance patch may go, whether or not the
 patch is drawn, so an image with ``shortcut=True`` is its ``shortcut=False`` twin plus the patch.
 
 Shortcut (``shortcut=True``): a solid square patch of side ``round(0.15 * image_size)`` in a corner
-(:data:`CORNERS`). Its *cue class* decides ``cue="color"``: the patch colour
+(``CORNERS``). Its *cue class* decides ``cue="color"``: the patch colour
 (``PATCH_COLORS[cue class]``, always top-left) or ``cue="corner"``: the corner
 (``CORNERS[cue class]``, always white). In the ``"train"`` split the cue class is the label (a
 perfect spurious correlation); in the ``"val"`` split it is drawn uniformly, independently of the
@@ -25,7 +25,7 @@ label, so a model that learnt the cue instead of the shapes fails there. Without
 is no patch and the nuisance masks are all False.
 
 Every image ``index`` of ``(seed, split)`` is drawn from its own generator (see
-:func:`scenario_generator`), in a fixed order (label, background, objects, cue), so images do not
+``scenario_generator``), in a fixed order (label, background, objects, cue), so images do not
 depend on how many are generated or in what order, the global RNG is never used, and the train and
 val splits of one seed are independent. For a given seed and split, all scenarios share their
 first draws (the label, i.e. the primary object's class, and the background): a "large" and a
@@ -73,7 +73,7 @@ __all__ = [
     "patch_mask",
 ]
 
-#: Scenario names accepted by :func:`make_scenario`.
+#: Scenario names accepted by ``make_scenario``.
 SCENARIOS: Tuple[str, ...] = ("large", "small", "multi_same", "multi_class")
 #: Splits: the shortcut cue follows the label in ``"train"`` and is random in ``"val"``.
 SPLITS: Tuple[str, ...] = ("train", "val")
@@ -92,7 +92,7 @@ _SIZES = {
 _MARGIN = 1.0
 #: Placement candidates drawn at once, rounds before shrinking the object, shrink factor.
 _CANDIDATES, _ROUNDS, _SHRINK = 16, 8, 0.9
-#: Offset that separates the scenario streams from those of :func:`cam_callbacks.datasets.shapes.make_shapes`.
+#: Offset that separates the scenario streams from those of ``cam_callbacks.datasets.shapes.make_shapes``.
 _STREAM_OFFSET = 1 << 40
 #: Images rendered per chunk.
 _CHUNK = 256
@@ -103,10 +103,10 @@ class ScenarioBatch:
     """Images of one scenario with their labels and masks.
 
     Attributes:
-        images: ``(N, 3, H, W)`` float32, normalised with :data:`~cam_callbacks.datasets.shapes.SHAPES_MEAN`
-            and :data:`~cam_callbacks.datasets.shapes.SHAPES_STD`
+        images: ``(N, 3, H, W)`` float32, normalised with ``SHAPES_MEAN``
+            and ``SHAPES_STD``
             (or in ``[0, 1]`` with ``normalize=False``).
-        labels: ``(N,)`` long class indices into :data:`~cam_callbacks.datasets.shapes.SHAPE_NAMES`.
+        labels: ``(N,)`` long class indices into ``SHAPE_NAMES``.
         masks: ``(N, H, W)`` bool, union of the pixels of all objects.
         nuisance_masks: ``(N, H, W)`` bool, the patch's pixels (all False without a shortcut).
         multi_hot: ``(N, num_classes)`` float32, 1 for every class present in the image.
@@ -144,7 +144,7 @@ def scenario_generator(seed: int, split: str, index: int) -> torch.Generator:
     """The private generator of image ``index`` of split ``split`` of scenario seed ``seed``.
 
     ``image_generator(2**40 + 2 * seed + s, index)`` with ``s = 0`` for train and 1 for val: the two
-    splits, and :func:`cam_callbacks.datasets.shapes.make_shapes` datasets, use unrelated streams.
+    splits, and ``cam_callbacks.datasets.shapes.make_shapes`` datasets, use unrelated streams.
 
     Example::
 
@@ -194,10 +194,7 @@ def _place(
             span = image_size - 1 - 2 * size
             for tx, ty in torch.rand((_CANDIDATES, 2), generator=generator).tolist():
                 cx, cy = size + span * tx, size + span * ty
-                clear = all(
-                    math.hypot(max(x_lo - cx, 0.0, cx - x_hi), max(y_lo - cy, 0.0, cy - y_hi)) > size + _MARGIN
-                    for x_lo, x_hi, y_lo, y_hi in boxes
-                )
+                clear = all(math.hypot(max(x_lo - cx, 0.0, cx - x_hi), max(y_lo - cy, 0.0, cy - y_hi)) > size + _MARGIN for x_lo, x_hi, y_lo, y_hi in boxes)
                 if clear and all(math.hypot(cx - o.center[0], cy - o.center[1]) > size + o.size + _MARGIN for o in placed):
                     return (cx, cy), size
         size *= _SHRINK
@@ -292,19 +289,19 @@ def make_scenario(
 
     Args:
         num_images: Number of images (>= 0).
-        scenario: One of :data:`SCENARIOS`.
+        scenario: One of ``SCENARIOS``.
         split: ``"train"`` (the cue follows the label) or ``"val"`` (the cue is random).
         shortcut: Draw the nuisance patch.
-        cue: What the patch encodes, one of :data:`CUES` (``"corner"`` allows at most 4 classes).
+        cue: What the patch encodes, one of ``CUES`` (``"corner"`` allows at most 4 classes).
         image_size: Side of the square images in pixels (>= 32).
-        num_classes: Number of classes, the first ``num_classes`` of :data:`~cam_callbacks.datasets.shapes.SHAPE_NAMES`.
+        num_classes: Number of classes, the first ``num_classes`` of ``SHAPE_NAMES``.
         seed: Dataset seed (>= 0).
         start: Index of the first image, to generate a dataset in pieces.
-        normalize: Normalise the images with :data:`~cam_callbacks.datasets.shapes.SHAPES_MEAN` and
-            :data:`~cam_callbacks.datasets.shapes.SHAPES_STD` (default) or return them in ``[0, 1]``.
+        normalize: Normalise the images with ``SHAPES_MEAN`` and
+            ``SHAPES_STD`` (default) or return them in ``[0, 1]``.
 
     Returns:
-        A :class:`ScenarioBatch`.
+        A ``ScenarioBatch``.
 
     Example::
 
@@ -351,14 +348,14 @@ class ScenarioDataset(Dataset):
 
     ``image`` is ``(3, H, W)`` float32 (normalised by default), ``label`` an int, ``mask`` and
     ``nuisance_mask`` ``(H, W)`` bool. All images are generated at construction by
-    :func:`make_scenario` with the same arguments (sample ``i`` is its image ``i``).
+    ``make_scenario`` with the same arguments (sample ``i`` is its image ``i``).
 
     Args:
         num_images, scenario, split, shortcut, cue, image_size, num_classes, seed, normalize:
-            As in :func:`make_scenario`.
+            As in ``make_scenario``.
 
     Attributes:
-        batch: The underlying :class:`ScenarioBatch`.
+        batch: The underlying ``ScenarioBatch``.
 
     Example::
 
@@ -381,9 +378,7 @@ class ScenarioDataset(Dataset):
         seed: int = 0,
         normalize: bool = True,
     ) -> None:
-        self.batch = make_scenario(
-            num_images, scenario, split, shortcut, cue, image_size, num_classes, seed, normalize=normalize
-        )
+        self.batch = make_scenario(num_images, scenario, split, shortcut, cue, image_size, num_classes, seed, normalize=normalize)
         self.num_images = num_images
         self.scenario = scenario
         self.split = split

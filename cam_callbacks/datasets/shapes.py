@@ -7,15 +7,15 @@ returned with every image, which makes it possible to check where an explanation
 
 Generation is pure torch and deterministic: image ``i`` of seed ``s`` is drawn from its own
 ``torch.Generator`` seeded from ``(s, i)``, so it is the same whether it is produced by
-:func:`make_shapes` or :class:`ShapesDataset`, in any order, in any process; the global RNG is
+``make_shapes`` or ``ShapesDataset``, in any order, in any process; the global RNG is
 never used or changed.
 
 The pieces live in their own modules: random streams and backgrounds in
-:mod:`cam_callbacks.datasets.backgrounds`, shape masks, painting and object colours (with the
-geometry conventions) in :mod:`cam_callbacks.datasets.drawing`; their public names are importable
+``cam_callbacks.datasets.backgrounds``, shape masks, painting and object colours (with the
+geometry conventions) in ``cam_callbacks.datasets.drawing``; their public names are importable
 from here too. Variants (one large or one small object, several objects, a nuisance cue such as a
-coloured corner patch correlated with the label, see :mod:`cam_callbacks.datasets.scenarios`) are
-added by composing :func:`textured_background`, :func:`shape_mask` and :func:`draw_shape`.
+coloured corner patch correlated with the label, see ``cam_callbacks.datasets.scenarios``) are
+added by composing ``textured_background``, ``shape_mask`` and ``draw_shape``.
 
 Example::
 
@@ -46,7 +46,7 @@ from cam_callbacks.datasets.backgrounds import (
     sample_background,
     single_threaded,
     textured_background,
-)  # fmt: skip
+)
 from cam_callbacks.datasets.drawing import OBJECT_MIN_PEAK, SHAPE_NAMES, draw_shape, random_object_color, shape_mask, shape_masks
 
 __all__ = [
@@ -75,17 +75,17 @@ __all__ = [
 ]
 
 #: Per-channel mean of the generated images (measured on 4000 images of 64x64, 4 classes, seed 0;
-#: it varies by less than 0.01 with the image size, class count and seed). :class:`ShapesDataset`
+#: it varies by less than 0.01 with the image size, class count and seed). ``ShapesDataset``
 #: normalises with ``(x - SHAPES_MEAN) / SHAPES_STD``; pass both to ``CAMMonitor(mean=..., std=...)``
 #: to see the probe images in their real colours.
 SHAPES_MEAN: Tuple[float, float, float] = (0.261, 0.260, 0.262)
-#: Per-channel standard deviation of the generated images (same measurement as :data:`SHAPES_MEAN`).
+#: Per-channel standard deviation of the generated images (same measurement as ``SHAPES_MEAN``).
 SHAPES_STD: Tuple[float, float, float] = (0.172, 0.175, 0.175)
 
 #: Shape size range, as a fraction of the image side (the size is the circumradius).
 _SIZE_RANGE = (0.16, 0.3)
 
-#: Pixels per rendering chunk in :func:`make_shapes`.
+#: Pixels per rendering chunk in ``make_shapes``.
 _CHUNK_PIXELS = 1 << 19
 
 
@@ -95,7 +95,7 @@ class ShapesBatch:
 
     Attributes:
         images: ``(N, 3, H, W)`` float32 in ``[0, 1]`` (not normalised).
-        labels: ``(N,)`` long, class indices into :data:`SHAPE_NAMES`.
+        labels: ``(N,)`` long, class indices into ``SHAPE_NAMES``.
         masks: ``(N, H, W)`` bool, True on the object's pixels.
         centers: ``(N, 2)`` float32 object centres ``(cx, cy)`` in pixel coordinates.
         sizes: ``(N,)`` float32 object sizes (circumradius, pixels).
@@ -123,7 +123,7 @@ def _check_args(image_size: int, num_classes: int) -> None:
 
 
 class ObjectParams(NamedTuple):
-    """The random draws of one image's object (see :func:`sample_image`)."""
+    """The random draws of one image's object (see ``sample_image``)."""
 
     label: int
     center: Tuple[float, float]
@@ -135,7 +135,7 @@ class ObjectParams(NamedTuple):
 def sample_image(index: int, image_size: int = 64, num_classes: int = 4, seed: int = 0) -> Tuple[BackgroundParams, ObjectParams]:
     """All random draws of image ``index`` of dataset ``seed``, from its own generator, in a fixed order.
 
-    Order: label, background (:func:`sample_background`), size/centre/angle, colour. Variants that
+    Order: label, background (``sample_background``), size/centre/angle, colour. Variants that
     need more draws should take them after these, so the existing images do not change.
     """
     _check_args(image_size, num_classes)
@@ -191,19 +191,19 @@ def make_shapes(num_images: int, image_size: int = 64, num_classes: int = 4, see
     """Generate ``num_images`` shape images (indices ``start .. start + num_images - 1`` of dataset ``seed``).
 
     Labels are drawn uniformly per image (balanced in expectation, not exactly). Random draws are
-    made per image (:func:`sample_image`); the pixels are computed in batches, on one CPU thread
+    made per image (``sample_image``); the pixels are computed in batches, on one CPU thread
     (torch's thread count is restored on return). 2000 images of 64x64 take about 1 s on a busy
     2-core machine.
 
     Args:
         num_images: Number of images (>= 0).
         image_size: Side of the square images, in pixels (>= 8).
-        num_classes: Number of classes, the first ``num_classes`` of :data:`SHAPE_NAMES`.
+        num_classes: Number of classes, the first ``num_classes`` of ``SHAPE_NAMES``.
         seed: Dataset seed (>= 0); different seeds give independent images.
         start: Index of the first image, so a dataset can be generated in pieces.
 
     Returns:
-        A :class:`ShapesBatch`.
+        A ``ShapesBatch``.
 
     Example::
 
@@ -249,7 +249,7 @@ def normalize(images: Tensor, mean: Sequence[float] = SHAPES_MEAN, std: Sequence
 
 
 def unnormalize(images: Tensor, mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> Tensor:
-    """Inverse of :func:`normalize`: ``images * std + mean`` per channel (no clipping)."""
+    """Inverse of ``normalize``: ``images * std + mean`` per channel (no clipping)."""
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
     return images * s + m
@@ -262,19 +262,19 @@ class ShapesDataset(Dataset):
     """A map-style dataset of shape images: ``dataset[i] == (normalised image (3, H, W), label int)``.
 
     All images are generated at construction (about 0.5 ms per 64x64 image; 2000 such images
-    take ~100 MB) and kept; sample ``i`` is image ``i`` of :func:`make_shapes` with the same seed, so two
+    take ~100 MB) and kept; sample ``i`` is image ``i`` of ``make_shapes`` with the same seed, so two
     datasets with the same arguments are identical and a train and a validation split only need
     different seeds.
 
     Args:
         num_images: Number of samples.
         image_size: Side of the square images.
-        num_classes: Number of classes (first ``num_classes`` of :data:`SHAPE_NAMES`).
+        num_classes: Number of classes (first ``num_classes`` of ``SHAPE_NAMES``).
         seed: Dataset seed.
-        normalize: Normalise with :data:`SHAPES_MEAN` / :data:`SHAPES_STD` (default) or return images in ``[0, 1]``.
+        normalize: Normalise with ``SHAPES_MEAN`` / ``SHAPES_STD`` (default) or return images in ``[0, 1]``.
 
     Attributes:
-        batch: The underlying :class:`ShapesBatch` (un-normalised images, labels, masks, object parameters).
+        batch: The underlying ``ShapesBatch`` (un-normalised images, labels, masks, object parameters).
 
     Example::
 

@@ -1,7 +1,7 @@
 """What the engine remembers per model between calls: derived tails and measured bytes per row.
 
 Both caches refer to their models weakly (a dropped model frees its entries) and are keyed by
-(layer, input shape, dtype, device). :func:`cache_info` and :func:`clear_caches` are the public
+(layer, input shape, dtype, device). ``cache_info`` and ``clear_caches`` are the public
 way to look at and empty them (tests, benchmarks that time cold calls, notebooks that rebuild a model
 in place).
 """
@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from cam_callbacks.capture.tail import Tail, tail_from_reference, tail_mismatch
 from cam_callbacks.engine.scorers import RowBytes
 from cam_callbacks.utils.outputs import OutputTransform
-
-__all__ = ["CacheInfo", "cache_info", "clear_caches", "cached_cost", "store_cost", "tail_for"]
 
 #: model -> {(layer, input shape, dtype, device): a tail reusable across calls, or _NO_FX}
 _TAILS: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[Any, ...], Union[Tail, str]]]" = weakref.WeakKeyDictionary()
@@ -73,9 +71,15 @@ def store_cost(model: nn.Module, key: Tuple[Any, ...], cost: RowBytes) -> None:
 
 
 def tail_for(
-    model: nn.Module, layer_name: str, layer: nn.Module, x: Tensor, raw: Tensor, logits: Tensor,
-    user_tail: Optional[Callable[[Tensor], Tensor]], output_transform: OutputTransform = None,
-) -> Tail:  # fmt: skip
+    model: nn.Module,
+    layer_name: str,
+    layer: nn.Module,
+    x: Tensor,
+    raw: Tensor,
+    logits: Tensor,
+    user_tail: Optional[Callable[[Tensor], Tensor]],
+    output_transform: OutputTransform = None,
+) -> Tail:
     """The tail after ``layer_name`` for the chunk ``x``, whose layer output ``raw`` and ``logits`` the main pass produced.
 
     A derived tail that does not depend on the example images (fx without values crossing the cut) is

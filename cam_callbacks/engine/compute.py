@@ -23,13 +23,15 @@ from cam_callbacks.methods.registry import CAMMethod, get_method
 from cam_callbacks.metrics.faithfulness import faithfulness_scores
 from cam_callbacks.utils.targets import probabilities
 
-__all__ = ["compute_explanations", "compute_faithfulness"]
-
 
 def compute_explanations(
-    model: nn.Module, images: Tensor, methods: Sequence[str], layers: Layers, targets: Optional[Tensor] = None,
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str],
+    layers: Layers,
+    targets: Optional[Tensor] = None,
     options: Optional[ExplainOptions] = None,
-) -> Explanation:  # fmt: skip
+) -> Explanation:
     """Maps of several methods in chunks of ``options.batch_size`` images, on the model's device.
 
     Args:
@@ -37,9 +39,9 @@ def compute_explanations(
         images: ``(N, C, H, W)`` as the model receives them.
         methods: Registered method names.
         layers: ``(name, module)`` pairs of target layers; several are fused LayerCAM-style
-            (:func:`~cam_callbacks.utils.maps.fuse_layer_maps`).
+            (``fuse_layer_maps``).
         targets: ``(N,)`` class indices, or None for the top-1 predictions.
-        options: How to compute (defaults: :class:`ExplainOptions`).
+        options: How to compute (defaults: ``ExplainOptions``).
 
     The model is put in eval mode for the call and restored after; no ``param.grad`` is touched.
     Results are on the model's device.
@@ -99,12 +101,16 @@ def _target_probabilities(logits: Tensor, targets: Tensor, options: ExplainOptio
 
 
 def compute_faithfulness(
-    model: nn.Module, images: Tensor, methods: Sequence[str], layers: Layers, targets: Optional[Tensor] = None,
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str],
+    layers: Layers,
+    targets: Optional[Tensor] = None,
     options: Optional[ExplainOptions] = None,
-) -> ScoredExplanation:  # fmt: skip
+) -> ScoredExplanation:
     """Maps and per-image faithfulness fractions (in [0, 1]) of several methods.
 
-    Arguments as in :func:`compute_explanations`. Each method is run again on its explanation
+    Arguments as in ``compute_explanations``. Each method is run again on its explanation
     images ``images * map`` (for Average Drop, Increase in Confidence and Coherency). A row whose
     logits or map of either pass hold NaN or inf gets NaN scores (never a number computed from them).
 

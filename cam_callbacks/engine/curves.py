@@ -1,8 +1,8 @@
-"""The engine behind :func:`~cam_callbacks.perturbation_scores`: maps, then deletion/insertion, ROAD and ARCC on them.
+"""The engine behind ``perturbation_scores``: maps, then deletion/insertion, ROAD and ARCC on them.
 
-One :func:`~cam_callbacks.engine.compute.compute_explanations` call gives the maps of every method; each metric then
+One ``compute_explanations`` call gives the maps of every method; each metric then
 scores all images and all perturbation steps in batched passes of the whole model
-(:class:`~cam_callbacks.engine.scorers.ModelScorer`, rows sized to the free memory of the model's device by the bytes
+(``ModelScorer``, rows sized to the free memory of the model's device by the bytes
 one image costs, measured once per model and input shape and cached). ARCC adds ROAD at its own percentiles (20, 40,
 60, 80; shared with ``"road"`` when those are its percentiles) and one explanation pass of each method on its
 explanation images (Coherency).
@@ -26,12 +26,10 @@ from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, rows_per_pass
 from cam_callbacks.metrics.faithfulness import ARCC_ROAD_PERCENTILES, arcc, coherency, complexity
 from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS, ROAD_PERCENTILES, Baseline, deletion_insertion, road
 
-__all__ = ["CurveSettings", "check_curves", "compute_perturbation_scores", "curve_scorer", "curve_scores"]
-
 
 @dataclass(frozen=True)
 class CurveSettings:
-    """Which perturbation metrics, and how (see :mod:`cam_callbacks.metrics.perturbation_curves`).
+    """Which perturbation metrics, and how (see ``cam_callbacks.metrics.perturbation_curves``).
 
     Example::
 
@@ -68,7 +66,7 @@ class CurveSettings:
 
 
 def check_curves(curves: object) -> Optional[CurveSettings]:
-    """``CAMMonitor(curves=...)``: None or an empty sequence (off), or metric names of :data:`CURVE_METRICS`.
+    """``CAMMonitor(curves=...)``: None or an empty sequence (off), or metric names of ``CURVE_METRICS``.
 
     Example::
 
@@ -91,7 +89,7 @@ def check_curves(curves: object) -> Optional[CurveSettings]:
 
 
 def curve_scorer(model: nn.Module, x: Tensor, options: ExplainOptions) -> ModelScorer:
-    """A :class:`ModelScorer` for ``model`` on rows shaped like ``x``'s, sized by the measured bytes per image (cached)."""
+    """A ``ModelScorer`` for ``model`` on rows shaped like ``x``'s, sized by the measured bytes per image (cached)."""
     key = ("<whole model>", tuple(x.shape[1:]), x.dtype, x.device)
     cost = cached_cost(model, key)
     if cost is None:
@@ -108,7 +106,7 @@ def curve_scores(
     """``scores[method][metric]`` ``(N,)`` of the maps in ``explanation`` (computed for ``images``), in batched passes of
     ``model`` (eval mode for the call, every flag restored). ROAD's noise is seeded with ``options.seed``.
 
-    ARCC also runs each method on its explanation images (:func:`~cam_callbacks.engine.compute.explanation_pass`, at
+    ARCC also runs each method on its explanation images (``explanation_pass``, at
     the layers of ``explanation``); a row whose logits or map of that pass are not finite gets NaN."""
     wanted = set(settings.metrics)
     scores: Scores = {}
@@ -128,10 +126,16 @@ def curve_scores(
 
 
 def _arcc(
-    model: nn.Module, x: Tensor, explanation: Explanation, name: str, scorer: ModelScorer, options: ExplainOptions, settings: CurveSettings,
+    model: nn.Module,
+    x: Tensor,
+    explanation: Explanation,
+    name: str,
+    scorer: ModelScorer,
+    options: ExplainOptions,
+    settings: CurveSettings,
     computed: Dict[str, Tensor],
 ) -> Tensor:
-    """ARCC of ``name``'s maps: ROAD at :data:`ARCC_ROAD_PERCENTILES` (the ``"road"`` just computed when its percentiles
+    """ARCC of ``name``'s maps: ROAD at ``ARCC_ROAD_PERCENTILES`` (the ``"road"`` just computed when its percentiles
     are those), Coherency from one explanation pass, Complexity."""
     maps = explanation.maps[name]
     if "road" in computed and tuple(settings.percentiles) == tuple(float(p) for p in ARCC_ROAD_PERCENTILES):
@@ -145,12 +149,17 @@ def _arcc(
 
 
 def compute_perturbation_scores(
-    model: nn.Module, images: Tensor, methods: Sequence[str], layers: Layers, targets: Optional[Tensor] = None,
-    options: Optional[ExplainOptions] = None, settings: Optional[CurveSettings] = None,
-) -> ScoredExplanation:  # fmt: skip
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str],
+    layers: Layers,
+    targets: Optional[Tensor] = None,
+    options: Optional[ExplainOptions] = None,
+    settings: Optional[CurveSettings] = None,
+) -> ScoredExplanation:
     """Maps of ``methods`` and their per-image perturbation scores (fractions; ROAD differences of probabilities).
 
-    Returns ``scores[method][metric]`` ``(N,)`` with the metrics of ``settings`` (:func:`curve_scores`).
+    Returns ``scores[method][metric]`` ``(N,)`` with the metrics of ``settings`` (``curve_scores``).
     """
     options = options or ExplainOptions()
     settings = settings or CurveSettings()

@@ -1,7 +1,7 @@
 """Rows that cannot be explained: images holding NaN or inf, and images whose logits, maps or scores come out non-finite.
 
-:func:`explain_finite_rows` runs a computation on the rows that can be explained and says which
-ones were left out; :func:`cam_callbacks.explain` and :func:`cam_callbacks.faithfulness` put NaN in
+``explain_finite_rows`` runs a computation on the rows that can be explained and says which
+ones were left out; ``cam_callbacks.explain`` and ``cam_callbacks.faithfulness`` put NaN in
 their place. The rows are found batched (one ``isfinite`` per tensor), never image by image.
 
 The rows kept are computed exactly as a call on them alone would compute them: images with NaN or
@@ -19,8 +19,6 @@ import torch
 from torch import Tensor
 
 from cam_callbacks.engine.result import ScoredExplanation
-
-__all__ = ["FiniteRows", "explain_finite_rows", "nonfinite_images", "nonfinite_results"]
 
 
 def nonfinite_images(images: Tensor) -> Tensor:

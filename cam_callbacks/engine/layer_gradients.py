@@ -11,8 +11,6 @@ from cam_callbacks.capture.hooks import LayerCapture
 from cam_callbacks.capture.layouts import TokenGrid
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 
-__all__ = ["LayerGradients"]
-
 
 class LayerGradients:
     """``(images, targets) -> (M, K, h, w)``: the gradient of each row's target logit at the target layer.
@@ -25,8 +23,8 @@ class LayerGradients:
         model: The classifier (the engine has put it in eval mode).
         layer_name: The target layer's dotted name, for messages.
         layer: The target layer.
-        reshape: The :class:`~cam_callbacks.capture.layouts.TokenGrid` of a transformer layer (None for feature maps).
-        output_transform: Where the logits are in the model's output (:func:`~cam_callbacks.utils.outputs.logits_of`).
+        reshape: The ``TokenGrid`` of a transformer layer (None for feature maps).
+        output_transform: Where the logits are in the model's output (``logits_of``).
 
     Example::
 

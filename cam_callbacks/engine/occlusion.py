@@ -1,7 +1,7 @@
 """Confirm a suspected shortcut region by intervention: occlude it and see whether the prediction moves.
 
 A region where the maps gather may be a cue the model uses, or an incidental place its maps happen
-to share. :func:`occlusion_effect` fills the region with each image's own per-channel mean and
+to share. ``occlusion_effect`` fills the region with each image's own per-channel mean and
 measures the drop of the target class's probability; as a control it fills a region of the same
 shape and area shifted by half the image in both directions (``torch.roll``, wrapping around).
 A shortcut region moves the prediction of most images, an incidental one no more than the control
@@ -34,11 +34,9 @@ from cam_callbacks.capture.state import preserved_model_state, preserved_rng_sta
 from cam_callbacks.engine.passes import model_device
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 
-__all__ = ["OcclusionResult", "occlusion_effect", "shifted_region"]
-
 
 class OcclusionResult(NamedTuple):
-    """Output of :func:`occlusion_effect`.
+    """Output of ``occlusion_effect``.
 
     Attributes:
         drop: ``(N,)`` target probability of the intact image minus that with the region occluded.
@@ -73,10 +71,15 @@ def _probabilities(model: nn.Module, images: Tensor, targets: Tensor, transform:
 
 
 def occlusion_effect(
-    model: nn.Module, images: Tensor, targets: Tensor, region: Tensor, batch_size: int = 64,
-    output_transform: OutputTransform = None, probability: str = "softmax",
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    region: Tensor,
+    batch_size: int = 64,
+    output_transform: OutputTransform = None,
+    probability: str = "softmax",
     forward_context: Callable[[], "object"] = torch.no_grad,
-) -> OcclusionResult:  # fmt: skip
+) -> OcclusionResult:
     """Drop of the target probability when ``region`` is filled with each image's mean, against a shifted control.
 
     Args:
@@ -85,12 +88,12 @@ def occlusion_effect(
         targets: ``(N,)`` class indices whose probability is measured.
         region: ``(H, W)`` or ``(N, H, W)`` bool region to occlude (at the images' size).
         batch_size: Images per forward pass (each pass runs intact, occluded and control copies: 3x).
-        output_transform: How to take the logits from the model's output (see :func:`cam_callbacks.explain`).
+        output_transform: How to take the logits from the model's output (see ``cam_callbacks.explain``).
         probability: ``"softmax"`` or ``"sigmoid"``.
         forward_context: Context manager factory around the passes (e.g. a precision plugin's).
 
     Returns:
-        :class:`OcclusionResult` on the CPU (float64).
+        ``OcclusionResult`` on the CPU (float64).
     """
     if probability not in ("softmax", "sigmoid"):
         raise ValueError(f"probability must be one of ['softmax', 'sigmoid'], got {probability!r}")

@@ -48,8 +48,8 @@ def _method_options(given: Any) -> Dict[str, Dict[str, Any]]:
 class ExplainOptions:
     """How maps are computed: everything besides model, images, methods, layer and targets.
 
-    The one settings object of :func:`~cam_callbacks.explain`, :func:`~cam_callbacks.faithfulness`,
-    :func:`~cam_callbacks.perturbation_scores` (``options=``) and :class:`~cam_callbacks.CAMMonitor`
+    The one settings object of ``explain``, ``faithfulness``,
+    ``perturbation_scores`` (``options=``) and ``CAMMonitor``
     (``explain_options=``). Every field is checked when the object is built (each message names the field and
     lists what is valid); the object is frozen and passed unchanged through the engine.
 
@@ -58,9 +58,9 @@ class ExplainOptions:
         method_options: Method name -> its options (e.g. ``{"reciprocam": {"gaussian": True}}``; each method's
             options and defaults are listed in the methods table of the docs).
         reshape: Turns a transformer layer's tokens into a feature map: None, ``"vit"`` or a
-            :class:`~cam_callbacks.capture.layouts.TokenGrid` (stored as a ``TokenGrid``).
+            ``TokenGrid`` (stored as a ``TokenGrid``).
         tail: Your own ``activations -> logits`` callable for the network after the target layer
-            (Ablation-CAM, Recipro-CAM); by default it is derived (:func:`~cam_callbacks.capture.tail.derive_tail`).
+            (Ablation-CAM, Recipro-CAM); by default it is derived (``derive_tail``).
         perturbation_batch: Rows per perturbation pass; None chooses from the free memory.
         smooth: None, ``"noise"`` (average over ``smooth_samples`` copies with Gaussian noise of
             ``smooth_sigma`` times each image's value range, SmoothGrad-style) or ``"aug"``
@@ -72,11 +72,11 @@ class ExplainOptions:
         probability: ``"softmax"`` (single-label) or ``"sigmoid"`` (multi-label models): how logits
             become the probabilities Recipro-CAM and the faithfulness metrics use.
         target_classes: The width of the multi-hot ``(N, C)`` targets the ``(N,)`` labels were taken from
-            (set by :func:`~cam_callbacks.explain` and :func:`~cam_callbacks.faithfulness`); the model's
+            (set by ``explain`` and ``faithfulness``); the model's
             logits must have as many columns, checked at the first forward pass. None: no such check.
-        output_transform: Where the logits are in what the model returns (:mod:`cam_callbacks.utils.outputs`): None
+        output_transform: Where the logits are in what the model returns (``cam_callbacks.utils.outputs``): None
             (a logits tensor), a key or attribute name (``"logits"``), a tuple index, or a callable ``output -> logits``.
-        precision: ``"auto"``: inside :class:`~cam_callbacks.CAMMonitor`, compute in the Trainer's precision (its
+        precision: ``"auto"``: inside ``CAMMonitor``, compute in the Trainer's precision (its
             precision plugin: autocast for ``"16-mixed"``/``"bf16-mixed"``); elsewhere the model's own dtype.
             ``"32"``: always the model's own dtype, no autocast.
 
@@ -150,9 +150,9 @@ class ExplainOptions:
 
     @property
     def token_grid(self) -> Optional[TokenGrid]:
-        """:attr:`reshape` as a ``TokenGrid`` (None for ``(N, C, h, w)`` feature maps)."""
+        """``reshape`` as a ``TokenGrid`` (None for ``(N, C, h, w)`` feature maps)."""
         return self.reshape if isinstance(self.reshape, TokenGrid) else None
 
     def options_for(self, method: CAMMethod) -> Dict[str, Any]:
-        """``method``'s options: its defaults updated with those given in :attr:`method_options`."""
+        """``method``'s options: its defaults updated with those given in ``method_options``."""
         return method.resolve_options(self.method_options.get(method.name))

@@ -1,4 +1,4 @@
-"""The batched passes behind :func:`~cam_callbacks.explain` and the callback.
+"""The batched passes behind ``explain`` and the callback.
 
 Per chunk of ``options.batch_size`` images, all requested methods share the passes they need:
 
@@ -8,9 +8,9 @@ Per chunk of ``options.batch_size`` images, all requested methods share the pass
 - an *input-gradient pass* (saliency, guided backprop): forward and backward to the input,
   plain and/or guided;
 - *perturbation passes* (Score-CAM, Ablation-CAM, Recipro-CAM): batched, memory-bounded forward
-  passes of the whole model or of the network's tail (:mod:`cam_callbacks.engine.scorers`).
+  passes of the whole model or of the network's tail (``cam_callbacks.engine.scorers``).
 
-:func:`explain_layers` runs them chunk by chunk for one or several target layers (fused
+``explain_layers`` runs them chunk by chunk for one or several target layers (fused
 LayerCAM-style). Everything stays on the model's device.
 """
 
@@ -39,8 +39,6 @@ from cam_callbacks.utils.maps import fuse_layer_maps, upsample_and_normalize
 from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_classes, check_target_range
 
-__all__ = ["Layers", "check_logits", "explain_layers", "model_device"]
-
 #: Target layers as ``(dotted name, module)`` pairs; several are fused LayerCAM-style.
 Layers = Sequence[Tuple[str, nn.Module]]
 
@@ -55,13 +53,13 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 
 
 def check_logits(output: Any, n: int, transform: OutputTransform = None) -> Tensor:
-    """The ``(n, num_classes)`` logits in the model's ``output`` (:func:`~cam_callbacks.utils.outputs.logits_of`); else a
+    """The ``(n, num_classes)`` logits in the model's ``output`` (``logits_of``); else a
     ValueError that says what the model returned and which ``output_transform`` to pass."""
     return logits_of(output, transform, n)
 
 
 def _with_layer_hint(error: LayerOutputError, model: nn.Module, x: Tensor) -> LayerOutputError:
-    """``error`` with a layer (and layout) of this model that works added (:func:`spatial_layer_hint`), when one is found."""
+    """``error`` with a layer (and layout) of this model that works added (``spatial_layer_hint``), when one is found."""
     hint = spatial_layer_hint(model, x[:1])
     return type(error)(f"{error} {hint}") if hint and hint not in str(error) else error
 
@@ -77,11 +75,18 @@ class _LayerPass:
 
 
 def _main_pass(
-    model: nn.Module, layer_name: str, layer: nn.Module, methods: Sequence[CAMMethod], x: Tensor, targets: Optional[Tensor],
-    options: ExplainOptions, inputs: Dict[str, Any], own: Dict[str, Dict[str, Tensor]],
-) -> _LayerPass:  # fmt: skip
+    model: nn.Module,
+    layer_name: str,
+    layer: nn.Module,
+    methods: Sequence[CAMMethod],
+    x: Tensor,
+    targets: Optional[Tensor],
+    options: ExplainOptions,
+    inputs: Dict[str, Any],
+    own: Dict[str, Dict[str, Tensor]],
+) -> _LayerPass:
     """Forward pass capturing the layer (and gradients of the target logits through the tail); fills ``inputs``, and
-    ``own`` with the gradients of methods that have a score of their own (:mod:`cam_callbacks.engine.scored`)."""
+    ``own`` with the gradients of methods that have a score of their own (``cam_callbacks.engine.scored``)."""
     needs: Set[str] = set().union(*(m.needs for m in methods))
     perturbs = bool(needs & {"model_scorer", "tail_scorer"})
     cost_key = (layer_name, tuple(x.shape[1:]), x.dtype, x.device)
@@ -122,16 +127,12 @@ def _main_pass(
     return _LayerPass(capture.raw.detach(), logits, targets, cost)
 
 
-def _scorers(
-    model: nn.Module, layer_name: str, layer: nn.Module, needs: Set[str], x: Tensor, captured: _LayerPass, options: ExplainOptions
-) -> Dict[str, Any]:
+def _scorers(model: nn.Module, layer_name: str, layer: nn.Module, needs: Set[str], x: Tensor, captured: _LayerPass, options: ExplainOptions) -> Dict[str, Any]:
     """The perturbation scorers the methods ask for, sized to the free memory of the model's device."""
     assert captured.cost is not None
     scorers: Dict[str, Any] = {}
     if "model_scorer" in needs:
-        scorers["model_scorer"] = ModelScorer(
-            model, rows_per_pass(captured.cost.model, x.device, options.perturbation_batch), options.output_transform
-        )
+        scorers["model_scorer"] = ModelScorer(model, rows_per_pass(captured.cost.model, x.device, options.perturbation_batch), options.output_transform)
     if "tail_scorer" in needs:
         tail = tail_for(model, layer_name, layer, x, captured.raw, captured.logits, options.tail, options.output_transform)
         row_bytes = captured.cost.model if tail.mode == "rerun" else captured.cost.tail
@@ -142,10 +143,8 @@ def _scorers(
     return scorers
 
 
-def _input_gradients(
-    model: nn.Module, x: Tensor, targets: Optional[Tensor], guided: bool, options: ExplainOptions
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`input_gradients`, with the width of multi-hot targets checked first (``options.target_classes``)."""
+def _input_gradients(model: nn.Module, x: Tensor, targets: Optional[Tensor], guided: bool, options: ExplainOptions) -> Tuple[Tensor, Tensor, Tensor]:
+    """``input_gradients``, with the width of multi-hot targets checked first (``options.target_classes``)."""
     try:
         gradients, logits, targets = input_gradients(model, x, targets, guided=guided, output_transform=options.output_transform)
     except ValueError:
@@ -158,16 +157,21 @@ def _input_gradients(
 
 
 def _bias_gradients(model: nn.Module, x: Tensor, targets: Optional[Tensor], options: ExplainOptions) -> Tuple[Tensor, List[Tensor], Tensor, Tensor]:
-    """:func:`bias_gradients` with the multi-hot width checked."""
+    """``bias_gradients`` with the multi-hot width checked."""
     input_grads, terms, logits, targets = bias_gradients(model, x, targets, options.output_transform)
     check_target_classes(options.target_classes, logits.shape[1])
     return input_grads, terms, logits, targets
 
 
 def run_chunk(
-    model: nn.Module, layer_name: str, layer: nn.Module, methods: Sequence[CAMMethod], x: Tensor, targets: Optional[Tensor],
+    model: nn.Module,
+    layer_name: str,
+    layer: nn.Module,
+    methods: Sequence[CAMMethod],
+    x: Tensor,
+    targets: Optional[Tensor],
     options: ExplainOptions,
-) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
+) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:
     """Raw maps of every method for one chunk: ``({name: (n, h, w) or (n, H, W)}, logits, targets)``."""
     needs: Set[str] = set().union(*(m.needs for m in methods))
     inputs: Dict[str, Any] = {}
@@ -178,9 +182,7 @@ def run_chunk(
         captured = _main_pass(model, layer_name, layer, methods, x, targets, options, inputs, own)
         logits, targets = captured.logits, captured.targets
     if "attention_gradients" in needs:  # LeGrad
-        inputs["attention_gradients"], inputs["patch_grid"], pass_logits, targets = attention_gradients(
-            model, x, targets, options.output_transform
-        )
+        inputs["attention_gradients"], inputs["patch_grid"], pass_logits, targets = attention_gradients(model, x, targets, options.output_transform)
         check_target_classes(options.target_classes, pass_logits.shape[1])
         logits = pass_logits if logits is None else logits
     if "bias_gradients" in needs:  # FullGrad: the input gradient comes from the same pass
@@ -208,9 +210,14 @@ def run_chunk(
 
 
 def _single_layer(
-    model: nn.Module, images: Tensor, methods: Sequence[CAMMethod], layer_name: str, layer: nn.Module,
-    targets: Optional[Tensor], options: ExplainOptions,
-) -> Explanation:  # fmt: skip
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[CAMMethod],
+    layer_name: str,
+    layer: nn.Module,
+    targets: Optional[Tensor],
+    options: ExplainOptions,
+) -> Explanation:
     device = model_device(model, images.device)
     size = (images.shape[-2], images.shape[-1])
     maps: Dict[str, List[Tensor]] = {m.name: [] for m in methods}

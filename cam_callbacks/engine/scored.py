@@ -1,7 +1,7 @@
 """Gradients a method asks for beyond d(target logit) / d(activations): its own score, and Hessian-vector products.
 
-The main pass (:mod:`cam_callbacks.engine.passes`) records the graph of the network's tail once; every method with
-a :attr:`~cam_callbacks.methods.registry.CAMMethod.score` (Finer-CAM's contrast with similar classes, Shapley-CAM's
+The main pass (``cam_callbacks.engine.passes``) records the graph of the network's tail once; every method with
+a ``score`` (Finer-CAM's contrast with similar classes, Shapley-CAM's
 ReST) or ``hessian_vector`` in its ``needs`` (Shapley-CAM) gets its inputs from that one graph with
 ``torch.autograd.grad`` (``retain_graph=True``), batched over the chunk. No ``param.grad`` changes.
 """
@@ -15,8 +15,6 @@ import torch
 from torch import Tensor
 
 from cam_callbacks.methods.registry import CAMMethod
-
-__all__ = ["has_own_gradients", "method_gradients", "target_logit", "twice_differentiable"]
 
 
 def target_logit(logits: Tensor, targets: Tensor) -> Tensor:

@@ -1,17 +1,17 @@
 """Batched, memory-bounded forward passes for the perturbation methods.
 
 Score-CAM runs the whole model on one masked copy of the image per channel, Ablation-CAM and
-Recipro-CAM run the network's *tail* (see :mod:`cam_callbacks.capture.tail`) on one modified copy of the
+Recipro-CAM run the network's *tail* (see ``cam_callbacks.capture.tail``) on one modified copy of the
 target layer's feature map per channel or per position. The methods do not build all copies at once
 (``N x K x C x H x W`` does not fit anywhere for real models); they hand a ``build(start, stop)``
 callable to the scorers below, which call it for as many rows as fit in memory at a time:
 
-- :class:`ModelScorer` ``(count, build) -> (count, classes)`` logits of the whole model;
-- :class:`TailScorer` ``(copies, build) -> (n, copies, classes)`` logits of the tail, ``build``
+- ``ModelScorer`` ``(count, build) -> (count, classes)`` logits of the whole model;
+- ``TailScorer`` ``(copies, build) -> (n, copies, classes)`` logits of the tail, ``build``
   returning ``(n, r, K, h, w)`` feature maps: ``r`` copies of each of the ``n`` images at once.
 
-The rows per pass come from :func:`rows_per_pass`: a share of the memory free on the model's device
-divided by the bytes one row needs, which :class:`ForwardCost` measures once per model and input
+The rows per pass come from ``rows_per_pass``: a share of the memory free on the model's device
+divided by the bytes one row needs, which ``ForwardCost`` measures once per model and input
 shape (the sizes of every leaf module's output in one forward pass, an upper bound of what a pass
 without autograd keeps alive).
 """
@@ -31,10 +31,6 @@ from cam_callbacks.utils.outputs import OutputTransform, logits_of
 if TYPE_CHECKING:
     from cam_callbacks.capture.tail import Tail
 
-__all__ = [
-    "ForwardCost", "ModelScorer", "TailScorer", "available_memory", "rows_per_pass", "MEMORY_FRACTION", "MAX_ROWS", "CPU_MAX_ROWS",
-    "CHANNELS_LAST_REFUSED",
-]  # fmt: skip
 
 #: Share of the free memory of the model's device that one perturbation pass may use.
 MEMORY_FRACTION = 0.25
@@ -45,7 +41,7 @@ MAX_ROWS = 1024
 #: activation is freshly mapped), 1.3-2x the time of 64-row passes. Large passes pay off on GPUs only.
 CPU_MAX_ROWS = 64
 _CPU_FALLBACK_BYTES = 4 << 30
-#: Models whose forward failed on a channels-last input (held weakly); :class:`ModelScorer` gives them plain inputs.
+#: Models whose forward failed on a channels-last input (held weakly); ``ModelScorer`` gives them plain inputs.
 #: Channels-last inputs make the CPU's convolutions faster (measured on resnet18 at 224 px, 1 thread: ~1.3x per
 #: pass) with the same weights and the same maths (float32 rounding differences ~1e-6 in the logits).
 CHANNELS_LAST_REFUSED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
@@ -132,7 +128,7 @@ class ForwardCost:
 
 class ModelScorer:
     """Logits of the whole model for rows built on demand, ``rows`` at a time, without autograd (taken from the
-    model's output by ``output_transform``, see :func:`~cam_callbacks.utils.outputs.logits_of`).
+    model's output by ``output_transform``, see ``logits_of``).
 
     Example::
 
@@ -157,7 +153,7 @@ class ModelScorer:
         return torch.cat(outputs)
 
     def _forward(self, x: Tensor) -> Any:
-        """The model on ``x``, handed over in channels-last memory order on the CPU (see :data:`CHANNELS_LAST_REFUSED`)."""
+        """The model on ``x``, handed over in channels-last memory order on the CPU (see ``CHANNELS_LAST_REFUSED``)."""
         wanted = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
         if not wanted or x.dim() != 4 or self.model in CHANNELS_LAST_REFUSED:
             return self.model(x)
@@ -172,7 +168,7 @@ class TailScorer:
     """Logits of the network's tail for ``copies`` modified feature maps of each of ``n`` images.
 
     Args:
-        tail: A :class:`~cam_callbacks.capture.tail.Tail`, called as ``tail(maps, r)`` on ``(n * r, *layer_output)``
+        tail: A ``Tail``, called as ``tail(maps, r)`` on ``(n * r, *layer_output)``
             rows, image ``i``'s copies in rows ``[i*r:(i+1)*r]``.
         n: Images in the chunk.
         rows: Rows (``n * r``) per pass; at least ``n`` (one copy of each image).
@@ -201,4 +197,3 @@ class TailScorer:
                 logits = self.tail(flat, r)
                 outputs.append(logits.reshape(self.n, r, -1))
         return torch.cat(outputs, dim=1)
-

@@ -17,17 +17,19 @@ from cam_callbacks.utils.maps import minmax_normalize
 from cam_callbacks.utils.outputs import OutputTransform
 from cam_callbacks.utils.targets import check_target_classes, check_target_range
 
-__all__ = ["predict", "smoothing_variants", "explain_smoothed"]
-
 
 def predict(
-    model: nn.Module, images: Tensor, targets: Optional[Tensor], batch_size: int, target_classes: Optional[int] = None,
+    model: nn.Module,
+    images: Tensor,
+    targets: Optional[Tensor],
+    batch_size: int,
+    target_classes: Optional[int] = None,
     output_transform: OutputTransform = None,
-) -> Tuple[Tensor, Tensor]:  # fmt: skip
+) -> Tuple[Tensor, Tensor]:
     """``(logits, targets)`` of the unmodified images, ``batch_size`` at a time without autograd; targets default to top-1.
 
     ``target_classes``: the width of the multi-hot targets the labels come from, checked against the logits;
-    ``output_transform``: where the logits are in the model's output (:func:`~cam_callbacks.utils.outputs.logits_of`).
+    ``output_transform``: where the logits are in the model's output (``logits_of``).
     """
     device = model_device(model, images.device)
     parts = []
@@ -72,7 +74,7 @@ def smoothing_variants(images: Tensor, options: ExplainOptions) -> Iterator[Tupl
 def explain_smoothed(
     model: nn.Module, images: Tensor, methods: Sequence[CAMMethod], layers: Layers, targets: Optional[Tensor], options: ExplainOptions
 ) -> Explanation:
-    """Each method's maps averaged over :func:`smoothing_variants`, then min-max normalised; targets from the plain images."""
+    """Each method's maps averaged over ``smoothing_variants``, then min-max normalised; targets from the plain images."""
     logits, targets = predict(model, images, targets, options.batch_size, options.target_classes, options.output_transform)
     plain = replace(options, smooth=None)
     totals: Dict[str, Tensor] = {}

@@ -1,6 +1,6 @@
 """Activation-weighted CAMs without gradients: CAM (the classifier's weights).
 
-Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks.methods.registry`).
+Each function returns the raw ``(N, h, w)`` map (see ``cam_callbacks.methods.registry``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from torch import Tensor
 
 from cam_callbacks.methods.common import weighted_sum
 from cam_callbacks.methods.registry import register_method
-
-__all__ = ["cam"]
 
 
 @register_method("cam", needs=("activations", "class_weights"), summary="CAM: final linear weights (GAP+linear heads)")

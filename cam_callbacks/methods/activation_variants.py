@@ -1,6 +1,6 @@
 """More gradient-free CAMs from the activations alone: FEM (Feature Explanation Method).
 
-Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks.methods.registry`).
+Each function returns the raw ``(N, h, w)`` map (see ``cam_callbacks.methods.registry``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ from torch import Tensor
 
 from cam_callbacks.methods.registry import register_method
 
-__all__ = ["fem"]
 
-
-@register_method(
-    "fem", needs=("activations",), summary="FEM: k-sigma binarised channels weighted by their means", options={"k": 2.0}
-)
+@register_method("fem", needs=("activations",), summary="FEM: k-sigma binarised channels weighted by their means", options={"k": 2.0})
 def fem(activations: Tensor, k: float = 2.0) -> Tensor:
     """FEM, Feature Explanation Method (Fuad, Martin, Giot, Bourqui, Benois-Pineau & Zemmari 2020, "Features
     understanding in 3D CNNs for actions recognition in video", IPTA 2020).

@@ -1,8 +1,8 @@
 """Sanity baselines: maps that explain nothing about the class, to compare real methods against.
 
-:func:`randomcam` is a random combination of the target layer's channels, :func:`sobelcam` the edges of the
+``randomcam`` is a random combination of the target layer's channels, ``sobelcam`` the edges of the
 input image. A method that does not beat them on a metric (faithfulness, localisation) tells little
-(Adebayo et al. 2018, "Sanity Checks for Saliency Maps"). Maps as in :mod:`cam_callbacks.methods.registry`.
+(Adebayo et al. 2018, "Sanity Checks for Saliency Maps"). Maps as in ``cam_callbacks.methods.registry``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from torch import Tensor
 
 from cam_callbacks.methods.common import weighted_sum
 from cam_callbacks.methods.registry import register_method
-
-__all__ = ["randomcam", "sobelcam", "random_channel_weights", "grayscale", "SOBEL_X"]
 
 #: The 3x3 Sobel kernel of the horizontal derivative (OpenCV's ``ksize=3``); its transpose is the vertical one.
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
@@ -43,7 +41,7 @@ def random_channel_weights(channels: int, seed: int, device: torch.device) -> Te
 def randomcam(activations: Tensor, seed: int = 0) -> Tensor:
     """Random-CAM, a sanity baseline (pytorch-grad-cam's ``RandomCAM``): ``ReLU(sum_k w_k A_k)``, ``w_k ~ U(-1, 1)``.
 
-    The weights come from :func:`random_channel_weights` (a private generator seeded with ``seed``, the global
+    The weights come from ``random_channel_weights`` (a private generator seeded with ``seed``, the global
     RNG untouched) and are the same for every image: an image's map does not depend on the batch it is
     computed in, and a fixed seed gives the same maps on every call on one device. The map depends on the
     image through its activations only, not on the target class. pytorch-grad-cam draws new weights per
@@ -72,7 +70,7 @@ def grayscale(images: Tensor) -> Tensor:
 def sobelcam(images: Tensor) -> Tensor:
     """Sobel-CAM, a sanity baseline (pytorch-grad-cam's ``sobel_cam``): ``(|G_x| + |G_y|) / 2`` of the grayscale image.
 
-    :func:`grayscale` of the images as the model receives them, 3x3 Sobel derivatives (:data:`SOBEL_X` and its
+    ``grayscale`` of the images as the model receives them, 3x3 Sobel derivatives (``SOBEL_X`` and its
     transpose) with the border reflected without repeating the edge pixel (OpenCV's default
     ``BORDER_REFLECT_101``), combined as OpenCV's ``addWeighted(|G_x|, 0.5, |G_y|, 0.5)``. At input resolution
     ``(N, H, W)``; ignores the model, the target layer and the class. pytorch-grad-cam works on 8-bit

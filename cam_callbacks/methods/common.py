@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["weighted_sum"]
-
 
 def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     """``sum_k weights[n, k] * activations[n, k]``: ``(N, K)`` weights and ``(N, K, h, w)`` activations -> ``(N, h, w)``.

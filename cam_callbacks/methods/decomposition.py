@@ -1,8 +1,8 @@
 """CAMs from a decomposition of the activations: Eigen-CAM (their first principal component).
 
-Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks.methods.registry`).
-:func:`orient_by_channel_mean` and :func:`principal_projection` are shared with the other
-decompositions (:mod:`cam_callbacks.methods.decomposition_variants`).
+Each function returns the raw ``(N, h, w)`` map (see ``cam_callbacks.methods.registry``).
+``orient_by_channel_mean`` and ``principal_projection`` are shared with the other
+decompositions (``cam_callbacks.methods.decomposition_variants``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from torch import Tensor
 
 from cam_callbacks.methods.registry import register_method
 from cam_callbacks.utils.numeric import pearson
-
-__all__ = ["eigencam", "orient_by_channel_mean", "principal_projection"]
 
 
 def orient_by_channel_mean(projection: Tensor, features: Tensor) -> Tensor:
@@ -38,7 +36,7 @@ def orient_by_channel_mean(projection: Tensor, features: Tensor) -> Tensor:
 
 def principal_projection(features: Tensor) -> Tensor:
     """``(N, K, h, w)`` -> ``(N, h*w)`` float64: each image's ``h*w`` samples of ``K`` channels, centred per
-    channel, projected on their first right-singular vector, oriented by :func:`orient_by_channel_mean`.
+    channel, projected on their first right-singular vector, oriented by ``orient_by_channel_mean``.
 
     Batched SVD of ``(N, h*w, K)`` matrices, no per-image loop.
     """
@@ -55,7 +53,7 @@ def eigencam(activations: Tensor) -> Tensor:
     """Eigen-CAM (Muhammad & Yeasin 2020): projection on the first principal component, ReLU.
 
     Per image, the activations are read as ``h*w`` samples of ``K`` channels, centred per channel,
-    and projected on their first right-singular vector (:func:`principal_projection`). The sign of a
+    and projected on their first right-singular vector (``principal_projection``). The sign of a
     principal component is arbitrary, so it is fixed to make the map correlate positively with the
     channel-mean map ``mean_k A_k`` (where that correlation is below 1e-6 in magnitude, e.g. after a
     zero-bias LayerNorm, the value of largest magnitude is made positive); then ReLU (as

@@ -1,8 +1,8 @@
 """More decompositions: Eigen-Grad-CAM (principal component of gradients x activations) and KPCA-CAM
 (kernel principal component of the activations).
 
-Same centring and sign conventions as Eigen-CAM (:mod:`cam_callbacks.methods.decomposition`). Each
-function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks.methods.registry`).
+Same centring and sign conventions as Eigen-CAM (``cam_callbacks.methods.decomposition``). Each
+function returns the raw ``(N, h, w)`` map (see ``cam_callbacks.methods.registry``).
 """
 
 from __future__ import annotations
@@ -16,19 +16,15 @@ from torch import Tensor
 from cam_callbacks.methods.decomposition import orient_by_channel_mean, principal_projection
 from cam_callbacks.methods.registry import register_method
 
-__all__ = ["eigengradcam", "kpcacam", "KPCA_KERNELS", "kernel_matrix"]
-
-#: The kernels :func:`kpcacam` accepts (scikit-learn's names and formulas).
+#: The kernels ``kpcacam`` accepts (scikit-learn's names and formulas).
 KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
 
 
-@register_method(
-    "eigengradcam", needs=("activations", "gradients"), summary="Eigen-Grad-CAM: first principal component of gradients x activations"
-)
+@register_method("eigengradcam", needs=("activations", "gradients"), summary="Eigen-Grad-CAM: first principal component of gradients x activations")
 def eigengradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     """Eigen-Grad-CAM (pytorch-grad-cam's class-discriminative Eigen-CAM; Muhammad & Yeasin 2020 on ``g * A``).
 
-    Eigen-CAM's projection (:func:`~cam_callbacks.methods.decomposition.principal_projection`) of the
+    Eigen-CAM's projection (``principal_projection``) of the
     elementwise product ``g_k * A_k`` instead of ``A_k``: ``h*w`` samples of ``K`` channels, centred per
     channel, projected on their first right-singular vector; the sign makes the map correlate positively
     with ``mean_k g_k A_k`` (the HiResCAM map up to the factor ``K``); then ReLU.
@@ -81,7 +77,7 @@ def kpcacam(activations: Tensor, kernel: str = "sigmoid", gamma: Optional[float]
     Models using Kernel PCA"): Eigen-CAM with kernel PCA, as pytorch-grad-cam's ``KPCA_CAM``.
 
     Per image, the ``h*w`` samples of ``K`` channels are centred per channel (as Eigen-CAM), the kernel
-    matrix between them is built (:func:`kernel_matrix`; default ``sigmoid``: ``tanh(gamma x.y + coef0)``,
+    matrix between them is built (``kernel_matrix``; default ``sigmoid``: ``tanh(gamma x.y + coef0)``,
     ``gamma = 1 / K`` when None, ``coef0 = 1``, as scikit-learn's ``KernelPCA`` that pytorch-grad-cam
     calls) and double-centred in feature space (``K - 1K/n - K1/n + 1K1/n^2``); the map is the first
     kernel principal component's score ``sqrt(lambda_1) v_1`` (negative eigenvalues of round-off

@@ -1,6 +1,6 @@
 """FullGrad (Srinivas & Fleuret 2019): input-gradient x input plus the bias-gradients of every layer with a bias.
 
-Its inputs come from one pass over the whole model (:func:`cam_callbacks.capture.bias_gradients.bias_gradients`),
+Its inputs come from one pass over the whole model (``cam_callbacks.capture.bias_gradients.bias_gradients``),
 not from a target layer: like saliency it ignores ``target_layer``. The map is at input resolution.
 """
 
@@ -13,8 +13,6 @@ from torch import Tensor
 
 from cam_callbacks.methods.registry import register_method
 from cam_callbacks.utils.numeric import safe_divide
-
-__all__ = ["FULLGRAD_NORMALIZATIONS", "fullgrad"]
 
 #: What FullGrad's ``normalize`` option accepts.
 FULLGRAD_NORMALIZATIONS = ("layer", "channel")
@@ -40,10 +38,12 @@ def _check_normalize(normalize: Any) -> None:
 
 
 @register_method(
-    "fullgrad", needs=("images", "input_gradients", "bias_gradients"), options={"normalize": "layer"},
+    "fullgrad",
+    needs=("images", "input_gradients", "bias_gradients"),
+    options={"normalize": "layer"},
     check_options=lambda options: _check_normalize(options["normalize"]),
     summary="FullGrad: |input-gradient x input| plus the |bias-gradients| of every conv/BatchNorm layer",
-)  # fmt: skip
+)
 def fullgrad(images: Tensor, input_gradients: Tensor, bias_gradients: Sequence[Tensor], normalize: str = "layer") -> Tensor:
     """FullGrad (Srinivas & Fleuret 2019, "Full-gradient representation for neural network visualization", NeurIPS).
 
@@ -51,7 +51,7 @@ def fullgrad(images: Tensor, input_gradients: Tensor, bias_gradients: Sequence[T
     image (``normalize="layer"``, over the layer's channels and positions, as the authors' code; ``"channel"``, each
     channel on its own, as pytorch-grad-cam), upsampled bilinearly (``align_corners=False``) to the input size and
     summed over channels. ``b_l`` is each conv's bias or BatchNorm's folded bias
-    (:func:`~cam_callbacks.capture.bias_gradients.folded_bias`); the target layer is not used.
+    (``folded_bias``); the target layer is not used.
     """
     _check_normalize(normalize)
     size = (int(images.shape[-2]), int(images.shape[-1]))

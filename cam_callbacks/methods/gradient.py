@@ -2,7 +2,7 @@
 
 Grad-CAM, Grad-CAM++, XGrad-CAM (one weight per channel) and HiResCAM, LayerCAM (one weight per
 channel and position). Each function returns the raw ``(N, h, w)`` map (see
-:mod:`cam_callbacks.methods.registry`).
+``cam_callbacks.methods.registry``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from torch import Tensor
 from cam_callbacks.methods.common import weighted_sum
 from cam_callbacks.methods.registry import register_method
 from cam_callbacks.utils.numeric import safe_divide
-
-__all__ = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 
 
 @register_method("gradcam", needs=("activations", "gradients"), summary="Grad-CAM: spatially averaged gradients")

@@ -1,6 +1,6 @@
 """More gradient-weighted CAMs: Grad-CAM element-wise and Smooth Grad-CAM++.
 
-Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks.methods.registry`).
+Each function returns the raw ``(N, h, w)`` map (see ``cam_callbacks.methods.registry``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ from cam_callbacks.methods.common import weighted_sum
 from cam_callbacks.methods.registry import register_method
 from cam_callbacks.utils.numeric import safe_divide
 
-__all__ = ["gradcamelementwise", "smoothgradcampp", "gradcampp_weights"]
 
-
-@register_method(
-    "gradcamelementwise", needs=("activations", "gradients"), summary="Grad-CAM element-wise: sum_k relu(g_k * A_k)"
-)
+@register_method("gradcamelementwise", needs=("activations", "gradients"), summary="Grad-CAM element-wise: sum_k relu(g_k * A_k)")
 def gradcamelementwise(activations: Tensor, gradients: Tensor) -> Tensor:
     """Grad-CAM element-wise (``GradCAMElementWise`` of pytorch-grad-cam, Gildenblat and contributors 2021): ``sum_k relu(g_k * A_k)``.
 
@@ -35,7 +31,7 @@ def gradcampp_weights(activations: Tensor, second: Tensor, third: Tensor, first:
     """Grad-CAM++ channel weights from (estimates of) the first three derivatives, paper closed form:
     ``alpha = D2 / (2 D2 + sum_ab(A_ab) D3)`` (0 where the denominator is 0), ``w_k = sum_ij alpha relu(D1)``.
 
-    With ``D1 = g``, ``D2 = g^2``, ``D3 = g^3`` this is :func:`~cam_callbacks.methods.gradient.gradcampp`'s weights.
+    With ``D1 = g``, ``D2 = g^2``, ``D3 = g^3`` this is ``gradcampp``'s weights.
 
     Example::
 
@@ -64,16 +60,21 @@ def _check_smoothing(num_samples: int, std: float, seed: int) -> None:
     options={"num_samples": 4, "std": 0.3, "seed": 0},
 )
 def smoothgradcampp(
-    activations: Tensor, images: Tensor, targets: Tensor, layer_gradients: Callable[[Tensor, Tensor], Tensor],
-    num_samples: int = 4, std: float = 0.3, seed: int = 0,
-) -> Tensor:  # fmt: skip
+    activations: Tensor,
+    images: Tensor,
+    targets: Tensor,
+    layer_gradients: Callable[[Tensor, Tensor], Tensor],
+    num_samples: int = 4,
+    std: float = 0.3,
+    seed: int = 0,
+) -> Tensor:
     """Smooth Grad-CAM++ (Omeiza et al. 2019), with torchcam's correction of the alpha numerator.
 
     ``num_samples`` noisy copies ``x + e_s`` of the images, ``e_s ~ N(0, std^2)`` per element in the units of
     the model's input (as torchcam's ``SmoothGradCAMpp``, defaults ``num_samples=4``, ``std=0.3``), give the
     gradients ``g_s`` of the target logit (the class explained on the clean image) at the target layer.
     Their averages ``D_p = mean_s g_s^p`` (p = 1, 2, 3) enter Grad-CAM++'s closed form
-    (:func:`gradcampp_weights`, the paper's ``sum_ab(A_ab) D3`` like this package's ``gradcampp``), and the
+    (``gradcampp_weights``, the paper's ``sum_ab(A_ab) D3`` like this package's ``gradcampp``), and the
     weights multiply the clean image's activations: ``ReLU(sum_k w_k A_k)``.
 
     The noise is drawn from a private ``torch.Generator`` on the images' device seeded with ``seed`` (the

@@ -1,7 +1,7 @@
 """Methods on gradients at the input: saliency, guided backpropagation and Guided Grad-CAM.
 
 Their maps are at input resolution ``(N, H, W)``; saliency and guided backpropagation ignore the
-target layer (see :mod:`cam_callbacks.methods.registry`).
+target layer (see ``cam_callbacks.methods.registry``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from torch import Tensor
 
 from cam_callbacks.methods.gradient import gradcam
 from cam_callbacks.methods.registry import register_method
-
-__all__ = ["saliency", "guidedbackprop", "guidedgradcam"]
 
 
 def _channel_max_abs(gradients: Tensor) -> Tensor:
@@ -30,18 +28,16 @@ def guidedbackprop(guided_gradients: Tensor) -> Tensor:
     """Guided backpropagation (Springenberg et al. 2015) reduced like saliency: ``max_c |g_cij|``.
 
     ``g`` is the input gradient with every ReLU passing gradient only where its input and the
-    incoming gradient are positive (see :func:`cam_callbacks.capture.guided.guided_relus`).
+    incoming gradient are positive (see ``cam_callbacks.capture.guided.guided_relus``).
     """
     return _channel_max_abs(guided_gradients)
 
 
-@register_method(
-    "guidedgradcam", needs=("activations", "gradients", "guided_gradients"), summary="Guided Grad-CAM: Grad-CAM x guided backprop"
-)
+@register_method("guidedgradcam", needs=("activations", "gradients", "guided_gradients"), summary="Guided Grad-CAM: Grad-CAM x guided backprop")
 def guidedgradcam(activations: Tensor, gradients: Tensor, guided_gradients: Tensor) -> Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017): Grad-CAM upsampled to the input (bilinear) times guided backprop.
 
-    Per channel ``c`` the product is ``cam * g_c``; reduced like :func:`guidedbackprop`, that is
+    Per channel ``c`` the product is ``cam * g_c``; reduced like ``guidedbackprop``, that is
     ``cam * max_c |g_c|`` (``cam >= 0``).
     """
     size = (guided_gradients.shape[-2], guided_gradients.shape[-1])

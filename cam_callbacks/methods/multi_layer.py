@@ -5,7 +5,7 @@ two or more target layers, normalises each, brings them to one size and multipli
 saliency only where every layer agrees, which removes the noise of shallow layers' maps while keeping their
 resolution. Grad-CAM++ is the default base.
 
-Here the per-layer maps are the base method's maps exactly as :func:`~cam_callbacks.explain` returns them for that
+Here the per-layer maps are the base method's maps exactly as ``explain`` returns them for that
 layer alone (upsampled to the input size, bilinear with ``align_corners=False``, then min-max normalised), and the
 product is min-max normalised again: pytorch-grad-cam 1.5.7's ``RefineCAM`` convention. torchcam 0.5.0's
 ``RefineCAM`` normalises each layer at its feature resolution and multiplies at the largest layer's resolution; the
@@ -50,10 +50,7 @@ def _check_refinecam(options: Mapping[str, Any]) -> None:
     if not isinstance(base, str) or base not in bases:
         why = ""
         if isinstance(base, str) and base in available_methods():
-            why = (
-                f" ({base!r} needs more than the target layer's activations and gradients, or has a score or layer "
-                "fusion of its own)"
-            )
+            why = f" ({base!r} needs more than the target layer's activations and gradients, or has a score or layer fusion of its own)"
         raise ValueError(f"refinecam: base must be a method computed from the target layer's activations and gradients{why}; choose from {bases}, got {base!r}")
     base_options = options["base_options"]
     if base_options is not None and not isinstance(base_options, Mapping):
@@ -95,12 +92,12 @@ def refine_layer_maps(maps: Sequence[Tensor]) -> Tensor:
     min_layers=2,
 )
 def refinecam(activations: Tensor, gradients: Tensor, base: str = "gradcampp", base_options: Optional[Mapping[str, Any]] = None) -> Tensor:
-    """RefineCAM's per-layer map: the raw map of ``base`` at this layer (:func:`refine_layer_maps` multiplies them).
+    """RefineCAM's per-layer map: the raw map of ``base`` at this layer (``refine_layer_maps`` multiplies them).
 
     Args:
         activations: ``(N, K, h, w)`` of one target layer.
         gradients: ``(N, K, h, w)``, the target logit's gradients there.
-        base: The base method (default Grad-CAM++); one of :func:`refine_bases`.
+        base: The base method (default Grad-CAM++); one of ``refine_bases``.
         base_options: The base method's options (None: its defaults).
 
     Returns:

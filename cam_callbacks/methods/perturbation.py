@@ -1,8 +1,8 @@
 """Perturbation CAMs: channel weights or map values from the scores of modified inputs or feature maps.
 
 Score-CAM, SS-CAM and IS-CAM run the whole model on activation-masked images; Ablation-CAM and Recipro-CAM run only
-the network's tail (:mod:`cam_callbacks.capture.tail`) on modified copies of the target layer's
-output. Each function returns the raw ``(N, h, w)`` map (see :mod:`cam_callbacks.methods.registry`).
+the network's tail (``cam_callbacks.capture.tail``) on modified copies of the target layer's
+output. Each function returns the raw ``(N, h, w)`` map (see ``cam_callbacks.methods.registry``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from cam_callbacks.utils.maps import upsample_and_normalize
 from cam_callbacks.utils.noise import NoiseRows
 from cam_callbacks.utils.numeric import safe_divide
 from cam_callbacks.utils.targets import probabilities
-
-__all__ = ["scorecam", "sscam", "iscam", "integration_scales", "ablationcam", "reciprocam", "position_masks", "GAUSSIAN_KERNEL"]
 
 
 def _check_samples(method: str, num_samples: object) -> int:
@@ -42,15 +40,13 @@ def _check_sscam(options: Mapping[str, Any]) -> None:
         raise ValueError(f"sscam: seed must be an int, got {options['seed']!r}")
 
 
-def _score_distinct_masks(
-    activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor], scales: Sequence[float]
-) -> Tensor:
+def _score_distinct_masks(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor], scales: Sequence[float]) -> Tensor:
     """``(N, K)`` target logits of ``images * s * M_k`` averaged over the scales ``s``, one masked input per distinct mask.
 
     ``M_k`` is channel ``k`` upsampled (bilinear, ``align_corners=False``) and min-max normalised. Upsampling is linear
     and min-max ignores scale and offset, so channels of one image whose min-max normalised maps are equal (at feature
     resolution) have the same mask and are scored once; a constant channel's mask is all zeros (the convention of
-    :func:`~cam_callbacks.utils.maps.minmax_normalize`), and the all-zero input is scored once for all images and
+    ``minmax_normalize``), and the all-zero input is scored once for all images and
     scales. Rows are ordered scale-major: ``row = scale_index * D + mask_index``.
     """
     n, k, h, w = activations.shape
@@ -87,9 +83,7 @@ def _score_distinct_masks(
     return scores
 
 
-@register_method(
-    "scorecam", needs=("activations", "images", "targets", "model_scorer"), summary="Score-CAM: logits of activation-masked inputs"
-)
+@register_method("scorecam", needs=("activations", "images", "targets", "model_scorer"), summary="Score-CAM: logits of activation-masked inputs")
 def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor]) -> Tensor:
     """Score-CAM (Wang et al. 2020): ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(y_c(X * M_k))``.
 
@@ -98,7 +92,7 @@ def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer:
     is linear and min-max ignores scale and offset, so channels of one image whose min-max normalised
     maps are equal (at feature resolution) have the same mask, and only one masked input per distinct
     mask is run; a constant channel's mask is all zeros (the convention of
-    :func:`~cam_callbacks.utils.maps.minmax_normalize`), and the all-zero input is scored once for all
+    ``minmax_normalize``), and the all-zero input is scored once for all
     images. The masked inputs are built chunk by chunk in memory-bounded passes.
     """
     scores = _score_distinct_masks(activations, images, targets, model_scorer, (1.0,))
@@ -114,14 +108,19 @@ def scorecam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer:
     check_options=_check_sscam,
 )
 def sscam(
-    activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Callable[..., Tensor],
-    num_samples: int = 35, std: float = 2.0, seed: int = 0,
-) -> Tensor:  # fmt: skip
+    activations: Tensor,
+    images: Tensor,
+    targets: Tensor,
+    model_scorer: Callable[..., Tensor],
+    num_samples: int = 35,
+    std: float = 2.0,
+    seed: int = 0,
+) -> Tensor:
     """SS-CAM (Wang, Naidu et al. 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization"):
     ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(1/S sum_s y_c(X * (M_k + delta_s)))``, ``delta_s ~ N(0, std^2)``.
 
     As torchcam 0.5.0's ``SSCAM`` (defaults ``num_samples=35``, ``std=2.0``): the noise is drawn per pixel at input
-    resolution for every (sample, image, channel), added to the normalised mask ``M_k`` of :func:`scorecam`, and the
+    resolution for every (sample, image, channel), added to the normalised mask ``M_k`` of ``scorecam``, and the
     image is multiplied by the noisy mask; ``y_c`` is the target logit. (torchcam also subtracts the logit of the
     unmodified image, a per-image constant that the softmax cancels.) ``S * N * K`` forward passes in all.
 
@@ -175,7 +174,7 @@ def iscam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Ca
     """IS-CAM (Naidu et al. 2020, "IS-CAM: Integrated Score-CAM for axiomatic-based explanations"):
     ``ReLU(sum_k w_k A_k)``, ``w = softmax_k(1/N sum_i y_c(X * c_i M_k))``.
 
-    ``M_k`` is the mask of :func:`scorecam` and ``c_i`` (:func:`integration_scales`) accumulates ``j/N`` as the
+    ``M_k`` is the mask of ``scorecam`` and ``c_i`` (``integration_scales``) accumulates ``j/N`` as the
     paper's Algorithm 1 and torchcam 0.5.0's ``ISCAM`` do (``M <- M + (i/N) M_k`` before each score:
     ``c = 0.1, 0.3, 0.6, ..., 5.5`` for the default ``num_samples=10``), not the plain ``i/N`` of integrated gradients.
     Channels with equal masks are scored once per factor, constant channels by one blank-image pass.
@@ -186,9 +185,7 @@ def iscam(activations: Tensor, images: Tensor, targets: Tensor, model_scorer: Ca
     return torch.relu(weighted_sum(weights, activations))
 
 
-@register_method(
-    "ablationcam", needs=("activations", "logits", "targets", "tail_scorer"), summary="Ablation-CAM: score drop when a channel is zeroed"
-)
+@register_method("ablationcam", needs=("activations", "logits", "targets", "tail_scorer"), summary="Ablation-CAM: score drop when a channel is zeroed")
 def ablationcam(activations: Tensor, logits: Tensor, targets: Tensor, tail_scorer: Callable[..., Tensor]) -> Tensor:
     """Ablation-CAM (Ramaswamy 2020): ``ReLU(sum_k w_k A_k)``, ``w_k = (S_c - S_c^k) / S_c``.
 
@@ -250,7 +247,7 @@ def reciprocam(activations: Tensor, targets: Tensor, tail_scorer: Callable[..., 
 
     For every position ``(i, j)`` of the feature map, a copy of the activations that keeps only that
     position (``M_ij`` one-hot, or the 3x3 Gaussian spread with ``gaussian=True``, see
-    :func:`position_masks`) is run through the network's tail; the softmax probability of the target
+    ``position_masks``) is run through the network's tail; the softmax probability of the target
     class (its sigmoid for multi-label models, ``probability="sigmoid"``) is the map's value there. All positions of all images go through the tail in
     memory-bounded batches.
     """
@@ -263,5 +260,3 @@ def reciprocam(activations: Tensor, targets: Tensor, tail_scorer: Callable[..., 
     logits = tail_scorer(h * w, masked_maps)  # (n, h*w, classes)
     probs = probabilities(logits, probability).gather(2, targets[:, None, None].expand(n, h * w, 1))
     return probs.reshape(n, h, w)
-
-

@@ -2,13 +2,13 @@
 
 A method is a small function of tensors captured at the target layer. It returns the *raw* map at
 feature resolution ``(N, h, w)``; upsampling and normalisation happen in
-:func:`cam_callbacks.utils.maps.upsample_and_normalize`, so the maths can be tested alone. The
-built-in methods live in one module per family: :mod:`~cam_callbacks.methods.activation` (CAM,
-Eigen-CAM), :mod:`~cam_callbacks.methods.gradient` (Grad-CAM and its variants),
-:mod:`~cam_callbacks.methods.perturbation` (Score-CAM, Ablation-CAM, Recipro-CAM) and
-:mod:`~cam_callbacks.methods.input_gradient` (saliency, guided backpropagation, Guided Grad-CAM),
-:mod:`~cam_callbacks.methods.scored` (Shapley-CAM, Finer-CAM: scores of their own, second-order gradients),
-:mod:`~cam_callbacks.methods.full_gradient` (FullGrad) and :mod:`~cam_callbacks.methods.transformer` (LeGrad).
+``cam_callbacks.utils.maps.upsample_and_normalize``, so the maths can be tested alone. The
+built-in methods live in one module per family: ``activation`` (CAM,
+Eigen-CAM), ``gradient`` (Grad-CAM and its variants),
+``perturbation`` (Score-CAM, Ablation-CAM, Recipro-CAM) and
+``input_gradient`` (saliency, guided backpropagation, Guided Grad-CAM),
+``scored`` (Shapley-CAM, Finer-CAM: scores of their own, second-order gradients),
+``full_gradient`` (FullGrad) and ``transformer`` (LeGrad).
 
 The inputs a method may ask for (by naming them in ``needs``):
 
@@ -18,16 +18,16 @@ The inputs a method may ask for (by naming them in ``needs``):
   class (CAM only).
 - ``images``: ``(N, C, H, W)``, the input batch as the model receives it.
 - ``logits``: ``(N, classes)`` logits of the unmodified images; ``targets``: ``(N,)`` the explained classes.
-- ``model_scorer``: a :class:`~cam_callbacks.engine.scorers.ModelScorer`, ``(count, build) -> (count, classes)``
+- ``model_scorer``: a ``ModelScorer``, ``(count, build) -> (count, classes)``
   logits of the whole model on rows ``build(start, stop)`` produced chunk by chunk (Score-CAM).
-- ``tail_scorer``: a :class:`~cam_callbacks.engine.scorers.TailScorer`, ``(copies, build) -> (N, copies, classes)``
+- ``tail_scorer``: a ``TailScorer``, ``(copies, build) -> (N, copies, classes)``
   logits of the network after the target layer on modified feature maps ``build(start, stop)`` of
   shape ``(N, stop - start, K, h, w)`` (Ablation-CAM, Recipro-CAM).
 - ``probability``: ``"softmax"`` or ``"sigmoid"`` (multi-label models), how logits become class
-  probabilities (:func:`cam_callbacks.utils.targets.probabilities`).
+  probabilities (``cam_callbacks.utils.targets.probabilities``).
 - ``input_gradients`` / ``guided_gradients``: ``(N, C, H, W)``, d(target logit) / d(images), plain or
   through guided-backpropagation ReLUs. Methods built on them return maps at input resolution.
-- ``layer_gradients``: a :class:`~cam_callbacks.engine.layer_gradients.LayerGradients`, ``(images, targets) -> (M, K, h, w)``
+- ``layer_gradients``: a ``LayerGradients``, ``(images, targets) -> (M, K, h, w)``
   gradients of the target logits at the target layer for images the method builds (Smooth Grad-CAM++'s noisy copies).
 - ``hessian_vector``: ``(N, K, h, w)``, the Hessian of the score w.r.t. the activations applied to the
   activations, ``H A`` (Shapley-CAM); 0 where the tail is piecewise linear in them.
@@ -48,18 +48,18 @@ A method may also take keyword *options* with defaults (``options={"gaussian": F
 callers set with ``method_options``.
 
 With several target layers (``target_layer=[...]``) a method's maps of the layers (each at the input size, min-max
-normalised) are fused LayerCAM-style (:func:`~cam_callbacks.utils.maps.fuse_layer_maps`) unless it names its own
+normalised) are fused LayerCAM-style (``fuse_layer_maps``) unless it names its own
 fusion (``fuse_layers=``, a function of the list of ``(N, H, W)`` maps, RefineCAM's product); ``min_layers=``
 refuses fewer target layers than a method needs.
 
-Adding a method is one function plus the :func:`register_method` decorator (in its family's module
+Adding a method is one function plus the ``register_method`` decorator (in its family's module
 for a built-in method, with a reference test)::
 
     @register_method("mycam", needs=("activations", "gradients"), summary="...")
     def mycam(activations, gradients):
         return torch.relu((gradients.amax((2, 3), keepdim=True) * activations).sum(1))
 
-:func:`unregister_method` removes one again (e.g. a method registered by a test).
+``unregister_method`` removes one again (e.g. a method registered by a test).
 """
 
 from __future__ import annotations
@@ -71,14 +71,25 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from torch import Tensor
 
-__all__ = ["CAMMethod", "KNOWN_INPUTS", "LAYER_INPUTS", "OWN_PASS_INPUTS", "available_methods", "get_method", "register_method", "unregister_method"]
-
 #: Every input a method may name in ``needs`` (see the module docstring).
 KNOWN_INPUTS = (
-    "activations", "gradients", "class_weights", "images", "logits", "targets",
-    "model_scorer", "tail_scorer", "input_gradients", "guided_gradients", "probability",
-    "layer_gradients", "hessian_vector", "bias_gradients", "attention_gradients", "patch_grid",
-)  # fmt: skip
+    "activations",
+    "gradients",
+    "class_weights",
+    "images",
+    "logits",
+    "targets",
+    "model_scorer",
+    "tail_scorer",
+    "input_gradients",
+    "guided_gradients",
+    "probability",
+    "layer_gradients",
+    "hessian_vector",
+    "bias_gradients",
+    "attention_gradients",
+    "patch_grid",
+)
 #: Inputs that come from the target layer: a method needing none of them ignores ``target_layer``.
 LAYER_INPUTS = ("activations", "gradients", "class_weights", "tail_scorer", "layer_gradients", "hessian_vector")
 #: Inputs computed by a pass of their own over the whole model (no target layer).
@@ -98,7 +109,7 @@ class CAMMethod:
         score: None (the target logit) or ``(logits, targets, **options) -> (N,)``, the score whose gradients
             this method's ``gradients`` and ``hessian_vector`` are.
         check_options: None, or a function of the resolved options that raises a ValueError for invalid values
-            (run by :meth:`resolve_options`, so bad values fail when the options are built, before any work).
+            (run by ``resolve_options``, so bad values fail when the options are built, before any work).
         fuse_layers: None (several target layers are fused LayerCAM-style), or how this method combines its maps of
             several target layers: a function of the list of ``(N, H, W)`` maps (one per layer, in the order given,
             each at the input size and min-max normalised) returning the ``(N, H, W)`` map.
@@ -141,11 +152,11 @@ class CAMMethod:
         return resolved
 
     def fn_options(self, resolved: Mapping[str, Any]) -> Dict[str, Any]:
-        """The options among ``resolved`` that :attr:`fn` takes (all of them when it has ``**kwargs``)."""
+        """The options among ``resolved`` that ``fn`` takes (all of them when it has ``**kwargs``)."""
         return _accepted(self.fn, resolved)
 
     def score_options(self, resolved: Mapping[str, Any]) -> Dict[str, Any]:
-        """The options among ``resolved`` that :attr:`score` takes."""
+        """The options among ``resolved`` that ``score`` takes."""
         return {} if self.score is None else _accepted(self.score, resolved)
 
 
@@ -160,10 +171,16 @@ _REGISTRY: Dict[str, CAMMethod] = {}
 
 
 def register_method(
-    name: str, *, needs: Tuple[str, ...], summary: str = "", options: Optional[Mapping[str, Any]] = None,
-    score: Optional[Callable[..., Tensor]] = None, check_options: Optional[Callable[[Mapping[str, Any]], None]] = None,
-    fuse_layers: Optional[Callable[[Sequence[Tensor]], Tensor]] = None, min_layers: int = 1,
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:  # fmt: skip
+    name: str,
+    *,
+    needs: Tuple[str, ...],
+    summary: str = "",
+    options: Optional[Mapping[str, Any]] = None,
+    score: Optional[Callable[..., Tensor]] = None,
+    check_options: Optional[Callable[[Mapping[str, Any]], None]] = None,
+    fuse_layers: Optional[Callable[[Sequence[Tensor]], Tensor]] = None,
+    min_layers: int = 1,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator registering ``fn`` as CAM method ``name``.
 
     Args:
@@ -176,7 +193,7 @@ def register_method(
         check_options: Raises a ValueError for invalid option values (given the resolved options).
         fuse_layers: How the method combines its maps of several target layers: a function of the list of
             ``(N, H, W)`` maps (one per layer, each at the input size, min-max normalised) returning one
-            ``(N, H, W)`` map; None: LayerCAM's fusion (:func:`~cam_callbacks.utils.maps.fuse_layer_maps`).
+            ``(N, H, W)`` map; None: LayerCAM's fusion (``fuse_layer_maps``).
         min_layers: The fewest target layers the method accepts; fewer are refused with a message saying to pass
             ``target_layer=[...]``.
 
@@ -193,8 +210,15 @@ def register_method(
         if name in _REGISTRY:
             raise ValueError(f"register_method: a method named {name!r} is already registered")
         method = CAMMethod(
-            name=name, fn=fn, needs=tuple(needs), summary=summary, options=dict(options or {}), score=score,
-            check_options=check_options, fuse_layers=fuse_layers, min_layers=min_layers,
+            name=name,
+            fn=fn,
+            needs=tuple(needs),
+            summary=summary,
+            options=dict(options or {}),
+            score=score,
+            check_options=check_options,
+            fuse_layers=fuse_layers,
+            min_layers=min_layers,
         )
         taken = set(method.fn_options(method.options)) | set(method.score_options(method.options))
         if set(method.options) - taken:
@@ -226,7 +250,7 @@ def method_choices(name: object) -> str:
     """The end of an unknown-method message: a did-you-mean when a registered name is close, then the valid names.
 
     ``"GradCAM"``, ``"grad-cam"`` and ``"gradcam++"`` normalise to a registered name (``'gradcam'``, ``'gradcampp'``);
-    others are compared with :func:`difflib.get_close_matches` on the normalised names.
+    others are compared with ``difflib.get_close_matches`` on the normalised names.
 
     Example::
 

@@ -1,8 +1,8 @@
 """CAMs that differentiate another score than the target logit, or differentiate it twice: Shapley-CAM, Finer-CAM.
 
-Each method registers its *score* (``score=``, see :mod:`cam_callbacks.methods.registry`); the engine hands the
+Each method registers its *score* (``score=``, see ``cam_callbacks.methods.registry``); the engine hands the
 method the gradients of that score (and, for Shapley-CAM, the Hessian-vector product ``H A``) w.r.t. the target
-layer's activations (:mod:`cam_callbacks.engine.scored`). The map functions below are pure functions of them.
+layer's activations (``cam_callbacks.engine.scored``). The map functions below are pure functions of them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from torch import Tensor
 
 from cam_callbacks.methods.common import weighted_sum
 from cam_callbacks.methods.registry import register_method
-
-__all__ = ["SHAPLEY_OBJECTIVES", "contrast_score", "finercam", "shapley_score", "shapleycam"]
 
 #: What Shapley-CAM's ``objective`` option accepts.
 SHAPLEY_OBJECTIVES = ("logit", "rest")
@@ -46,10 +44,13 @@ def _check_objective(objective: Any) -> None:
 
 
 @register_method(
-    "shapleycam", needs=("activations", "gradients", "hessian_vector"), score=shapley_score, options={"objective": "logit"},
+    "shapleycam",
+    needs=("activations", "gradients", "hessian_vector"),
+    score=shapley_score,
+    options={"objective": "logit"},
     check_options=lambda options: _check_objective(options["objective"]),
     summary="Shapley-CAM: gradient minus half the Hessian-vector product, averaged per channel",
-)  # fmt: skip
+)
 def shapleycam(activations: Tensor, gradients: Tensor, hessian_vector: Tensor) -> Tensor:
     """Shapley-CAM (Cai 2024, "CAMs as Shapley value-based explainers", arXiv:2501.06261).
 
@@ -92,15 +93,18 @@ def contrast_score(logits: Tensor, targets: Tensor, alpha: float = 0.6, k: int =
 
 
 @register_method(
-    "finercam", needs=("activations", "gradients"), score=contrast_score, options={"alpha": 0.6, "k": 3},
+    "finercam",
+    needs=("activations", "gradients"),
+    score=contrast_score,
+    options={"alpha": 0.6, "k": 3},
     check_options=lambda options: _check_contrast_options(options["alpha"], options["k"]),
     summary="Finer-CAM: Grad-CAM of the target logit minus alpha x the mean of the k most similar classes' logits",
-)  # fmt: skip
+)
 def finercam(activations: Tensor, gradients: Tensor) -> Tensor:
     """Finer-CAM (Zhang et al. 2025, "Finer-CAM: Spotting the difference reveals finer details for visual
     explanation", CVPR 2025, arXiv:2501.11309) on Grad-CAM.
 
-    Grad-CAM's map ``ReLU(sum_k mean_ij(g_kij) A_k)`` with ``g`` the gradient of :func:`contrast_score`,
+    Grad-CAM's map ``ReLU(sum_k mean_ij(g_kij) A_k)`` with ``g`` the gradient of ``contrast_score``,
     ``z_t - alpha * mean_j z_j`` over the ``k`` classes with the logits closest to the target's (options ``alpha``,
     default 0.6, and ``k``, default 3, as torchcam's ``FinerCAM(gamma=0.6, num_references=3)``). pytorch-grad-cam's
     ``FinerCAM`` uses another score (a softmax-weighted sum of ``z_t - alpha z_j``, ``alpha=1``).

@@ -1,6 +1,6 @@
 """Methods for vision transformers built on their attention maps: LeGrad.
 
-Their inputs come from one pass over the whole model (:func:`cam_callbacks.capture.attention.attention_gradients`),
+Their inputs come from one pass over the whole model (``cam_callbacks.capture.attention.attention_gradients``),
 not from a target layer: ``target_layer`` is ignored. The map is at patch-grid resolution.
 """
 
@@ -12,8 +12,6 @@ from torch import Tensor
 
 from cam_callbacks.methods.registry import register_method
 
-__all__ = ["legrad"]
-
 
 def _check_blocks(blocks: Any, layers: Optional[int] = None) -> None:
     valid = blocks is None or (isinstance(blocks, int) and not isinstance(blocks, bool) and 1 <= blocks <= (layers or blocks))
@@ -23,10 +21,12 @@ def _check_blocks(blocks: Any, layers: Optional[int] = None) -> None:
 
 
 @register_method(
-    "legrad", needs=("attention_gradients", "patch_grid"), options={"blocks": None},
+    "legrad",
+    needs=("attention_gradients", "patch_grid"),
+    options={"blocks": None},
     check_options=lambda options: _check_blocks(options["blocks"]),
     summary="LeGrad (ViTs): positive gradients of each block's class score w.r.t. its attention, averaged",
-)  # fmt: skip
+)
 def legrad(attention_gradients: Tensor, patch_grid: Tuple[int, int], blocks: Optional[int] = None) -> Tensor:
     """LeGrad (Bousselham et al. 2024, "LeGrad: An explainability method for vision transformers via feature formation
     sensitivity", arXiv:2404.03214).
@@ -34,7 +34,7 @@ def legrad(attention_gradients: Tensor, patch_grid: Tuple[int, int], blocks: Opt
     ``E^l = mean_{heads, queries} ReLU(d s^l / d A^l)`` per block ``l`` (``s^l``: the block's class score through the
     model's own head; ``A^l``: its attention probabilities; prefix keys dropped), averaged over the last ``blocks``
     blocks (None: all, as torchcam's ``LeGrad`` given every block) and laid out on the ``(h, w)`` patch grid. Needs a
-    timm or torchvision vision transformer (:func:`~cam_callbacks.capture.attention.vision_transformer_parts`).
+    timm or torchvision vision transformer (``vision_transformer_parts``).
     """
     layers = attention_gradients.shape[1]
     _check_blocks(blocks, layers)

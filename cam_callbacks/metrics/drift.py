@@ -3,13 +3,13 @@
 Pure, batched functions of ``(N, H, W)`` map sets (e.g. the maps of a fixed probe set at two
 epochs):
 
-- :func:`map_correlation`: per-image Pearson correlation of two map sets (how much each image's
+- ``map_correlation``: per-image Pearson correlation of two map sets (how much each image's
   explanation changed between two epochs).
-- :func:`mean_map`, :func:`class_mean_maps`: where the model looks on average, overall and per class.
-- :func:`shortcut_score`: one number in ``[0, 1]`` that is high when the same small region is
+- ``mean_map``, ``class_mean_maps``: where the model looks on average, overall and per class.
+- ``shortcut_score``: one number in ``[0, 1]`` that is high when the same small region is
   salient for most probe images whatever they show: the signature of a spurious cue at a fixed
   place (a watermark, a border, a coloured corner patch), as opposed to objects that move from
-  image to image (per class, and per cluster of a class's maps: :func:`cam_callbacks.find_shortcuts`).
+  image to image (per class, and per cluster of a class's maps: ``cam_callbacks.find_shortcuts``).
 
 Example::
 
@@ -30,25 +30,16 @@ from torch import Tensor
 from cam_callbacks.utils.checks import check_maps
 from cam_callbacks.utils.numeric import pearson, safe_divide
 
-__all__ = [
-    "ClassMeanMaps",
-    "ShortcutReport",
-    "map_correlation",
-    "mean_map",
-    "class_mean_maps",
-    "shortcut_score",
-]
-
 
 class ClassMeanMaps(NamedTuple):
-    """Output of :func:`class_mean_maps`."""
+    """Output of ``class_mean_maps``."""
 
     means: Tensor  # (num_classes, H, W); zeros for classes without images
     counts: Tensor  # (num_classes,) long, images per class
 
 
 class ShortcutReport(NamedTuple):
-    """Output of :func:`shortcut_score` (see there for the formulas).
+    """Output of ``shortcut_score`` (see there for the formulas).
 
     Attributes:
         score: 0-dim float tensor in ``[0, 1)``: ``shared * concentration``.
@@ -209,7 +200,7 @@ def shortcut_score(maps: Tensor, coverage: float = 0.8) -> ShortcutReport:
         coverage: Share of the images in which a region must be salient, in ``(0, 1]``.
 
     Returns:
-        A :class:`ShortcutReport` (tensors on the maps' device; score terms and maps in the maps' dtype).
+        A ``ShortcutReport`` (tensors on the maps' device; score terms and maps in the maps' dtype).
 
     Example::
 

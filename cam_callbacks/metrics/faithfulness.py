@@ -11,16 +11,16 @@ Definitions (Poppi et al. 2021; Chattopadhay et al. 2018), all per image ``i``:
 - ``ADCC_i = 3 / (1/Coh_i + 1/(1 - Com_i) + 1/(1 - AD_i))``, 0 when any of the three terms is 0.
 - ARCC ("How to Evaluate and Refine your CAM", arXiv 2605.14641, as pytorch-grad-cam 1.5.7's ``ARCC``):
   ``ARCC_i = 3 / (1/Coh_i + 1/(1 - Com_i) + 1/R_i)``, ``R_i = clip(2 * ROAD_i, 0, 1)`` with ``ROAD_i`` ROAD-combined
-  (:func:`~cam_callbacks.metrics.perturbation_curves.road`, ``(LeRF - MoRF) / 2`` of the target probability, in
+  (``road``, ``(LeRF - MoRF) / 2`` of the target probability, in
   [-0.5, 0.5]) at the percentiles 20, 40, 60, 80; 0 when any of the three terms is 0. ADCC with Average Drop
   replaced by ROAD, which removes pixels and imputes them from their neighbours instead of multiplying the image
   by the map. pytorch-grad-cam's docstring says "geometric mean"; its code, and this function, compute the
   harmonic mean.
 
 Every function here returns fractions in [0, 1] per image (shape ``(N,)``), as does
-:func:`cam_callbacks.faithfulness` (the literature often prints them in percent: 81.38 for 0.8138). ARCC needs ROAD's
-perturbation passes, so :func:`cam_callbacks.perturbation_scores` computes it (``metrics=["arcc"]``), not
-:func:`cam_callbacks.faithfulness`.
+``cam_callbacks.faithfulness`` (the literature often prints them in percent: 81.38 for 0.8138). ARCC needs ROAD's
+perturbation passes, so ``cam_callbacks.perturbation_scores`` computes it (``metrics=["arcc"]``), not
+``cam_callbacks.faithfulness``.
 """
 
 from __future__ import annotations
@@ -31,16 +31,6 @@ import torch
 from torch import Tensor
 
 from cam_callbacks.utils.numeric import pearson, safe_divide
-
-__all__ = [
-    "FAITHFULNESS_METRICS",
-    "average_drop",
-    "increase_in_confidence",
-    "coherency",
-    "complexity",
-    "adcc",
-    "faithfulness_scores",
-]
 
 #: Names of the faithfulness metrics, in reporting order.
 FAITHFULNESS_METRICS = ("average_drop", "increase_in_confidence", "coherency", "complexity", "adcc")
@@ -101,7 +91,7 @@ def arcc(coherency: Tensor, complexity: Tensor, road: Tensor) -> Tensor:
         coherency: ``(N,)`` Coherency in [0, 1].
         complexity: ``(N,)`` Complexity in [0, 1].
         road: ``(N,)`` ROAD-combined ``(LeRF - MoRF) / 2`` of the target probability (at
-            :data:`ARCC_ROAD_PERCENTILES`), in [-0.5, 0.5].
+            ``ARCC_ROAD_PERCENTILES``), in [-0.5, 0.5].
 
     Returns:
         ``(N,)`` ARCC in [0, 1] (higher is better).
@@ -116,9 +106,7 @@ def arcc(coherency: Tensor, complexity: Tensor, road: Tensor) -> Tensor:
     return _harmonic_mean_of_three(torch.stack([coherency, 1.0 - complexity, rescaled.to(coherency.dtype)]))
 
 
-def faithfulness_scores(
-    maps: Tensor, maps_on_explanation: Tensor, probs: Tensor, probs_on_explanation: Tensor
-) -> Dict[str, Tensor]:
+def faithfulness_scores(maps: Tensor, maps_on_explanation: Tensor, probs: Tensor, probs_on_explanation: Tensor) -> Dict[str, Tensor]:
     """All faithfulness metrics per image, as fractions in [0, 1].
 
     Args:
@@ -128,7 +116,7 @@ def faithfulness_scores(
         probs_on_explanation: ``(N,)`` the same ``O`` on the explanation images.
 
     Returns:
-        Dict with the keys of :data:`FAITHFULNESS_METRICS`, each an ``(N,)`` tensor.
+        Dict with the keys of ``FAITHFULNESS_METRICS``, each an ``(N,)`` tensor.
 
     Example::
 

@@ -3,7 +3,7 @@
 Pure functions with per-image outputs ``(N,)``. Inputs, for every function:
 
 - ``maps``: ``(N, H, W)`` floating, finite, non-negative (the normalised maps of
-  :func:`cam_callbacks.explain` are in ``[0, 1]``). The *mass* of a map is the sum of its pixels.
+  ``cam_callbacks.explain`` are in ``[0, 1]``). The *mass* of a map is the sum of its pixels.
 - masks: ``(N, H, W)`` at the same size as the maps, ``bool`` or numeric with values in ``{0, 1}``
   (True / 1 marks the object, or the nuisance cue). Masks are moved to the maps' device.
 
@@ -27,7 +27,7 @@ The same functions applied to a *nuisance* mask (e.g. a coloured patch correlate
 the training data) measure how much of the explanation sits on the spurious cue.
 
 Values are fractions (not percent). An image whose mask is empty has no meaningful score (0 by
-the conventions above): leave it out of averages, as :func:`localization_summary` does.
+the conventions above): leave it out of averages, as ``localization_summary`` does.
 
 Example::
 
@@ -49,17 +49,7 @@ from torch import Tensor
 from cam_callbacks.utils.checks import check_maps
 from cam_callbacks.utils.numeric import safe_divide
 
-__all__ = [
-    "LOCALIZATION_METRICS",
-    "energy_in_mask",
-    "energy_in_nuisance",
-    "energy_ratio",
-    "pointing_game",
-    "localization_scores",
-    "localization_summary",
-]
-
-#: Names of the localization metrics, in reporting order (keys of :func:`localization_scores`).
+#: Names of the localization metrics, in reporting order (keys of ``localization_scores``).
 LOCALIZATION_METRICS = (
     "energy_in_mask",
     "pointing_game",
@@ -134,7 +124,7 @@ def energy_in_mask(maps: Tensor, masks: Tensor) -> Tensor:
 
 
 def energy_in_nuisance(maps: Tensor, nuisance_masks: Tensor) -> Tensor:
-    """:func:`energy_in_mask` on a nuisance mask: the share of each map's mass on the spurious cue.
+    """``energy_in_mask`` on a nuisance mask: the share of each map's mass on the spurious cue.
 
     Example::
 
@@ -218,7 +208,7 @@ def localization_scores(maps: Tensor, masks: Optional[Tensor] = None, nuisance: 
         nuisance: ``(N, H, W)`` nuisance-cue masks, or None.
 
     Returns:
-        Dict of ``(N,)`` tensors, in the order of :data:`LOCALIZATION_METRICS`:
+        Dict of ``(N,)`` tensors, in the order of ``LOCALIZATION_METRICS``:
         ``energy_in_mask``, ``pointing_game``, ``energy_in_mask_ratio`` when ``masks`` is given and
         ``energy_in_nuisance``, ``energy_in_nuisance_ratio`` when ``nuisance`` is given.
 
@@ -249,9 +239,7 @@ def localization_scores(maps: Tensor, masks: Optional[Tensor] = None, nuisance: 
     return scores
 
 
-def localization_summary(
-    scores: Dict[str, Tensor], masks: Optional[Tensor] = None, nuisance: Optional[Tensor] = None
-) -> Dict[str, float]:
+def localization_summary(scores: Dict[str, Tensor], masks: Optional[Tensor] = None, nuisance: Optional[Tensor] = None) -> Dict[str, float]:
     """Mean of each per-image score over the images whose relevant mask is not empty.
 
     Object metrics are averaged over the images with a non-empty ``masks[i]``, nuisance metrics
@@ -260,7 +248,7 @@ def localization_summary(
     given, its metrics are averaged over all images.
 
     Args:
-        scores: Output of :func:`localization_scores` (other keys are averaged over all images).
+        scores: Output of ``localization_scores`` (other keys are averaged over all images).
         masks: The ``(N, H, W)`` object masks the scores were computed with, or None.
         nuisance: The ``(N, H, W)`` nuisance masks, or None.
 

@@ -2,7 +2,7 @@
 
 Every function takes the images as the model receives them ``(N, C, H, W)``, maps at input resolution ``(N, H, W)``,
 target classes ``(N,)`` and a ``model_scorer`` ``(count, build) -> (count, classes)`` logits of the whole model on
-rows ``build(start, stop)`` built chunk by chunk (:class:`~cam_callbacks.engine.scorers.ModelScorer`: memory-bounded
+rows ``build(start, stop)`` built chunk by chunk (``ModelScorer``: memory-bounded
 passes on the model's device). Scores are the target class's probability (``probability="softmax"``, or
 ``"sigmoid"`` for multi-label models). All images and all steps go through the same batched passes.
 
@@ -22,7 +22,7 @@ passes on the model's device). Scores are the target class's probability (``prob
   averaged over the percentiles. ``road = (lerf - morf) / 2`` (higher is better).
 
 The imputation solves the sparse linear system of the ROAD paper (``scipy.sparse.linalg.spsolve`` there) with
-batched Jacobi-preconditioned conjugate gradients in torch (:func:`linear_imputation`): the system is symmetric
+batched Jacobi-preconditioned conjugate gradients in torch (``linear_imputation``): the system is symmetric
 positive definite whenever a pixel is known, and the stopping rule (relative residual ``1e-5``) leaves pixel errors of
 ~1e-4 on 224 px images (measured against spsolve), a hundredth of the default noise.
 """
@@ -38,13 +38,8 @@ from torch import Tensor
 from cam_callbacks.utils.noise import NoiseRows
 from cam_callbacks.utils.targets import probabilities
 
-__all__ = [
-    "CURVE_METRICS", "ROAD_PERCENTILES", "baseline_images", "curve_counts", "deletion_insertion", "linear_imputation",
-    "road", "road_known_masks",
-]  # fmt: skip
-
-#: Names of the per-image metrics of :func:`cam_callbacks.perturbation_scores` (and ``CAMMonitor(metrics=...)``): the
-#: values these functions return, and ARCC (:func:`cam_callbacks.metrics.faithfulness.arcc`), which needs ROAD.
+#: Names of the per-image metrics of ``cam_callbacks.perturbation_scores`` (and ``CAMMonitor(metrics=...)``): the
+#: values these functions return, and ARCC (``cam_callbacks.metrics.faithfulness.arcc``), which needs ROAD.
 CURVE_METRICS = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road", "arcc")
 #: pytorch-grad-cam's default percentiles of ``ROADCombined``.
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -96,9 +91,14 @@ def baseline_images(images: Tensor, baseline: Baseline = "zero") -> Tensor:
 
 
 def deletion_insertion(
-    images: Tensor, maps: Tensor, targets: Tensor, model_scorer: Scorer, steps: int = 20, baseline: Baseline = "zero",
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    model_scorer: Scorer,
+    steps: int = 20,
+    baseline: Baseline = "zero",
     probability: str = "softmax",
-) -> Dict[str, Tensor]:  # fmt: skip
+) -> Dict[str, Tensor]:
     """Deletion and insertion curves and their areas, per image.
 
     Returns:
@@ -222,15 +222,21 @@ def road_known_masks(maps: Tensor, percentiles: Sequence[float], most_relevant_f
 
 
 def road(
-    images: Tensor, maps: Tensor, targets: Tensor, model_scorer: Scorer, percentiles: Sequence[float] = ROAD_PERCENTILES,
-    noise: float = 0.01, seed: int = 0, probability: str = "softmax",
-) -> Dict[str, Tensor]:  # fmt: skip
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    model_scorer: Scorer,
+    percentiles: Sequence[float] = ROAD_PERCENTILES,
+    noise: float = 0.01,
+    seed: int = 0,
+    probability: str = "softmax",
+) -> Dict[str, Tensor]:
     """ROAD per image: ``{"road_morf": (N,), "road_lerf": (N,), "road": (N,)}`` (see the module docstring).
 
     Rows scored: ``N`` (the images) plus ``2 * len(percentiles) * N`` imputed images, each imputed inside the pass
     that scores it (memory-bounded). The noise comes from a private generator on the images' device seeded with
     ``seed`` (the global RNG is untouched), in row order, the same however the rows are chunked
-    (:class:`~cam_callbacks.utils.noise.NoiseRows`).
+    (``NoiseRows``).
     """
     _check(images, maps, targets)
     if not percentiles or any(not 0 <= float(p) <= 100 for p in percentiles):
@@ -256,4 +262,3 @@ def road(
     change = (scores[n:] - scores[:n].repeat(2 * levels)).reshape(2, levels, n).mean(1)
     morf, lerf = change[0], change[1]
     return {"road_morf": morf, "road_lerf": lerf, "road": (lerf - morf) / 2}
-

@@ -2,22 +2,22 @@
 
 A spurious cue (a patch, a watermark, a frame, a region where one class's objects always were in
 training) shows up as saliency at a *fixed* place across images whose content differs, and often
-on one class only: averaged over all classes it is diluted away. :func:`find_shortcuts` therefore
+on one class only: averaged over all classes it is diluted away. ``find_shortcuts`` therefore
 looks at each explained class on its own, and inside it at clusters of maps that agree with one
 another (in the spirit of spectral relevance analysis, SpRAy: Lapuschkin et al. 2019, which
 clusters a class's relevance maps to find Clever-Hans strategies). Pure functions of tensors; no
 model is run here (the occlusion test that confirms a suspected region is
-:func:`cam_callbacks.engine.occlusion.occlusion_effect`).
+``cam_callbacks.engine.occlusion.occlusion_effect``).
 
 Definitions, for a set ``S`` of images (a class, or a cluster inside a class), computed in float64
 on maps mean-pooled to a ``grid x grid`` raster (``adaptive_avg_pool2d``; the statistics compare
 places, not pixels) and mass-normalised, ``p_i = pooled_i / sum(pooled_i)`` (a zero map becomes
 uniform). With object masks the object pixels are zeroed at full resolution before pooling, so
-only the saliency *outside* the objects is compared, as in :func:`cam_callbacks.metrics.watch.analyze_maps`.
+only the saliency *outside* the objects is compared, as in ``cam_callbacks.metrics.watch.analyze_maps``.
 
 - ``outside_share``: mean over ``S`` of the share of each full-resolution map's mass outside the
   image's objects (NaN without masks).
-- ``score``: :func:`cam_callbacks.metrics.drift.shortcut_score` of ``{p_i : i in S}`` (the mass
+- ``score``: ``cam_callbacks.metrics.drift.shortcut_score`` of ``{p_i : i in S}`` (the mass
   of the saliency most images share, times its concentration), multiplied by ``outside_share``
   when masks are given. Near 1: every image of ``S`` puts its saliency on one small common spot
   (outside its object); near 0: the saliency moves with the content.
@@ -25,7 +25,7 @@ only the saliency *outside* the objects is compared, as in :func:`cam_callbacks.
   ``S`` (a constant map correlates 0 with anything); 0 for fewer than 2 images.
 - ``concentration``: ``1 - exp(entropy(m)) / cells`` of the mean map ``m = mean_i p_i``
   (0: uniform, near 1: one cell).
-- ``region``: the grid cells where the common map of :func:`~cam_callbacks.metrics.drift.shortcut_score`
+- ``region``: the grid cells where the common map of ``shortcut_score``
   reaches half its maximum, at full resolution; ``box`` its bounding box.
 
 Clusters: cosine k-means on the pooled maps of each class with a deterministic farthest-point
@@ -54,23 +54,11 @@ from cam_callbacks.metrics.drift import class_mean_maps, shortcut_score
 from cam_callbacks.utils.checks import check_maps
 from cam_callbacks.utils.numeric import safe_divide
 
-__all__ = [
-    "ClassShortcutStats",
-    "ShortcutCandidate",
-    "ShortcutFindings",
-    "class_shortcut_stats",
-    "find_shortcuts",
-    "pooled_maps",
-    "pairwise_consistency",
-    "map_concentration",
-    "cosine_kmeans",
-]
-
 _NAN = float("nan")
 
 
 class ClassShortcutStats(NamedTuple):
-    """Per-class spurious-cue statistics (output of :func:`class_shortcut_stats`); ``(K,)`` unless noted.
+    """Per-class spurious-cue statistics (output of ``class_shortcut_stats``); ``(K,)`` unless noted.
 
     Classes without images have count 0, score/consistency/concentration 0 and NaN elsewhere.
     """
@@ -119,7 +107,7 @@ class ShortcutCandidate(NamedTuple):
 
 
 class ShortcutFindings(NamedTuple):
-    """Output of :func:`find_shortcuts`: the per-class statistics and every candidate, highest score first."""
+    """Output of ``find_shortcuts``: the per-class statistics and every candidate, highest score first."""
 
     stats: ClassShortcutStats
     candidates: List[ShortcutCandidate]
@@ -235,7 +223,7 @@ def _class_values(values: Optional[Tensor], labels: Tensor, counts: Tensor) -> T
 
 
 def _set_score(p: Tensor, outside: Tensor, with_masks: bool) -> Tuple[float, Tensor]:
-    """The :func:`shortcut_score` of the pooled rows ``p`` (times the mean outside share with masks) and its flat region."""
+    """The ``shortcut_score`` of the pooled rows ``p`` (times the mean outside share with masks) and its flat region."""
     report = shortcut_score(p.unsqueeze(1))
     score = float(report.score)
     if with_masks:
@@ -251,9 +239,7 @@ def _region_box(region: Tensor) -> Tuple[int, int, int, int]:
     return (int(top), int(left), int(bottom) + 1, int(right) + 1)
 
 
-def _candidate(
-    context: "_Context", class_index: int, members: Tensor, cluster: int, stats: ClassShortcutStats
-) -> ShortcutCandidate:
+def _candidate(context: "_Context", class_index: int, members: Tensor, cluster: int, stats: ClassShortcutStats) -> ShortcutCandidate:
     p, full = context.p[members], context.full[members]
     score, flat_region = _set_score(p, context.outside[members], context.masks is not None)
     grid_region = flat_region.view(1, 1, *context.grid_shape).float()
@@ -264,10 +250,22 @@ def _candidate(
     proto = (proto / proto.max().clamp_min(1e-300)).view(context.shape).float()
     outside = float(context.outside[members].mean()) if context.masks is not None else _NAN
     return ShortcutCandidate(
-        class_index, members[order], int(members.numel()), int(stats.counts[class_index]), score, pairwise_consistency(p),
-        map_concentration(p), outside, region, _region_box(region), proto, shares[order].float(),
-        float(stats.accuracy[class_index]), float(stats.confidence[class_index]), cluster,
-    )  # fmt: skip
+        class_index,
+        members[order],
+        int(members.numel()),
+        int(stats.counts[class_index]),
+        score,
+        pairwise_consistency(p),
+        map_concentration(p),
+        outside,
+        region,
+        _region_box(region),
+        proto,
+        shares[order].float(),
+        float(stats.accuracy[class_index]),
+        float(stats.confidence[class_index]),
+        cluster,
+    )
 
 
 class _Context(NamedTuple):
@@ -291,9 +289,14 @@ def _check_inputs(maps: Tensor, labels: Tensor, masks: Optional[Tensor], grid: i
 
 
 def class_shortcut_stats(
-    maps: Tensor, labels: Tensor, num_classes: Optional[int] = None, masks: Optional[Tensor] = None,
-    correct: Optional[Tensor] = None, confidence: Optional[Tensor] = None, grid: int = 8,
-) -> ClassShortcutStats:  # fmt: skip
+    maps: Tensor,
+    labels: Tensor,
+    num_classes: Optional[int] = None,
+    masks: Optional[Tensor] = None,
+    correct: Optional[Tensor] = None,
+    confidence: Optional[Tensor] = None,
+    grid: int = 8,
+) -> ClassShortcutStats:
     """Every spurious-cue statistic per explained class (see the module docstring for the definitions).
 
     Args:
@@ -328,27 +331,39 @@ def class_shortcut_stats(
         score[c] = _set_score(p[rows], outside[rows], masks is not None)[0]
         consistency[c], concentration[c] = pairwise_consistency(p[rows]), map_concentration(p[rows])
     return ClassShortcutStats(
-        counts, (means / peak).float(), score, consistency, concentration, _class_values(None if masks is None else outside, labels, counts),
+        counts,
+        (means / peak).float(),
+        score,
+        consistency,
+        concentration,
+        _class_values(None if masks is None else outside, labels, counts),
         _class_values(None if correct is None else correct.to(maps.device).double(), labels, counts),
         _class_values(confidence, labels, counts),
-    )  # fmt: skip
+    )
 
 
 def find_shortcuts(
-    maps: Tensor, labels: Tensor, masks: Optional[Tensor] = None, num_classes: Optional[int] = None,
-    correct: Optional[Tensor] = None, confidence: Optional[Tensor] = None, grid: int = 8, clusters: int = 2,
-    min_cluster_share: float = 0.3, min_images: int = 4,
-) -> ShortcutFindings:  # fmt: skip
+    maps: Tensor,
+    labels: Tensor,
+    masks: Optional[Tensor] = None,
+    num_classes: Optional[int] = None,
+    correct: Optional[Tensor] = None,
+    confidence: Optional[Tensor] = None,
+    grid: int = 8,
+    clusters: int = 2,
+    min_cluster_share: float = 0.3,
+    min_images: int = 4,
+) -> ShortcutFindings:
     """Per-class statistics and candidate shortcut regions (whole classes and their clusters), highest score first.
 
     Args:
-        maps, labels, masks, num_classes, correct, confidence, grid: As in :func:`class_shortcut_stats`.
-        clusters: Clusters per class (:func:`cosine_kmeans`); 0 or 1 looks at whole classes only.
+        maps, labels, masks, num_classes, correct, confidence, grid: As in ``class_shortcut_stats``.
+        clusters: Clusters per class (``cosine_kmeans``); 0 or 1 looks at whole classes only.
         min_cluster_share: A cluster is a candidate only with at least this share of its class's images.
         min_images: Classes (and clusters) with fewer images are not candidates.
 
     Returns:
-        :class:`ShortcutFindings`; each candidate carries its class, region, box, prototype map and the
+        ``ShortcutFindings``; each candidate carries its class, region, box, prototype map and the
         probe indices most taken by the region (``members``).
 
     Example::

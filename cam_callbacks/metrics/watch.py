@@ -1,20 +1,20 @@
 """One run's diagnosis of a method's maps: localisation, drift, shortcut signature, worst images.
 
-:func:`analyze_maps` is a pure function of the maps of one method on the probe set, the probe's
-region masks and the maps of earlier runs; :class:`CAMMonitor <cam_callbacks.CAMMonitor>` calls it
+``analyze_maps`` is a pure function of the maps of one method on the probe set, the probe's
+region masks and the maps of earlier runs; ``CAMMonitor`` calls it
 after every run and only logs what it returns. Scalars (all fractions, ratios in multiples of chance):
 
 - with object masks: ``energy_in_mask``, ``pointing_game``, ``energy_in_mask_ratio``
-  (:mod:`cam_callbacks.metrics.localization`; images with an empty mask are left out of the means);
+  (``cam_callbacks.metrics.localization``; images with an empty mask are left out of the means);
 - with nuisance masks: ``energy_in_nuisance``, ``energy_in_nuisance_ratio``;
-- always: ``shortcut_score`` (:func:`cam_callbacks.metrics.drift.shortcut_score`; with object masks it
+- always: ``shortcut_score`` (``cam_callbacks.metrics.drift.shortcut_score``; with object masks it
   looks only at the saliency *outside* the objects, so objects that sit at the same place in every
   image, as in centred datasets, are not mistaken for a shortcut); from the second run on
   ``drift_prev`` and ``drift_first``, the mean per-image correlation with the previous and the first
   run's maps of the same probe images (1.0: unchanged);
 - with the explained classes (``targets``): ``class_shortcut_score``, the highest score of a class or
-  a cluster of a class's maps (:func:`cam_callbacks.metrics.shortcuts.find_shortcuts`, whose
-  findings are kept in :attr:`MethodAnalysis.findings`), and ``class_shortcut_class``, its class.
+  a cluster of a class's maps (``cam_callbacks.metrics.shortcuts.find_shortcuts``, whose
+  findings are kept in ``MethodAnalysis.findings``), and ``class_shortcut_class``, its class.
 """
 
 from __future__ import annotations
@@ -30,21 +30,27 @@ from cam_callbacks.metrics.localization import localization_scores, localization
 from cam_callbacks.metrics.shortcuts import ShortcutFindings, find_shortcuts
 from cam_callbacks.utils.numeric import safe_divide
 
-__all__ = ["MethodAnalysis", "analyze_maps", "WATCH_METRICS"]
-
-#: Every scalar :func:`analyze_maps` may return, in logging order.
+#: Every scalar ``analyze_maps`` may return, in logging order.
 WATCH_METRICS = (
-    "energy_in_mask", "pointing_game", "energy_in_mask_ratio", "energy_in_nuisance", "energy_in_nuisance_ratio",
-    "shortcut_score", "drift_prev", "drift_first", "class_shortcut_score", "class_shortcut_class",
-)  # fmt: skip
+    "energy_in_mask",
+    "pointing_game",
+    "energy_in_mask_ratio",
+    "energy_in_nuisance",
+    "energy_in_nuisance_ratio",
+    "shortcut_score",
+    "drift_prev",
+    "drift_first",
+    "class_shortcut_score",
+    "class_shortcut_class",
+)
 
 
 @dataclass
 class MethodAnalysis:
-    """What :func:`analyze_maps` found for one method.
+    """What ``analyze_maps`` found for one method.
 
     Attributes:
-        scalars: ``{metric: value}`` (see :data:`WATCH_METRICS`), means over the probe images.
+        scalars: ``{metric: value}`` (see ``WATCH_METRICS``), means over the probe images.
         per_image: ``{metric: (N,) tensor}`` for ranking images; NaN where an image has no value
             (empty mask).
         shortcut: The shortcut report (its ``mean_map`` shows *where* the maps gather).
@@ -113,7 +119,7 @@ def analyze_maps(
         targets: ``(N,)`` class each map explains, for the per-class findings (None: none).
         correct: ``(N,)`` bool, whether the model predicts each image right (None: unknown).
         confidence: ``(N,)`` probability of the explained class (None: unknown).
-        clusters: Clusters per class in the findings (:func:`~cam_callbacks.metrics.shortcuts.find_shortcuts`).
+        clusters: Clusters per class in the findings (``find_shortcuts``).
 
     Example::
 

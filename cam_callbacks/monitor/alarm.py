@@ -2,13 +2,13 @@
 
 Two small policies, each one decision:
 
-- :class:`ThresholdAlarm`: a bound on one logged metric's mean over the probe (e.g. the nuisance region's
+- ``ThresholdAlarm``: a bound on one logged metric's mean over the probe (e.g. the nuisance region's
   share of the maps), the rule for probes with masks and for any metric a user wants watched;
-- :class:`ShortcutAlarm`: the per-class rule, which needs no mask: a class whose maps gather on one small
+- ``ShortcutAlarm``: the per-class rule, which needs no mask: a class whose maps gather on one small
   region that the model relies on.
 
-Their hits are :class:`AlarmHit` records (which method, which metric, how far past the bound, which probe
-images); :func:`format_alarm` renders them as Markdown; :class:`AlarmState` says when the alarm fires,
+Their hits are ``AlarmHit`` records (which method, which metric, how far past the bound, which probe
+images); ``format_alarm`` renders them as Markdown; ``AlarmState`` says when the alarm fires,
 changes (another rule, method or class) or clears.
 
 Metric names may carry the method: ``"energy_in_nuisance_ratio"``, ``"gradcam/energy_in_nuisance_ratio"`` or
@@ -48,7 +48,7 @@ class AlarmHit:
         box: For a per-class rule: ``(top, left, bottom, right)`` pixel bounds of the region to look at
             (bottom and right exclusive); else None.
         evidence: ``(name, value)`` pairs that back the hit (e.g. the class's probe accuracy, the
-            occlusion effect), shown by :attr:`message` and :func:`format_alarm`.
+            occlusion effect), shown by ``message`` and ``format_alarm``.
     """
 
     method: str
@@ -110,23 +110,19 @@ def _check_flag(owner: str, name: str, value: object) -> None:
 
 #: Metrics whose values are fractions in [0, 1]: a bound outside that range could never fire, so it is refused.
 _FRACTION_METRICS = frozenset(
-    ("energy_in_mask", "pointing_game", "energy_in_nuisance", "shortcut_score", "class_shortcut_score")
-    + FAITHFULNESS_METRICS
-    + CURVE_METRICS
+    ("energy_in_mask", "pointing_game", "energy_in_nuisance", "shortcut_score", "class_shortcut_score") + FAITHFULNESS_METRICS + CURVE_METRICS
 )
 #: Metrics that are ratios to a chance share (1.0: as much as the area would get by chance): never negative.
 _RATIO_METRICS = frozenset(("energy_in_mask_ratio", "energy_in_nuisance_ratio"))
-#: Every metric name a :class:`ThresholdAlarm` can watch: the logged per-method scalars.
-ALARM_METRICS = tuple(
-    name for name in WATCH_METRICS + FAITHFULNESS_METRICS + CURVE_METRICS if name not in ("class_shortcut_score", "class_shortcut_class")
-)
+#: Every metric name a ``ThresholdAlarm`` can watch: the logged per-method scalars.
+ALARM_METRICS = tuple(name for name in WATCH_METRICS + FAITHFULNESS_METRICS + CURVE_METRICS if name not in ("class_shortcut_score", "class_shortcut_class"))
 
 
 @dataclass(frozen=True)
 class ThresholdAlarm:
     """Fires when one logged metric's mean over the probe images goes past a bound.
 
-    One policy, one metric: the default alarm of :class:`~cam_callbacks.CAMMonitor` holds two of them,
+    One policy, one metric: the default alarm of ``CAMMonitor`` holds two of them,
     ``ThresholdAlarm("energy_in_nuisance_ratio", above=2.0)`` (the declared nuisance region gets more than
     twice the share of the map that its area would get by chance) and ``ThresholdAlarm("shortcut_score",
     above=0.5)`` (about half of most images' saliency sits on one common small region). How these bounds
@@ -203,7 +199,7 @@ class ThresholdAlarm:
                 are skipped).
 
         Returns:
-            One :class:`AlarmHit` per method whose value is past the bound, in the order of ``metrics``.
+            One ``AlarmHit`` per method whose value is past the bound, in the order of ``metrics``.
         """
         if not isinstance(metrics, Mapping):
             raise ValueError(f"metrics must be a mapping {{name: value}}, got {type(metrics).__name__}")
@@ -229,7 +225,7 @@ class ShortcutAlarm:
     """Fires for a class whose maps gather on one small region that the model relies on: the per-class rule.
 
     Needs no mask. For each explained class (and each cluster of its maps,
-    :func:`~cam_callbacks.find_shortcuts`) the maps' agreement on one small place is scored (0: the maps move
+    ``find_shortcuts``) the maps' agreement on one small place is scored (0: the maps move
     with the content, 1: every map on one spot). A class fires when
 
     1. its score is above ``score`` (``unmasked_score`` when the probe has no object masks: the score then
@@ -318,7 +314,7 @@ class ShortcutAlarm:
 
         Args:
             method: The method name the hits carry.
-            findings: :func:`~cam_callbacks.find_shortcuts` of the method's maps.
+            findings: ``find_shortcuts`` of the method's maps.
             effects: ``{candidate index: occlusion effect}`` for the suspects; None (the model was not run): a
                 suspect fires on checks 1 and 2 alone.
         """
@@ -357,7 +353,7 @@ class ShortcutAlarm:
 #: One alarm policy: a bound on a metric, or the per-class shortcut rule.
 AlarmPolicy = Union[ThresholdAlarm, ShortcutAlarm]
 
-#: The alarm :class:`~cam_callbacks.CAMMonitor` checks by default.
+#: The alarm ``CAMMonitor`` checks by default.
 DEFAULT_ALARM: Tuple[AlarmPolicy, ...] = (
     ThresholdAlarm("energy_in_nuisance_ratio", above=2.0),
     ThresholdAlarm("shortcut_score", above=0.5),
@@ -370,7 +366,7 @@ def threshold_hits(
     metrics: Mapping[str, float],
     per_image: Optional[Mapping[str, Tensor]] = None,
 ) -> List[AlarmHit]:
-    """The hits of every :class:`ThresholdAlarm` among ``policies`` on one run's scalars, in policy order."""
+    """The hits of every ``ThresholdAlarm`` among ``policies`` on one run's scalars, in policy order."""
     hits: List[AlarmHit] = []
     for policy in policies:
         if isinstance(policy, ThresholdAlarm):
@@ -379,7 +375,7 @@ def threshold_hits(
 
 
 def shortcut_policy(policies: Sequence[AlarmPolicy]) -> Optional[ShortcutAlarm]:
-    """The :class:`ShortcutAlarm` among ``policies`` (None when there is none)."""
+    """The ``ShortcutAlarm`` among ``policies`` (None when there is none)."""
     found = [policy for policy in policies if isinstance(policy, ShortcutAlarm)]
     return found[0] if found else None
 
@@ -494,7 +490,7 @@ class AlarmState:
         return {"alarm_state": [list(key) for key in self.active]}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore :meth:`state_dict` (entries of older versions, ``[method, metric]`` pairs, get class -1)."""
+        """Restore ``state_dict`` (entries of older versions, ``[method, metric]`` pairs, get class -1)."""
         entries = state.get("alarm_state", ()) or ()
         active = []
         for entry in entries:  # type: ignore[attr-defined]

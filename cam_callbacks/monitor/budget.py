@@ -1,6 +1,6 @@
 """Keeping the callback's cost within a share of the training time.
 
-:class:`CostBudget` measures, after every run of the callback, the training time since its previous
+``CostBudget`` measures, after every run of the callback, the training time since its previous
 run (``T``) and what each method cost (``C``: the cheap methods together, each expensive method
 alone). With a budget ``b`` the callback may spend about ``b * T`` per run interval. The cheap
 methods (gradient CAMs: about two forward passes each) run every time, whatever they cost; the
@@ -16,8 +16,6 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from cam_callbacks.methods.registry import get_method
-
-__all__ = ["CostBudget", "is_expensive"]
 
 #: Name under which the cheap methods' joint cost and stride are kept.
 CHEAP = "<cheap methods>"
@@ -99,7 +97,7 @@ class CostBudget:
         return changed
 
     def after_run(self, run_seconds: float, fitting: bool = True) -> List[str]:
-        """:meth:`update` after a run in ``trainer.fit`` (runs outside fit do not count); one message per changed stride."""
+        """``update`` after a run in ``trainer.fit`` (runs outside fit do not count); one message per changed stride."""
         changes = self.update(run_seconds) if fitting else {}
         return [f"{self.explain(m)}; {m} now runs every {k} run(s) of the callback" for m, k in changes.items()]
 

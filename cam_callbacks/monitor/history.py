@@ -10,8 +10,6 @@ from torch import Tensor
 from cam_callbacks.metrics.shortcuts import ShortcutFindings
 from cam_callbacks.metrics.watch import MethodAnalysis, analyze_maps
 
-__all__ = ["MapHistory"]
-
 
 def _rows(tensor: Optional[Tensor], keep: Tensor) -> Optional[Tensor]:
     return None if tensor is None else tensor[keep.to(tensor.device)]
@@ -46,11 +44,17 @@ class MapHistory:
         self.first, self.previous = {}, {}
 
     def analyze(
-        self, maps: Mapping[str, Tensor], masks: Optional[Tensor] = None, nuisance: Optional[Tensor] = None,
-        skipped: Iterable[int] = (), targets: Optional[Tensor] = None, correct: Optional[Tensor] = None,
-        confidence: Optional[Tensor] = None, clusters: int = 2,
-    ) -> Dict[str, MethodAnalysis]:  # fmt: skip
-        """Localisation, shortcut and drift of each method's ``(N, H, W)`` maps (:func:`~cam_callbacks.metrics.watch.analyze_maps`);
+        self,
+        maps: Mapping[str, Tensor],
+        masks: Optional[Tensor] = None,
+        nuisance: Optional[Tensor] = None,
+        skipped: Iterable[int] = (),
+        targets: Optional[Tensor] = None,
+        correct: Optional[Tensor] = None,
+        confidence: Optional[Tensor] = None,
+        clusters: int = 2,
+    ) -> Dict[str, MethodAnalysis]:
+        """Localisation, shortcut and drift of each method's ``(N, H, W)`` maps (``analyze_maps``);
         then these maps become the previous run's (and the first run's, for a method seen for the first time).
 
         Rows in ``skipped`` (images the model cannot handle) are left out; per-image values and the
@@ -68,9 +72,16 @@ class MapHistory:
             if first is not None and first.shape != current.shape:
                 first = previous = None
             analysis = analyze_maps(
-                current[keep], _rows(masks, keep), _rows(nuisance, keep), _rows(previous, keep), _rows(first, keep),
-                _rows(targets, keep), _rows(correct, keep), _rows(confidence, keep), clusters,
-            )  # fmt: skip
+                current[keep],
+                _rows(masks, keep),
+                _rows(nuisance, keep),
+                _rows(previous, keep),
+                _rows(first, keep),
+                _rows(targets, keep),
+                _rows(correct, keep),
+                _rows(confidence, keep),
+                clusters,
+            )
             analysis.order = keep[analysis.order]
             if analysis.findings is not None:
                 analysis.findings = _to_rows(analysis.findings, keep)

@@ -1,6 +1,6 @@
 """The maps of a few probe images over the runs, kept small and bounded, for the evolution strip.
 
-:class:`MapStrip` keeps, per method, one ``(R, size, size)`` float16 copy of the maps of ``R`` selected
+``MapStrip`` keeps, per method, one ``(R, size, size)`` float16 copy of the maps of ``R`` selected
 probe rows per run (area-averaged: 32x32 by default, 2 kB per image), and at most ``max_columns`` runs:
 when more come, every second kept run after the first is dropped (the first and the latest always stay),
 so long runs keep an evenly thinned history in constant memory.

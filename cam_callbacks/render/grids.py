@@ -1,11 +1,11 @@
 """Captioned image grids: one cell per probe image (caption, original, overlay), labelled map tiles, the evolution strip.
 
-The one grid builder: the callback's images (:mod:`cam_callbacks.render.publish`) and the notebook helpers
-(:mod:`cam_callbacks.render.notebook`) both draw their cells with :func:`captioned_grid`, so the same images, maps,
+The one grid builder: the callback's images (``cam_callbacks.render.publish``) and the notebook helpers
+(``cam_callbacks.render.notebook``) both draw their cells with ``captioned_grid``, so the same images, maps,
 ``alpha`` and colormap give the same pixels in TensorBoard and in a notebook.
 Functions of tensors and strings; the callers decide what goes in them.
 Layout: tiles are enlarged by an integer factor (nearest neighbour) to at least ``min_tile`` pixels;
-cells sit on a white background with :data:`GAP` pixels between them.
+cells sit on a white background with ``GAP`` pixels between them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ WRONG_COLOR = (0.8, 0.0, 0.0)
 
 
 class Caption(NamedTuple):
-    """The two caption lines of one cell; ``wrong`` draws them in :data:`WRONG_COLOR`."""
+    """The two caption lines of one cell; ``wrong`` draws them in ``WRONG_COLOR``."""
 
     title: str
     detail: str = ""
@@ -35,12 +35,12 @@ class Caption(NamedTuple):
 
 
 def enlarge_factor(height: int, width: int, min_tile: int) -> int:
-    """The integer factor :func:`enlarge` applies to ``height`` x ``width`` tiles: ``max(1, ceil(min_tile / min(height, width)))``."""
+    """The integer factor ``enlarge`` applies to ``height`` x ``width`` tiles: ``max(1, ceil(min_tile / min(height, width)))``."""
     return max(1, -(-min_tile // min(height, width)))
 
 
 def enlarge(images: Tensor, min_tile: int) -> Tensor:
-    """``(N, C, H, W)`` enlarged by :func:`enlarge_factor` (nearest neighbour), if above 1."""
+    """``(N, C, H, W)`` enlarged by ``enlarge_factor`` (nearest neighbour), if above 1."""
     factor = enlarge_factor(images.shape[-2], images.shape[-1], min_tile)
     return F.interpolate(images, scale_factor=factor, mode="nearest") if factor > 1 else images
 
@@ -64,7 +64,7 @@ def caption_height() -> int:
 
 
 def cell_boxes(n: int, per_row: int, tile_h: int, tile_w: int) -> List[Tuple[int, int, int]]:
-    """Where :func:`captioned_grid` puts cell ``i``'s tiles: ``(top, left of the original, left of the overlay)``
+    """Where ``captioned_grid`` puts cell ``i``'s tiles: ``(top, left of the original, left of the overlay)``
     for enlarged ``tile_h`` x ``tile_w`` tiles (the original and the overlay are 2 pixels apart)."""
     per_row = max(1, min(per_row, n))
     cell_h = caption_height() + tile_h
@@ -89,13 +89,13 @@ def captioned_grid(
     nuisance: Optional[Tensor] = None,
 ) -> Tensor:
     """A ``(3, H, W)`` grid of cells: caption (two lines) over the original and, right of it, its overlay
-    (:func:`weighted_overlay`); object outlines in :data:`OBJECT_COLOR`, nuisance outlines in :data:`NUISANCE_COLOR`,
+    (``weighted_overlay``); object outlines in ``OBJECT_COLOR``, nuisance outlines in ``NUISANCE_COLOR``,
     drawn after enlarging so they stay one pixel thin.
 
     Args:
         display_images: ``(N, 3, H, W)`` RGB in [0, 1].
         maps: ``(N, H, W)`` maps in [0, 1].
-        captions: One :class:`Caption` per image.
+        captions: One ``Caption`` per image.
         alpha, colormap: The overlay's look.
         per_row: Cells per row.
         min_tile: Smallest tile side in pixels after enlargement.

@@ -1,5 +1,5 @@
 """Pixels for people: colormaps, display images, the overlay of a map on its image, region outlines (no layouts here:
-see :mod:`cam_callbacks.render.grids`).
+see ``cam_callbacks.render.grids``).
 
 All functions are batched torch operations on any device; matplotlib is used only to read a
 colormap's lookup table, lazily.

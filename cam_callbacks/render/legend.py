@@ -1,6 +1,6 @@
 """The legend band under every heatmap image: a colour scale with its ticks and what it measures, and the outline colours.
 
-Pure torch (text through :mod:`cam_callbacks.render.text`); the band is as wide as the image it goes under.
+Pure torch (text through ``cam_callbacks.render.text``); the band is as wide as the image it goes under.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def legend_band(
     """A white ``(3, h, width)`` band: the colormap as a horizontal bar (low values left) with tick labels under it,
     ``label`` beside it, and one swatch per ``(colour, name)`` outline.
 
-    The bar's column ``j`` of ``L`` has the colour of value ``j / (L - 1)`` (see :func:`colormap_lut`); a tick at
+    The bar's column ``j`` of ``L`` has the colour of value ``j / (L - 1)`` (see ``colormap_lut``); a tick at
     value ``v`` is labelled under column ``round(v * (L - 1))``.
 
     Example::
@@ -89,7 +89,7 @@ def with_legend(
     ticks: Optional[Sequence[Tuple[float, str]]] = None,
     outlines: Sequence[Tuple[Tuple[float, float, float], str]] = (),
 ) -> Tensor:
-    """``image`` ``(3, H, W)`` with a :func:`legend_band` appended under it (bands are drawn once per layout and reused)."""
+    """``image`` ``(3, H, W)`` with a ``legend_band`` appended under it (bands are drawn once per layout and reused)."""
     ticks = tuple(ticks) if ticks is not None else ((0.0, "0"), (0.5, "0.5"), (1.0, "1"))
     band = _shared_band(image.shape[-1], colormap, ticks, label, tuple(outlines))
     return torch.cat([image.float().cpu(), band], dim=1)
@@ -103,5 +103,5 @@ def _shared_band(
     label: str,
     outlines: Tuple[Tuple[Tuple[float, float, float], str], ...],
 ) -> Tensor:
-    """:func:`legend_band`, kept for the next run (the same images get the same band every run; it is only read)."""
+    """``legend_band``, kept for the next run (the same images get the same band every run; it is only read)."""
     return legend_band(width, colormap, ticks, label, outlines)

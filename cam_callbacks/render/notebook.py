@@ -1,4 +1,4 @@
-"""Maps for a notebook: from :func:`cam_callbacks.explain`'s output to a PIL image or a matplotlib figure.
+"""Maps for a notebook: from ``cam_callbacks.explain``'s output to a PIL image or a matplotlib figure.
 
 ::
 
@@ -6,12 +6,12 @@
     cc.show_maps(x, maps, mean=mean, std=std)   # PIL image: captioned cells (original, overlay), colour bar
     cc.plot_maps(x, maps, mean=mean, std=std)   # the same picture as a matplotlib figure, one axis per image
 
-Both draw what the callback logs to TensorBoard: the cells of :func:`cam_callbacks.render.grids.captioned_grid`
-(the overlay of :func:`cam_callbacks.render.images.weighted_overlay`) and the colour bar of
-:func:`cam_callbacks.render.legend.with_legend`.
+Both draw what the callback logs to TensorBoard: the cells of ``cam_callbacks.render.grids.captioned_grid``
+(the overlay of ``cam_callbacks.render.images.weighted_overlay``) and the colour bar of
+``cam_callbacks.render.legend.with_legend``.
 
-Torch and PIL; matplotlib is imported lazily by :func:`plot_maps` (and for colormaps). No backend is
-chosen here: the figure is a plain :class:`matplotlib.figure.Figure`, not registered with pyplot, so a
+Torch and PIL; matplotlib is imported lazily by ``plot_maps`` (and for colormaps). No backend is
+chosen here: the figure is a plain ``matplotlib.figure.Figure``, not registered with pyplot, so a
 notebook shows it once as the cell's value (inline or any other backend's figure display) and nothing
 accumulates in pyplot's figure list; in a script, ``fig.savefig(path)``.
 """
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-#: The label of the colour bar under :func:`show_maps`'s and :func:`plot_maps`'s pictures.
+#: The label of the colour bar under ``show_maps``'s and ``plot_maps``'s pictures.
 COLORBAR_LABEL = "map value (0 = not used, 1 = most important)"
 #: Smallest tile side in pixels: smaller images are enlarged by an integer factor (nearest neighbour), as in the callback's grids.
 MIN_TILE = 96
@@ -105,13 +105,13 @@ def _cells(
     per_row: int,
     titles: Optional[List[str]],
 ) -> Tensor:
-    """The ``(3, H, W)`` grid both helpers show: :func:`captioned_grid`'s cells, captioned with the titles (``#<i>`` without them)."""
+    """The ``(3, H, W)`` grid both helpers show: ``captioned_grid``'s cells, captioned with the titles (``#<i>`` without them)."""
     captions = [Caption(title) for title in titles] if titles is not None else [Caption(f"#{i}") for i in range(x.shape[0])]
     return captioned_grid(to_display(x, mean, std), m, captions, alpha=float(alpha), colormap=colormap, per_row=per_row, min_tile=MIN_TILE)
 
 
 def _picture(grid: Tensor, colormap: str, colorbar: bool) -> Tensor:
-    """``grid`` as uint8 ``(H, W, 3)``, with :func:`with_legend`'s colour bar under it when ``colorbar``."""
+    """``grid`` as uint8 ``(H, W, 3)``, with ``with_legend``'s colour bar under it when ``colorbar``."""
     if colorbar:
         grid = with_legend(grid, colormap, COLORBAR_LABEL)
     return to_uint8(grid).permute(1, 2, 0).contiguous()
@@ -135,7 +135,7 @@ def show_maps(
     Args:
         images: ``(N, C, H, W)`` model inputs (or ``(C, H, W)`` / ``(H, W)`` for one image), any device and dtype.
         maps: ``(N, H, W)`` maps in [0, 1] at the images' size (or ``(H, W)`` for one image), as
-            :func:`cam_callbacks.explain` returns them. Multi-hot ``(N, C, H, W)`` maps are refused: index a
+            ``cam_callbacks.explain`` returns them. Multi-hot ``(N, C, H, W)`` maps are refused: index a
             class, ``maps[:, c]``. NaN (maps of non-finite images) is shown as 0.
         mean, std: How the images were normalised: the originals are shown as ``(x * std + mean).clamp(0, 1)``;
             without them each image is min-max scaled.
@@ -144,10 +144,10 @@ def show_maps(
             and the overlay is ``(1 - a) * original + a * colormap(m)`` (the image shows through where the map is low).
         per_row: Cells (images) per row.
         titles: One string per image, written in its cell's caption; without them the captions are ``#0``, ``#1``, ...
-        colorbar: Draw the colour bar (labelled :data:`COLORBAR_LABEL`) under the cells.
+        colorbar: Draw the colour bar (labelled ``COLORBAR_LABEL``) under the cells.
 
     Returns:
-        An RGB :class:`PIL.Image.Image` with the layout of :func:`cam_callbacks.render.grids.captioned_grid`: tiles
+        An RGB ``PIL.Image.Image`` with the layout of ``cam_callbacks.render.grids.captioned_grid``: tiles
         enlarged by the integer factor ``f = ceil(96 / min(H, W))`` (nearest neighbour), a two-line caption band over
         each cell (the original, 2 white pixels, the overlay), 6 white pixels between cells.
     """
@@ -173,11 +173,11 @@ def plot_maps(
     ncols: int = 4,
     colorbar: bool = True,
 ) -> Figure:
-    """:func:`show_maps`'s picture as a matplotlib figure: one axis per image holding its cell (caption, original,
-    overlay) and, with ``colorbar=True``, one axis holding the colour bar (labelled :data:`COLORBAR_LABEL`).
+    """``show_maps``'s picture as a matplotlib figure: one axis per image holding its cell (caption, original,
+    overlay) and, with ``colorbar=True``, one axis holding the colour bar (labelled ``COLORBAR_LABEL``).
 
-    Arguments as in :func:`show_maps`; ``ncols`` cells per row. The axes sit where the cells are in
-    :func:`show_maps`'s picture and the figure is sized for one figure pixel per picture pixel at its dpi (100), so
+    Arguments as in ``show_maps``; ``ncols`` cells per row. The axes sit where the cells are in
+    ``show_maps``'s picture and the figure is sized for one figure pixel per picture pixel at its dpi (100), so
     ``fig.savefig(path)`` writes that picture. The figure is not registered with pyplot and no backend is set: a
     notebook displays it as the cell's value.
     """

@@ -1,7 +1,7 @@
 """The images the callback logs after a run: heatmap grids, class-mean maps and the shortcut mean map.
 
 Pure functions of the probe rows, the maps and the run's analysis (no logger here); rendering
-primitives are in :mod:`cam_callbacks.render.images`.
+primitives are in ``cam_callbacks.render.images``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def probe_captions(
     score_name: str,
     names: Optional[Sequence[str]],
 ) -> List[Caption]:
-    """One :class:`Caption` per row: ``#<probe index> <label> → <prediction>`` (``✗`` when wrong), then the target's
+    """One ``Caption`` per row: ``#<probe index> <label> → <prediction>`` (``✗`` when wrong), then the target's
     probability and the row's ``score`` (a fraction), through the format string ``score_name`` (``"ADCC {:.2f}"``)."""
     logits = explanation.logits.detach().float().cpu()[rows]
     explained = explanation.targets.cpu()[rows]
@@ -137,7 +137,7 @@ def evidence_grid(
     info: RunInfo,
     worst: Sequence[int],
 ) -> Optional[Tensor]:
-    """The grid of the probe images ``worst`` (an :class:`~cam_callbacks.monitor.alarm.AlarmHit`'s), in that order; None if none is shown."""
+    """The grid of the probe images ``worst`` (an ``AlarmHit``'s), in that order; None if none is shown."""
     index = view.image_index.tolist()
     rows = [row for image in list(worst)[: style.max_images] for row, i in enumerate(index) if i == image]
     if not rows:
@@ -183,7 +183,7 @@ def run_images(
     info: RunInfo = RunInfo(),  # noqa: B008 - never mutated
 ) -> Dict[str, Dict[str, Tensor]]:
     """``{method: {"grid" | "worst" | "label_<c>/grid" | "class_means" | "mean_map" | "evolution" | "shortcut_prototypes": (3, H, W)}}`` for one
-    run; the maps of the first :data:`EVOLUTION_ROWS` rows are added to ``info.strip`` first."""
+    run; the maps of the first ``EVOLUTION_ROWS`` rows are added to ``info.strip`` first."""
     images = {}
     for method, analysis in analyses.items():
         if info.strip is not None:

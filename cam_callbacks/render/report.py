@@ -1,7 +1,7 @@
 """The report a person can send: one self-contained HTML page per run directory, and the "how to read this" text.
 
-:class:`RunReport` keeps what the page needs while training goes on (the scalars of every run, the alarm
-history with its evidence images, the last run's images, bounded) and :meth:`RunReport.write` renders
+``RunReport`` keeps what the page needs while training goes on (the scalars of every run, the alarm
+history with its evidence images, the last run's images, bounded) and ``RunReport.write`` renders
 ``<log_dir>/<prefix>/report.html`` at the end of ``fit``/``validate``: configuration, how to read it,
 the metric curves (matplotlib, Agg), each method's evolution strip, the alarm history, the final
 images. Every image is embedded as a ``data:`` URI: the page needs no other file and no network.
@@ -22,8 +22,6 @@ from torch import Tensor
 from cam_callbacks.monitor.alarm import AlarmHit
 from cam_callbacks.render.png import encode_png
 from cam_callbacks.utils.files import atomic_write
-
-__all__ = ["AlarmRecord", "RunReport", "how_to_read", "markdown_to_html", "find_class_names", "MAX_ALARMS"]
 
 #: Alarm runs kept with their evidence (the first ones: when it started is what matters).
 MAX_ALARMS = 20
@@ -56,29 +54,31 @@ def how_to_read(prefix: str, methods: Sequence[str], config: str, x_axis: str, m
     if masks or nuisance:
         parts = (("**white** = the object", masks), ("**magenta** = the nuisance region", nuisance))
         outline = " Outlines: " + ", ".join(part for part, on in parts if on) + "."
-    return "\n".join([
-        f"### How to read `{prefix}/*` ({', '.join(methods)})",
-        "",
-        f"- **Configuration**: {config}. The x-axis of every `{prefix}/*` entry is the {x_axis}.",
-        f"- **`{prefix}/<method>/grid`**: the probe images in probe order (the same image in the same place at every "
-        "step: drag the step slider to follow one). Each cell: caption, the image, and the map over it. Caption: "
-        "`#probe index  label → prediction` (red with ✗ when wrong), `p=` the explained class's probability, and the "
-        "image's score (ADCC, or the share of the map inside the object when masks are given)." + outline,
-        f"- **`{prefix}/<method>/worst`** (with masks): the same cells, worst first (least in the object / most on the nuisance).",
-        "- **Colours**: the colour bar under each image. Grid maps are min-max normalised per image: 1 (red) is where "
-        "*this* image's map is highest, whatever its absolute level; the overlay is more opaque where the map is high.",
-        f"- **`{prefix}/<method>/class_means`, `mean_map`**: mean maps per explained class and over all images (with "
-        "masks: outside the objects) on the maps' absolute 0-1 scale: an evenly spread map stays dim; a bright spot "
-        "at the same place in every class is the signature of a shortcut.",
-        f"- **`{prefix}/<method>/evolution`**: the first probe images (rows) at every run so far (columns, original "
-        "first; at most 8 runs, long runs are thinned evenly), so the whole history shows without the slider.",
-        f"- **Scalars**: {_FAITHFULNESS_HELP}. Watch: {_WATCH_HELP}.",
-        f"- **`{prefix}/alarm`** (text): which rule fired, its value and threshold, and the worst probe images (the `#` in the captions).",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"### How to read `{prefix}/*` ({', '.join(methods)})",
+            "",
+            f"- **Configuration**: {config}. The x-axis of every `{prefix}/*` entry is the {x_axis}.",
+            f"- **`{prefix}/<method>/grid`**: the probe images in probe order (the same image in the same place at every "
+            "step: drag the step slider to follow one). Each cell: caption, the image, and the map over it. Caption: "
+            "`#probe index  label → prediction` (red with ✗ when wrong), `p=` the explained class's probability, and the "
+            "image's score (ADCC, or the share of the map inside the object when masks are given)." + outline,
+            f"- **`{prefix}/<method>/worst`** (with masks): the same cells, worst first (least in the object / most on the nuisance).",
+            "- **Colours**: the colour bar under each image. Grid maps are min-max normalised per image: 1 (red) is where "
+            "*this* image's map is highest, whatever its absolute level; the overlay is more opaque where the map is high.",
+            f"- **`{prefix}/<method>/class_means`, `mean_map`**: mean maps per explained class and over all images (with "
+            "masks: outside the objects) on the maps' absolute 0-1 scale: an evenly spread map stays dim; a bright spot "
+            "at the same place in every class is the signature of a shortcut.",
+            f"- **`{prefix}/<method>/evolution`**: the first probe images (rows) at every run so far (columns, original "
+            "first; at most 8 runs, long runs are thinned evenly), so the whole history shows without the slider.",
+            f"- **Scalars**: {_FAITHFULNESS_HELP}. Watch: {_WATCH_HELP}.",
+            f"- **`{prefix}/alarm`** (text): which rule fired, its value and threshold, and the worst probe images (the `#` in the captions).",
+        ]
+    )
 
 
 def markdown_to_html(text: str) -> str:
-    """The small Markdown subset of :func:`how_to_read` and the alarm tables as HTML (headings, lists, tables, bold, code)."""
+    """The small Markdown subset of ``how_to_read`` and the alarm tables as HTML (headings, lists, tables, bold, code)."""
     out: List[str] = []
     in_list = in_table = False
     for raw in text.splitlines():
@@ -123,8 +123,10 @@ def find_class_names(given: Optional[Sequence[str]], sources: Sequence[Any], num
             names = getattr(source, attribute, None)
             if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
                 if len(names) != num_classes:
-                    return None, (f"{type(source).__name__}.{attribute} has {len(names)} names but the model has {num_classes} "
-                                  "outputs; captions show class indices (pass class_names= to CAMMonitor)")  # fmt: skip
+                    return None, (
+                        f"{type(source).__name__}.{attribute} has {len(names)} names but the model has {num_classes} "
+                        "outputs; captions show class indices (pass class_names= to CAMMonitor)"
+                    )
                 return list(names), ""
     return None, ""
 
@@ -159,7 +161,7 @@ class RunReport:
         self.runs.append((step, epoch, dict(scalars)))
 
     def add_alarm(self, step: int, epoch: int, hits: List[AlarmHit], evidence: Dict[str, Tensor]) -> None:
-        """Keep a run where the alarm fired, with ``{method: (3, H, W) uint8 image}`` evidence (the first :data:`MAX_ALARMS`)."""
+        """Keep a run where the alarm fired, with ``{method: (3, H, W) uint8 image}`` evidence (the first ``MAX_ALARMS``)."""
         if len(self.alarms) < MAX_ALARMS:
             self.alarms.append(AlarmRecord(step, epoch, list(hits), {m: encode_png(image) for m, image in evidence.items()}))
 
@@ -234,7 +236,7 @@ class RunReport:
     def write(self, directory: str, prefix: str, config: str, how_to: str, x_axis: str) -> str:
         """Write ``<directory>/<prefix>/report.html``; returns its path.
 
-        The page goes to a temporary file beside it that then replaces it (:func:`~cam_callbacks.utils.files.atomic_write`):
+        The page goes to a temporary file beside it that then replaces it (``atomic_write``):
         a kill or Ctrl-C during the write leaves the previous report whole, never a truncated or empty one.
         """
         path = os.path.join(directory, prefix, "report.html")

@@ -1,7 +1,7 @@
 """Pictures of suspected shortcuts: each class's best candidate prototype map with its region boxed.
 
-Functions of tensors (see :func:`cam_callbacks.metrics.shortcuts.find_shortcuts`); the callback logs
-:func:`shortcut_tiles` as ``<prefix>/<method>/shortcut_prototypes``.
+Functions of tensors (see ``cam_callbacks.metrics.shortcuts.find_shortcuts``); the callback logs
+``shortcut_tiles`` as ``<prefix>/<method>/shortcut_prototypes``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def shortcut_tiles(findings: ShortcutFindings, colormap: str = "jet", min_tile: 
     """``(3, H', W')``: each class's best prototype map, coloured, with its region's box outlined in white.
 
     Tiles are in class order (one per class with a candidate), scaled up to at least ``min_tile`` pixels and laid
-    out as :func:`~cam_callbacks.render.grids.labelled_tiles` lays out its tiles (8 per row, white gaps).
+    out as ``labelled_tiles`` lays out its tiles (8 per row, white gaps).
     """
     chosen = best_per_class(findings)
     if not chosen:

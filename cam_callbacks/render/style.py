@@ -1,4 +1,4 @@
-"""How images are drawn: :class:`ImageStyle`, the one option object of everything visual."""
+"""How images are drawn: ``ImageStyle``, the one option object of everything visual."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _channel_values(name: str, value: Any, positive: bool) -> Optional[Tuple[flo
 
 @dataclass(frozen=True)
 class ImageStyle:
-    """How :class:`~cam_callbacks.CAMMonitor` and the notebook helpers draw images.
+    """How ``CAMMonitor`` and the notebook helpers draw images.
 
     Every field is checked when the object is built, and the message names the field. The number of
     ``mean``/``std`` values is checked against the probe images' channels at the callback's setup.
@@ -84,8 +84,7 @@ class ImageStyle:
         _positive_int("max_labels", self.max_labels)
         if (self.mean is None) != (self.std is None):
             raise ValueError(
-                f"ImageStyle: give both mean and std (to undo the images' normalisation for display) or neither, got "
-                f"mean={self.mean!r} and std={self.std!r}"
+                f"ImageStyle: give both mean and std (to undo the images' normalisation for display) or neither, got mean={self.mean!r} and std={self.std!r}"
             )
         means = _channel_values("mean", self.mean, positive=False)
         stds = _channel_values("std", self.std, positive=True)

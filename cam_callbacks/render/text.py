@@ -1,8 +1,8 @@
 """Text drawn into image tensors: captions, axis labels and titles, with matplotlib's bundled DejaVu Sans.
 
 Rendering a string with PIL takes a few hundred microseconds; a run writes hundreds of short captions.
-So each character is rendered once per font size (:func:`glyph`, cached) and a string is the
-concatenation of its glyphs' coverage columns (:func:`text_mask`, no kerning: DejaVu Sans at these
+So each character is rendered once per font size (``glyph``, cached) and a string is the
+concatenation of its glyphs' coverage columns (``text_mask``, no kerning: DejaVu Sans at these
 sizes has none worth drawing). Painting is a blend of a colour into a ``(3, H, W)`` float image.
 """
 
@@ -64,7 +64,7 @@ def _advance(char: str, size: int) -> int:
 
 
 def text_width(text: str, size: int) -> int:
-    """Width in pixels of ``text`` as :func:`text_mask` draws it."""
+    """Width in pixels of ``text`` as ``text_mask`` draws it."""
     return sum(_advance(char, size) for char in text)
 
 

@@ -7,8 +7,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["check_maps", "check_choice"]
-
 
 def check_maps(maps: Tensor) -> None:
     """Check that ``maps`` are ``(N, H, W)`` finite, non-negative floating maps (what the mass-based metrics need).
@@ -33,10 +31,7 @@ def check_maps(maps: Tensor) -> None:
     if maps.numel() and not bool(torch.isfinite(maps).all()):
         raise ValueError("maps must be finite: found NaN or inf")
     if maps.numel() and bool((maps < 0).any()):
-        raise ValueError(
-            f"maps must be non-negative (mass-based metrics), got a minimum of {float(maps.min()):.4g}; "
-            "use min-max normalised maps in [0, 1]"
-        )
+        raise ValueError(f"maps must be non-negative (mass-based metrics), got a minimum of {float(maps.min()):.4g}; use min-max normalised maps in [0, 1]")
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:

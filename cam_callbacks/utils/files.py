@@ -2,7 +2,7 @@
 
 A SIGKILL, a Ctrl-C or a full disk in the middle of a write leaves the previous version of the file (or no
 file, if there was none) instead of a truncated one: the data goes to a temporary file in the same folder,
-is flushed to disk (``fsync``), and replaces the target with :func:`os.replace`, which is atomic on POSIX
+is flushed to disk (``fsync``), and replaces the target with ``os.replace``, which is atomic on POSIX
 and Windows when both paths are on the same file system (hence the same folder).
 """
 

@@ -10,8 +10,6 @@ from torch import Tensor
 
 from cam_callbacks.utils.numeric import safe_divide
 
-__all__ = ["upsample_and_normalize", "minmax_normalize", "fuse_layer_maps"]
-
 
 def minmax_normalize(maps: Tensor) -> Tensor:
     """Min-max normalise each map of ``(N, H, W)`` to [0, 1].

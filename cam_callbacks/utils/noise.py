@@ -8,8 +8,6 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseRows"]
-
 
 class NoiseRows:
     """Standard normal ``(rows, *shape)`` noise from a private generator, the same numbers however the rows are chunked.

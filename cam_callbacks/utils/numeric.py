@@ -11,12 +11,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
-__all__ = ["safe_divide", "pearson"]
 
-
-def safe_divide(
-    numerator: Union[Tensor, float], denominator: Tensor, fallback: Union[Tensor, float] = 0.0, *, require_positive: bool = False
-) -> Tensor:
+def safe_divide(numerator: Union[Tensor, float], denominator: Tensor, fallback: Union[Tensor, float] = 0.0, *, require_positive: bool = False) -> Tensor:
     """``numerator / denominator`` element-wise, ``fallback`` where the denominator cannot divide.
 
     The division is only evaluated on a denominator replaced by 1 where it cannot divide, so no

@@ -4,7 +4,7 @@ A classifier may return its logits as a tensor, or inside a dict (``{"logits": .
 a tuple (``(logits, features)``) or an object (Hugging Face's ``ImageClassifierOutput`` has ``.logits``).
 ``output_transform`` says where: None (the output is the logits tensor), a ``str`` (a key of a mapping or
 an attribute), an ``int`` (an index into a tuple or list) or a callable ``output -> logits``.
-:func:`logits_of` applies it wherever the library calls the model and needs logits; the model itself is
+``logits_of`` applies it wherever the library calls the model and needs logits; the model itself is
 never wrapped or changed.
 """
 
@@ -15,8 +15,6 @@ import difflib
 from typing import Any, Callable, List, Mapping, Optional, Union
 
 from torch import Tensor
-
-__all__ = ["OutputTransform", "check_output_transform", "describe_output", "logits_of"]
 
 #: What ``output_transform=`` accepts: None, a key or attribute name, a tuple index, or a callable ``output -> logits``.
 OutputTransform = Union[None, str, int, Callable[[Any], Tensor]]
@@ -132,7 +130,7 @@ def _select(output: Any, transform: OutputTransform) -> Any:
 
 
 def logits_of(output: Any, transform: OutputTransform = None, n: Optional[int] = None) -> Tensor:
-    """The logits in a model's ``output``, selected by ``transform`` (see :data:`OutputTransform`).
+    """The logits in a model's ``output``, selected by ``transform`` (see ``OutputTransform``).
 
     Args:
         output: What the model returned.

@@ -7,11 +7,6 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = [
-    "TargetsLike", "as_targets", "first_out_of_range", "check_target_range", "check_target_classes", "multilabel_pairs",
-    "expand_multilabel", "PROBABILITIES", "probabilities",
-]  # fmt: skip
-
 #: How logits become class probabilities: ``softmax`` (one class per image) or ``sigmoid`` (multi-label).
 PROBABILITIES = ("softmax", "sigmoid")
 
@@ -37,7 +32,7 @@ def as_targets(targets: TargetsLike, n: int, device: torch.device) -> Optional[T
 
     An *integer* ``(n, 1)`` tensor is a column of class indices (as datasets often give them) and is
     squeezed to ``(n,)``; a bool or floating ``(n, 1)`` one is multi-hot for a 1-output model (the
-    model's width is checked at the first forward pass, :func:`check_target_classes`).
+    model's width is checked at the first forward pass, ``check_target_classes``).
 
     Example::
 
@@ -54,9 +49,7 @@ def as_targets(targets: TargetsLike, n: int, device: torch.device) -> Optional[T
     try:
         tensor = torch.as_tensor(targets)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(
-            f"targets must be None, an int, a sequence of class indices or a tensor, got {type(targets).__name__} {targets!r:.80}"
-        ) from error
+        raise TypeError(f"targets must be None, an int, a sequence of class indices or a tensor, got {type(targets).__name__} {targets!r:.80}") from error
     given_shape = tuple(tensor.shape)
     integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
     if tensor.dim() == 2 and tensor.shape[1] == 1 and integer:
@@ -90,8 +83,7 @@ def check_target_range(targets: Tensor, num_classes: int) -> None:
     if index is not None:
         hint = "; to explain a 1-output multi-label model give bool (N, 1) targets" if num_classes == 1 else ""
         raise ValueError(
-            f"targets[{index}]={int(targets[index])} is out of range: the model has {num_classes} classes, "
-            f"valid class indices are 0..{num_classes - 1}{hint}"
+            f"targets[{index}]={int(targets[index])} is out of range: the model has {num_classes} classes, valid class indices are 0..{num_classes - 1}{hint}"
         )
 
 

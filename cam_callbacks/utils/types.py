@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["OnError", "Smooth", "Probability", "Reduction", "TargetMode", "PrecisionMode"]
-
 #: ``smooth=``: average maps over noisy copies (``"noise"``) or flips and scales (``"aug"``) of the images.
 Smooth = Literal["noise", "aug"]
 #: ``probability=``: how logits become class probabilities.

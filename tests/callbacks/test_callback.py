@@ -18,7 +18,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import cam_callbacks as cc
-from cam_callbacks.methods import register_method, unregister_method
+from cam_callbacks.methods.registry import register_method, unregister_method
 from cam_callbacks.render.grids import GAP, caption_height, cell_boxes
 
 from _lightning_models import NUM_CLASSES, TinyNet, fit, loaders, make_data, read_events, trainer

@@ -38,7 +38,7 @@ from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
 from cam_callbacks.engine.caches import cache_info, clear_caches
-from cam_callbacks.methods import available_methods, register_method, unregister_method
+from cam_callbacks.methods.registry import available_methods, register_method, unregister_method
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, make_data, trainer
 

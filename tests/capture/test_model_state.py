@@ -13,7 +13,7 @@ from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
 from cam_callbacks.capture.layers import resolve_target_layer
-from cam_callbacks.methods import unregister_method
+from cam_callbacks.methods.registry import unregister_method
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
 HOOK_DICTS = [

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import cam_callbacks as cc
-from cam_callbacks.engine import SMOOTH_CHOICES
 from cam_callbacks.engine.caches import cache_info, clear_caches
+from cam_callbacks.engine.options import SMOOTH_CHOICES
 from cam_callbacks.methods.registry import get_method, unregister_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -37,10 +37,9 @@ import torchvision
 from torch import nn
 
 import cam_callbacks as cc
-from cam_callbacks import methods as M
 from cam_callbacks.capture.layers import resolve_target_layer
-from cam_callbacks.methods import unregister_method
-from cam_callbacks.methods.registry import get_method
+from cam_callbacks.methods import activation, gradient
+from cam_callbacks.methods.registry import get_method, unregister_method
 from cam_callbacks.utils.maps import minmax_normalize, upsample_and_normalize
 
 ALL_METHODS = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
@@ -261,23 +260,23 @@ def _t(a):
 def test_pure_functions_hand_numbers(key):
     method, c = key
     a = np.stack([A0, A1])
-    raw = getattr(M, method)(activations=_t(a)[None], gradients=_t(hand_gradients(a, c))[None])
+    raw = getattr(gradient, method)(activations=_t(a)[None], gradients=_t(hand_gradients(a, c))[None])
     assert raw.shape == (1, 3, 3)
     np.testing.assert_allclose(raw[0].double().numpy(), HAND_RAW[key], atol=1e-6)
 
 
 def test_pure_cam_hand_numbers():
     a = relu(np.stack([A0, A1]))
-    raw = M.cam(activations=_t(a)[None], class_weights=_t(W[:1]))
+    raw = activation.cam(activations=_t(a)[None], class_weights=_t(W[:1]))
     np.testing.assert_allclose(raw[0].double().numpy(), HAND_CAM_ON_RELU_0, atol=1e-6)
     # class 1 weights (-1, 3): -relu(A0) + 3 relu(A1) = [[6,2,-2],[2,-3,-1],[-2,-1,0]] -> ReLU
-    raw1 = M.cam(activations=_t(a)[None], class_weights=_t(W[1:]))
+    raw1 = activation.cam(activations=_t(a)[None], class_weights=_t(W[1:]))
     np.testing.assert_allclose(raw1[0].double().numpy(), [[6, 2, 0], [2, 0, 0], [0, 0, 0]], atol=1e-6)
 
 
 def test_gradcampp_is_the_paper_form_not_torchcams():
     a = np.stack([A0, A1])
-    raw = M.gradcampp(activations=_t(a)[None], gradients=_t(hand_gradients(a, 0))[None])[0].double().numpy()
+    raw = gradient.gradcampp(activations=_t(a)[None], gradients=_t(hand_gradients(a, 0))[None])[0].double().numpy()
     np.testing.assert_allclose(raw, HAND_RAW[("gradcampp", 0)], atol=1e-6)
     # The two forms give visibly different maps here (also after min-max normalisation).
     assert np.abs(np_minmax(raw) - np_minmax(TORCHCAM_FORM_GRADCAMPP_0)).max() > 0.5
@@ -290,7 +289,7 @@ def test_pure_functions_random_against_numpy(method):
     grads = torch.randn(3, 5, 4, 6, generator=gen, dtype=torch.float64) + 0.5
     grads[0, 1] = 0.0  # a channel with zero gradient
     grads[1, 2, :2] = 0.0  # part of a channel with zero gradient
-    raw = getattr(M, method)(activations=acts, gradients=grads)
+    raw = getattr(gradient, method)(activations=acts, gradients=grads)
     assert raw.shape == (3, 4, 6)
     for n in range(3):
         want = NP_REFS[method](acts[n].numpy(), grads[n].numpy())
@@ -302,7 +301,7 @@ def test_pure_cam_random_against_numpy():
     gen = torch.Generator().manual_seed(4)
     acts = torch.rand(2, 6, 5, 5, generator=gen, dtype=torch.float64)
     w = torch.randn(2, 6, generator=gen, dtype=torch.float64)
-    raw = M.cam(activations=acts, class_weights=w)
+    raw = activation.cam(activations=acts, class_weights=w)
     for n in range(2):
         np.testing.assert_allclose(raw[n].numpy(), np_cam(acts[n].numpy(), w[n].numpy()), rtol=1e-9, atol=1e-12)
 
@@ -310,7 +309,7 @@ def test_pure_cam_random_against_numpy():
 @pytest.mark.parametrize("method", GRAD_METHODS)
 def test_zero_gradients_give_zero_maps_without_nan(method):
     acts = torch.rand(2, 3, 4, 4) + 0.1
-    raw = getattr(M, method)(activations=acts, gradients=torch.zeros_like(acts))
+    raw = getattr(gradient, method)(activations=acts, gradients=torch.zeros_like(acts))
     assert torch.isfinite(raw).all()
     assert torch.equal(raw, torch.zeros(2, 4, 4))
 
@@ -321,7 +320,7 @@ def test_gradcampp_g_zero_and_zero_denominator_give_alpha_zero():
     #   alpha = 0.25 / (0.5 + 4 * 0.125) = 0.25, w1 = 0.25 * 0.5 = 0.125 -> map = 0.125 * ones
     acts = torch.tensor([[[[1.0, -1.0], [-1.0, -1.0]], [[1.0, 1.0], [1.0, 1.0]]]])
     grads = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.0], [0.0, 0.0]]]])
-    raw = M.gradcampp(activations=acts, gradients=grads)
+    raw = gradient.gradcampp(activations=acts, gradients=grads)
     assert torch.isfinite(raw).all()
     torch.testing.assert_close(raw, torch.full((1, 2, 2), 0.125))
 
@@ -330,11 +329,11 @@ def test_xgradcam_zero_activation_sums_no_nan():
     # channel 0 sums to 0 (weight 0 by convention), channel 1 is all zero, channel 2: A = 1, g = 2 -> w2 = 2
     acts = torch.tensor([[[[1.0, -1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]]])
     grads = torch.tensor([[[[3.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]], [[2.0, 2.0], [2.0, 2.0]]]])
-    raw = M.xgradcam(activations=acts, gradients=grads)
+    raw = gradient.xgradcam(activations=acts, gradients=grads)
     assert torch.isfinite(raw).all()
     torch.testing.assert_close(raw, torch.full((1, 2, 2), 2.0))
     # all channels zero: the map is zero, and explain-level normalisation keeps it zero
-    zero = M.xgradcam(activations=torch.zeros(1, 2, 3, 3), gradients=torch.ones(1, 2, 3, 3))
+    zero = gradient.xgradcam(activations=torch.zeros(1, 2, 3, 3), gradients=torch.ones(1, 2, 3, 3))
     assert torch.equal(zero, torch.zeros(1, 3, 3))
     assert torch.equal(upsample_and_normalize(zero, (6, 6)), torch.zeros(1, 6, 6))
 
@@ -467,7 +466,7 @@ def test_register_method_new_method_works_end_to_end(hand_net, two_images):
             cc.register_method(name, needs=("activations",))(maxgradcam)
         with pytest.raises(ValueError, match="already registered"):
             cc.register_method("gradcam", needs=("activations", "gradients"))(maxgradcam)
-        assert get_method("gradcam").fn is M.gradcam
+        assert get_method("gradcam").fn is gradient.gradcam
     finally:
         if name in cc.available_methods():
             unregister_method(name)
@@ -500,7 +499,7 @@ def test_unregister_method_returns_the_method_and_rejects_unknown_names():
 
 def test_registered_functions_are_the_module_functions():
     for name in ALL_METHODS:
-        assert get_method(name).fn is getattr(M, name)
+        assert get_method(name).fn is getattr(activation if name == "cam" else gradient, name)
     assert get_method("cam").needs == ("activations", "class_weights")
     assert not get_method("cam").needs_gradients
 

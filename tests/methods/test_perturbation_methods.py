@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 import cam_callbacks as cc
-from cam_callbacks.methods import ablationcam, get_method, position_masks, reciprocam, scorecam
+from cam_callbacks.methods.perturbation import ablationcam, position_masks, reciprocam, scorecam
+from cam_callbacks.methods.registry import get_method
 
 PERTURBATION_METHODS = ["scorecam", "ablationcam", "reciprocam"]
 

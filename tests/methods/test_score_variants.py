@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 import cam_callbacks as cc
-from cam_callbacks.methods import get_method, integration_scales, iscam, scorecam, sscam
+from cam_callbacks.methods.perturbation import integration_scales, iscam, scorecam, sscam
+from cam_callbacks.methods.registry import get_method
 
 
 class HeadNet(nn.Module):

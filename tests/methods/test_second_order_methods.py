@@ -421,7 +421,7 @@ def test_shapleycam_through_fused_attention_against_finite_differences():
 
     import torchvision
 
-    from cam_callbacks.methods import register_method, unregister_method
+    from cam_callbacks.methods.registry import register_method, unregister_method
 
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3).eval()
@@ -461,7 +461,7 @@ def test_shapleycam_through_fused_attention_against_finite_differences():
 
 def test_register_method_score_and_option_routing():
     """Options go to the function that names them; an option neither takes is refused at registration."""
-    from cam_callbacks.methods import register_method, unregister_method
+    from cam_callbacks.methods.registry import register_method, unregister_method
 
     def half_logit(logits, targets, factor=1.0):
         return factor * logits.gather(1, targets[:, None]).squeeze(1)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import cam_callbacks as cc
-from cam_callbacks.methods import register_method, unregister_method
+from cam_callbacks.methods.registry import register_method, unregister_method
 from cam_callbacks.monitor.budget import CostBudget
 
 from _lightning_models import fit, read_events
