@@ -224,3 +224,22 @@ def test_every_registered_method_lives_in_the_methods_layer():
 def test_no_formatter_escapes_in_the_package():
     offenders = [f"{_rel(p)}:{n}" for p in _sources(PACKAGE) for n, line in enumerate(p.read_text().splitlines(), 1) if "fmt: skip" in line]
     assert not offenders, "code kept out of the formatter (format it, or split it by concept):\n" + "\n".join(offenders)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_importing_the_package_registers_every_method_module():
+    """Every ``register_method`` in ``cam_callbacks/methods/`` takes effect on ``import cam_callbacks`` alone (a family
+    module that ``methods/__init__.py`` forgets would register only when some test happens to import it)."""
+    declared = 0
+    for path in _sources(PACKAGE / "methods"):
+        for node in _tree(path).body:
+            if isinstance(node, ast.FunctionDef):
+                declared += sum(
+                    isinstance(d, ast.Call) and getattr(d.func, "id", "") == "register_method" for d in node.decorator_list
+                )
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "register_method":
+                declared += 1
+    script = "import cam_callbacks as cc; print(len(cc.available_methods()))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(ROOT), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert declared >= 26 and int(done.stdout.strip().splitlines()[-1]) == declared

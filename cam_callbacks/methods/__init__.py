@@ -18,4 +18,5 @@ from cam_callbacks.methods import baselines  # noqa: F401
 from cam_callbacks.methods import scored  # noqa: F401
 from cam_callbacks.methods import full_gradient  # noqa: F401
 from cam_callbacks.methods import transformer  # noqa: F401
+from cam_callbacks.methods import multi_layer  # noqa: F401
 # isort: on
