@@ -73,9 +73,9 @@ def state_problem(state: Any) -> Optional[str]:
         problem = _maps_problem(field, state.get(field, {}))
         if problem:
             return problem
-    pairs = state.get("alarm_state", [])
-    if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
-        return f"alarm_state must be a list of [method, metric] pairs, got {pairs!r}"
+    entries = state.get("alarm_state", [])  # [method, metric, class] triples; [method, metric] pairs before 1.0
+    if not isinstance(entries, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) in (2, 3) for e in entries):
+        return f"alarm_state must be a list of [method, metric, class] triples (or [method, metric] pairs before 1.0), got {entries!r}"
     return None
 
 
