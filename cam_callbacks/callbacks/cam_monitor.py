@@ -237,7 +237,7 @@ class CAMMonitor(_Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage in ("test", "predict"):  # nothing runs there: no dry run that could end the user's test, one line instead
             message = (
-                f"CAMMonitor runs at the end of validation epochs only (trainer.fit and trainer.validate), so trainer.{stage}() "
+                f"CAMMonitor runs at the end of validation epochs only (trainer.fit and trainer.validate), so trainer.{getattr(stage, 'value', stage)}() "
                 "logs nothing from it; call trainer.validate(...) to explain the probe set with this model"
             )
             self._say_once(stage, message, warn=False)
