@@ -261,16 +261,16 @@ class CAMMonitor(_Callback):
 
     def _say_when_nothing_runs(self, trainer: "pl.Trainer", stage: str) -> None:
         """Warn once when this fit or validate will never reach the monitor (so a user knows why nothing is logged)."""
+        only = "and the monitor runs at the end of validation epochs only"
         why = None
         if trainer.limit_val_batches == 0:
-            why = f"limit_val_batches={trainer.limit_val_batches} turns validation off"
+            why = f"limit_val_batches={trainer.limit_val_batches} turns validation off, {only}"
         elif stage == "fit" and not _has_validation_data(trainer):
-            why = "this fit has no validation data (no val_dataloaders= and no val_dataloader())"
+            why = f"this fit has no validation data (no val_dataloaders= and no val_dataloader()), {only}"
         elif stage == "fit" and trainer.max_epochs is not None and 0 <= trainer.max_epochs < self.every_n_epochs:
-            why = f"CAMMonitor(every_n_epochs={self.every_n_epochs}) runs after epoch {self.every_n_epochs} first, but max_epochs={trainer.max_epochs}"
+            why = f"every_n_epochs={self.every_n_epochs} makes the monitor run after epoch {self.every_n_epochs} first, but max_epochs={trainer.max_epochs}"
         if why is not None:
-            message = f"CAMMonitor: {why}, and the monitor runs at the end of validation epochs only: it logs nothing (maps, metrics, report) in this run"
-            self._say_once(f"nothing-runs-{why}", message)
+            self._say_once(f"nothing-runs-{why}", f"CAMMonitor: {why}: it logs nothing (maps, metrics, report) in this run")
 
     @override
     def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

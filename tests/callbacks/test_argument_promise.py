@@ -189,7 +189,13 @@ CASES: List[Any] = [
     refused("every_n_epochs", "2.5", 2.5),
     refused("every_n_epochs", "'1'", "1"),
     refused("every_n_epochs", "True", True),
-    fits("every_n_epochs", "100 (more than max_epochs)", 100, runs=False, warns=r"every_n_epochs=100\) runs after epoch 100 first, but max_epochs=2"),
+    fits(
+        "every_n_epochs",
+        "100 (more than max_epochs)",
+        100,
+        runs=False,
+        warns=r"CAMMonitor: every_n_epochs=100 makes the monitor run after epoch 100 first, but max_epochs=2: it logs nothing",
+    ),
     # ------------------------------------------------------------------ metrics
     refused("metrics", "['faithfulnes']", ["faithfulnes"], names=r"metrics contains 'faithfulnes'.*did you mean 'faithfulness'"),
     refused("metrics", "['ROAD']", ["ROAD"]),
