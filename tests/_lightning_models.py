@@ -141,3 +141,49 @@ def read_events(root) -> Dict[str, Dict]:
         for tag in acc.Tags()["tensors"]:
             tensors.setdefault(tag, []).extend(acc.Tensors(tag))
     return {"scalars": scalars, "images": images, "tensors": tensors, "image_data": image_data}
+
+
+class CountTrainingBatches(pl.Callback):
+    """Counts training batches: a refusal "before training" means ``batches == 0`` when the error reaches ``fit``."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_start(self, *args, **kwargs) -> None:
+        self.batches += 1
+
+
+def fit_with_checkpoint(tmp_path, callbacks: List[pl.Callback], model=None, max_epochs: int = 2, ckpt_path=None, **kwargs) -> pl.Trainer:
+    """A short fit of ``model`` (a new TinyNet) on 16 training and 8 validation images with a ``ModelCheckpoint(save_last=True)``
+    into ``<tmp_path>/ckpt`` and, unless ``logger=`` is given, a TensorBoard and a CSV logger (both image destinations)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    checkpoint = ModelCheckpoint(dirpath=os.path.join(str(tmp_path), "ckpt"), save_last=True, save_top_k=0)
+    if "logger" not in kwargs:
+        kwargs["logger"] = [TensorBoardLogger(str(tmp_path), name="tb", version=0), CSVLogger(str(tmp_path), name="csv", version=0)]
+    fit = trainer(tmp_path, [*callbacks, checkpoint], max_epochs=max_epochs, enable_checkpointing=True, **kwargs)
+    fit.fit(TinyNet() if model is None else model, *loaders(n_train=16, n_val=8), ckpt_path=ckpt_path)
+    return fit
+
+
+class FailingNet(TinyNet):
+    """TinyNet that, once training has started (the dry run at setup passes), raises (``mode="raise"``) or returns NaN
+    logits (``mode="nan"``) for images marked with 1000.0 at pixel (0, 0, 0); other images pass."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.armed = False
+
+    def on_train_start(self) -> None:
+        self.armed = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        marked = (x[:, 0, 0, 0] == 1000.0) & self.armed
+        if self.mode == "raise" and bool(marked.any()):
+            raise RuntimeError("the model cannot handle this image")
+        logits = super().forward(x)
+        if self.mode == "nan":
+            logits = torch.where(marked[:, None], torch.full_like(logits, float("nan")), logits)
+        return logits

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -235,6 +236,14 @@ class CAMMonitor(_Callback):
     # ------------------------------------------------------------------ preparation
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage in ("test", "predict"):  # nothing runs there: no dry run that could end the user's test, one line instead
+            message = (
+                f"CAMMonitor runs at the end of validation epochs only (trainer.fit and trainer.validate), so trainer.{getattr(stage, 'value', stage)}() "
+                "logs nothing from it; call trainer.validate(...) to explain the probe set with this model"
+            )
+            self._say_once(stage, message, warn=False)
+            return
+        self._say_when_nothing_runs(trainer, stage)
         check_strategy(trainer.strategy)
         check_unique_prefix(self, getattr(trainer, "callbacks", []))
         check_named_layers(pl_module, self.target_layer)
@@ -245,6 +254,24 @@ class CAMMonitor(_Callback):
             self._set_probe(early_probe(trainer, stage, self.num_probe), trainer)
         if self.probe is not None:
             self._prepare(pl_module)
+
+    def _say_once(self, key: str, message: str, warn: bool = True) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            (rank_zero_warn if warn else rank_zero_info)(message)
+
+    def _say_when_nothing_runs(self, trainer: "pl.Trainer", stage: str) -> None:
+        """Warn once when this fit or validate will never reach the monitor (so a user knows why nothing is logged)."""
+        only = "and the monitor runs at the end of validation epochs only"
+        why = None
+        if trainer.limit_val_batches == 0:
+            why = f"limit_val_batches={trainer.limit_val_batches} turns validation off, {only}"
+        elif stage == "fit" and not _has_validation_data(trainer):
+            why = f"this fit has no validation data (no val_dataloaders= and no val_dataloader()), {only}"
+        elif stage == "fit" and trainer.max_epochs is not None and 0 <= trainer.max_epochs < self.every_n_epochs:
+            why = f"every_n_epochs={self.every_n_epochs} makes the monitor run after epoch {self.every_n_epochs} first, but max_epochs={trainer.max_epochs}"
+        if why is not None:
+            self._say_once(f"nothing-runs-{why}", f"CAMMonitor: {why}: it logs nothing (maps, metrics, report) in this run")
 
     @override
     def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -499,9 +526,28 @@ class CAMMonitor(_Callback):
 
     @override
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: Dict[str, Any]) -> None:
-        entry = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        entries = checkpoint.get("callbacks") or {}
+        entry = entries.get(self.state_key)
         if isinstance(entry, dict) and not entry:
             self.load_state_dict(entry)  # Lightning calls load_state_dict only for a non-empty entry: an empty one is reported here
+        elif entry is None:
+            others = {getattr(cb, "state_key", None) for cb in getattr(trainer, "callbacks", []) if cb is not self}
+            reason = self._other_configuration([key for key in entries if key not in others])
+            if reason is not None:  # the state key holds methods and layer: Lightning alone only says "add the callbacks"
+                rank_zero_warn(f"CAMMonitor: {reason}; drift is measured from this run on and the alarm state starts afresh")
+                self._reset_history()
+
+    def _other_configuration(self, keys: Sequence[Any]) -> Optional[str]:
+        """Why this monitor's entry is not in a checkpoint that holds one of a monitor with the same prefix (None: none)."""
+        mine = _state_key_fields(self.state_key, type(self).__qualname__)
+        for key in keys:
+            saved = _state_key_fields(key, type(self).__qualname__)
+            if mine is None or saved is None or saved.get("prefix") != mine["prefix"]:
+                continue
+            changed = [f"{name} {saved.get(name)!r}, this monitor {mine[name]!r}" for name in ("methods", "target_layer") if saved.get(name) != mine[name]]
+            if changed:
+                return f"the checkpoint's CAMMonitor entry (prefix {mine['prefix']!r}) was saved with " + " and ".join(changed)
+        return None
 
     def _reset_history(self) -> None:
         """Forget the drift history, the alarm state and the last run (a checkpoint entry that cannot be used)."""
@@ -509,3 +555,22 @@ class CAMMonitor(_Callback):
         self._last_run = None
         self._history.load_state_dict({}, self.methods)
         self._alarm_state.load_state_dict({})
+
+
+def _state_key_fields(key: Any, name: str) -> Optional[Dict[str, Any]]:
+    """The fields of a ``state_key`` of class ``name`` (``CAMMonitor{'prefix': 'cam', 'methods': [...], ...}``), or None."""
+    if not isinstance(key, str) or not key.startswith(name + "{"):
+        return None
+    try:
+        fields = ast.literal_eval(key[len(name) :])
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return fields if isinstance(fields, dict) and "prefix" in fields else None
+
+
+def _has_validation_data(trainer: "pl.Trainer") -> bool:
+    """Whether the fit has a validation data source (True when it cannot be told)."""
+    try:
+        return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
+    except Exception:  # noqa: BLE001 - a Lightning without this private attribute: assume there is validation
+        return True

@@ -29,7 +29,7 @@ from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.engine.passes import model_device
 from cam_callbacks.engine.result import Explanation, ProbeView, ScoredExplanation
 from cam_callbacks.monitor.budget import CostBudget
-from cam_callbacks.utils.outputs import OutputTransform, logits_of
+from cam_callbacks.utils.outputs import OutputTransform, describe_output, logits_of
 from cam_callbacks.utils.targets import expand_multilabel, first_out_of_range
 
 #: ``(model, precision_plugin, rows, methods) -> (explanation, scores)``, as ``ProbeRunner.compute``.
@@ -42,6 +42,11 @@ def _check_model_output(output: Any, probe: Probe, output_transform: OutputTrans
         logits = logits_of(output, output_transform, n)
     except ValueError as error:
         raise ValueError(f"CAMMonitor: {error}") from None
+    except Exception as error:  # a callable output_transform that raises: said with the argument's name
+        raise ValueError(
+            f"CAMMonitor: explain_options=ExplainOptions(output_transform={output_transform!r}) raised {type(error).__name__}: {error} "
+            f"on the model's output ({describe_output(output)}); it must take the logits (N, num_classes) from what the model returns"
+        ) from error
     num_classes = logits.shape[1]
     if probe.multilabel and probe.labels is not None and probe.labels.shape[1] != num_classes:
         raise ValueError(
@@ -92,6 +97,61 @@ def _check_display(name: str, values: Optional[Sequence[float]], images: Tensor)
             f"channel(s) (shape {tuple(images.shape[1:])} per image); give {channels} numbers, one per channel, or one number "
             "for all channels"
         )
+
+
+#: Share of the un-normalised probe pixels outside [0, 1] above which the display ``mean``/``std`` are taken to be wrong.
+BLANK_DISPLAY_SHARE = 0.9
+
+
+def _display_range_problem(mean: Optional[Sequence[float]], std: Optional[Sequence[float]], images: Tensor) -> Optional[str]:
+    """A warning when ``ImageStyle(mean=..., std=...)`` turns (almost) every probe pixel into a value outside [0, 1]: the
+    originals in the grids are then clipped to blank (white or black) images. None when the display is fine.
+
+    Example::
+
+        >>> images = torch.rand(2, 3, 4, 4) * 2 - 1  # normalised images
+        >>> _display_range_problem([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], images) is None
+        True
+        >>> print(_display_range_problem([123.7, 116.3, 103.5], [58.4, 57.1, 57.4], images))  # doctest: +ELLIPSIS
+        CAMMonitor: style=ImageStyle(mean=[123.7, 116.3, 103.5], std=[58.4, 57.1, 57.4]) turns 100% of the probe pixels into ...
+    """
+    if mean is None or std is None:
+        return None
+    x = images.detach().float()
+    x = x[torch.isfinite(x).flatten(1).all(dim=1)]
+    if x.numel() == 0:
+        return None
+    m = torch.as_tensor(list(mean), dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(list(std), dtype=x.dtype).view(1, -1, 1, 1)
+    shown = x * s + m
+    outside = float(((shown < 0) | (shown > 1)).float().mean())
+    if outside <= BLANK_DISPLAY_SHARE:
+        return None
+    given = f"style=ImageStyle(mean={list(mean)}, std={list(std)})"
+    found = (
+        f"CAMMonitor: {given} turns {outside:.0%} of the probe pixels into values outside [0, 1] (from {float(shown.min()):.4g} to "
+        f"{float(shown.max()):.4g}), so the originals in every grid are clipped to blank images"
+    )
+    if max(mean) > 1 or max(std) > 1:
+        scaled = f"mean={[round(v / 255, 3) for v in mean]}, std={[round(v / 255, 3) for v in std]}"
+        return f"{found}. mean and std look like 0-255 units for images normalised from [0, 1]: divide them by 255 ({scaled})"
+    return f"{found}. Give the mean and std the images were normalised with (x_normalised = (x - mean) / std, x in [0, 1])"
+
+
+def _named_tail(tail: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``tail`` for the dry run: an error it raises is said with the argument's name (the user's tail is not changed)."""
+
+    def call(activations: Tensor) -> Tensor:
+        try:
+            return tail(activations)
+        except Exception as error:
+            raise ValueError(
+                f"CAMMonitor: explain_options=ExplainOptions(tail={getattr(tail, '__name__', type(tail).__name__)}) raised "
+                f"{type(error).__name__}: {error} on the target layer's activations of shape {tuple(activations.shape)}; it must "
+                "compute the logits (N, num_classes) from them"
+            ) from error
+
+    return call
 
 
 class ProbeRunner:
@@ -153,8 +213,8 @@ class ProbeRunner:
         """A warning when the skipped rows differ from those last reported (None otherwise)."""
         rows = tuple(sorted(self.skipped))
         reported, self._reported = self._reported, rows
-        if not rows or rows == reported:
-            return None
+        if not rows or rows == reported or len(rows) >= len(self.view().images):
+            return None  # none, the same as last time, or every row: the run was skipped and that was reported as an error
         details = "; ".join(f"row {row}: {self.skipped[row]}" for row in rows[:8])
         return f"CAMMonitor: {len(rows)} probe image(s) skipped at epoch {epoch} ({details}). The metrics are means over the other images; training goes on."
 
@@ -207,6 +267,9 @@ class ProbeRunner:
         _check_materialised(model)
         _check_display("mean", self.display_mean, probe.images)
         _check_display("std", self.display_std, probe.images)
+        blank = _display_range_problem(self.display_mean, self.display_std, probe.images)
+        if blank is not None:
+            self.warn("display-range", blank)
         rows = self._finite_rows(probe)
         device = model_device(model, probe.images.device)
         with preserved_rng_state(), torch.inference_mode(False):
@@ -244,10 +307,25 @@ class ProbeRunner:
         return (~bad).nonzero().flatten()[:2]
 
     def _dry_run(self, model: nn.Module, probe: Probe, layers: List[Tuple[str, nn.Module]], rows: Tensor) -> None:
-        """Every method on two finite probe images (a bad target layer's error names one of this model that works)."""
+        """Every method on two finite probe images (a bad target layer's error names one of this model that works), then
+        once more with the smoothing (``smooth=``, one noisy copy or every scale), whose errors name the smoothing fields."""
         view = self.view(Probe(probe.images[rows], None if probe.labels is None else probe.labels[rows]))
-        dry_run = replace(self.options, smooth=None, probability=view.probability)
+        tail = None if self.options.tail is None else _named_tail(self.options.tail)
+        dry_run = replace(self.options, smooth=None, probability=view.probability, tail=tail)
         compute_explanations(model, view.images, self.methods, layers, view.targets, dry_run)
+        if self.options.smooth is None:
+            return
+        smoothed = replace(dry_run, smooth=self.options.smooth, smooth_samples=1)
+        try:
+            compute_explanations(model, view.images, self.methods, layers, view.targets, smoothed)
+        except Exception as error:
+            o = self.options
+            fields = f"smooth_samples={o.smooth_samples}, smooth_sigma={o.smooth_sigma}, seed={o.seed}"
+            given = f"smooth={o.smooth!r}, " + (fields if o.smooth == "noise" else f"smooth_scales={o.smooth_scales}")
+            raise ValueError(
+                f"CAMMonitor: explain_options=ExplainOptions({given}) fails on the probe images of shape {tuple(view.images.shape[1:])} "
+                f"although the maps without smoothing work: {type(error).__name__}: {error}"
+            ) from error
 
     def compute(
         self,
@@ -283,9 +361,12 @@ class ProbeRunner:
                 extra = curve_scores(model, x, result.explanation, methods, options, self.curves)
                 return ScoredExplanation(result.explanation, {m: {**result.scores.get(m, {}), **extra[m]} for m in methods})
 
-        result, skipped = explain_skipping_bad_images(explain_rows, model, images, targets, context, options.output_transform)
         global_rows = list(range(images.shape[0])) if rows is None else rows.tolist()
-        self.skipped = {global_rows[row]: reason for row, reason in skipped.items()}
+        skipped: Dict[int, str] = {}
+        try:
+            result, _ = explain_skipping_bad_images(explain_rows, model, images, targets, context, options.output_transform, skipped)
+        finally:  # also when every image fails (the error is raised): the skipped rows are those of this run
+            self.skipped = {global_rows[row]: reason for row, reason in skipped.items()}
         return result
 
     def compute_for_run(self, trainer: Any, model: nn.Module, methods: Sequence[str], compute: Optional[Compute] = None) -> ScoredExplanation:
@@ -348,11 +429,15 @@ class ProbeRunner:
         if not due:
             return None
         epoch = trainer.current_epoch
+        self.skipped = {}
         try:
             result = self.timed_compute(trainer, model, due, budget, compute)
         except Exception as error:
             if errors.on_error == "raise":
                 raise
+            if self._every_row_skipped():  # the model raises on every image: as when it returns NaN for every image
+                self._report_every_row_skipped(errors, epoch)
+                return None
             failing: List[Tuple[str, BaseException]] = []
             for method in due:  # which methods fail on their own?
                 try:
@@ -366,8 +451,18 @@ class ProbeRunner:
                 self.disabled.add(method)
                 errors.report(f"method {method!r}", cause, f"{method} is switched off for the rest of this fit", epoch)
             return self.compute_contained(trainer, model, budget, errors, compute)
-        if len(self.skipped) >= len(self.view().images):
-            reason = next(iter(self.skipped.values()), "")
-            errors.report("every probe image", ValueError(reason), "this run is skipped (no map to score)", epoch)
+        if self._every_row_skipped():
+            self._report_every_row_skipped(errors, epoch)
             return None
         return result
+
+    def _every_row_skipped(self) -> bool:
+        return bool(self.skipped) and len(self.skipped) >= len(self.view().images)
+
+    def _report_every_row_skipped(self, errors: ErrorReporter, epoch: int) -> None:
+        """One report, whether the model raised on every probe image or returned non-finite logits for each: the run is
+        skipped, counted once in the errors, and every row is in ``skipped`` with its reason."""
+        reasons = sorted(set(self.skipped.values()))
+        shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+        error = ValueError(f"{len(self.skipped)} of {len(self.view().images)} rows: {shown}")
+        errors.report("every probe image", error, "this run is skipped (no map to score)", epoch)

@@ -87,12 +87,17 @@ def explain_skipping_bad_images(
     targets: Optional[Tensor],
     context: Callable[[], ContextManager],
     output_transform: OutputTransform = None,
+    found: Optional[Dict[int, str]] = None,
 ) -> Tuple[ScoredExplanation, Dict[int, str]]:
     """``explain_rows(images, targets)``, leaving out the images the model cannot handle.
 
     If it raises, the images are screened one by one (``screen_images``); when some are to blame
     the rest is explained and the results are put back in place (``scatter_rows``), otherwise the
-    error is re-raised (it is not about images). Rows whose logits or maps are not finite are blanked.
+    error is re-raised (it is not about images, or every image fails). Rows whose logits or maps are not
+    finite are blanked.
+
+    ``found``, when given, receives the skipped rows and why, also when the error is re-raised because every image
+    fails: a model that raises on every image and one that returns NaN for every image then report the same rows.
 
     Returns:
         ``(result, {row: reason})`` for the skipped rows.
@@ -104,6 +109,8 @@ def explain_skipping_bad_images(
         with preserved_rng_state(), preserved_model_state(model), torch.inference_mode(False):
             skipped = screen_images(model, images, context, output_transform)
         keep = [row for row in range(images.shape[0]) if row not in skipped]
+        if found is not None and not keep:
+            found.update(skipped)
         if not skipped or not keep:
             raise  # not an image problem (or every image fails): the error is the user's to see
         result = explain_rows(images[keep], None if targets is None else targets[keep])
@@ -113,4 +120,6 @@ def explain_skipping_bad_images(
     result = blank_rows(result, nonfinite)
     for row in nonfinite.nonzero().flatten().tolist():
         skipped.setdefault(row, "non-finite logits or map (NaN/inf)")
+    if found is not None:
+        found.update(skipped)
     return result, skipped

@@ -108,7 +108,7 @@ FAULTS: Dict[str, tuple] = {
     "TensorBoard writer closed early": ("ok", 0, ["gradcam"], lambda root, mp: None, [_CloseTensorBoardEarly()], None),
     "a method raises": ("ok", 0, ["gradcam", "fault_method"], lambda root, mp: _raising_method(root), [], "method 'fault_method'"),
     "the model raises on some probe images": ("raise", 2, ["gradcam"], lambda root, mp: None, [], None),
-    "the model raises on every probe image": ("raise", 6, ["gradcam"], lambda root, mp: None, [], "explaining the probe set"),
+    "the model raises on every probe image": ("raise", 6, ["gradcam"], lambda root, mp: None, [], "every probe image"),
     "NaN logits on every probe image": ("nan", 6, ["gradcam"], lambda root, mp: None, [], "every probe image"),
 }
 
