@@ -13,6 +13,7 @@ from cam_callbacks.capture.layers import resolve_named_layer
 from cam_callbacks.engine.curves import CurveSettings, check_curves
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.methods.registry import available_methods, method_choices
+from cam_callbacks.metrics.faithfulness import FAITHFULNESS_METRICS
 from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS
 from cam_callbacks.monitor.alarm import AlarmPolicy, ShortcutAlarm, ThresholdAlarm
 from cam_callbacks.render.style import ImageStyle
@@ -77,7 +78,7 @@ def check_number(name: str, value: Any, valid: str) -> float:
     if not isinstance(value, (bool, str, bytes)):
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float (10**400)
             number = None
     if number is None or not math.isfinite(number):
         raise ValueError(f"{name} must be {valid}, got {value!r}")
@@ -103,9 +104,14 @@ def check_budget(budget: Optional[float]) -> Optional[float]:
 
 
 def check_prefix(prefix: Any) -> str:
-    """A tag prefix: a non-empty string of letters, digits, ``_``, ``-``, ``.`` (no ``/``, no spaces)."""
-    if not isinstance(prefix, str) or not prefix or not all(c.isalnum() or c in "_-." for c in prefix):
-        raise ValueError(f"prefix must be a non-empty string of letters, digits, '_', '-' or '.' (e.g. 'cam', 'cam_layer3'), got {prefix!r}")
+    """A tag prefix and folder name: letters, digits, ``_``, ``-``, ``.``, starting with a letter, digit or ``_`` (no
+    ``/``, no spaces; ``..`` would put the files in the folder above the run's)."""
+    valid = isinstance(prefix, str) and bool(prefix) and all(c.isalnum() or c in "_-." for c in prefix)
+    if not valid or not (prefix[0].isalnum() or prefix[0] == "_"):
+        raise ValueError(
+            "prefix must be a non-empty string of letters, digits, '_', '-' or '.', starting with a letter, a digit or '_' "
+            f"(it is a folder of the run's directory; e.g. 'cam', 'cam_layer3'), got {prefix!r}"
+        )
     return prefix
 
 
@@ -155,8 +161,8 @@ def check_metrics(metrics: Any) -> Tuple[bool, Optional[CurveSettings]]:
     names = list(names)
     for name in names:
         if name not in METRIC_CHOICES:
-            close = difflib.get_close_matches(str(name), METRIC_CHOICES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = difflib.get_close_matches(str(name).lower(), METRIC_CHOICES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
             raise ValueError(f"metrics contains {name!r}, which is not a metric{hint} Choose from {list(METRIC_CHOICES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"metrics lists a name twice: {names}")
@@ -179,6 +185,22 @@ def check_alarm(alarm: Any) -> Tuple[AlarmPolicy, ...]:
     if sum(isinstance(policy, ShortcutAlarm) for policy in policies) > 1:
         raise ValueError("alarm holds two ShortcutAlarm objects; give one (its fields set every bound of the per-class rule)")
     return policies
+
+
+def uncomputed_bounds(alarm: Sequence[AlarmPolicy], faithfulness: bool, curves: Optional[CurveSettings]) -> List[str]:
+    """Warnings for the ``ThresholdAlarm`` policies that bound a score the monitor does not compute (``metrics=``): they
+    could never fire."""
+    computed = set(curves.metrics if curves is not None else ()) | (set(FAITHFULNESS_METRICS) if faithfulness else set())
+    said = []
+    for policy in alarm:
+        if isinstance(policy, ThresholdAlarm) and policy.metric in set(FAITHFULNESS_METRICS) | set(CURVE_METRICS):
+            if policy.metric not in computed:
+                needed = "faithfulness" if policy.metric in FAITHFULNESS_METRICS else policy.metric
+                said.append(
+                    f"CAMMonitor: ThresholdAlarm({policy.metric!r}) bounds a score this monitor does not compute "
+                    f"(metrics={tuple(sorted(computed))!r}), so it can never fire; add {needed!r} to metrics="
+                )
+    return said
 
 
 def check_explain_options(options: Any, methods: Sequence[str]) -> ExplainOptions:

@@ -31,6 +31,7 @@ from cam_callbacks.callbacks.arguments import (
     check_style,
     check_target_layer,
     check_unique_prefix,
+    uncomputed_bounds,
 )
 from cam_callbacks.callbacks.checkpoint import STATE_VERSION, history_mismatch, state_problem
 from cam_callbacks.callbacks.compat import callback_base
@@ -286,6 +287,8 @@ class CAMMonitor(_Callback):
         names = self._runner.prepare(pl_module)
         if first_time:
             rank_zero_info(f"CAMMonitor: explaining target layer {'+'.join(names)!r} with {self.methods} on {len(self.probe or ())} probe images")
+            for message in uncomputed_bounds(self.alarm, self.faithfulness, self.curves):
+                rank_zero_warn(message)
             if self._runner.layer_choice:
                 where = "CAMMonitor(target_layer=..., explain_options=ExplainOptions(reshape=...))"
                 rank_zero_warn(f"CAMMonitor: {self._runner.layer_choice} (in the monitor: {where})")

@@ -7,12 +7,13 @@ records a graph. The hook is removed on exit, also on exceptions.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence, Set
 
 import torch
 from torch import Tensor, nn
 
-from cam_callbacks.capture.layouts import TokenGrid, grid_advice, remembered_layout
+from cam_callbacks.capture.layouts import ChannelsLast, TokenGrid, grid_advice, remembered_layout
 
 
 class LayerOutputError(ValueError):
@@ -33,6 +34,24 @@ _PREFIX_TOKENS = (1, 2, 5)
 def _spatial_sizes(size: int) -> Set[int]:
     """Every size a strided layer can give an input side of ``size`` (floor and ceil of ``size / k``)."""
     return {v for k in range(1, size + 1) for v in (size // k, -(-size // k))}
+
+
+def _channels_first_problem(shape: Sequence[int], input_shape: Sequence[int]) -> Optional[str]:
+    """With ``reshape='nhwc'``: an ``(N, C, H, W)`` output read as ``(N, H, W, C)`` gives a grid whose shape does not
+    follow the image's (dimension 1 is then the channels); said when the channels-first reading follows it and the
+    channels-last one is off by more than a quarter."""
+    _, first, second, last = (int(v) for v in shape)
+    image = int(input_shape[2]) / int(input_shape[3])
+    as_nhwc = first / second
+    as_nchw = second / last
+    tolerance = math.log(1.25)
+    if abs(math.log(as_nhwc / image)) <= tolerance or abs(math.log(as_nchw / image)) > tolerance:
+        return None
+    return (
+        f"reshape='nhwc' reads it as (N, H={first}, W={second}, C={last}), a {first}x{second} grid for a "
+        f"{int(input_shape[2])}x{int(input_shape[3])} image, while it reads as an (N, C, H, W) map with a {second}x{last} "
+        "grid; for an (N, C, H, W) feature map pass reshape=None (ExplainOptions(reshape=None), the default)"
+    )
 
 
 def feature_map_problem(shape: Sequence[int], input_shape: Sequence[int], reshape: Optional[TokenGrid] = None) -> Optional[str]:
@@ -58,6 +77,8 @@ def feature_map_problem(shape: Sequence[int], input_shape: Sequence[int], reshap
             f"its batch dimension is {shape[0]} for {input_shape[0]} input image(s), so it is not one map per image "
             "(windowed attention folds windows into the batch); choose a layer whose output has one row per image"
         )
+    if isinstance(reshape, ChannelsLast) and len(shape) == 4:
+        return _channels_first_problem(shape, input_shape)
     if reshape is not None or len(shape) != 4:
         return None
     _, a, b, d = (int(v) for v in shape)

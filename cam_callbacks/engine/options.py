@@ -17,6 +17,8 @@ from cam_callbacks.utils.types import Probability, Smooth
 
 #: What ``smooth=`` accepts.
 SMOOTH_CHOICES = (None, "noise", "aug")
+#: The largest image scale of ``smooth="aug"`` (a copy 4 times larger costs 16 times the passes).
+MAX_SCALE = 4.0
 #: What ``precision=`` accepts.
 PRECISION_CHOICES = ("auto", "32")
 
@@ -138,6 +140,8 @@ class ExplainOptions:
         sigma = self.smooth_sigma
         if not _is_number(sigma) or not math.isfinite(float(sigma)) or not float(sigma) >= 0:
             raise ValueError(f"smooth_sigma must be a finite number >= 0 (noise std relative to each image's range), got {sigma!r}")
+        if float(sigma) > 1:
+            raise ValueError(f"smooth_sigma must be at most 1: it is the noise std as a fraction of each image's range (0.15 is 15%), got {sigma!r}")
         object.__setattr__(self, "smooth_sigma", float(sigma))
         scales = self.smooth_scales
         message = f"smooth_scales must be a non-empty sequence of positive numbers (e.g. (0.9, 1.0, 1.1)), got {scales!r}"
@@ -146,6 +150,11 @@ class ExplainOptions:
         scales = tuple(scales)
         if not scales or not all(_is_number(s) and math.isfinite(float(s)) and float(s) > 0 for s in scales):
             raise ValueError(message)
+        if any(float(s) > MAX_SCALE for s in scales):
+            raise ValueError(
+                f"smooth_scales are image scales as factors (0.9 is 90%, at most {MAX_SCALE:g}: each scaled copy is explained "
+                f"whole), got {self.smooth_scales!r}"
+            )
         object.__setattr__(self, "smooth_scales", tuple(float(s) for s in scales))
 
     @property

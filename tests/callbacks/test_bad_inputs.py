@@ -78,7 +78,10 @@ CONSTRUCTION = [
     _row(ValueError, dict(every_n_epochs=2.5), "every_n_epochs must be a positive int, got 2.5"),
     # metrics
     _row(ValueError, dict(metrics=["faithfulnes"]), rf"metrics contains 'faithfulnes', which is not a metric; did you mean 'faithfulness'\? {METRIC_CHOICES}"),
-    _row(ValueError, dict(metrics=["adcc"]), rf"metrics contains 'adcc', which is not a metric.*{METRIC_CHOICES}"),
+    _row(ValueError, dict(metrics=["adcc"]), rf"metrics contains 'adcc', which is not a metric\. {METRIC_CHOICES}"),
+    _row(ValueError, dict(metrics=["ROAD"]), rf"metrics contains 'ROAD', which is not a metric; did you mean 'road'\? {METRIC_CHOICES}"),
+    _row(ValueError, dict(prefix=".."), r"prefix must be .* starting with a letter, a digit or '_' .*, got '\.\.'"),
+    _row(ValueError, dict(budget=10**400), BUDGET + "1000000"),
     _row(ValueError, dict(metrics=5), r"metrics must be a list of names from \['faithfulness', .*\] \(or \(\) for maps only\), got 5"),
     _row(ValueError, dict(metrics=["road", "road"]), r"metrics lists a name twice: \['road', 'road'\]"),
     _row(ValueError, dict(metrics=True), r"metrics must be a list of names"),
