@@ -163,6 +163,8 @@ def check_metrics(metrics: Any) -> Tuple[bool, Optional[CurveSettings]]:
         if name not in METRIC_CHOICES:
             close = difflib.get_close_matches(str(name).lower(), METRIC_CHOICES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "."
+            if str(name).lower() in FAITHFULNESS_METRICS:
+                hint = f"; {str(name).lower()!r} is one of the scores of 'faithfulness' (all five come together)."
             raise ValueError(f"metrics contains {name!r}, which is not a metric{hint} Choose from {list(METRIC_CHOICES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"metrics lists a name twice: {names}")

@@ -78,7 +78,8 @@ CONSTRUCTION = [
     _row(ValueError, dict(every_n_epochs=2.5), "every_n_epochs must be a positive int, got 2.5"),
     # metrics
     _row(ValueError, dict(metrics=["faithfulnes"]), rf"metrics contains 'faithfulnes', which is not a metric; did you mean 'faithfulness'\? {METRIC_CHOICES}"),
-    _row(ValueError, dict(metrics=["adcc"]), rf"metrics contains 'adcc', which is not a metric\. {METRIC_CHOICES}"),
+    _row(ValueError, dict(metrics=["adcc"]), rf"metrics contains 'adcc', which is not a metric; 'adcc' is one of the scores of 'faithfulness' \(all five come together\)\. {METRIC_CHOICES}"),
+    _row(ValueError, dict(metrics=["accuracy"]), rf"metrics contains 'accuracy', which is not a metric\. {METRIC_CHOICES}"),
     _row(ValueError, dict(metrics=["ROAD"]), rf"metrics contains 'ROAD', which is not a metric; did you mean 'road'\? {METRIC_CHOICES}"),
     _row(ValueError, dict(prefix=".."), r"prefix must be .* starting with a letter, a digit or '_' .*, got '\.\.'"),
     _row(ValueError, dict(budget=10**400), BUDGET + "1000000"),
