@@ -43,6 +43,7 @@ STD_SEQUENCE = (
 PROBE_CHOICES = r"probe must be an images tensor \(N, C, H, W\), an \(images, labels\[, masks\[, nuisance\]\]\) tuple, a map-style Dataset or a DataLoader"
 BUDGET = r"budget must be None or a share of the training time in \(0, 1\] \(a number, e\.g\. budget=0\.05\), got "
 ALPHA = r"ImageStyle: overlay_alpha must be a number in \[0, 1\] \(the heatmap's opacity\), got "
+ADCC_IN_FAITHFULNESS = rf"metrics contains 'adcc', which is not a metric; 'adcc' is one of the scores of 'faithfulness' \(all five come together\)\. "
 GRADCAN = rf"methods contains 'gradcan', which is not a known CAM method; did you mean one of \['gradcam', .*\]\? choose from {METHODS}"
 METRIC_CHOICES = r"Choose from \['faithfulness', 'deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road', 'arcc'\]"
 
@@ -78,7 +79,7 @@ CONSTRUCTION = [
     _row(ValueError, dict(every_n_epochs=2.5), "every_n_epochs must be a positive int, got 2.5"),
     # metrics
     _row(ValueError, dict(metrics=["faithfulnes"]), rf"metrics contains 'faithfulnes', which is not a metric; did you mean 'faithfulness'\? {METRIC_CHOICES}"),
-    _row(ValueError, dict(metrics=["adcc"]), rf"metrics contains 'adcc', which is not a metric; 'adcc' is one of the scores of 'faithfulness' \(all five come together\)\. {METRIC_CHOICES}"),
+    _row(ValueError, dict(metrics=["adcc"]), ADCC_IN_FAITHFULNESS + METRIC_CHOICES),
     _row(ValueError, dict(metrics=["accuracy"]), rf"metrics contains 'accuracy', which is not a metric\. {METRIC_CHOICES}"),
     _row(ValueError, dict(metrics=["ROAD"]), rf"metrics contains 'ROAD', which is not a metric; did you mean 'road'\? {METRIC_CHOICES}"),
     _row(ValueError, dict(prefix=".."), r"prefix must be .* starting with a letter, a digit or '_' .*, got '\.\.'"),
