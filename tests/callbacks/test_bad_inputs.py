@@ -43,7 +43,7 @@ STD_SEQUENCE = (
 PROBE_CHOICES = r"probe must be an images tensor \(N, C, H, W\), an \(images, labels\[, masks\[, nuisance\]\]\) tuple, a map-style Dataset or a DataLoader"
 BUDGET = r"budget must be None or a share of the training time in \(0, 1\] \(a number, e\.g\. budget=0\.05\), got "
 ALPHA = r"ImageStyle: overlay_alpha must be a number in \[0, 1\] \(the heatmap's opacity\), got "
-ADCC_IN_FAITHFULNESS = rf"metrics contains 'adcc', which is not a metric; 'adcc' is one of the scores of 'faithfulness' \(all five come together\)\. "
+ADCC_IN_FAITHFULNESS = r"metrics contains 'adcc', which is not a metric; 'adcc' is one of the scores of 'faithfulness' \(all five come together\)\. "
 GRADCAN = rf"methods contains 'gradcan', which is not a known CAM method; did you mean one of \['gradcam', .*\]\? choose from {METHODS}"
 METRIC_CHOICES = r"Choose from \['faithfulness', 'deletion_auc', 'insertion_auc', 'road_morf', 'road_lerf', 'road', 'arcc'\]"
 
