@@ -36,7 +36,7 @@ from cam_callbacks.engine.scored import has_own_gradients, method_gradients, tar
 from cam_callbacks.engine.scorers import ForwardCost, ModelScorer, RowBytes, TailScorer, rows_per_pass
 from cam_callbacks.methods.registry import OWN_PASS_INPUTS, CAMMethod
 from cam_callbacks.utils.maps import fuse_layer_maps, upsample_and_normalize
-from cam_callbacks.utils.outputs import OutputTransform, logits_of
+from cam_callbacks.utils.outputs import logits_of
 from cam_callbacks.utils.targets import check_target_classes, check_target_range
 
 #: Target layers as ``(dotted name, module)`` pairs; several are fused LayerCAM-style.
@@ -50,12 +50,6 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     for buffer in model.buffers():
         return buffer.device
     return fallback
-
-
-def check_logits(output: Any, n: int, transform: OutputTransform = None) -> Tensor:
-    """The ``(n, num_classes)`` logits in the model's ``output`` (``logits_of``); else a
-    ValueError that says what the model returned and which ``output_transform`` to pass."""
-    return logits_of(output, transform, n)
 
 
 def _with_layer_hint(error: LayerOutputError, model: nn.Module, x: Tensor) -> LayerOutputError:
@@ -97,7 +91,7 @@ def _main_pass(
         with LayerCapture(layer, layer_name, grad_tail=bool(needs & {"gradients", "hessian_vector"}), reshape=layout, input_shape=tuple(x.shape)) as capture:
             second_order = twice_differentiable() if "hessian_vector" in needs else nullcontext()
             with torch.no_grad(), meter if meter is not None else nullcontext(), second_order:  # the hook turns autograd on for the tail
-                logits = check_logits(model(x), x.shape[0], options.output_transform)
+                logits = logits_of(model(x), options.output_transform, x.shape[0])
     except LayerOutputError as error:
         raise _with_layer_hint(error, model, x) from None
     if capture.activation is None or capture.raw is None:
@@ -150,7 +144,7 @@ def _input_gradients(model: nn.Module, x: Tensor, targets: Optional[Tensor], gui
     except ValueError:
         if options.target_classes is not None:  # labels beyond the model's classes: say that the width is wrong
             with torch.no_grad():
-                check_target_classes(options.target_classes, check_logits(model(x[:1]), 1, options.output_transform).shape[1])
+                check_target_classes(options.target_classes, logits_of(model(x[:1]), options.output_transform, 1).shape[1])
         raise
     check_target_classes(options.target_classes, logits.shape[1])
     return gradients, logits, targets

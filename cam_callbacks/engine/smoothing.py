@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cam_callbacks.engine.options import ExplainOptions
-from cam_callbacks.engine.passes import Layers, check_logits, explain_layers, model_device
+from cam_callbacks.engine.passes import Layers, explain_layers, model_device
 from cam_callbacks.engine.result import Explanation
 from cam_callbacks.methods.registry import CAMMethod
 from cam_callbacks.utils.maps import minmax_normalize
-from cam_callbacks.utils.outputs import OutputTransform
+from cam_callbacks.utils.outputs import OutputTransform, logits_of
 from cam_callbacks.utils.targets import check_target_classes, check_target_range
 
 
@@ -36,7 +36,7 @@ def predict(
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size].to(device)
-            parts.append(check_logits(model(x), x.shape[0], output_transform))
+            parts.append(logits_of(model(x), output_transform, x.shape[0]))
             check_target_classes(target_classes, parts[-1].shape[1])
     logits = torch.cat(parts)
     if targets is None:
