@@ -30,33 +30,11 @@ import cam_callbacks as cc
 from cam_callbacks.callbacks import loggers as logger_module
 from cam_callbacks.methods.registry import unregister_method
 
-from _lightning_models import TinyNet, fit, trainer
+from _lightning_models import FailingNet, TinyNet, fit, trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPOCHS = 3
-
-
-class _FailingModel(TinyNet):
-    """TinyNet whose forward raises or returns NaN for probe images (marked by a value of 1000 in their first pixel),
-    once training has started (so the dry run at setup passes: the fault appears during training)."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-        self.armed = False
-
-    def on_train_start(self) -> None:
-        self.armed = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        marked = (x[:, 0, 0, 0] == 1000.0) & self.armed
-        if self.mode == "raise" and bool(marked.any()):
-            raise RuntimeError("the model cannot handle this image")
-        logits = super().forward(x)
-        if self.mode == "nan":
-            logits = torch.where(marked[:, None], torch.full_like(logits, float("nan")), logits)
-        return logits
 
 
 def _probe(marked: int) -> tuple:
@@ -140,7 +118,7 @@ def test_a_fault_is_reported_once_and_training_goes_on(fault: str, tmp_path: Any
     try:
         inject(root, monkeypatch)
         pl.seed_everything(0)
-        model = _FailingModel(mode)
+        model = FailingNet(mode)
         monitor = cc.CAMMonitor(methods=methods, target_layer="features", probe=_probe(marked), alarm=None, budget=None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -184,7 +162,7 @@ def test_every_probe_image_failing_skips_the_runs_and_counts_them(tmp_path: Any)
     pl.seed_everything(0)
     monitor = cc.CAMMonitor(methods=["gradcam"], target_layer="features", probe=_probe(6), alarm=None, budget=None)
     with pytest.warns(UserWarning, match="every probe image failed at epoch 0"):
-        trainer = _fit_logged(str(tmp_path), _FailingModel("nan"), monitor, [])
+        trainer = _fit_logged(str(tmp_path), FailingNet("nan"), monitor, [])
     assert float(trainer.callback_metrics["cam/errors"]) == EPOCHS  # every run skipped and counted
     assert float(trainer.callback_metrics["cam/skipped_images"]) == 6
     assert "cam/gradcam/adcc" not in trainer.callback_metrics
