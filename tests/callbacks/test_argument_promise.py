@@ -541,7 +541,10 @@ def test_constructed_values_are_refused_at_setup_or_fit(case: Case, tmp_path):
     if case.runs:
         assert f"{p}/time_s" in trainer.callback_metrics, "the monitor did not run"
         errors = float(trainer.callback_metrics[f"{p}/errors"])
-        assert (errors > 0) == case.errors, f"{errors} run-time errors; warnings: {said}"
+        # a failed write is counted in the next run's cam/errors; one found at the end of the fit (the background
+        # writer finishing the last images, the report) is reported by its warning alone
+        failed = [message for message in said if re.search(r"^CAMMonitor.*: .* failed at ", message)]
+        assert (errors > 0 or bool(failed)) == case.errors, f"{errors} run-time errors; warnings: {said}"
     else:
         assert f"{p}/time_s" not in trainer.callback_metrics
     if case.warns:
