@@ -47,24 +47,10 @@ if os.environ.get("CAM_CALLBACKS_LIGHTNING") == "lightning":
 def _one_torch_thread_per_process():
     """Every test process computes with one intra-op torch thread (restored at the end of the session).
 
-    The tests use small tensors, and run on a shared 2-core machine, often two at a time (``pytest -n 2``): extra
-    OpenMP threads only spin against each other and against the other processes (see ``one_thread`` below).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op torch thread for a test module, restored afterwards (use: ``pytestmark = pytest.mark.usefixtures("one_thread")``).
-
-    Measured on the shared 2-core machine while other processes kept it busy (load average 4-6): three test
-    modules took 133 s with torch's default 2 OpenMP threads (spinning threads competing for the cores) and 13 s
-    with one thread. Small tensors gain nothing from a second thread; the tests pass either way.
+    The tests use small tensors and run on a shared 2-core machine, often two at a time (``pytest -n 2``): extra
+    OpenMP threads only spin against each other and against the other processes. Measured while other processes
+    kept the machine busy (load average 4-6): three test modules took 133 s with torch's default 2 threads and 13 s
+    with one. Small tensors gain nothing from a second thread; the tests pass either way.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -43,8 +43,6 @@ import cam_callbacks as cc
 
 from _lightning_models import NUM_CLASSES, CountTrainingBatches, fit_with_checkpoint, make_data
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 CONSTRUCTION = "refused at construction"
 SETUP = "refused at setup"
 FIT = "fit completes"

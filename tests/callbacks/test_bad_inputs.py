@@ -27,8 +27,6 @@ from cam_callbacks.capture.hooks import OneByOneMapError
 
 from _lightning_models import NUM_CLASSES, TinyNet, loaders, trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 IMAGES = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 LABELS = torch.tensor([0, 1, 2, 0])
 METHODS = r"\['cam', 'gradcam', 'gradcampp'"

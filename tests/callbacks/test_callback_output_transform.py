@@ -11,8 +11,6 @@ import cam_callbacks as cc
 
 from _lightning_models import TinyNet, fit, make_data, read_events
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class DictNet(TinyNet):
     """TinyNet whose ``forward`` returns ``{"logits": ..., "features": ...}`` (as many Hugging Face-style modules do)."""

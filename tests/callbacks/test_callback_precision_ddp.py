@@ -19,7 +19,6 @@ METHODS = ["gradcam", "gradcampp", "scorecam", "reciprocam", "guidedbackprop", "
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "ddp_fit.py")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.mark.slow

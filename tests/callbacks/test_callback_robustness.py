@@ -70,7 +70,6 @@ GLOBAL_HOOK_DICTS = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(autouse=True)

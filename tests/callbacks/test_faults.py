@@ -32,8 +32,6 @@ from cam_callbacks.methods.registry import unregister_method
 
 from _lightning_models import FailingNet, TinyNet, fit, trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 EPOCHS = 3
 
 

@@ -24,8 +24,6 @@ import cam_callbacks as cc
 
 from _lightning_models import read_events
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "lightning_cli_fit.py")
 
 

@@ -15,8 +15,6 @@ from cam_callbacks.callbacks.destinations import destinations, run_directory
 
 from _lightning_models import fit, read_events, trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(autouse=True)
 def _file_store(monkeypatch):

@@ -14,8 +14,6 @@ from cam_callbacks.monitor.history import MapHistory
 
 from _lightning_models import TinyNet, fit, loaders, trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _fit_two(tmp_path):
     """One short fit (1 epoch, 2 train and 1 val batches) with two monitors that differ in their method."""

@@ -27,8 +27,6 @@ from cam_callbacks.callbacks.runner import _display_range_problem
 
 from _lightning_models import FailingNet, TinyNet, fit_with_checkpoint, loaders, make_data, trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 

@@ -20,7 +20,6 @@ timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 transformers = pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 32
 HF_VIT = {

@@ -60,8 +60,6 @@ from torch.nn.modules import module as module_globals
 import cam_callbacks as cc
 from cam_callbacks.capture.guided import guided_relus, input_gradients
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
 W1 = [[1.0, 0, 0, 1, 0, 0], [0, 1, 0, 0, 1, 0], [0, 0, 1, 0, 0, -1]]
 W2 = [[-1.0, 0, 2], [1, 0, -1], [1, 0, 1]]
 W3 = [[1.0, 1, -1], [-1, 2, 0.5]]

@@ -14,8 +14,6 @@ from cam_callbacks.capture.layers import auto_layer, resolve_layers
 from cam_callbacks.capture.layouts import ChannelsLast, TokenGrid, as_token_grid, remembered_layout
 from cam_callbacks.engine.options import ExplainOptions
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class ChannelsLastNet(nn.Module):
     """A conv net whose middle block works channels-last (N, H, W, C), like a Swin stage."""

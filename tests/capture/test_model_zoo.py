@@ -30,7 +30,7 @@ from cam_callbacks.capture.layouts import ChannelsLast, TokenGrid
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 
-pytestmark = [pytest.mark.crosscheck, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.crosscheck
 
 TOL = 1e-3
 SIZE = 64

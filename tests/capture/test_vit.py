@@ -23,8 +23,6 @@ from torch import nn
 import cam_callbacks as cc
 from cam_callbacks.capture.layouts import TokenGrid, as_token_grid
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
 LAYER = "encoder.layers.encoder_layer_1.ln_1"
 GRID = 4  # 32 px / 8 px patches
 TARGETS = [1, 3]

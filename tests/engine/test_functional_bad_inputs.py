@@ -11,8 +11,6 @@ from torch import nn
 
 import cam_callbacks as cc
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class Net(nn.Module):
     """A small classifier with dotted layer names: ``features.conv1``, ``features.conv2``, ``head``; 3 classes."""

@@ -16,8 +16,6 @@ from torch import nn
 import cam_callbacks as cc
 from cam_callbacks.engine.finite import nonfinite_images
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 METRICS = ("average_drop", "increase_in_confidence", "coherency", "complexity", "adcc")
 
 

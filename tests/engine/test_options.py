@@ -14,8 +14,6 @@ from cam_callbacks.engine.caches import cache_info, clear_caches
 from cam_callbacks.engine.options import SMOOTH_CHOICES
 from cam_callbacks.methods.registry import get_method, unregister_method
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _tiny_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

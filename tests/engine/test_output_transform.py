@@ -20,8 +20,6 @@ from cam_callbacks.capture.tail import derive_tail
 from cam_callbacks.engine.options import ExplainOptions
 from cam_callbacks.utils.outputs import describe_output, logits_of
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 LAYER = "features.conv2"
 
 

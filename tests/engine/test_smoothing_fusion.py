@@ -24,8 +24,6 @@ from torch import nn
 import cam_callbacks as cc
 from cam_callbacks.utils.maps import fuse_layer_maps
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
 SIZE = 20  # scales (0.9, 1.0, 1.1) give 18, 20, 22 pixels: no rounding ambiguity
 
 

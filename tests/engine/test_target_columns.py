@@ -14,8 +14,6 @@ from torch import nn
 
 import cam_callbacks as cc
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class ChannelMeans(nn.Module):
     """Logits ``W @ mean(x)`` per image, through an identity 1x1 convolution ``conv`` (the target layer)."""

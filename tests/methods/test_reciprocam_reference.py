@@ -51,8 +51,6 @@ from torch import Tensor, nn
 import cam_callbacks as cc
 from cam_callbacks.utils.maps import upsample_and_normalize
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 GAUSSIAN = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64) / 16
 
 

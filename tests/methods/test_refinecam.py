@@ -42,8 +42,6 @@ import cam_callbacks as cc
 from cam_callbacks.methods.multi_layer import refine_bases, refine_layer_maps
 from cam_callbacks.utils.maps import minmax_normalize, upsample_and_normalize
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SIZE = 128
 LAYERS = ["layer2", "layer3", "layer4"]
 

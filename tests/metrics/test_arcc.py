@@ -36,8 +36,6 @@ from cam_callbacks.engine.scorers import ModelScorer
 from cam_callbacks.metrics.faithfulness import ARCC_ROAD_PERCENTILES, arcc
 from cam_callbacks.metrics.perturbation_curves import CURVE_METRICS, road
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def numpy_arcc(coherency, complexity, road_combined) -> np.ndarray:
     terms = np.stack([np.asarray(coherency, float), 1 - np.asarray(complexity, float), np.clip(2 * np.asarray(road_combined, float), 0, 1)])

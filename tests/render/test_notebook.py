@@ -20,8 +20,6 @@ from cam_callbacks.render.legend import BAR_WIDTH, legend_band
 from cam_callbacks.render.notebook import COLORBAR_LABEL
 from cam_callbacks.render.publish import ImageStyle, ProbeView, RunInfo, rows_grid, to_uint8
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
