@@ -164,7 +164,6 @@ class CAMMonitor(_Callback):
             self.target == "label",
             self.options,
             self.faithfulness,
-            self.options.precision,
             self._warn_once,
             display_mean=self.style.mean_values,
             display_std=self.style.std_values,
@@ -392,7 +391,7 @@ class CAMMonitor(_Callback):
     ) -> List[AlarmHit]:
         """The per-class rule's hits, its suspects confirmed by occlusion through the model with the monitor's own
         output transform and precision; a failure is reported like any other (no per-class alarm for this run)."""
-        plugin = trainer.precision_plugin if self.options.precision == "auto" else None
+        plugin = self._runner.precision_plugin(trainer)
         try:
             return shortcut_hits(
                 shortcut_policy(self.alarm),

@@ -163,7 +163,6 @@ class ProbeRunner:
         explain_labels: Explain the probe's labels when it has them (else the top-1 predictions).
         options: How maps are computed.
         faithfulness: Also compute the faithfulness scores.
-        precision: ``"auto"`` (the trainer's precision plugin) or ``"32"``.
         warn: Called with a key and a message for warnings given once (e.g. a probe without labels).
         display_mean: ``ImageStyle(mean=...)``: checked against the probe images' channels by ``prepare`` (None: no check).
         display_std: ``ImageStyle(std=...)``, likewise.
@@ -178,7 +177,6 @@ class ProbeRunner:
         explain_labels: bool,
         options: ExplainOptions,
         faithfulness: bool,
-        precision: str,
         warn: Callable[[str, str], None],
         *,
         display_mean: Optional[Sequence[float]] = None,
@@ -192,7 +190,6 @@ class ProbeRunner:
         self.options = options
         self.faithfulness = faithfulness
         self.curves = curves
-        self.precision = precision
         self.warn = warn
         #: the images' per-channel mean and std for display (``CAMMonitor(mean=..., std=...)``), checked by ``prepare``
         self.display_mean: Optional[Sequence[float]] = display_mean
@@ -369,11 +366,15 @@ class ProbeRunner:
             self.skipped = {global_rows[row]: reason for row, reason in skipped.items()}
         return result
 
+    def precision_plugin(self, trainer: Any) -> Optional[Any]:
+        """The trainer's precision plugin to compute in, or None with ``ExplainOptions(precision="32")``."""
+        return trainer.precision_plugin if self.options.precision == "auto" else None
+
     def compute_for_run(self, trainer: Any, model: nn.Module, methods: Sequence[str], compute: Optional[Compute] = None) -> ScoredExplanation:
         """``compute`` (``compute`` by default; the monitor passes its own, so a subclass's override applies) in the
         training precision (unless ``precision="32"``), split across DDP ranks and gathered."""
         compute = self.compute if compute is None else compute
-        plugin = trainer.precision_plugin if self.precision == "auto" else None
+        plugin = self.precision_plugin(trainer)
         world = trainer.world_size
         total = len(self.view().images)
         if world == 1 or total < world:

@@ -341,7 +341,7 @@ def test_meta_device_model_fails_at_setup_with_a_clear_message(tmp_path):
 
 
 def _runner(probe: Probe, target_layer: Any = "auto", **kwargs: Any) -> ProbeRunner:
-    runner = ProbeRunner(["gradcam"], target_layer, True, cc.ExplainOptions(), False, "32", lambda key, message: None, **kwargs)
+    runner = ProbeRunner(["gradcam"], target_layer, True, cc.ExplainOptions(precision="32"), False, lambda key, message: None, **kwargs)
     runner.probe = probe
     return runner
 

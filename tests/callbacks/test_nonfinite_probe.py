@@ -30,7 +30,7 @@ def _probe(nonfinite: List[int], n: int = 4) -> Tuple[torch.Tensor, torch.Tensor
 
 
 def _runner(probe: Tuple[torch.Tensor, torch.Tensor], said: List[str]) -> ProbeRunner:
-    runner = ProbeRunner(["gradcam"], "auto", True, cc.ExplainOptions(), False, "32", lambda key, message: said.append(message))
+    runner = ProbeRunner(["gradcam"], "auto", True, cc.ExplainOptions(precision="32"), False, lambda key, message: said.append(message))
     runner.probe = Probe(*probe)
     return runner
 
